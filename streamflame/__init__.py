@@ -1,0 +1,17 @@
+"""StreamFlame: streaming, online, probabilistic forecasting for live sensor data.
+
+The Python API is three names: ``Forecaster`` (load a model, update a series, get a
+forecast), ``SeriesState`` (one series' recurrent state, serialisable) and ``Forecast``.
+They are imported lazily so that ``streamflame`` sub-commands that do not need torch start fast.
+"""
+from __future__ import annotations
+
+__version__ = "0.1.0"
+__all__ = ["Forecaster", "SeriesState", "Forecast", "ModelConfig", "StateDecodeError", "__version__"]
+
+
+def __getattr__(name: str):
+    if name in __all__ and name != "__version__":
+        from . import model
+        return getattr(model, name)
+    raise AttributeError(f"module 'streamflame' has no attribute {name!r}")

@@ -1,0 +1,147 @@
+"""The FLAME-style streaming model in one module.
+
+Shapes: b series, T new patches, p = patch_len, W = window, d = d_model, K future patches.
+
+    patch k (p raw values) --causal RevIN--> normalised patch  --Linear--> token_k
+    last W raw values --FFT autocorrelation--> period P --LegT of last cycle--> + token_k
+    token_k --[SSD layer (LegS-initialised decays) + MLP] x n_layers--> h_k
+    h_k --Legendre basis over future patches--> c_1..c_K  (+ seasonal hints from P)
+    c_j, hint_j, noise --flow head--> future patch j  --de-normalise with stats_k-->
+
+All per-series memory lives in a *state*: a dict of batched tensors (see STATE_FIELDS).
+:meth:`Flame.advance` applies T patches to a state: T == 1 runs the recurrent step, T > 1
+the chunked parallel scan; both give the same numbers. Training runs `advance` over long
+sequences from an empty state and scores the forecast from every patch boundary at once.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import ModelConfig
+from .flow import FlowHead
+from .hippo import legendre
+from .perception import (STATS, dominant_period, env_features, first_reference, mean_std,
+                         patch_moments, scan_stats, seasonal_hint)
+from .ssd import RMSNorm, SSDLayer
+
+# name -> (shape given cfg, float64?)  -- the state codec and the batching use this table
+STATE_FIELDS = {
+    "stats": (lambda c: (STATS,), True),                       # (w, s1, s2) causal RevIN sums
+    "ref": (lambda c: (), True),                               # first observed value (NaN before)
+    "window": (lambda c: (c.window,), False),                  # last W raw observations (NaN-padded)
+    "h": (lambda c: (c.d_model,), False),                      # top-layer output at the last patch
+    "conv": (lambda c: (c.n_layers, c.d_conv - 1, c.conv_dim), False),
+    "ssm": (lambda c: (c.n_layers, c.n_heads, c.headdim, c.d_state), False),
+}
+
+
+class Flame(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        p, d = cfg.patch_len, cfg.d_model
+        self.embed_patch = nn.Linear(2 * p, d)                 # normalised values + observed mask
+        self.embed_env = nn.Linear(cfg.legt_order + 2, d)      # LegT of the last cycle (+ 2 extras)
+        self.layers = nn.ModuleList(SSDLayer(cfg) for _ in range(cfg.n_layers))
+        self.norm = RMSNorm(d)
+        K, J = cfg.max_future_patches, cfg.basis_order
+        self.coef = nn.Linear(d, J * cfg.d_cond)               # Legendre coefficients of c(tau)
+        self.embed_hint = nn.Linear(2 * p, cfg.d_cond)
+        tau = -1 + (2 * torch.arange(K, dtype=torch.float64) + 1) / K
+        self.register_buffer("basis", legendre(J, tau).float(), persistent=False)   # (K, J)
+        self.flow = FlowHead(cfg)
+
+    # ---- state ---------------------------------------------------------------------------
+    def empty_state(self, b: int, device=None, dtype=None) -> dict[str, torch.Tensor]:
+        dtype = dtype or next(self.parameters()).dtype
+        st = {}
+        for name, (shape, f64) in STATE_FIELDS.items():
+            st[name] = torch.zeros((b, *shape(self.cfg)), dtype=torch.float64 if f64 else dtype, device=device)
+        st["ref"].fill_(float("nan"))
+        st["window"].fill_(float("nan"))
+        return st
+
+    # ---- encoder -------------------------------------------------------------------------
+    def advance(self, state, patches, scale):
+        """Apply T patches. state: dict of (b, ...) tensors; patches (b, T, p) raw (NaN = missing);
+        scale (b,). Returns (new_state, aux) with aux = per-boundary h (b,T,d), stats (b,T,3),
+        ref (b,), windows (b,T,W) for training."""
+        cfg = self.cfg
+        b, T, p = patches.shape
+        W = cfg.window
+        decay = 1.0 - 1.0 / cfg.norm_memory if cfg.norm_memory else 1.0
+        ref = first_reference(patches, state["ref"])
+        stats = scan_stats(patch_moments(patches, ref), state["stats"], decay)   # (b,T,3)
+        mean, std = mean_std(stats, ref[:, None])                                # (b,T)
+        seq = torch.cat([state["window"], patches.reshape(b, T * p)], 1)          # (b, W + T p)
+        windows = seq.unfold(1, W, p)[:, 1:]                                     # (b, T, W) ending at each patch
+        period = dominant_period(windows, cfg.min_period)                        # (b, T)
+        z = ((patches.double() - mean[..., None]) / std[..., None]).clamp(-cfg.clip, cfg.clip)
+        obs = ~torch.isnan(patches)
+        z = torch.where(obs, z, 0).to(patches.dtype)
+        tok = self.embed_patch(torch.cat([z, obs.to(patches.dtype)], -1))
+        tok = tok + self.embed_env(env_features(windows, period, mean, std, cfg))
+        conv, ssm = [], []
+        for i, layer in enumerate(self.layers):
+            tok, c_i, s_i = layer(tok, state["conv"][:, i], state["ssm"][:, i], scale)
+            conv.append(c_i)
+            ssm.append(s_i)
+        h = self.norm(tok)                                                        # (b, T, d)
+        new = {"stats": stats[:, -1], "ref": ref, "window": windows[:, -1], "h": h[:, -1],
+               "conv": torch.stack(conv, 1), "ssm": torch.stack(ssm, 1)}
+        return new, {"h": h, "stats": stats, "ref": ref, "windows": windows, "period": period}
+
+    # ---- decoder -------------------------------------------------------------------------
+    def condition(self, h, window, period, mean, std, K):
+        """h (m, d), window (m, W), period (m,), mean/std (m,) float64
+        -> c (m, K, d_cond), hint (m, K, p) normalised (0 where unknown)."""
+        cfg = self.cfg
+        m, p = h.shape[0], cfg.patch_len
+        coef = self.coef(h).reshape(m, cfg.basis_order, cfg.d_cond)
+        c = torch.einsum("kj,mjc->mkc", self.basis[:K].to(h.dtype), coef)
+        raw = seasonal_hint(window, period, K * p).reshape(m, K, p)
+        known = ~torch.isnan(raw)
+        hint = ((raw.double() - mean[:, None, None]) / std[:, None, None]).clamp(-cfg.clip, cfg.clip)
+        hint = torch.where(known, hint, 0).to(h.dtype)
+        c = F.gelu(c + self.embed_hint(torch.cat([hint, known.to(h.dtype)], -1)))
+        return c, hint
+
+    def sample(self, state, K, noise):
+        """Sample K future patches for each series from its state.
+        noise (b, S, K, p) -> samples (b, S, K*p) in raw units (float64)."""
+        mean, std = mean_std(state["stats"], state["ref"])
+        period = dominant_period(state["window"], self.cfg.min_period)
+        c, hint = self.condition(state["h"], state["window"], period, mean, std, K)
+        y = self.flow.sample(c, hint, noise.transpose(1, 2)).transpose(1, 2)      # (b, S, K, p)
+        b, S = noise.shape[:2]
+        return mean[:, None, None] + std[:, None, None] * y.double().reshape(b, S, -1)
+
+    def loss(self, patches, scale=None):
+        """Mean flow NLL (nats per observed value) of the next K patches from every boundary.
+
+        patches (b, T, p) raw, an empty state at the start. Future patches with more than a
+        quarter missing are left out; remaining gaps are filled with the hint (excluded from
+        the count)."""
+        cfg = self.cfg
+        b, T, p = patches.shape
+        K = min(cfg.max_future_patches, T - 1)
+        scale = torch.ones(b, dtype=patches.dtype, device=patches.device) if scale is None else scale
+        _, aux = self.advance(self.empty_state(b, patches.device, patches.dtype), patches, scale)
+        n = T - 1                                                          # boundaries with a future
+        mean, std = mean_std(aux["stats"][:, :n], aux["ref"][:, None])     # (b, n)
+        flat = lambda x: x.reshape(b * n, *x.shape[2:])
+        c, hint = self.condition(flat(aux["h"][:, :n]), flat(aux["windows"][:, :n]),
+                                 flat(aux["period"][:, :n]), flat(mean), flat(std), K)
+        # targets: patches k+1 .. k+K for boundary k (padded with NaN past the end)
+        padded = F.pad(patches, (0, 0, 0, K), value=float("nan"))
+        fut = padded.unfold(1, K, 1)[:, 1:n + 1].permute(0, 1, 3, 2)       # (b, n, K, p)
+        y = (fut.double() - mean[..., None, None]) / std[..., None, None]
+        y = flat(y.clamp(-cfg.clip, cfg.clip).to(patches.dtype))
+        obs = ~torch.isnan(y)
+        use = obs.to(patches.dtype).mean(-1) >= 0.75                        # (bn, K)
+        y = torch.where(obs, y, hint)
+        lp = self.flow.log_prob(y, c, hint)                                # (bn, K)
+        count = (obs & use[..., None]).to(patches.dtype).sum()
+        return -(lp * use).sum() / count.clamp_min(1)

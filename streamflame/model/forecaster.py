@@ -1,0 +1,248 @@
+"""The public Python API: load a model, update a series, get a forecast.
+
+    f = Forecaster.load()                       # shipped checkpoint (or from_config for random weights)
+    s = f.init_state()
+    s = f.update(s, values)                     # any number of observations, NaN allowed
+    fc = f.forecast(s, horizon=96, seed=0)      # fc.mean (H,), fc.quantiles (Q, H), fc.samples (S, H)
+
+`update_many` / `forecast_many` are the batched forms the worker uses; they give the same
+numbers as the single-series calls.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .config import ModelConfig
+from .flame import STATE_FIELDS, Flame
+from .state import SeriesState, StateDecodeError
+
+DEFAULT_QUANTILES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+CHECKPOINT_DIR = Path(__file__).resolve().parent.parent / "checkpoints" / "default"
+MAX_BLOCK = 256          # patches per parallel block in state_from_history / long updates
+# CPU GEMM kernels pick a different reduction order for very small row counts, so the same
+# series could get last-bit different numbers alone and inside a batch. Padding every batch
+# to at least MIN_ROWS series (repeating the first) makes results independent of batch
+# composition on CPU: replays and retried batches publish bit-identical forecasts and states.
+# The same holds for the tail rows of a batch, hence a multiple of MIN_ROWS.
+MIN_ROWS = 16
+
+
+def _padded(n: int) -> int:
+    return max(MIN_ROWS, -(-n // MIN_ROWS) * MIN_ROWS)
+_TORCH = {"float32": torch.float32, "float64": torch.float64}
+
+
+@dataclass
+class Forecast:
+    mean: np.ndarray                 # (H,)
+    quantiles: np.ndarray            # (Q, H), rows follow quantile_levels
+    samples: np.ndarray              # (S, H)
+    quantile_levels: tuple[float, ...]
+
+    @property
+    def horizon(self) -> int:
+        return int(self.mean.shape[0])
+
+    def quantile(self, q: float) -> np.ndarray:
+        return self.quantiles[self.quantile_levels.index(q)]
+
+
+class Forecaster:
+    def __init__(self, model: Flame, model_id: str):
+        self.model = model.eval()
+        self.model_id = model_id
+
+    # ---- construction --------------------------------------------------------------------
+    @classmethod
+    def from_config(cls, config: ModelConfig | None = None, seed: int = 0) -> "Forecaster":
+        config = config or ModelConfig()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = Flame(config)
+        return cls(model, _model_id(model))
+
+    @classmethod
+    def load(cls, path: str | Path | None = None) -> "Forecaster":
+        """Load a checkpoint directory (config.json + model.safetensors); None = shipped default."""
+        from safetensors.torch import load_file
+        path = Path(path) if path is not None else CHECKPOINT_DIR
+        if path.is_file():
+            path = path.parent
+        cfg_file, w_file = path / "config.json", path / "model.safetensors"
+        if not (cfg_file.is_file() and w_file.is_file()):
+            raise FileNotFoundError(f"no StreamFlame checkpoint at {path} (need config.json and model.safetensors)")
+        meta = json.loads(cfg_file.read_text())
+        model = Flame(ModelConfig.from_dict(meta["model"]))
+        weights = load_file(str(w_file))
+        missing, unexpected = model.load_state_dict(weights, strict=False)
+        if missing or unexpected:
+            raise ValueError(f"checkpoint {path} does not match its config: missing={missing} unexpected={unexpected}")
+        return cls(model, _model_id(model))
+
+    def save(self, path: str | Path, extra: dict | None = None) -> Path:
+        from safetensors.torch import save_file
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        weights = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in self.model.state_dict().items()}
+        save_file(weights, str(path / "model.safetensors"))
+        meta = {"model": json.loads(self.config.to_json()), "model_id": self.model_id, **(extra or {})}
+        (path / "config.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+        return path
+
+    def to(self, device=None, dtype=None) -> "Forecaster":
+        self.model.to(device=device, dtype=dtype)
+        return self
+
+    # ---- facts ---------------------------------------------------------------------------
+    @property
+    def config(self) -> ModelConfig:
+        return self.model.cfg
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> str:
+        return str(next(self.model.parameters()).dtype).removeprefix("torch.")
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.model.parameters())
+
+    # ---- single series -------------------------------------------------------------------
+    def init_state(self, scale: float = 1.0) -> SeriesState:
+        if not (isinstance(scale, (int, float)) and math.isfinite(scale) and scale > 0):
+            raise ValueError(f"scale must be a finite number > 0, got {scale!r}")
+        st = self.model.empty_state(1, "cpu", _TORCH[self.dtype])
+        return SeriesState(self.model_id, self.dtype, {k: v[0].numpy() for k, v in st.items()},
+                           np.zeros(0, dtype=self.dtype), scale=float(scale))
+
+    def update(self, state: SeriesState, values) -> SeriesState:
+        """Feed any number of new observations (1-D, NaN = missing). Returns the new state."""
+        self._check(state)
+        v = _as_values(values, self.dtype)
+        seq = np.concatenate([state.buffer, v])
+        p = self.config.patch_len
+        n_full = len(seq) // p
+        new = state
+        for start in range(0, n_full, MAX_BLOCK):
+            stop = min(n_full, start + MAX_BLOCK)
+            new = self._advance([new], seq[start * p: stop * p].reshape(1, stop - start, p))[0]
+        return SeriesState(self.model_id, self.dtype, new.tensors, seq[n_full * p:].copy(),
+                           n_obs=state.n_obs + len(v), n_patches=state.n_patches + n_full, scale=state.scale)
+
+    def state_from_history(self, values, scale: float = 1.0) -> SeriesState:
+        """The state after `values`, computed with the parallel scan (blocks of MAX_BLOCK patches)."""
+        return self.update(self.init_state(scale), values)
+
+    def forecast(self, state: SeriesState, horizon: int, quantiles=DEFAULT_QUANTILES,
+                 num_samples: int = 100, seed: int | None = None) -> Forecast:
+        return self.forecast_many([state], horizon, quantiles, num_samples, [seed])[0]
+
+    # ---- batched (worker) ----------------------------------------------------------------
+    def update_many(self, states: list[SeriesState], patches) -> list[SeriesState]:
+        """Apply exactly one patch to each state. patches (B, patch_len); buffers must be empty."""
+        p = self.config.patch_len
+        patches = np.asarray(patches, dtype=np.float64)
+        if patches.shape != (len(states), p):
+            raise ValueError(f"patches must have shape ({len(states)}, {p}), got {patches.shape}")
+        if np.isinf(patches).any():
+            raise ValueError("patch values must be finite or NaN (missing)")
+        for s in states:
+            self._check(s)
+            if len(s.buffer):
+                raise ValueError("update_many needs states without a partial patch; use update()")
+        new = self._advance(states, patches.astype(self.dtype)[:, None, :]) if states else []
+        return [SeriesState(self.model_id, self.dtype, n.tensors, s.buffer.copy(), n_obs=s.n_obs + p,
+                            n_patches=s.n_patches + 1, scale=s.scale) for s, n in zip(states, new)]
+
+    @torch.no_grad()
+    def forecast_many(self, states: list[SeriesState], horizon: int, quantiles=DEFAULT_QUANTILES,
+                      num_samples: int = 100, seeds: list[int | None] | None = None) -> list[Forecast]:
+        cfg = self.config
+        if not isinstance(horizon, (int, np.integer)) or not 1 <= horizon <= cfg.max_horizon:
+            raise ValueError(f"horizon must be an integer in [1, {cfg.max_horizon}], got {horizon!r}")
+        levels = tuple(float(q) for q in quantiles)
+        if not levels or any(not 0 < q < 1 for q in levels):
+            raise ValueError(f"quantile levels must lie strictly between 0 and 1, got {quantiles!r}")
+        if not isinstance(num_samples, (int, np.integer)) or num_samples < 1:
+            raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}")
+        seeds = list(seeds) if seeds is not None else [None] * len(states)
+        if len(seeds) != len(states):
+            raise ValueError("one seed per state")
+        out: list[Forecast | None] = [None] * len(states)
+        groups: dict[int, list[int]] = {}
+        for i, s in enumerate(states):
+            self._check(s)
+            if s.n_patches < 1:
+                raise ValueError("a forecast needs at least one complete patch "
+                                 f"({cfg.patch_len} observations); this series has {s.n_obs}")
+            groups.setdefault(len(s.buffer), []).append(i)
+        dt = _TORCH[self.dtype]
+        q = torch.tensor(levels, dtype=torch.float64)
+        for skip, idx in groups.items():
+            K = -(-(horizon + skip) // cfg.patch_len)
+            noise = [_noise(seeds[i], (num_samples, K, cfg.patch_len), dt) for i in idx]
+            noise = torch.stack(noise + [noise[0]] * (_padded(len(idx)) - len(idx)))
+            stacked = self._stack([states[i] for i in idx])
+            samples = self.model.sample(stacked, K, noise.to(self.device))[:len(idx), :, skip:skip + horizon].cpu()
+            means = samples.mean(1)
+            qs = torch.quantile(samples, q, dim=1)                          # (Q, b, H)
+            for j, i in enumerate(idx):
+                out[i] = Forecast(means[j].numpy(), qs[:, j].numpy(), samples[j].numpy(), levels)
+        return out
+
+    # ---- internals -----------------------------------------------------------------------
+    def _check(self, state: SeriesState) -> None:
+        if not isinstance(state, SeriesState):
+            raise TypeError(f"expected a SeriesState, got {type(state).__name__}")
+        if state.model_id != self.model_id:
+            raise StateDecodeError(f"state belongs to model {state.model_id}, this forecaster is {self.model_id}")
+        if state.dtype != self.dtype:
+            raise StateDecodeError(f"state dtype {state.dtype} does not match the forecaster's {self.dtype}")
+
+    def _stack(self, states: list[SeriesState]) -> dict[str, torch.Tensor]:
+        """Stack states into (_padded(len), ...) tensors; rows past len(states) are padding."""
+        states = states + [states[0]] * (_padded(len(states)) - len(states))
+        return {k: torch.from_numpy(np.stack([s.tensors[k] for s in states])).to(self.device) for k in STATE_FIELDS}
+
+    @torch.no_grad()
+    def _advance(self, states: list[SeriesState], patches: np.ndarray) -> list[SeriesState]:
+        stacked = self._stack(states)
+        pad = next(iter(stacked.values())).shape[0] - len(states)
+        scale = torch.tensor([s.scale for s in states] + [states[0].scale] * pad, dtype=_TORCH[self.dtype])
+        patches = torch.from_numpy(np.concatenate([patches, np.repeat(patches[:1], pad, 0)]))
+        new, _ = self.model.advance(stacked, patches.to(self.device), scale.to(self.device))
+        new = {k: v.cpu().numpy() for k, v in new.items()}
+        return [SeriesState(self.model_id, self.dtype, {k: new[k][i] for k in STATE_FIELDS}, s.buffer,
+                            s.n_obs, s.n_patches, s.scale) for i, s in enumerate(states)]
+
+
+def _as_values(values, dtype: str) -> np.ndarray:
+    v = np.asarray(values, dtype=np.float64)
+    if v.ndim != 1:
+        raise ValueError(f"values must be a 1-D array of observations, got shape {v.shape}")
+    if np.isinf(v).any():
+        raise ValueError("values must be finite or NaN (missing); got +-inf")
+    return v.astype(dtype)
+
+
+def _noise(seed: int | None, shape, dtype) -> torch.Tensor:
+    g = torch.Generator()
+    g.manual_seed(int(seed) if seed is not None else int(torch.randint(0, 2**62, ()).item()))
+    return torch.randn(shape, generator=g, dtype=dtype)
+
+
+def _model_id(model: Flame) -> str:
+    h = hashlib.sha256(model.cfg.to_json().encode())
+    for k, v in sorted(model.state_dict().items()):
+        h.update(k.encode())
+        h.update(v.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return "sf-" + h.hexdigest()[:16]

@@ -1,0 +1,124 @@
+"""Causal normalisation and FLAME's local perception, in a form that streams.
+
+Causal RevIN (FlowState), exponentially weighted per patch so that an unbounded stream
+keeps a bounded, recent notion of level and scale:
+    w_k  = g w_{k-1}  + sum_i m_i               (m_i: observed mask of patch k)
+    s1_k = g s1_{k-1} + sum_i m_i (x_i - ref)   (ref: the series' first observed value,
+    s2_k = g s2_{k-1} + sum_i m_i (x_i - ref)^2  kept for numerical range)
+    mean_k = ref + s1/w,  var_k = s2/w - (s1/w)^2,  g = 1 - 1/norm_memory (1 = cumulative)
+Token k is normalised with the statistics *through* patch k (never later ones); forecasts
+are de-normalised with the latest. Statistics are float64 whatever the model dtype.
+
+Local perception (FLAME, made causal): the dominant period P of the last W raw
+observations comes from the autocorrelation of their first differences, computed with an
+FFT (Wiener-Khinchin); the "environment" - the last P observations (one cycle) - is
+compressed into LegT (Legendre) coefficients that are added to the token. The same period
+gives every future step a seasonal hint: the value one cycle earlier.
+"""
+from __future__ import annotations
+
+import torch
+
+from .hippo import legt_coefficients
+
+STATS = 3  # (w, s1, s2)
+
+
+def patch_moments(patches: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    """patches (b,T,p) raw with NaN, ref (b,) -> per-patch (w, s1, s2) (b,T,3) float64."""
+    x = patches.double() - ref[:, None, None]
+    m = ~torch.isnan(x)
+    x = torch.where(m, x, torch.zeros_like(x))
+    return torch.stack([m.double().sum(-1), x.sum(-1), (x * x).sum(-1)], dim=-1)
+
+
+def first_reference(patches: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    """Keep ref where set; else the first observed value of these patches (NaN if none)."""
+    flat = patches.double().flatten(1)
+    obs = ~torch.isnan(flat)
+    idx = obs.to(torch.int64).argmax(dim=1)
+    first = flat.gather(1, idx[:, None])[:, 0]
+    first = torch.where(obs.any(1), first, torch.full_like(first, float("nan")))
+    return torch.where(torch.isnan(ref), first, ref)
+
+
+def scan_stats(moments: torch.Tensor, stats0: torch.Tensor, decay: float) -> torch.Tensor:
+    """Exponentially weighted running sums: moments (b,T,3), stats0 (b,3) -> stats (b,T,3).
+
+    The parallel form: stats_k = g^(k+1) stats0 + sum_{j<=k} g^(k-j) moments_j (float64).
+    """
+    T = moments.shape[1]
+    k = torch.arange(T, dtype=torch.float64, device=moments.device)
+    lag = (k[:, None] - k[None, :])
+    L = torch.where(lag >= 0, decay ** lag.clamp_min(0), torch.zeros_like(lag))   # (T, T)
+    return torch.einsum("kj,bjs->bks", L, moments) + (decay ** (k + 1))[None, :, None] * stats0[:, None, :]
+
+
+def mean_std(stats: torch.Tensor, ref: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """stats (...,3), ref broadcastable to (...) -> mean, std (float64); (0, 1) before any data."""
+    w, s1, s2 = stats.unbind(-1)
+    has = w > 0
+    wsafe = torch.where(has, w, torch.ones_like(w))
+    mu = s1 / wsafe
+    var = (s2 / wsafe - mu * mu).clamp_min(0)
+    ref = torch.nan_to_num(ref, nan=0.0)
+    mean = torch.where(has, ref + mu, torch.zeros_like(mu))
+    std = torch.sqrt(var + 1e-12 * mean * mean + 1e-10)
+    return mean, torch.where(has, std, torch.ones_like(std))
+
+
+def dominant_period(window: torch.Tensor, min_period: int) -> torch.Tensor:
+    """window (..., W) raw values with NaN -> period (...,) int64 in [min_period, W//2], 0 = none.
+
+    Biased autocorrelation of first differences via FFT (float64); the period is the lag of
+    the highest local maximum, kept when its correlation exceeds 0.1.
+    """
+    x = window.double()
+    d = x[..., 1:] - x[..., :-1]
+    m = ~torch.isnan(d)
+    d = torch.where(m, d - (torch.where(m, d, 0).sum(-1, keepdim=True) / m.sum(-1, keepdim=True).clamp_min(1)), 0)
+    n = d.shape[-1]
+    f = torch.fft.rfft(d, n=2 * n)
+    acf = torch.fft.irfft(f * f.conj(), n=2 * n)[..., :n]
+    acf = acf / acf[..., :1].clamp_min(1e-300)
+    hi = window.shape[-1] // 2
+    r = acf[..., min_period - 1: hi + 2]                              # lags min_period-1 .. hi+1
+    mid = r[..., 1:-1]
+    peak = (mid >= r[..., :-2]) & (mid >= r[..., 2:]) & (mid > 0.1)
+    score = torch.where(peak, mid, torch.full_like(mid, -1.0))
+    best = score.argmax(-1)
+    period = best + min_period
+    return torch.where(score.gather(-1, best[..., None])[..., 0] > 0, period, torch.zeros_like(period))
+
+
+def env_features(window: torch.Tensor, period: torch.Tensor, mean, std, cfg) -> torch.Tensor:
+    """LegT coefficients of the last cycle (normalised) + log cycle length + missing fraction.
+
+    window (..., W) raw with NaN, period (...,), mean/std (...,) -> (..., legt_order + 2)
+    """
+    W, p = window.shape[-1], cfg.patch_len
+    theta = torch.where(period > 0, period.clamp(p, W), torch.full_like(period, 2 * p))
+    valid = ~torch.isnan(window)
+    z = ((window.double() - mean[..., None]) / std[..., None]).clamp(-cfg.clip, cfg.clip)
+    z = torch.where(valid, z, 0).to(window.dtype)
+    coef = legt_coefficients(z, valid, theta, cfg.legt_order)
+    extra = torch.stack([torch.log(theta.to(window.dtype) / p), 1 - valid.to(window.dtype).mean(-1)], -1)
+    return torch.cat([coef, extra], -1)
+
+
+def seasonal_hint(window: torch.Tensor, period: torch.Tensor, steps: int) -> torch.Tensor:
+    """Seasonal-naive values for the next `steps` steps after the window's end.
+
+    window (b, W) raw, period (b,) -> (b, steps) raw (NaN where unknown). With a period P the
+    hint for step s is x[t - P + 1 + ((s - 1) mod P)]; without one, the last observed value.
+    """
+    b, W = window.shape
+    s = torch.arange(steps, device=window.device)
+    P = period.clamp_min(1)[:, None]
+    idx = (W - P + s[None, :] % P).clamp(0, W - 1)
+    seas = window.gather(1, idx)
+    valid = ~torch.isnan(window)
+    last_idx = torch.where(valid, torch.arange(W, device=window.device), -1).max(1).values
+    last = window.gather(1, last_idx.clamp_min(0)[:, None])
+    last = torch.where(last_idx[:, None] >= 0, last, torch.full_like(last, float("nan")))
+    return torch.where(period[:, None] > 0, seas, last.expand(b, steps))
