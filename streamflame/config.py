@@ -158,10 +158,8 @@ class KafkaSettings(_Section):
         if self.security_protocol.startswith("SASL"):
             missing = [n for n in ("sasl_mechanism", "sasl_username", "sasl_password") if getattr(self, n) is None]
             if missing:
-                raise ValueError(
-                    f"security_protocol {self.security_protocol} needs " + ", ".join(missing)
-                    + " (e.g. STREAMFLAME_KAFKA__SASL_PASSWORD)"
-                )
+                env = ", ".join(f"{ENV_PREFIX}KAFKA__{n.upper()}" for n in missing)
+                raise ValueError(f"security_protocol {self.security_protocol} needs {', '.join(missing)} (or set {env})")
         if self.heartbeat_interval_ms >= self.session_timeout_ms:
             raise ValueError("heartbeat_interval_ms must be below session_timeout_ms")
         return self
