@@ -40,7 +40,7 @@ def legs(n: int) -> tuple[np.ndarray, np.ndarray]:
     """LegS matrices A (n, n), B (n,) in HiPPO's normalised form."""
     q = np.arange(n, dtype=np.float64)
     r = 2 * q + 1
-    M = -(np.tril(np.ones((n, n))) * r[:, None] - np.diag(q))
+    M = -(np.tril(np.ones((n, n))) * r[None, :] - np.diag(q))      # M_ij = -(2j+1) for i > j
     T = np.sqrt(r)
     A = T[:, None] * M / T[None, :]
     return A, np.sqrt(r)
@@ -81,14 +81,14 @@ def legt_coefficients(window: torch.Tensor, valid: torch.Tensor, theta: torch.Te
     window: (..., W) values (NaN-free; missing entries must be zero)
     valid:  (..., W) bool, which entries are observed
     theta:  (...,) integer window lengths, 1 <= theta <= W
-    returns (..., n): c_k = (2k+1)/2 * mean-weighted sum of x(u) P_k(u), u in (-1, 1]
-      where u = -1 + 2 (i + 1 - (W - theta)) / theta for the last theta positions i.
+    returns (..., n): c_k = (2k+1)/2 * integral of x(u) P_k(u) du by the midpoint rule, with
+      u = -1 + (2 (i - (W - theta)) + 1) / theta for the last theta positions i.
     Missing entries are left out and the sum is renormalised by the observed count.
     """
     W = window.shape[-1]
     i = torch.arange(W, dtype=window.dtype, device=window.device)
     th = theta.to(window.dtype).unsqueeze(-1)
-    u = -1 + 2 * (i + 1 - (W - th)) / th                      # (..., W), in (-1, 1] inside the window
+    u = -1 + (2 * (i - (W - th)) + 1) / th                   # (..., W), midpoints inside the window
     inside = (i >= (W - th)) & valid                           # (..., W)
     P = legendre(n, u.clamp(-1, 1))                            # (..., W, n)
     w = inside.to(window.dtype)

@@ -70,22 +70,27 @@ def mean_std(stats: torch.Tensor, ref: torch.Tensor) -> tuple[torch.Tensor, torc
 def dominant_period(window: torch.Tensor, min_period: int) -> torch.Tensor:
     """window (..., W) raw values with NaN -> period (...,) int64 in [min_period, W//2], 0 = none.
 
-    Biased autocorrelation of first differences via FFT (float64); the period is the lag of
-    the highest local maximum, kept when its correlation exceeds 0.1.
+    Autocorrelation of first differences via FFT (float64), each lag normalised by its number
+    of observed pairs (so gaps do not bias it). The period is the best local maximum, with a
+    mild preference for shorter lags (multiples of a period correlate as well as the period),
+    kept when its correlation exceeds 0.2.
     """
     x = window.double()
     d = x[..., 1:] - x[..., :-1]
     m = ~torch.isnan(d)
-    d = torch.where(m, d - (torch.where(m, d, 0).sum(-1, keepdim=True) / m.sum(-1, keepdim=True).clamp_min(1)), 0)
+    mf = m.double()
+    d = torch.where(m, d - (torch.where(m, d, 0).sum(-1, keepdim=True) / mf.sum(-1, keepdim=True).clamp_min(1)), 0)
     n = d.shape[-1]
-    f = torch.fft.rfft(d, n=2 * n)
-    acf = torch.fft.irfft(f * f.conj(), n=2 * n)[..., :n]
-    acf = acf / acf[..., :1].clamp_min(1e-300)
+    corr = lambda a: torch.fft.irfft(torch.fft.rfft(a, n=2 * n).abs().pow(2), n=2 * n)[..., :n]
+    pairs = corr(mf).round()
+    acf = corr(d) / pairs.clamp_min(1)
+    acf = torch.where(pairs >= n // 4, acf, 0) / acf[..., :1].clamp_min(1e-300)
     hi = window.shape[-1] // 2
+    lags = torch.arange(min_period, hi + 1, device=window.device)
     r = acf[..., min_period - 1: hi + 2]                              # lags min_period-1 .. hi+1
     mid = r[..., 1:-1]
-    peak = (mid >= r[..., :-2]) & (mid >= r[..., 2:]) & (mid > 0.1)
-    score = torch.where(peak, mid, torch.full_like(mid, -1.0))
+    peak = (mid >= r[..., :-2]) & (mid >= r[..., 2:]) & (mid > 0.2)
+    score = torch.where(peak, mid * (1 - 0.25 * lags / hi), torch.full_like(mid, -1.0))
     best = score.argmax(-1)
     period = best + min_period
     return torch.where(score.gather(-1, best[..., None])[..., 0] > 0, period, torch.zeros_like(period))

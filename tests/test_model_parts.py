@@ -1,0 +1,264 @@
+"""Each piece of the model against its closed form or a reference implementation."""
+import numpy as np
+import pytest
+import torch
+
+from streamflame import Forecaster, SeriesState, StateDecodeError
+from streamflame.model import ModelConfig, tiny_config
+from streamflame.model.flame import Flame
+from streamflame.model.flow import FlowHead
+from streamflame.model.hippo import legendre, legs, legt_coefficients, legt_reconstruct, legt_recurrence
+from streamflame.model.perception import dominant_period, mean_std, scan_stats, seasonal_hint
+from streamflame.model.ssd import SSDLayer, ssd_chunked, ssd_naive, ssd_step
+
+
+# ---- HiPPO --------------------------------------------------------------------------------
+def test_legendre_matches_numpy():
+    u = np.linspace(-1, 1, 41)
+    ours = legendre(7, torch.from_numpy(u)).numpy()
+    ref = np.stack([np.polynomial.legendre.Legendre.basis(k)(u) for k in range(7)], -1)
+    np.testing.assert_allclose(ours, ref, atol=1e-12)
+
+
+def test_legt_memory_reconstructs_low_degree_polynomial():
+    theta, n = 200.0, 12
+    t = np.arange(1000, dtype=np.float64)
+    poly = lambda s: 0.5 + 1e-3 * s - 2e-6 * s ** 2                 # degree 2 in time
+    mem = legt_recurrence(poly(t), n, theta)
+    delays = np.linspace(0, theta, 11)
+    got = legt_reconstruct(mem[-1], theta, delays)
+    np.testing.assert_allclose(got, poly(t[-1] - delays), rtol=0, atol=2e-2 * np.ptp(poly(t[-200:])))
+
+
+def test_legt_projection_is_exact_for_polynomials_and_skips_missing():
+    W, n = 120, 6
+    i = torch.arange(W, dtype=torch.float64)
+    for theta in (48, 77, 120):
+        u = -1 + (2 * (i - (W - theta)) + 1) / theta
+        coef_true = torch.tensor([0.3, -1.0, 0.5, 0.2, 0.0, 0.0], dtype=torch.float64)
+        x = (legendre(n, u.clamp(-1, 1)) @ coef_true)
+        valid = torch.ones(W, dtype=torch.bool)
+        c = legt_coefficients(x, valid, torch.tensor(theta), 12)
+        # a discrete projection of a degree-3 polynomial recovers its low coefficients closely
+        np.testing.assert_allclose(c[:4].numpy(), coef_true[:4].numpy(), atol=0.02)
+        valid2 = valid.clone()
+        valid2[-10:-5] = False
+        c2 = legt_coefficients(torch.where(valid2, x, 0), valid2, torch.tensor(theta), 12)
+        np.testing.assert_allclose(c2[:2].numpy(), coef_true[:2].numpy(), atol=0.15)
+
+
+def test_legs_matrix_closed_form_and_ssd_init_uses_its_diagonal():
+    A, B = legs(6)
+    q = np.arange(6)
+    np.testing.assert_allclose(np.diag(A), -(q + 1))
+    for i in range(6):
+        for j in range(6):
+            want = -np.sqrt((2 * i + 1) * (2 * j + 1)) if i > j else (-(i + 1) if i == j else 0.0)
+            assert A[i, j] == pytest.approx(want)
+    np.testing.assert_allclose(B, np.sqrt(2 * q + 1))
+    layer = SSDLayer(tiny_config(d_inner=48, headdim=8))
+    np.testing.assert_allclose(-torch.exp(layer.A_log).detach().numpy(), np.diag(legs(6)[0]), rtol=1e-6)
+
+
+# ---- SSD ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("T,chunk", [(1, 4), (7, 4), (16, 4), (33, 8), (50, 64)])
+def test_chunked_scan_equals_naive_loop(T, chunk):
+    g = torch.Generator().manual_seed(T)
+    b, H, Pd, N = 3, 4, 5, 6
+    x = torch.randn(b, T, H, Pd, generator=g, dtype=torch.float64)
+    a = -torch.rand(b, T, H, generator=g, dtype=torch.float64)
+    B = torch.randn(b, T, N, generator=g, dtype=torch.float64)
+    C = torch.randn(b, T, N, generator=g, dtype=torch.float64)
+    S0 = torch.randn(b, H, Pd, N, generator=g, dtype=torch.float64)
+    y1, s1 = ssd_naive(x, a, B, C, S0)
+    y2, s2 = ssd_chunked(x, a, B, C, S0, chunk)
+    torch.testing.assert_close(y1, y2, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(s1, s2, rtol=1e-10, atol=1e-10)
+    # resuming from the final state of a first half equals the scan over the whole sequence
+    h = T // 2
+    if h:
+        ya, sa = ssd_chunked(x[:, :h], a[:, :h], B[:, :h], C[:, :h], S0, chunk)
+        yb, sb = ssd_chunked(x[:, h:], a[:, h:], B[:, h:], C[:, h:], sa, chunk)
+        torch.testing.assert_close(torch.cat([ya, yb], 1), y1, rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(sb, s1, rtol=1e-10, atol=1e-10)
+
+
+def test_ssd_layer_step_by_step_equals_parallel():
+    cfg = tiny_config(d_conv=3)
+    layer = SSDLayer(cfg).double()
+    g = torch.Generator().manual_seed(0)
+    b, T = 2, 11
+    u = torch.randn(b, T, cfg.d_model, generator=g, dtype=torch.float64)
+    conv0 = torch.randn(b, cfg.d_conv - 1, cfg.conv_dim, generator=g, dtype=torch.float64)
+    ssm0 = torch.randn(b, cfg.n_heads, cfg.headdim, cfg.d_state, generator=g, dtype=torch.float64)
+    scale = torch.tensor([1.0, 0.25], dtype=torch.float64)
+    out, conv, ssm = layer(u, conv0, ssm0, scale)
+    c, s, outs = conv0, ssm0, []
+    for t in range(T):
+        o, c, s = layer(u[:, t:t + 1], c, s, scale)
+        outs.append(o)
+    torch.testing.assert_close(torch.cat(outs, 1), out, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(s, ssm, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(c, conv)
+
+
+# ---- normalisation and perception -------------------------------------------------------
+def test_causal_stats_match_direct_weighted_moments():
+    rng = np.random.default_rng(0)
+    x = rng.normal(5, 2, (1, 10, 48))
+    x[0, 3, :10] = np.nan
+    for memory in (0.0, 8.0):
+        g = 1 - 1 / memory if memory else 1.0
+        ref = torch.tensor([x[0, 0, 0]])
+        xt = torch.from_numpy(x)
+        m = ~torch.isnan(xt)
+        d = torch.where(m, xt - ref, 0)
+        mom = torch.stack([m.double().sum(-1), d.sum(-1), (d * d).sum(-1)], -1)
+        stats = scan_stats(mom, torch.zeros(1, 3, dtype=torch.float64), g)
+        mean, std = mean_std(stats, ref[:, None])
+        for k in range(10):
+            w = np.repeat(g ** (k - np.arange(k + 1)), 48)
+            v = x[0, :k + 1].ravel()
+            ok = ~np.isnan(v)
+            mu = np.sum(w[ok] * v[ok]) / w[ok].sum()
+            sd = np.sqrt(np.sum(w[ok] * (v[ok] - mu) ** 2) / w[ok].sum())
+            assert mean[0, k].item() == pytest.approx(mu, rel=1e-12)
+            assert std[0, k].item() == pytest.approx(sd, rel=1e-6)
+
+
+def test_dominant_period_and_seasonal_hint():
+    t = np.arange(1024)
+    for period in (24, 96, 144):
+        x = np.sin(2 * np.pi * t / period) + 0.3 * np.sin(4 * np.pi * t / period) + 0.01 * t
+        assert dominant_period(torch.from_numpy(x)[None], 4).item() == period
+        x[100:140] = np.nan                                   # a gap may move the peak by one lag
+        p = dominant_period(torch.from_numpy(x)[None], 4).item()
+        assert abs(p - period) <= 1
+        hint = seasonal_hint(torch.from_numpy(x)[None], torch.tensor([p]), 200)[0].numpy()
+        np.testing.assert_allclose(hint, x[len(x) - p + (np.arange(200) % p)])
+    noise = np.random.default_rng(0).normal(size=(1, 1024))
+    assert dominant_period(torch.from_numpy(noise), 4).item() == 0
+    hint = seasonal_hint(torch.from_numpy(noise), torch.tensor([0]), 5)[0].numpy()
+    np.testing.assert_allclose(hint, noise[0, -1])
+
+
+# ---- flow ---------------------------------------------------------------------------------
+def test_flow_is_invertible_and_logdet_matches_numerical_jacobian():
+    cfg = tiny_config(patch_len=8, window=32, flow_layers=4, max_horizon=16)
+    flow = FlowHead(cfg).double()
+    with torch.no_grad():                                   # leave the zero init: make it non-trivial
+        for prm in flow.parameters():
+            prm.add_(0.3 * torch.randn_like(prm))
+    c = torch.randn(cfg.d_cond, dtype=torch.float64)
+    hint = torch.randn(8, dtype=torch.float64)
+    z = torch.randn(8, dtype=torch.float64)
+    fwd = lambda z_: flow.sample(c, hint, z_[None])[0]
+    y = fwd(z)
+    J = torch.autograd.functional.jacobian(fwd, z)
+    assert torch.allclose(torch.triu(J, 1), torch.zeros_like(J)), "output j must depend on noise dims <= j only"
+    logp = flow.log_prob(y, c, hint)
+    std_normal = -0.5 * (z * z).sum() - 4 * np.log(2 * np.pi)
+    torch.testing.assert_close(logp, std_normal - torch.linalg.slogdet(J)[1], rtol=1e-9, atol=1e-9)
+
+
+# ---- the Forecaster surface -----------------------------------------------------------------
+def test_default_config_size_limits():
+    f = Forecaster.from_config()
+    n, size = f.num_parameters(), f.init_state().nbytes
+    print(f"default config: {n} parameters, state {size} bytes")
+    assert 1_000_000 <= n <= 5_000_000
+    assert f.state_from_history(np.random.default_rng(0).normal(size=5000)).nbytes <= 32 * 1024
+
+
+def test_forecast_shapes_quantiles_and_seeds():
+    f = Forecaster.from_config(tiny_config(), seed=0)
+    x = np.sin(np.arange(500) / 5.0) * 10 + 100
+    s = f.state_from_history(x)
+    for H in (1, 47, 50, 96):
+        fc = f.forecast(s, H, num_samples=64, seed=3)
+        assert fc.mean.shape == (H,) and fc.quantiles.shape == (9, H) and fc.samples.shape == (64, H)
+        assert np.all(np.diff(fc.quantiles, axis=0) >= 0), "quantiles must be monotone in the level"
+        assert np.all(np.isfinite(fc.samples))
+    a, b = f.forecast(s, 30, seed=5), f.forecast(s, 30, seed=5)
+    assert np.array_equal(a.samples, b.samples)
+    assert not np.array_equal(a.samples, f.forecast(s, 30, seed=6).samples)
+    assert f.forecast(s, 30, quantiles=(0.05, 0.5, 0.95), seed=1).quantile(0.95).shape == (30,)
+
+
+def test_clear_errors():
+    f = Forecaster.from_config(tiny_config(), seed=0)
+    with pytest.raises(ValueError, match="at least one complete patch"):
+        f.forecast(f.update(f.init_state(), np.ones(47)), 10)
+    s = f.state_from_history(np.ones(100))
+    with pytest.raises(ValueError, match="horizon"):
+        f.forecast(s, f.config.max_horizon + 1)
+    with pytest.raises(ValueError, match="horizon"):
+        f.forecast(s, 0)
+    with pytest.raises(ValueError, match="quantile"):
+        f.forecast(s, 5, quantiles=(0.5, 1.0))
+    with pytest.raises(ValueError, match="inf"):
+        f.update(s, [1.0, np.inf])
+    with pytest.raises(ValueError, match="1-D"):
+        f.update(s, np.ones((2, 3)))
+    other = Forecaster.from_config(tiny_config(), seed=1)
+    with pytest.raises(StateDecodeError, match="belongs to model"):
+        other.update(s, [1.0])
+
+
+def test_state_codec_rejects_corrupt_and_foreign_bytes():
+    f = Forecaster.from_config(tiny_config(), seed=0)
+    s = f.state_from_history(np.arange(130.0))
+    blob = s.to_bytes()
+    assert blob[:4] == b"SFST"
+    back = SeriesState.from_bytes(blob)
+    assert back.n_obs == 130 and back.n_patches == 2 and back.model_id == f.model_id and back.dtype == "float32"
+    flipped = bytearray(blob)
+    flipped[len(blob) // 2] ^= 0xFF
+    with pytest.raises(StateDecodeError, match="checksum"):
+        SeriesState.from_bytes(bytes(flipped))
+    with pytest.raises(StateDecodeError, match="magic"):
+        SeriesState.from_bytes(b"\x80\x04\x95pickle-looking bytes")
+    with pytest.raises(StateDecodeError):
+        SeriesState.from_bytes(blob[:-9])
+    with pytest.raises(StateDecodeError, match="bytes"):
+        SeriesState.from_bytes("not bytes")
+
+
+def test_scale_changes_dynamics_and_is_validated():
+    f = Forecaster.from_config(tiny_config(), seed=0)
+    x = np.sin(np.arange(480) / 7.0)
+    a = f.state_from_history(x, scale=1.0)
+    b = f.state_from_history(x, scale=0.25)
+    assert not np.allclose(a.tensors["ssm"], b.tensors["ssm"])
+    assert SeriesState.from_bytes(b.to_bytes()).scale == 0.25
+    with pytest.raises(ValueError, match="scale"):
+        f.init_state(scale=0)
+
+
+def test_checkpoint_roundtrip(tmp_path):
+    f = Forecaster.from_config(tiny_config(), seed=4)
+    f.save(tmp_path / "ckpt")
+    g = Forecaster.load(tmp_path / "ckpt")
+    assert g.model_id == f.model_id and g.config == f.config
+    s = f.state_from_history(np.arange(200.0))
+    assert np.array_equal(f.forecast(s, 20, seed=1).samples, g.forecast(s, 20, seed=1).samples)
+    with pytest.raises(FileNotFoundError):
+        Forecaster.load(tmp_path / "nothing-here")
+
+
+def test_tiny_model_overfits_one_series():
+    torch.manual_seed(0)
+    cfg = tiny_config()
+    model = Flame(cfg)
+    t = np.arange(48 * 24)
+    x = torch.tensor(np.sin(2 * np.pi * t / 24) * 3 + 10 + 0.05 * np.random.default_rng(0).normal(size=len(t)),
+                     dtype=torch.float32).reshape(1, 24, 48)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    first = model.loss(x).item()
+    for _ in range(60):
+        opt.zero_grad()
+        loss = model.loss(x)
+        loss.backward()
+        assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+        opt.step()
+    assert loss.item() < first - 1.0, (first, loss.item())
