@@ -65,6 +65,8 @@ REJECT_REASONS: dict[str, str] = {
     # worker
     "bad_patch": "a patches-topic record that does not decode as PatchMessage",
     "corrupt_state": "the stored state of the series could not be decoded",
+    "patch_gap": "a patch whose seq is more than one past the series' stored state (patches missing in between); not applied",
+    "series_quarantined": "a patch of a series whose stored state is quarantined; not applied",
 }
 
 
@@ -196,10 +198,10 @@ def _check_value(v: Any, where: str) -> float | None:
             raise RejectedMessage("non_finite_value", f"{where} is {v!r}; send null for a missing value")
         return v
     if t is int:
-        f = float(v)  # orjson gives ints within 64 bits; the stdlib fallback may not
-        if math.isinf(f):
-            raise RejectedMessage("non_finite_value", f"{where} overflows a double")
-        return f
+        try:
+            return float(v)
+        except OverflowError:  # an integer literal beyond the double range (stdlib fallback only)
+            raise RejectedMessage("non_finite_value", f"{where} overflows a double") from None
     if v is None:
         return None
     raise RejectedMessage("bad_value", f"{where} must be a number or null, got {_type_name(v)}")
