@@ -641,7 +641,7 @@ def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigError([f"the top level must be a mapping of sections, got {type(data).__name__}"], str(path))
+        raise ConfigError([f"the top level must be a mapping of sections, got {_yaml_type(data)}"], str(path))
     return data
 
 
@@ -684,6 +684,8 @@ def _describe(err: dict[str, Any]) -> str:
         name = str(loc[-1]) if loc else ""
         close = difflib.get_close_matches(name, _known_fields(loc[:-1]), n=1)
         msg = "unknown field" + (f" (did you mean {close[0]!r}?)" if close else "")
+    elif err["type"] in ("model_type", "model_attributes_type", "dict_type"):
+        msg = f"must be a mapping of settings, got {_yaml_type(err.get('input'))}"
     elif err["type"] not in ("value_error", "assertion_error", "missing") and "input" in err:
         shown = repr(err["input"])
         if len(shown) <= 60 and not isinstance(err["input"], (dict, list)):
@@ -699,6 +701,12 @@ def _describe(err: dict[str, Any]) -> str:
     if path.startswith("groups: ") or (msg.startswith("groups[") and path == "groups"):
         return msg
     return f"{path}: {msg}" if path else msg
+
+
+def _yaml_type(x: Any) -> str:
+    if x is None:
+        return "null"
+    return {list: "a list", str: "a string", int: "a number", float: "a number", bool: "a boolean"}.get(type(x), type(x).__name__)
 
 
 def config_problems(err: ValidationError) -> list[str]:
