@@ -1,0 +1,264 @@
+"""Seeded synthetic series for pretraining diversity.
+
+Two families, mixed half/half by :func:`generate` and :func:`stream`:
+
+* **KernelSynth-style Gaussian processes**: a random composition (sum/product) of base
+  kernels (periodic, RBF, rational quadratic, white noise, constant, linear). Stationary
+  sub-compositions are sampled *exactly* by circulant embedding (one FFT of length 2T,
+  O(T log T) instead of an O(T^3) Cholesky); a linear kernel enters as an independent random
+  line, combined by +/x with the sample of the other operand (same second moments as the
+  composed kernel).
+* **Sensor-like series**: a daily cycle with harmonics at a random sampling rate (1, 5, 10,
+  15, 30 or 60 minutes), weekday/weekend modulation, trend or random walk, level shifts,
+  spikes, slow sensor drift, AR(1) and multiplicative noise, and sometimes intermittent
+  (zero-inflated counts) or clipped (saturating sensor) output.
+
+Either family may then get missing runs (NaN), and every series gets a random level and
+scale. Series ``i`` of seed ``s`` depends only on ``(s, i)`` (``numpy.random.SeedSequence``),
+so ``generate(n, T, s)[i]`` equals the i-th item of ``stream(T, s)``, and workers can split
+indices without coordination.
+"""
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+STEP_MINUTES = (1, 5, 10, 15, 30, 60)  # sensor sampling rates
+MINUTES_PER_DAY = 1440
+
+
+@dataclass(frozen=True)
+class SynthConfig:
+    """Knobs of the generator (defaults are the pretraining mix)."""
+
+    kernel_fraction: float = 0.5       # share of KernelSynth series, the rest sensor-like
+    missing_probability: float = 0.3   # share of series that get missing values
+    missing_fraction: tuple[float, float] = (0.01, 0.25)  # NaN share of such a series
+    max_kernels: int = 5               # base kernels per KernelSynth composition
+
+
+DEFAULT = SynthConfig()
+
+
+# ---------------------------------------------------------------- KernelSynth
+
+def _periods(length: int, rng: np.random.Generator) -> float:
+    """A period in steps: a day or week at a sensor rate, or a generic fraction of the length."""
+    if rng.random() < 0.6:
+        per_day = MINUTES_PER_DAY // rng.choice(STEP_MINUTES)
+        period = per_day * (7 if rng.random() < 0.25 else 1)
+        if period < length / 2:
+            return float(period)
+    return float(rng.choice([4, 7, 12, 24, 48, 96, 168, 288]) if rng.random() < 0.5
+                 else np.exp(rng.uniform(np.log(3), np.log(max(4, length / 3)))))
+
+
+def _base_covariance(kind: str, lags: np.ndarray, length: int, rng: np.random.Generator) -> np.ndarray:
+    """Covariance k(lag) of one stationary base kernel on integer lags (unit variance scale)."""
+    ell = np.exp(rng.uniform(np.log(2.0), np.log(length)))  # length scale, steps
+    if kind == "periodic":
+        period = _periods(length, rng)
+        ell_p = rng.choice([0.5, 1.0, 2.0])
+        return np.exp(-2.0 * np.sin(np.pi * lags / period) ** 2 / ell_p**2)
+    if kind == "rbf":
+        return np.exp(-0.5 * (lags / ell) ** 2)
+    if kind == "rq":
+        alpha = rng.choice([0.1, 1.0, 10.0])
+        return (1.0 + lags**2 / (2 * alpha * ell**2)) ** (-alpha)
+    if kind == "white":
+        return np.where(lags == 0, rng.uniform(0.01, 0.3), 0.0)
+    if kind == "constant":
+        return np.full(lags.shape, rng.uniform(0.1, 1.0))
+    raise ValueError(f"unknown kernel {kind!r}")
+
+
+def sample_stationary(cov: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """One zero-mean Gaussian sample with autocovariance ``cov`` (shape (T,), cov[k] = k(lag k)).
+
+    Circulant embedding of size 2T; negative eigenvalues of the embedding (smooth kernels
+    with long length scales) are clipped to zero.
+    """
+    t = cov.shape[0]
+    row = np.concatenate([cov, [cov[-1]], cov[:0:-1]])  # symmetric circulant row, length 2T
+    eig = np.clip(np.fft.rfft(row).real, 0.0, None)
+    m = row.shape[0]
+    z = rng.standard_normal(eig.shape[0]) + 1j * rng.standard_normal(eig.shape[0])
+    z[0] = z[0].real * np.sqrt(2.0)
+    if m % 2 == 0:
+        z[-1] = z[-1].real * np.sqrt(2.0)
+    x = np.fft.irfft(np.sqrt(eig) * z, n=m) * np.sqrt(m / 2.0)
+    return x[:t]
+
+
+def kernel_synth(length: int, rng: np.random.Generator, max_kernels: int = DEFAULT.max_kernels
+                 ) -> np.ndarray:
+    """One KernelSynth-style series of shape (length,) (zero-mean-ish, unit-ish scale)."""
+    kinds = ["periodic", "periodic", "rbf", "rq", "white", "constant", "linear"]
+    n_kernels = int(rng.integers(1, max_kernels + 1))
+    lags = np.arange(length, dtype=np.float64)
+    # Each term is ("cov", autocovariance) while stationary, ("x", sample) once it is not.
+    terms = []
+    for _ in range(n_kernels):
+        kind = kinds[int(rng.integers(len(kinds)))]
+        if kind == "linear":
+            t = np.linspace(0.0, 1.0, length)
+            terms.append(("x", rng.standard_normal() * (t - rng.uniform(0, 1)) + 0.3 * rng.standard_normal()))
+        else:
+            terms.append(("cov", _base_covariance(kind, lags, length, rng)))
+    acc = terms[0]
+    for term in terms[1:]:
+        op = "+" if rng.random() < 0.5 else "*"
+        if acc[0] == "cov" and term[0] == "cov":
+            acc = ("cov", acc[1] + term[1] if op == "+" else acc[1] * term[1])
+            continue
+        a = sample_stationary(acc[1], rng) if acc[0] == "cov" else acc[1]
+        b = sample_stationary(term[1], rng) if term[0] == "cov" else term[1]
+        acc = ("x", a + b if op == "+" else a * b)
+    x = sample_stationary(acc[1], rng) if acc[0] == "cov" else acc[1]
+    if not np.any(x != x[0]):  # a pure constant kernel: add a little noise so the series is usable
+        x = x + 0.1 * rng.standard_normal(length)
+    return x
+
+
+# ---------------------------------------------------------------- sensor-like
+
+def daily_profile(steps_per_day: int, rng: np.random.Generator, n_harmonics: int = 6) -> np.ndarray:
+    """A smooth random daily shape of shape (steps_per_day,), unit standard deviation."""
+    phase = np.arange(steps_per_day) / steps_per_day
+    shape = np.zeros(steps_per_day)
+    for k in range(1, n_harmonics + 1):
+        amp = rng.standard_normal() / k ** rng.uniform(0.5, 2.0)
+        shape += amp * np.cos(2 * np.pi * k * phase + rng.uniform(0, 2 * np.pi))
+    if rng.random() < 0.3:  # peaky profile (traffic, footfall): exponentiate
+        shape = np.exp(shape / (np.std(shape) + 1e-9))
+    return (shape - shape.mean()) / (shape.std() + 1e-9)
+
+
+def ar1(length: int, phi: float, rng: np.random.Generator) -> np.ndarray:
+    """Stationary AR(1) noise with unit marginal variance, shape (length,).
+
+    AR(1) is the Gaussian process with autocovariance phi**|lag|, so it is sampled exactly
+    by :func:`sample_stationary` (no Python loop over time)."""
+    return sample_stationary(float(phi) ** np.arange(length, dtype=np.float64), rng)
+
+
+def sensor_like(length: int, rng: np.random.Generator, step_minutes: int | None = None) -> np.ndarray:
+    """One sensor-like series of shape (length,) (see the module docstring)."""
+    step_minutes = int(rng.choice(STEP_MINUTES)) if step_minutes is None else int(step_minutes)
+    per_day = max(1, MINUTES_PER_DAY // step_minutes)
+    t = np.arange(length)
+    day = t // per_day
+    x = np.zeros(length)
+    # Daily cycle, optionally slowly varying in amplitude, with a weekday/weekend effect.
+    if rng.random() < 0.85:
+        profile = daily_profile(per_day, rng)
+        amp = rng.uniform(0.5, 2.0) * (1 + 0.3 * np.sin(2 * np.pi * t / (per_day * rng.uniform(20, 200))))
+        weekly = np.ones(length)
+        if rng.random() < 0.4:
+            weekend = (day + int(rng.integers(7))) % 7 >= 5
+            weekly = np.where(weekend, rng.uniform(0.1, 0.9), 1.0)
+        x += amp * weekly * profile[t % per_day]
+    # Trend: linear, or a random walk (the level wanders).
+    r = rng.random()
+    if r < 0.35:
+        x += rng.normal(0, 2.0) * t / length
+    elif r < 0.6:
+        x += np.cumsum(rng.standard_normal(length)) * rng.uniform(0.005, 0.05)
+    # Level shifts at random times.
+    for _ in range(int(rng.poisson(1.0))):
+        x[int(rng.integers(length)):] += rng.normal(0, 1.5)
+    # Slow sensor drift starting somewhere.
+    if rng.random() < 0.2:
+        s0 = int(rng.integers(length))
+        x[s0:] += rng.normal(0, 1.0) * (1 - np.exp(-(t[s0:] - s0) / rng.uniform(per_day, 10 * per_day)))
+    # Noise: AR(1), sometimes multiplicative in the level.
+    noise = ar1(length, float(rng.uniform(0.0, 0.95)), rng) * rng.uniform(0.05, 0.6)
+    if rng.random() < 0.3:
+        x = x * (1 + 0.2 * noise)
+        x += 0.3 * noise
+    else:
+        x += noise
+    # Spikes.
+    if rng.random() < 0.3:
+        idx = rng.choice(length, size=max(1, int(length * rng.uniform(0.0005, 0.005))), replace=False)
+        x[idx] += rng.normal(0, 5.0, size=idx.shape[0])
+    # Output nonlinearity: intermittent counts, or a saturating (clipped) sensor.
+    r = rng.random()
+    if r < 0.12:
+        rate = np.exp(np.clip(x - np.quantile(x, rng.uniform(0.3, 0.8)), -20, 5)) * rng.uniform(0.2, 3.0)
+        x = rng.poisson(rate).astype(np.float64)
+    elif r < 0.22:
+        lo, hi = np.quantile(x, [rng.uniform(0.0, 0.15), rng.uniform(0.85, 1.0)])
+        x = np.clip(x, lo, hi)
+    return x
+
+
+# ---------------------------------------------------------------- missing values and scaling
+
+def add_missing(x: np.ndarray, fraction: float, rng: np.random.Generator) -> np.ndarray:
+    """Set about ``fraction`` of ``x`` to NaN, mostly in runs (outages), some isolated points."""
+    x = x.copy()
+    n = x.shape[0]
+    target = int(round(fraction * n))
+    isolated = int(target * rng.uniform(0.0, 0.3))
+    mask = np.zeros(n, dtype=bool)
+    if isolated:
+        mask[rng.choice(n, size=isolated, replace=False)] = True
+    mean_run = max(2.0, rng.uniform(5, 200))
+    guard = 0
+    while mask.sum() < target and guard < 10_000:
+        run = int(rng.geometric(1.0 / mean_run))
+        s = int(rng.integers(n))
+        mask[s:s + run] = True
+        guard += 1
+    over = int(mask.sum()) - target  # trim overshoot from the last run so the share stays in range
+    if over > 0:
+        on = np.flatnonzero(mask)
+        mask[on[-over:]] = False
+    x[mask] = np.nan
+    return x
+
+
+def _rng(seed: int, index: int) -> np.random.Generator:
+    return np.random.default_rng(np.random.SeedSequence([int(seed), int(index)]))
+
+
+def generate_one(index: int, length: int, seed: int = 0, config: SynthConfig = DEFAULT) -> np.ndarray:
+    """Series ``index`` of the stream with this ``seed``: float64 array of shape (length,)."""
+    if length < 2:
+        raise ValueError(f"length must be >= 2, got {length}")
+    rng = _rng(seed, index)
+    if rng.random() < config.kernel_fraction:
+        x = kernel_synth(length, rng, config.max_kernels)
+    else:
+        x = sensor_like(length, rng)
+    std = np.std(x)
+    x = (x - np.mean(x)) / (std if std > 0 else 1.0)
+    scale = 10 ** rng.uniform(-2, 3)
+    level = rng.choice([0.0, rng.normal(0, 3), abs(rng.normal(0, 3)) + 3]) * scale
+    if np.all(x >= 0) or rng.random() < 0.2:  # counts and positive quantities keep 0 as the floor
+        x = x - x.min()
+        level = 0.0
+    x = x * scale + level
+    if rng.random() < config.missing_probability:
+        x = add_missing(x, rng.uniform(*config.missing_fraction), rng)
+    return x
+
+
+def generate(n_series: int, length: int, seed: int = 0, config: SynthConfig = DEFAULT) -> np.ndarray:
+    """``n_series`` synthetic series, float64 array of shape (n_series, length), NaN = missing."""
+    out = np.empty((int(n_series), int(length)))
+    for i in range(int(n_series)):
+        out[i] = generate_one(i, length, seed, config)
+    return out
+
+
+def stream(length: int, seed: int = 0, config: SynthConfig = DEFAULT, start: int = 0, step: int = 1
+           ) -> Iterator[np.ndarray]:
+    """Endless series of shape (length,): indices ``start, start+step, ...`` (split across
+    ``step`` data-loader workers with ``start = worker_id``)."""
+    for i in itertools.count(start, step):
+        yield generate_one(i, length, seed, config)
