@@ -75,6 +75,38 @@ def _tail_suffix(log_path: Path | None) -> str:
     return f"\n--- last lines of {log_path} ---\n{tail}" if tail else ""
 
 
+def owns_listening_port(pid: int, port: int) -> bool:
+    """True if process `pid` holds a socket listening on TCP `port` (Linux /proc).
+
+    A readiness probe alone cannot tell our server from another one that
+    already sat on the port; this can."""
+    inodes: set[str] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            rows = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            cols = row.split()
+            # cols: sl local_address rem_address st ... inode (index 9); st 0A = LISTEN
+            if len(cols) > 9 and cols[3] == "0A" and int(cols[1].rsplit(":", 1)[1], 16) == port:
+                inodes.add(cols[9])
+    if not inodes:
+        return False
+    fd_dir = Path(f"/proc/{pid}/fd")
+    try:
+        for fd in fd_dir.iterdir():
+            try:
+                target = os.readlink(fd)
+            except OSError:
+                continue
+            if target.startswith("socket:[") and target[8:-1] in inodes:
+                return True
+    except OSError:
+        return False
+    return False
+
+
 _PR_SET_PDEATHSIG = 1
 
 

@@ -1,9 +1,10 @@
 """An embedded `redis-server` (from the OS package) with a generated config.
 
-Persistence: ``appendonly=True`` writes an AOF (`appendfsync everysec`, i.e.
-at most ~1 s of writes lost on a crash) into the data directory, so a restart
-on the same port and directory gets the data back; otherwise snapshots are
-off (`save ""`) and the data lives only in memory.
+Persistence: ``appendonly=True`` writes an AOF into the data directory, so a
+restart on the same port and directory gets the data back. With the default
+``appendfsync="everysec"`` a crash (SIGKILL, power loss) may lose the last
+1-2 s of acknowledged writes; ``"always"`` loses none and is slower. Without
+AOF, snapshots are off too (`save ""`): the data lives only in memory.
 """
 from __future__ import annotations
 
@@ -53,6 +54,7 @@ class RedisServer(Service):
         *,
         data_dir: str | Path | None = None,
         appendonly: bool = False,
+        appendfsync: str = "everysec",
         password: str | None = None,
         users: Mapping[str, str] | None = None,
         tls: RedisTLS | None = None,
@@ -60,7 +62,10 @@ class RedisServer(Service):
     ) -> None:
         super().__init__(run_dir, port)
         self.data_dir = Path(data_dir).resolve() if data_dir else self.run_dir / "redis"
+        if appendfsync not in ("everysec", "always", "no"):
+            raise ValueError(f"appendfsync must be everysec, always or no, got {appendfsync!r}")
         self.appendonly = appendonly
+        self.appendfsync = appendfsync
         self.password = password
         self.users = dict(users or {})
         for name, secret in self.users.items():
@@ -97,7 +102,7 @@ class RedisServer(Service):
             'save ""',
         ]
         if self.appendonly:
-            lines += ["appendonly yes", "appendfsync everysec"]
+            lines += ["appendonly yes", f"appendfsync {self.appendfsync}"]
         else:
             lines += ["appendonly no"]
         if self.password:
@@ -132,7 +137,10 @@ class RedisServer(Service):
 
     def ready(self) -> bool:
         # PING fails with LOADING while an AOF is replayed: ready means loaded.
-        client = self.client(socket_timeout=2.0, socket_connect_timeout=1.0)
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
+
+        client = self.client(socket_timeout=2.0, socket_connect_timeout=1.0, retry=Retry(NoBackoff(), 0))
         try:
             return bool(client.ping())
         finally:

@@ -10,7 +10,14 @@ import signal
 import subprocess
 from pathlib import Path
 
-from streamflame.embedded.process import StartupError, free_port, spawn, stop_process, wait_until
+from streamflame.embedded.process import (
+    StartupError,
+    free_port,
+    owns_listening_port,
+    spawn,
+    stop_process,
+    wait_until,
+)
 
 
 class Service:
@@ -78,9 +85,14 @@ class Service:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.prepare()
         self.proc = spawn(self.command(), log_path=self.log_path, env=self.env())
+        proc, port = self.proc, self.port
+
+        def ours_and_ready() -> bool:
+            return owns_listening_port(proc.pid, port) and self.ready()
+
         try:
             wait_until(
-                self.ready,
+                ours_and_ready,
                 timeout=timeout,
                 what=f"{self.name} on 127.0.0.1:{self.port}",
                 proc=self.proc,
