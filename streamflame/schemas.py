@@ -56,6 +56,7 @@ REJECT_REASONS: dict[str, str] = {
     "bad_value": "a value is not a number or null (strings and booleans are not numbers)",
     "non_finite_value": "a value is NaN or +/-Infinity (send null for a missing value)",
     "length_mismatch": "timestamps and values have different lengths, or are not arrays",
+    "key_mismatch": "the record key is not the series_id (a series must stay in one partition)",
     # ingest, per observation (series grid and ordering)
     "off_grid": "timestamp further than grid_tolerance of a step from the series' grid",
     "timestamp_too_far": "timestamp more than max_gap_steps grid steps after the last one",
@@ -415,6 +416,7 @@ class ForecastMessage(_Msg):
     samples: list[list[float | None]] | None = Field(default=None, description="[S][H] sample paths, only when configured")
     model_id: str
     produced_at: str = Field(description="ISO-8601 wall-clock time of publication")
+    group: str | None = Field(default=None, description="name of the series group whose settings were used")
 
     @model_validator(mode="after")
     def _check_shapes(self) -> "ForecastMessage":
@@ -451,6 +453,7 @@ class ForecastMessage(_Msg):
         samples: Sequence[Sequence[float]] | None = None,
         produced_at_ms: int | None = None,
         frequency: str | None = None,
+        group: str | None = None,
     ) -> "ForecastMessage":
         """Assemble from model outputs without per-number validation (fast).
 
@@ -478,6 +481,7 @@ class ForecastMessage(_Msg):
             samples=samples,
             model_id=model_id,
             produced_at=iso_ms(produced),
+            group=group,
         )
 
 

@@ -1,0 +1,546 @@
+"""The ingest consumer: ``streamflame.observations`` -> ``streamflame.patches``.
+
+``streamflame ingest [--config FILE]`` runs :class:`IngestConsumer` until
+SIGTERM/SIGINT. Per poll batch it
+
+1. decodes every record (:func:`streamflame.schemas.decode_observation_message`);
+   a bad record goes to the DLQ whole, with its bytes and the reason;
+2. loads, in one pipelined Redis round trip, the cursors of the series it sees
+   for the first time since it got their partition (unknown series are
+   registered by their first cursor write);
+3. feeds each series' :class:`~streamflame.ingest.assembler.SeriesAssembler`
+   (grid, ordering and gap policy: see that module); rejected observations go to
+   the DLQ with the index inside their message;
+4. produces the completed patches (key = series_id) and dead letters, and
+   ``flush()`` es the producer;
+5. writes the cursors of the series that completed a patch, in one pipelined
+   compare-and-set round trip (a cursor never goes backwards);
+6. commits, per partition, the smallest offset still needed to rebuild what is
+   held in memory: min(first offset of any open patch / inference buffer, next
+   offset to read) (at most every ``ingest.commit_interval_ms``).
+
+A crash anywhere therefore re-reads from the committed offset; observations
+already inside an emitted patch (at or before the cursor's position) are
+skipped, and the rest rebuild the same open patches, so no observation is lost
+or applied twice, and a re-emitted patch is identical to the first (same seq,
+same values). Dead letters are at-least-once.
+
+Failures of Kafka or Redis while handling a batch do not end the process: the
+in-memory state is dropped, every partition is sought back to its last
+committed offset and the batch is retried after a backoff.
+
+Memory: per series the open patch (48 slots) and the inference buffer; per
+batch at most ``ingest.max_buffered_patches`` completed patches before they
+are flushed. On rebalance the revoked partitions' series are dropped (the new
+owner rebuilds them from the committed offset).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import orjson
+import structlog
+
+from streamflame.config import ServiceConfig, load_config
+from streamflame.ingest.assembler import (
+    ACCEPTED,
+    REJECTED,
+    AssemblerSettings,
+    CursorDecodeError,
+    ObsRef,
+    Rejection,
+    SeriesAssembler,
+)
+from streamflame.ingest.cursors import CursorStore
+from streamflame.kafka_io import DeadLetterWriter, create_topics, make_consumer, make_producer
+from streamflame.schemas import PATCH_LEN, RejectedMessage, decode_observation_message, iso_ms
+
+log = structlog.get_logger("streamflame.ingest")
+
+READY_FILE_ENV = "STREAMFLAME_READY_FILE"
+POLL_TIMEOUT_MS = 200
+CHUNK_OBSERVATIONS = 50_000
+"""Observations decoded and assembled at a time within one poll batch (bounds memory)."""
+MAX_BACKOFF_S = 5.0
+
+
+class _RetryBatch(Exception):
+    """Kafka or Redis failed while a batch was handled: rewind and retry."""
+
+
+class _Listener:
+    """Rebalance callbacks only record events; the poll loop applies them
+    (callbacks run on kafka-python's IO thread)."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.events: list[tuple[str, list]] = []
+
+    def on_partitions_revoked(self, revoked):
+        with self.lock:
+            self.events.append(("revoked", list(revoked)))
+
+    def on_partitions_assigned(self, assigned):
+        with self.lock:
+            self.events.append(("assigned", list(assigned)))
+
+    def on_partitions_lost(self, lost):
+        with self.lock:
+            self.events.append(("revoked", list(lost)))
+
+    def drain(self) -> list[tuple[str, list]]:
+        with self.lock:
+            ev, self.events = self.events, []
+        return ev
+
+
+def _encode_patch(p) -> bytes:
+    # Field order and meaning as schemas.PatchMessage (values: floats or null).
+    return orjson.dumps(p._asdict())
+
+
+class IngestConsumer:
+    """One ingest consumer-group member. ``run()`` blocks until :meth:`stop`.
+
+    ``redis_client`` defaults to one built from ``cfg.redis``. ``counters`` holds
+    running totals (records, observations, accepted, rejected, rejected.<reason>,
+    skipped, patches, dlq, cursor_writes, cursor_refused, commits, retries,
+    batches) for metrics and tests.
+    """
+
+    def __init__(self, cfg: ServiceConfig, *, redis_client=None, ready_file: str | os.PathLike | None = None,
+                 create_missing_topics: bool = True, consumer_overrides: dict[str, Any] | None = None):
+        self.cfg = cfg
+        ing = cfg.ingest
+        self.settings = AssemblerSettings(
+            patch_len=PATCH_LEN,
+            freq_inference_points=ing.freq_inference_points,
+            max_gap_steps=ing.max_gap_steps,
+            grid_tolerance=ing.grid_tolerance,
+        )
+        if redis_client is None:
+            import redis
+
+            redis_client = redis.Redis.from_url(**cfg.redis.client_kwargs())
+        self.redis = redis_client
+        self.store = CursorStore(redis_client, cfg.redis.key_prefix)
+        if create_missing_topics:
+            create_topics(cfg)
+        self.topic = cfg.topics.observations
+        self._consumer_overrides = dict(consumer_overrides or {})
+        self.producer = make_producer(cfg)
+        self.dlq = DeadLetterWriter(self.producer, cfg.topics.dlq, "ingest",
+                                    max_original_bytes=ing.max_message_bytes)
+        self.listener = _Listener()
+        self.consumer = make_consumer(cfg, ing.group_id, max_poll_records=ing.max_poll_records,
+                                      **self._consumer_overrides)
+        self.consumer.subscribe([self.topic], listener=self.listener)
+        self.ready_file = Path(ready_file) if ready_file else (
+            Path(os.environ[READY_FILE_ENV]) if os.environ.get(READY_FILE_ENV) else None)
+
+        self.assemblers: dict[str, SeriesAssembler] = {}
+        self.series_partition: dict[str, int] = {}
+        self.partition_series: dict[int, set[str]] = {}
+        self.quarantined: dict[str, str] = {}  # series_id -> why its cursor is unusable
+        self.next_offset: dict[int, int] = {}  # partition -> next offset to read
+        self.rewind_to: dict[int, int] = {}  # partition -> last committed (or first read) offset
+        self.committed: dict[int, int] = {}
+        self.counters: Counter = Counter()
+        self.assigned: set[int] = set()
+        self._stop = threading.Event()
+        self._ready = False
+        self._last_commit = 0.0
+        self._backoff = 0.0
+        self._futures: list = []
+        self._closed = False
+
+    # ------------------------------------------------------------------ loop
+
+    def stop(self) -> None:
+        """Ask ``run()`` to finish its batch, commit and return (thread/signal safe)."""
+        self._stop.set()
+
+    def run(self, max_batches: int | None = None) -> None:
+        """Poll and process until :meth:`stop` (or ``max_batches`` non-empty batches)."""
+        log.info("ingest.start", topic=self.topic, group=self.cfg.ingest.group_id,
+                 patches=self.cfg.topics.patches, dlq=self.cfg.topics.dlq)
+        done = 0
+        try:
+            while not self._stop.is_set():
+                if max_batches is not None and done >= max_batches:
+                    break
+                if self.poll_once():
+                    done += 1
+            self._commit(force=True)
+        finally:
+            self.close()
+
+    def poll_once(self) -> bool:
+        """One poll + process + (maybe) commit. Returns True if records were handled."""
+        try:
+            records = self.consumer.poll(timeout_ms=POLL_TIMEOUT_MS)
+        except Exception as e:  # noqa: BLE001 - the broker may be restarting; keep polling
+            self.counters["poll_errors"] += 1
+            log.warning("ingest.poll_failed", error=repr(e))
+            time.sleep(min(1.0, POLL_TIMEOUT_MS / 1000))
+            return False
+        self._apply_rebalance_events()
+        if not records:
+            self._commit()
+            return False
+        try:
+            self._process(records)
+            self._backoff = 0.0
+        except _RetryBatch as e:
+            self._recover(e)
+            return True
+        self._commit()
+        return True
+
+    def _apply_rebalance_events(self) -> None:
+        for kind, tps in self.listener.drain():
+            parts = {tp.partition for tp in tps if tp.topic == self.topic}
+            if kind == "revoked":
+                self._drop_partitions(parts)
+                self.assigned -= parts
+            else:
+                self.assigned |= parts
+                if not self._ready:
+                    self._ready = True
+                    if self.ready_file is not None:
+                        self.ready_file.parent.mkdir(parents=True, exist_ok=True)
+                        self.ready_file.touch()
+            log.info("ingest.rebalance", event=kind, partitions=sorted(parts))
+
+    def _drop_partitions(self, parts: set[int]) -> None:
+        """Forget everything held for these partitions (the next owner rebuilds it)."""
+        for p in parts:
+            for sid in self.partition_series.pop(p, ()):
+                self.assemblers.pop(sid, None)
+                self.series_partition.pop(sid, None)
+                self.quarantined.pop(sid, None)
+            self.next_offset.pop(p, None)
+            self.rewind_to.pop(p, None)
+            self.committed.pop(p, None)
+
+    # ------------------------------------------------------------- a batch
+
+    def _process(self, records: dict) -> None:
+        t0 = time.perf_counter()
+        c = self.counters
+        before = c.copy()
+        chunk: list = []
+        n_obs = 0
+        patches: list = []
+        touched: dict[str, SeriesAssembler] = {}
+        for tp, recs in records.items():
+            if not recs:
+                continue
+            p = tp.partition
+            self.rewind_to.setdefault(p, recs[0].offset)
+            for rec in recs:
+                entry = self._decode(rec, p)
+                if entry is not None:
+                    chunk.append(entry)
+                    n_obs += len(entry[4])
+                if n_obs >= CHUNK_OBSERVATIONS:
+                    self._assemble(chunk, patches, touched)
+                    chunk, n_obs = [], 0
+                    if len(patches) >= self.cfg.ingest.max_buffered_patches:
+                        self._publish(patches, touched)
+                        patches, touched = [], {}
+            self.next_offset[p] = recs[-1].offset + 1
+            c["records"] += len(recs)
+        self._assemble(chunk, patches, touched)
+        self._publish(patches, touched)
+        c["batches"] += 1
+        d = {k: c[k] - before.get(k, 0) for k in c if c[k] != before.get(k, 0)}
+        rejected = {k.split(".", 1)[1]: v for k, v in d.items() if k.startswith("rejected.")}
+        log.info(
+            "ingest.batch", records=d.get("records", 0), observations=d.get("observations", 0),
+            accepted=d.get("accepted", 0), skipped=d.get("skipped", 0), rejected=rejected,
+            patches=d.get("patches", 0), cursor_writes=d.get("cursor_writes", 0),
+            cursor_refused=d.get("cursor_refused", 0), series=len(self.assemblers),
+            ms=round((time.perf_counter() - t0) * 1000, 1),
+        )
+
+    def _decode(self, rec, p: int):
+        """-> (partition, offset, key, raw, observations, ts_limit) or None (dead-lettered)."""
+        ing = self.cfg.ingest
+        raw = rec.value
+        try:
+            obs = decode_observation_message(raw, max_series_id_len=ing.max_series_id_len,
+                                             max_message_bytes=ing.max_message_bytes, max_batch=ing.max_batch)
+        except RejectedMessage as e:
+            self._reject_message(e.reason, e.detail, p, rec.offset, rec.key, raw, None)
+            return None
+        if not obs:
+            return None
+        sid = obs[0].series_id
+        if rec.key is None or rec.key != sid.encode("utf-8"):
+            what = "no key" if rec.key is None else f"key {bytes(rec.key[:80])!r}"
+            self._reject_message(
+                "key_mismatch", f"record has {what}; the key must be the series_id {sid[:80]!r} so that "
+                "a series stays in one partition", p, rec.offset, rec.key, raw, sid)
+            return None
+        self.counters["observations"] += len(obs)
+        limit = None
+        if ing.future_tolerance_ms is not None and rec.timestamp is not None and rec.timestamp >= 0:
+            limit = rec.timestamp + ing.future_tolerance_ms
+        return (p, rec.offset, rec.key, raw, obs, limit)
+
+    def _reject_message(self, reason: str, detail: str, p: int, offset: int, key, raw, sid) -> None:
+        self.counters["rejected"] += 1
+        self.counters["rejected." + reason] += 1
+        self._futures.append(self.dlq.write(
+            reason, detail, source_topic=self.topic, partition=p, offset=offset,
+            key=None if key is None else bytes(key), original=None if raw is None else bytes(raw),
+            series_id=sid))
+
+    def _assemble(self, chunk: list, patches: list, touched: dict) -> None:
+        if not chunk:
+            return
+        self._load_series({e[4][0].series_id: e[0] for e in chunk})
+        rejects: list[Rejection] = []
+        c = self.counters
+        accepted = skipped = 0
+        for p, offset, key, raw, obs, limit in chunk:
+            sid = obs[0].series_id
+            a = self.assemblers.get(sid)
+            if a is None:  # quarantined: its cursor in Redis is unreadable
+                self._reject_message("corrupt_state", self.quarantined.get(sid, "unreadable ingest cursor"),
+                                     p, offset, key, raw, sid)
+                continue
+            n_before, r_before = len(patches), len(rejects)
+            multi = len(obs) > 1
+            for i, o in enumerate(obs):
+                ref = ObsRef(raw, key, i if multi else None)
+                if limit is not None and o.timestamp_ms > limit:
+                    rejects.append(Rejection(
+                        "future_timestamp", f"timestamp {iso_ms(o.timestamp_ms)} is more than "
+                        f"{self.cfg.ingest.future_tolerance_ms} ms after the record's produce time "
+                        f"{iso_ms(limit - self.cfg.ingest.future_tolerance_ms)}", o.timestamp_ms, p, offset, ref))
+                    continue
+                r = a.add(o.timestamp_ms, o.value, p, offset, i, ref, patches, rejects)
+                if r == ACCEPTED:
+                    accepted += 1
+                elif r != REJECTED:
+                    skipped += 1
+            if len(patches) > n_before:
+                touched[sid] = a
+            if len(rejects) > r_before:
+                self._dead_letter(sid, rejects[r_before:])
+        c["accepted"] += accepted
+        c["skipped"] += skipped
+
+    def _dead_letter(self, sid: str, rejects: list[Rejection]) -> None:
+        c = self.counters
+        for rj in rejects:
+            ref = rj.ref
+            c["rejected"] += 1
+            c["rejected." + rj.reason] += 1
+            self._futures.append(self.dlq.write(
+                rj.reason, rj.detail, source_topic=self.topic, partition=rj.partition, offset=rj.offset,
+                key=None if ref is None or ref.key is None else bytes(ref.key),
+                original=None if ref is None or ref.raw is None else bytes(ref.raw),
+                series_id=sid, index=None if ref is None else ref.index))
+
+    def _load_series(self, seen: dict[str, int]) -> None:
+        """Create assemblers for series not in memory (one Redis round trip)."""
+        missing = [sid for sid in seen if sid not in self.assemblers and sid not in self.quarantined]
+        if not missing:
+            return
+        try:
+            loaded = self.store.load_many(missing)
+        except Exception as e:  # noqa: BLE001 - redis down: retry the batch later
+            raise _RetryBatch(f"loading ingest cursors failed: {e!r}") from e
+        for sid in missing:
+            p = seen[sid]
+            cur = loaded.get(sid)
+            if isinstance(cur, CursorDecodeError):
+                self.quarantined[sid] = f"{cur} (delete key {self.store.key(sid)} to start the series afresh)"
+                log.error("ingest.cursor_unreadable", series_id=sid[:200], error=str(cur)[:500])
+            else:
+                freq = self.cfg.resolve_group(sid).freq_ms
+                a = (SeriesAssembler(sid, self.settings, freq) if cur is None
+                     else SeriesAssembler.from_cursor(cur, self.settings, freq))
+                self.assemblers[sid] = a
+                if cur is None:
+                    self.counters["series_new"] += 1
+            self.series_partition[sid] = p
+            self.partition_series.setdefault(p, set()).add(sid)
+
+    def _publish(self, patches: list, touched: dict[str, SeriesAssembler]) -> None:
+        """Produce patches, flush everything, then write the cursors that moved."""
+        topic = self.cfg.topics.patches
+        send = self.producer.send
+        futures = self._futures
+        try:
+            for pt in patches:
+                futures.append(send(topic, key=pt.series_id.encode("utf-8"), value=_encode_patch(pt)))
+            self.producer.flush()
+        except Exception as e:  # noqa: BLE001 - KafkaTimeoutError etc.
+            raise _RetryBatch(f"producing failed: {e!r}") from e
+        failed = [f for f in futures if f.failed()]
+        self._futures = []
+        if failed:
+            raise _RetryBatch(f"{len(failed)} records not delivered, first error: {failed[0].exception!r}")
+        self.counters["patches"] += len(patches)
+        if not touched:
+            return
+        try:
+            res = self.store.save_many([a.cursor() for a in touched.values()])
+        except Exception as e:  # noqa: BLE001
+            raise _RetryBatch(f"writing ingest cursors failed: {e!r}") from e
+        self.counters["cursor_writes"] += res.written
+        if res.refused:
+            self.counters["cursor_refused"] += len(res.refused)
+            log.warning("ingest.cursor_refused", count=len(res.refused), example=res.refused[0][:200],
+                        why="a newer cursor is stored (another consumer owns or owned the series)")
+
+    # ------------------------------------------------------------- commits
+
+    def commit_offsets(self) -> dict[int, int]:
+        """Per partition: the smallest offset needed to rebuild what is in memory."""
+        out = dict(self.next_offset)
+        for p, sids in self.partition_series.items():
+            if p not in out:
+                continue
+            low = out[p]
+            for sid in sids:
+                a = self.assemblers.get(sid)
+                if a is not None and a.pin_offset is not None and a.pin_offset < low:
+                    low = a.pin_offset
+            out[p] = low
+        return out
+
+    def _commit(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and (now - self._last_commit) * 1000 < self.cfg.ingest.commit_interval_ms:
+            return
+        self._last_commit = now
+        offsets = {p: o for p, o in self.commit_offsets().items() if self.committed.get(p) != o}
+        if not offsets:
+            return
+        from kafka.structs import OffsetAndMetadata, TopicPartition
+
+        try:
+            self.consumer.commit({TopicPartition(self.topic, p): OffsetAndMetadata(o, "", -1)
+                                  for p, o in offsets.items()})
+        except Exception as e:  # noqa: BLE001 - rebalance in progress / broker away: next time
+            self.counters["commit_errors"] += 1
+            log.warning("ingest.commit_failed", error=repr(e))
+            return
+        self.counters["commits"] += 1
+        self.committed.update(offsets)
+        self.rewind_to.update(offsets)
+
+    # ------------------------------------------------------------- failures
+
+    def _recover(self, err: Exception) -> None:
+        """Drop in-memory state, seek back to the committed offsets, back off."""
+        self.counters["retries"] += 1
+        self._backoff = min(MAX_BACKOFF_S, max(0.2, self._backoff * 2))
+        log.warning("ingest.batch_failed", error=str(err)[:500], retry_in_s=self._backoff)
+        from kafka.structs import TopicPartition
+
+        rewind = dict(self.rewind_to)
+        self._drop_partitions(set(self.partition_series) | set(self.next_offset) | set(self.rewind_to))
+        self._futures = []
+        for p, off in rewind.items():
+            if p in self.assigned:
+                try:
+                    self.consumer.seek(TopicPartition(self.topic, p), off)
+                except Exception as e:  # noqa: BLE001 - partition revoked meanwhile
+                    log.warning("ingest.seek_failed", partition=p, error=repr(e))
+        self.rewind_to.update({p: o for p, o in rewind.items() if p in self.assigned})
+        self.committed.update({p: o for p, o in rewind.items() if p in self.assigned})
+        # A producer that timed out may be unusable (idempotence epoch): start a fresh one.
+        try:
+            self.producer.close(timeout=0)
+        except Exception:  # noqa: BLE001
+            pass
+        self._stop.wait(self._backoff)
+        self.producer = make_producer(self.cfg)
+        self.dlq.producer = self.producer
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self.producer.flush(timeout=10)
+        except Exception:  # noqa: BLE001
+            pass
+        try:
+            self.consumer.close(autocommit=False)
+        finally:
+            self.producer.close(timeout=10)
+        log.info("ingest.stop", **{k: v for k, v in self.counters.items() if "." not in k})
+
+    def abandon(self) -> None:
+        """Close the sockets without flushing, persisting or committing (for crash tests)."""
+        self._closed = True
+        self.producer.close(timeout=0)
+        self.consumer.close(autocommit=False, timeout_ms=0)
+
+
+# ---------------------------------------------------------------------- CLI
+
+
+def configure_logging(level: str = "info") -> None:
+    """structlog -> one JSON object per line on stderr."""
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(message)s")
+    structlog.configure(
+        processors=[
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            structlog.processors.JSONRenderer(serializer=lambda o, **kw: orjson.dumps(o, default=str).decode()),
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level.upper())),
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        cache_logger_on_first_use=True,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="streamflame ingest",
+        description="Run an ingest consumer: observations -> 48-slot patches (+ DLQ), cursors in Redis.",
+    )
+    parser.add_argument("--config", help="YAML config (default: $STREAMFLAME_CONFIG or built-in defaults)")
+    parser.add_argument("--ready-file", help=f"touch this file once the consumer joined its group (or ${READY_FILE_ENV})")
+    args = parser.parse_args(argv)
+    from streamflame.config import ConfigError
+
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as e:
+        for p in e.problems:
+            print(f"error: {e.source or 'environment'}: {p}", file=sys.stderr)
+        return 2
+    configure_logging(cfg.log_level)
+    ingest = IngestConsumer(cfg, ready_file=args.ready_file)
+
+    def _on_signal(signum, frame):  # noqa: ARG001
+        log.info("ingest.signal", signal=signal.Signals(signum).name)
+        ingest.stop()
+
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
+    ingest.run()
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,106 @@
+"""Ingest cursors in Redis: the one place that reads and writes ``sf:{<sid>}:ingest``.
+
+Layout (one hash per series; the hash tag keeps a series' keys in one Redis
+Cluster slot)::
+
+    sf:{<sid>}:ingest   seq     ascii int: IngestCursor.next_seq
+                        n       ascii int: IngestCursor.n_covered
+                        cursor  IngestCursor.to_json()
+
+Loads are one pipelined round trip of ``HGET`` per batch of series. Writes are
+one pipelined round trip of ``EVALSHA`` of a compare-and-set script per key: a
+cursor is written only if its version ``(seq, n)`` is not below the stored one,
+so a stale consumer (one that lost its partitions but has not noticed yet) can
+never move a series backwards. An equal version is rewritten (idempotent).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterable
+
+from redis.exceptions import NoScriptError
+
+from streamflame.ingest.assembler import CursorDecodeError, IngestCursor
+
+CURSOR_CAS_SCRIPT = r"""
+-- KEYS[1] cursor hash; ARGV: seq, n, cursor JSON. Returns 1 written, 0 refused (stored version higher).
+local t = redis.call('TYPE', KEYS[1])['ok']
+if t == 'hash' then
+  local cur = redis.call('HMGET', KEYS[1], 'seq', 'n')
+  local s, n = tonumber(cur[1]), tonumber(cur[2])
+  local ns, nn = tonumber(ARGV[1]), tonumber(ARGV[2])
+  if s and n and (ns < s or (ns == s and nn < n)) then return 0 end
+elseif t ~= 'none' then
+  redis.call('DEL', KEYS[1])  -- not a cursor (unreadable anyway): replace it
+end
+redis.call('HSET', KEYS[1], 'seq', ARGV[1], 'n', ARGV[2], 'cursor', ARGV[3])
+return 1
+"""
+
+
+@dataclass
+class CursorSaveResult:
+    written: int = 0
+    refused: list[str] = field(default_factory=list)
+
+
+class CursorStore:
+    """Pipelined loads and compare-and-set writes of :class:`IngestCursor` s."""
+
+    def __init__(self, redis_client, key_prefix: str = "sf"):
+        self.redis = redis_client
+        self.key_prefix = key_prefix
+        self._script = redis_client.register_script(CURSOR_CAS_SCRIPT)
+
+    def key(self, series_id: str) -> str:
+        return f"{self.key_prefix}:{{{series_id}}}:ingest"
+
+    def load_many(self, series_ids: Iterable[str]) -> dict[str, IngestCursor | CursorDecodeError | None]:
+        """``{sid: cursor | None (absent) | CursorDecodeError (unreadable)}`` in one round trip."""
+        sids = list(series_ids)
+        if not sids:
+            return {}
+        pipe = self.redis.pipeline(transaction=False)
+        for sid in sids:
+            pipe.hget(self.key(sid), "cursor")
+        # a key of another type (someone wrote a string there) answers WRONGTYPE
+        replies = pipe.execute(raise_on_error=False)
+        out: dict[str, IngestCursor | CursorDecodeError | None] = {}
+        for sid, raw in zip(sids, replies):
+            if raw is None:
+                out[sid] = None
+            elif isinstance(raw, Exception):
+                out[sid] = CursorDecodeError(f"ingest cursor of {sid!r} is unreadable: {raw}")
+            else:
+                try:
+                    c = IngestCursor.from_json(raw)
+                except CursorDecodeError as e:
+                    out[sid] = e
+                    continue
+                out[sid] = c if c.series_id == sid else CursorDecodeError(
+                    f"ingest cursor under the key of {sid!r} belongs to {c.series_id!r}")
+        return out
+
+    def save_many(self, cursors: Iterable[IngestCursor]) -> CursorSaveResult:
+        """Compare-and-set every cursor in one pipelined round trip."""
+        cursors = list(cursors)
+        result = CursorSaveResult()
+        if not cursors:
+            return result
+        for attempt in (0, 1):
+            pipe = self.redis.pipeline(transaction=False)
+            for c in cursors:
+                pipe.evalsha(self._script.sha, 1, self.key(c.series_id), c.next_seq, c.n_covered, c.to_json())
+            try:
+                replies = pipe.execute()
+                break
+            except NoScriptError:  # script cache empty (server restarted): load and retry once
+                if attempt:
+                    raise
+                self._script.sha = self.redis.script_load(CURSOR_CAS_SCRIPT)
+        for c, r in zip(cursors, replies):
+            if int(r) == 1:
+                result.written += 1
+            else:
+                result.refused.append(c.series_id)
+        return result

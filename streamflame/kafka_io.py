@@ -1,0 +1,209 @@
+"""The one place that builds kafka-python clients from ``ServiceConfig``.
+
+Connection and security settings (SASL/SSL) come from
+``cfg.kafka.client_kwargs(role)``; this module adds the behaviour StreamFlame
+relies on:
+
+* producers are idempotent with ``acks='all'`` (kafka-python 3 silently turns
+  idempotence off for ``acks=1``), retry without limit inside
+  ``delivery_timeout_ms`` and reconnect with a short backoff, so a broker
+  restart costs a pause, not a crash;
+* consumers join a group without auto-commit (offsets are committed by the
+  caller once its results are durable) with the session/heartbeat timeouts of
+  the config (Tansu needs short ones, e.g. 2000/600 ms, for fast joins);
+* :func:`create_topics` creates the five StreamFlame topics;
+* :class:`DeadLetterWriter` produces :class:`streamflame.schemas.DeadLetter`
+  records to the DLQ topic.
+"""
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any, Literal
+
+import structlog
+
+from streamflame.schemas import DeadLetter, encode
+
+if TYPE_CHECKING:  # pragma: no cover
+    from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
+    from kafka.producer.future import FutureRecordMetadata
+
+    from streamflame.config import ServiceConfig
+
+log = structlog.get_logger("streamflame.kafka_io")
+
+RECONNECT_BACKOFF_MAX_MS = 2_000
+"""Cap of the reconnect backoff (kafka-python's default of 30 s makes a broker
+restart look like a long outage)."""
+
+
+def make_producer(cfg: "ServiceConfig", **overrides: Any) -> "KafkaProducer":
+    """An idempotent ``acks='all'`` producer (bytes in, bytes out).
+
+    ``overrides`` are passed to ``KafkaProducer`` last (e.g. ``linger_ms``); an
+    override of ``acks`` other than 'all'/-1 is refused because it would
+    silently disable idempotence.
+    """
+    from kafka import KafkaProducer
+
+    kw: dict[str, Any] = cfg.kafka.client_kwargs("producer")
+    kw.update(
+        acks="all",
+        enable_idempotence=True,
+        retries=2**31 - 1,
+        delivery_timeout_ms=120_000,
+        request_timeout_ms=30_000,
+        max_block_ms=60_000,
+        reconnect_backoff_max_ms=RECONNECT_BACKOFF_MAX_MS,
+        # Batch messages may be up to ingest.max_message_bytes; leave headroom.
+        max_request_size=max(1_048_576, 2 * cfg.ingest.max_message_bytes),
+    )
+    kw.update(overrides)
+    if kw["acks"] not in ("all", -1):
+        raise ValueError(f"acks={kw['acks']!r} would disable the idempotent producer; use 'all'")
+    return KafkaProducer(**kw)
+
+
+def make_consumer(cfg: "ServiceConfig", group_id: str | None, **overrides: Any) -> "KafkaConsumer":
+    """A consumer (not yet subscribed) in ``group_id`` (None = no group, manual
+    ``assign``), no auto-commit, starting from the earliest offset when the group
+    has none committed."""
+    from kafka import KafkaConsumer
+
+    kw: dict[str, Any] = cfg.kafka.client_kwargs("consumer")
+    kw.update(
+        group_id=group_id,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        reconnect_backoff_max_ms=RECONNECT_BACKOFF_MAX_MS,
+        # Processing a poll batch must fit in this; the ingest batch is small.
+        max_poll_interval_ms=300_000,
+        fetch_max_bytes=max(52_428_800, 2 * cfg.ingest.max_message_bytes),
+        max_partition_fetch_bytes=max(1_048_576, 2 * cfg.ingest.max_message_bytes),
+    )
+    kw.update(overrides)
+    return KafkaConsumer(**kw)
+
+
+def make_admin(cfg: "ServiceConfig", **overrides: Any) -> "KafkaAdminClient":
+    from kafka import KafkaAdminClient
+
+    kw: dict[str, Any] = cfg.kafka.client_kwargs("admin")
+    kw.update(reconnect_backoff_max_ms=RECONNECT_BACKOFF_MAX_MS)
+    kw.update(overrides)
+    return KafkaAdminClient(**kw)
+
+
+def topic_partitions(cfg: "ServiceConfig") -> dict[str, int]:
+    """Every StreamFlame topic and the partition count it is created with: all
+    keyed by series_id, so all get ``kafka.partitions`` (observations and
+    patches must have the same count)."""
+    t = cfg.topics
+    n = cfg.kafka.partitions
+    return {t.observations: n, t.patches: n, t.forecasts: n, t.alerts: n, t.dlq: n}
+
+
+def create_topics(cfg: "ServiceConfig", timeout_s: float = 30.0) -> dict[str, int]:
+    """Create the StreamFlame topics that do not exist yet and wait until each
+    has all its partitions with a leader.
+
+    Returns ``{topic: partition count}`` as the broker reports it. Raises
+    ``RuntimeError`` when observations and patches end up with different counts
+    (pre-existing topics keep theirs) or the broker does not settle in time.
+    """
+    from kafka.errors import TopicAlreadyExistsError
+    from kafka.admin import NewTopic
+
+    wanted = topic_partitions(cfg)
+    admin = make_admin(cfg, request_timeout_ms=int(timeout_s * 1000))
+    try:
+        existing = set(admin.list_topics())
+        new = [NewTopic(name, n, cfg.kafka.replication_factor) for name, n in wanted.items() if name not in existing]
+        if new:
+            try:
+                admin.create_topics(new, raise_errors=False)
+            except TopicAlreadyExistsError:  # a concurrent creator won the race
+                pass
+        deadline = time.monotonic() + timeout_s
+        while True:
+            counts = _partition_counts(admin, list(wanted))
+            if all(counts.get(name, 0) >= 1 for name in wanted):
+                break
+            if time.monotonic() > deadline:
+                missing = sorted(n for n in wanted if counts.get(n, 0) < 1)
+                raise RuntimeError(f"topics without led partitions after {timeout_s:.0f} s: {missing}")
+            time.sleep(0.1)
+    finally:
+        admin.close()
+    t = cfg.topics
+    if counts[t.observations] != counts[t.patches]:
+        raise RuntimeError(
+            f"{t.observations} has {counts[t.observations]} partitions but {t.patches} has "
+            f"{counts[t.patches]}; they must be equal (recreate one of them)"
+        )
+    created = [tp.name for tp in new]
+    if created:
+        log.info("kafka.topics_created", topics=created)
+    return counts
+
+
+def _partition_counts(admin: "KafkaAdminClient", names: list[str]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for meta in admin.describe_topics(names):
+        if meta.get("error_code", 0) != 0:
+            continue
+        parts = meta.get("partitions") or []
+        if parts and all(p.get("leader", -1) >= 0 for p in parts):
+            counts[meta["topic"]] = len(parts)
+    return counts
+
+
+class DeadLetterWriter:
+    """Produces :class:`~streamflame.schemas.DeadLetter` records to the DLQ topic.
+
+    The DLQ record key is the source record's key (the series_id, when the
+    producer followed the contract). ``write`` does not wait: the caller flushes
+    the shared producer before it commits the source offsets, so a dead letter
+    is never lost, though it may be written twice after a crash.
+
+    A dead letter must fit in one Kafka request: original bytes beyond
+    ``max_original_bytes`` and keys beyond ``max_key_bytes`` are cut, and the
+    detail says so (``original truncated: kept N of M bytes``).
+    """
+
+    def __init__(self, producer: "KafkaProducer", topic: str, component: Literal["ingest", "worker"],
+                 max_original_bytes: int = 1_000_000, max_key_bytes: int = 4096):
+        self.producer = producer
+        self.topic = topic
+        self.component = component
+        self.max_original_bytes = max_original_bytes
+        self.max_key_bytes = max_key_bytes
+        self.written = 0
+
+    def write(
+        self,
+        reason: str,
+        detail: str,
+        *,
+        source_topic: str,
+        partition: int,
+        offset: int,
+        key: bytes | None,
+        original: bytes | None,
+        series_id: str | None = None,
+        index: int | None = None,
+    ) -> "FutureRecordMetadata":
+        if original is not None and len(original) > self.max_original_bytes:
+            detail += f" (original truncated: kept {self.max_original_bytes} of {len(original)} bytes)"
+            original = bytes(original[: self.max_original_bytes])
+        if key is not None and len(key) > self.max_key_bytes:
+            detail += f" (key truncated: kept {self.max_key_bytes} of {len(key)} bytes)"
+            key = bytes(key[: self.max_key_bytes])
+        if series_id is not None and len(series_id) > self.max_key_bytes:
+            series_id = series_id[: self.max_key_bytes]
+        letter = DeadLetter.build(
+            reason, detail, source_topic=source_topic, partition=partition, offset=offset,
+            key=key, original=original, component=self.component, series_id=series_id, index=index,
+        )
+        self.written += 1
+        return self.producer.send(self.topic, key=key, value=encode(letter))
