@@ -2,39 +2,13 @@
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 
 import numpy as np
 import pytest
 
 from streamflame.state.store import AlertInterval, BrokenRecord, StateMeta, StateRecord, StateStore
-
-
-# --- local redis-server until tests/conftest.py provides the shared fixtures -----------------
-import shutil, socket, subprocess, time  # noqa: E402
-
-import redis  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def redis_client(tmp_path_factory):
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    sock.close()
-    d = tmp_path_factory.mktemp("redis")
-    proc = subprocess.Popen([shutil.which("redis-server"), "--port", str(port), "--bind", "127.0.0.1",
-                             "--save", "", "--appendonly", "no", "--dir", str(d)], stdout=subprocess.DEVNULL)
-    client = redis.Redis(port=port)
-    for _ in range(100):
-        try:
-            client.ping()
-            break
-        except redis.ConnectionError:
-            time.sleep(0.05)
-    yield client
-    proc.terminate()
-    proc.wait()
 
 
 def _meta(seq: int, alert: bool = False) -> StateMeta:
@@ -185,3 +159,38 @@ def test_quarantine_moves_record_aside_and_blocks_writes(store, redis_client):
     aside = redis_client.hgetall(store.quarantine_key("w"))
     assert aside == {b"raw": b"junk", b"quarantine_reason": b"unreadable", b"quarantine_type": b"string"}
     assert store.load("w").quarantined
+
+
+def test_works_on_redis_cluster(tmp_path):
+    """Hash-tagged keys + single-key scripts: the same calls work through RedisCluster
+    (a one-node cluster owning every slot, started here)."""
+    from streamflame.config import RedisSettings
+    from streamflame.embedded import RedisServer
+    from streamflame.state.client import connect
+
+    class ClusterNode(RedisServer):
+        def config_text(self) -> str:
+            return super().config_text() + "cluster-enabled yes\ncluster-config-file nodes.conf\n"
+
+    node = ClusterNode(tmp_path)
+    node.start()
+    try:
+        plain = node.client()
+        plain.execute_command("CLUSTER", "ADDSLOTSRANGE", 0, 16383)
+        deadline = time.monotonic() + 10
+        while b"cluster_state:ok" not in plain.execute_command("CLUSTER", "INFO"):
+            assert time.monotonic() < deadline, "cluster did not become ok"
+            time.sleep(0.05)
+        client = connect(RedisSettings(url=node.url, cluster=True))
+        assert type(client).__name__ == "RedisCluster"
+        store = StateStore(client, "c")
+        sids = [f"cl-{i}" for i in range(200)]
+        assert len(store.save_many({s: _rec(0) for s in sids}, {s: -1 for s in sids}).applied) == 200
+        res = store.save_many({s: _rec(i % 2) for i, s in enumerate(sids)},
+                              {s: 0 if i % 2 else -1 for i, s in enumerate(sids)})
+        assert len(res.applied) == 100 and len(res.stale) == 100
+        assert {r.seq for r in store.load_many(sids).values()} == {0, 1}
+        assert store.quarantine("cl-3", "test") and store.load("cl-3").quarantined
+        client.close()
+    finally:
+        node.stop()

@@ -239,6 +239,8 @@ class StateStore:
     def load_many(self, series_ids: Iterable[str]) -> dict[str, StateRecord | BrokenRecord | None]:
         """Load records in one pipelined round trip. None = no record."""
         sids = list(dict.fromkeys(series_ids))
+        if not sids:
+            return {}
         t0 = time.perf_counter()
         pipe = self.redis.pipeline(transaction=False)
         for sid in sids:
@@ -270,6 +272,8 @@ class StateStore:
         if missing:
             raise ValueError(f"save_many: no expected seq for {missing[:5]}")
         replace = set(replace_broken)
+        if not sids:
+            return SaveResult()
         t0 = time.perf_counter()
         args = {
             sid: (records[sid].seq, expected[sid], records[sid].state, records[sid].meta.to_json(),
@@ -314,7 +318,9 @@ class StateStore:
             pipe = self.redis.pipeline(transaction=False)
             for i in todo:
                 k = keys[sids[i]]
-                pipe.evalsha(sha, len(k), *k, *args[sids[i]])
+                # execute_command: redis-py's ClusterPipeline blocks .evalsha() but routes
+                # EVALSHA by its keys; all keys of one call share a hash tag.
+                pipe.execute_command("EVALSHA", sha, len(k), *k, *args[sids[i]])
             out = pipe.execute(raise_on_error=False)
             retry = []
             for i, r in zip(todo, out):

@@ -1,0 +1,1 @@
+"""The model worker: patches -> states (Redis) -> forecasts and alerts (Kafka). See worker.py."""

@@ -1,0 +1,404 @@
+"""The model worker: patches in, states in Redis, forecasts and alerts out.
+
+``streamflame worker [--config FILE]`` runs :class:`Worker` until SIGTERM/SIGINT.
+
+Loop: a consumer-group member on the patches topic collects patches until
+``worker.batch_size`` patches or ``worker.batch_deadline_ms`` after the first
+one, then handles the batch in this order (the crash-consistency design)::
+
+    1. load      every series' record from Redis      (one pipelined HMGET round trip)
+    2. compute   update_many per round + forecast_many (streamflame.worker.batch)
+    3. publish   forecasts, alerts, dead letters; producer.flush(), every send checked
+    4. write     states by Lua compare-and-set         (one pipelined EVALSHA round trip)
+    5. commit    Kafka offsets of the batch
+
+Why this is safe to interrupt anywhere (SIGKILL included):
+
+* before 3 completes: nothing durable happened; the patches are re-read.
+* between 3 and 4: the forecasts are out, the states are not. The replay loads
+  the same states, computes the same numbers (seeds are
+  ``forecast_seed(worker.seed, series_id, seq)``; CPU results do not depend on
+  batch composition) and republishes identical duplicates.
+* between 4 and 5: the states are written. The replay finds ``seq <= stored``
+  and skips those patches (their forecasts were already published in 3).
+* two workers on one series (a rebalance where the old owner has not noticed
+  yet): the compare-and-set lets exactly one write per seq win; the other's
+  write is refused (``stale``) or, when it raced ahead of a half-written
+  history, the partition is re-read from the first patch concerned.
+
+So per series every patch is applied exactly once in effect, in seq order, and
+states are a pure function of the patch stream: an interrupted run ends with
+byte-identical records to an uninterrupted one. Forecast duplicates are
+identical except ``produced_at``.
+
+Failures that are not the worker's fault do not stop it: an undecodable patch
+record goes to the DLQ (``bad_patch``); a missing patch (``patch_gap``: Redis
+lost recent writes) first triggers one rewind of the partition to the patch
+after the stored one, then the DLQ; a corrupt or foreign state follows
+``worker.on_corrupt_state`` (``reinit`` | ``quarantine``); a Redis or Kafka
+error abandons the batch (nothing committed), rewinds its partitions and
+retries with backoff.
+
+Operations: one JSON log line per batch (``worker.batch``); Prometheus metrics
+(:mod:`streamflame.worker.metrics`) on ``metrics.port`` /
+``STREAMFLAME_METRICS_PORT``; ``STREAMFLAME_READY_FILE`` is touched once the
+worker has joined its group and is polling.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import structlog
+
+from streamflame.config import ConfigError, ServiceConfig, load_config
+from streamflame.schemas import encode
+from streamflame.worker.batch import BatchProcessor, BatchResult, PatchRecord
+from streamflame.worker.metrics import LIVE_WINDOW_S, WorkerMetrics
+
+log = structlog.get_logger("streamflame.worker")
+
+READY_FILE_ENV = "STREAMFLAME_READY_FILE"
+_IDLE_POLL_MS = 200
+_MAX_BACKOFF_S = 5.0
+
+
+@dataclass
+class _Batch:
+    records: list[PatchRecord] = field(default_factory=list)
+    bad: list[tuple] = field(default_factory=list)  # (ConsumerRecord, detail)
+    start: dict = field(default_factory=dict)        # TopicPartition -> first offset seen
+    end: dict = field(default_factory=dict)          # TopicPartition -> last offset + 1
+    first_at: float = 0.0                            # monotonic time of the first record
+
+    def __len__(self) -> int:
+        return len(self.records) + len(self.bad)
+
+    def add(self, tp, offset: int) -> None:
+        if not self.start and not self.end:
+            self.first_at = time.monotonic()
+        self.start.setdefault(tp, offset)
+        self.end[tp] = offset + 1
+
+
+class Worker:
+    """One worker process' loop; ``run()`` blocks until :meth:`stop` (thread-safe).
+
+    ``cfg``: the service config. The model is ``Forecaster.load(cfg.worker.model_path)``
+    on ``cfg.worker.device`` (``auto`` = cuda when available, else cpu).
+    ``ready_file``: touched once joined and polling (default ``$STREAMFLAME_READY_FILE``).
+    """
+
+    def __init__(self, cfg: ServiceConfig, *, ready_file: str | os.PathLike | None = None,
+                 metrics: WorkerMetrics | None = None):
+        self.cfg = cfg
+        self.ready_file = Path(ready_file) if ready_file else (
+            Path(os.environ[READY_FILE_ENV]) if os.environ.get(READY_FILE_ENV) else None)
+        self.metrics = metrics or WorkerMetrics()
+        self.ready = threading.Event()
+        self._stop = threading.Event()
+        self._batch = _Batch()
+        self._backoff = 0.0
+        self.batches = 0  # batches handled (for tests and logs)
+
+    # -- lifecycle ---------------------------------------------------------------
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def run(self) -> None:
+        self._open()
+        try:
+            self._loop()
+        finally:
+            self._close()
+
+    def _open(self) -> None:
+        import torch
+        from kafka import ConsumerRebalanceListener
+
+        from streamflame import Forecaster
+        from streamflame.kafka_io import DeadLetterWriter, make_consumer, make_producer
+        from streamflame.state.client import connect
+        from streamflame.state.store import StateStore
+
+        cfg = self.cfg
+        device = cfg.worker.device
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.forecaster = Forecaster.load(cfg.worker.model_path).to(device)
+        self.processor = BatchProcessor(self.forecaster, cfg)
+        self.store = StateStore(connect(cfg.redis), cfg.redis.key_prefix)
+        self.producer = make_producer(cfg)
+        self.dlq = DeadLetterWriter(self.producer, cfg.topics.dlq, "worker")
+        self.consumer = make_consumer(
+            cfg, cfg.worker.group_id,
+            max_poll_records=cfg.worker.batch_size,
+            fetch_max_wait_ms=max(10, min(100, cfg.worker.batch_deadline_ms)),
+        )
+        worker = self
+
+        class _Listener(ConsumerRebalanceListener):
+            def on_partitions_revoked(self, revoked):
+                # Nothing of the open batch is committed: drop it; whoever owns the
+                # partitions next re-reads it from the committed offsets.
+                if len(worker._batch):
+                    log.info("worker.batch_dropped_on_rebalance", patches=len(worker._batch))
+                worker._batch = _Batch()
+
+            def on_partitions_assigned(self, assigned):
+                log.info("worker.assigned", partitions=sorted(tp.partition for tp in assigned))
+                worker._mark_ready()
+
+        self.consumer.subscribe([cfg.topics.patches], listener=_Listener())
+        log.info("worker.started", device=device, model_id=self.forecaster.model_id,
+                 group=cfg.worker.group_id, topic=cfg.topics.patches, batch_size=cfg.worker.batch_size,
+                 batch_deadline_ms=cfg.worker.batch_deadline_ms, on_corrupt_state=cfg.worker.on_corrupt_state)
+
+    def _mark_ready(self) -> None:
+        if self.ready.is_set():
+            return
+        if self.ready_file is not None:
+            self.ready_file.parent.mkdir(parents=True, exist_ok=True)
+            self.ready_file.touch()
+        self.ready.set()
+
+    def _close(self) -> None:
+        for name in ("consumer", "producer"):
+            client = getattr(self, name, None)
+            if client is None:
+                continue
+            try:
+                client.close(timeout_ms=5000) if name == "consumer" else client.close(timeout=5)
+            except Exception as e:  # closing must not mask the reason we stop
+                log.warning("worker.close_failed", client=name, error=repr(e))
+        log.info("worker.stopped", batches=self.batches)
+
+    # -- loop --------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        wcfg = self.cfg.worker
+        deadline_s = wcfg.batch_deadline_ms / 1000
+        while not self._stop.is_set():
+            b = self._batch
+            if len(b):
+                wait_ms = int(max(0.0, b.first_at + deadline_s - time.monotonic()) * 1000)
+            else:
+                wait_ms = _IDLE_POLL_MS
+            polled = self.consumer.poll(timeout_ms=wait_ms, max_records=max(1, wcfg.batch_size - len(b)))
+            self._take(polled)
+            b = self._batch
+            if len(b) and (len(b) >= wcfg.batch_size or time.monotonic() - b.first_at >= deadline_s):
+                self._handle()
+        if len(self._batch):  # graceful stop: finish what we hold
+            self._handle()
+
+    def _take(self, polled) -> None:
+        from streamflame.schemas import decode_patch
+
+        b = self._batch
+        for tp, msgs in polled.items():
+            for m in msgs:
+                b.add(tp, m.offset)
+                try:
+                    patch = decode_patch(m.value)
+                except ValueError as e:
+                    b.bad.append((m, _short(e)))
+                    continue
+                b.records.append(PatchRecord(patch, m.partition, m.offset, m.key, m.value, m.timestamp))
+            if msgs:
+                hw = self.consumer.highwater(tp)
+                if hw is not None:
+                    self.metrics.lag.labels(str(tp.partition)).set(max(0, hw - msgs[-1].offset - 1))
+
+    def _handle(self) -> None:
+        """Steps 1-5 for the open batch; on a Redis/Kafka failure the batch is
+        abandoned and its partitions re-read after a backoff."""
+        from kafka.errors import KafkaError
+        from redis.exceptions import RedisError
+
+        b, self._batch = self._batch, _Batch()
+        try:
+            self._process(b)
+            self._backoff = 0.0
+        except (RedisError, KafkaError, OSError) as e:
+            self._backoff = min(_MAX_BACKOFF_S, max(0.1, 2 * self._backoff))
+            log.error("worker.batch_failed", error=repr(e), patches=len(b), retry_in_s=self._backoff)
+            self._rewind({tp: off for tp, off in b.start.items()})
+            self._stop.wait(self._backoff)
+
+    def _process(self, b: _Batch) -> None:
+        m = self.metrics
+        t_start = time.perf_counter()
+        sids = list(dict.fromkeys(r.patch.series_id for r in b.records))
+        loaded = self.store.load_many(sids)
+        redis_load_s = self.store.last_round_trip_s if sids else 0.0
+        now_ms = int(time.time() * 1000)
+        res = self.processor.process(b.records, loaded, produced_at_ms=now_ms)
+
+        t_pub = time.perf_counter()
+        self._publish(b, res)
+        publish_s = time.perf_counter() - t_pub
+
+        for sid, reason in res.quarantine.items():
+            self.store.quarantine(sid, reason)
+            log.error("worker.series_quarantined", series_id=sid, reason=reason)
+        save = self.store.save_many(res.records, res.expected, res.replace_broken)
+        redis_save_s = self.store.last_round_trip_s if res.records else 0.0
+
+        # Write refusals that leave patches of this batch unapplied -> re-read them.
+        rewind = dict(res.rewind)
+        for sid in (*save.conflict, *save.gap):
+            part, off = res.first_applied[sid]
+            rewind[part] = min(rewind.get(part, off), off)
+        if save.conflict or save.gap:
+            log.warning("worker.write_refused", conflict=len(save.conflict), gap=len(save.gap),
+                        sample=list({**save.conflict, **save.gap}.items())[:5])
+        offsets = {tp: min(end, rewind.get(tp.partition, end)) for tp, end in b.end.items()}
+        self._commit(offsets)
+        if rewind:
+            self._rewind({tp: rewind[tp.partition] for tp in b.end if tp.partition in rewind})
+            m.rewinds.inc(len(rewind))
+            log.warning("worker.rewind", partitions=rewind)
+
+        # Metrics and the one log line per batch.
+        total_s = time.perf_counter() - t_start
+        self.batches += 1
+        m.batch_size.observe(len(b))
+        m.step_seconds.observe(res.step_s + res.forecast_s)
+        m.redis_seconds.labels("load").observe(redis_load_s)
+        m.redis_seconds.labels("save").observe(redis_save_s)
+        m.publish_seconds.observe(publish_s)
+        m.patches.labels("applied").inc(res.applied)
+        m.patches.labels("skipped").inc(res.skipped)
+        m.patches.labels("bad").inc(len(b.bad))
+        for outcome, n in (("applied", len(save.applied)), ("stale", len(save.stale)),
+                           ("conflict", len(save.conflict)), ("gap", len(save.gap)),
+                           ("blocked", len(save.blocked))):
+            if n:
+                m.state_writes.labels(outcome).inc(n)
+        if res.records:
+            m.state_bytes.set(sum(r.nbytes for r in res.records.values()) / len(res.records))
+        done_s = time.time()
+        for r in b.records:
+            if r.timestamp_ms >= 0:
+                m.patch_latency.observe(max(0.0, done_s - r.timestamp_ms / 1000))
+            lag = done_s - r.patch.last_obs_ms / 1000
+            if 0.0 <= lag <= LIVE_WINDOW_S:
+                m.e2e_latency.observe(lag)
+        log.info("worker.batch", size=len(b), series=len(sids), rounds=res.rounds, applied=res.applied,
+                 skipped=res.skipped, refused=save.refused, rejected=len(res.rejected) + len(b.bad),
+                 forecasts=len(res.forecasts), alerts=len(res.alerts), reinitialised=res.reinitialised,
+                 step_ms=round(res.step_s * 1000, 2), forecast_ms=round(res.forecast_s * 1000, 2),
+                 redis_ms=round((redis_load_s + redis_save_s) * 1000, 2), publish_ms=round(publish_s * 1000, 2),
+                 total_ms=round(total_s * 1000, 2))
+
+    def _publish(self, b: _Batch, res: BatchResult) -> None:
+        """Send everything of the batch, flush, and make sure every send landed."""
+        from kafka.errors import KafkaError
+
+        t = self.cfg.topics
+        send = self.producer.send
+        futures = []
+        for fc in res.forecasts:
+            futures.append(send(t.forecasts, key=fc.series_id.encode(), value=encode(fc)))
+        for al in res.alerts:
+            futures.append(send(t.alerts, key=al.series_id.encode(), value=encode(al)))
+        for rej in res.rejected:
+            r = rej.record
+            futures.append(self.dlq.write(rej.reason, rej.detail, source_topic=t.patches, partition=r.partition,
+                                          offset=r.offset, key=r.key, original=r.raw, series_id=r.patch.series_id))
+            self.metrics.dead_letters.labels(rej.reason).inc()
+        for msg, detail in b.bad:
+            futures.append(self.dlq.write("bad_patch", detail, source_topic=t.patches, partition=msg.partition,
+                                          offset=msg.offset, key=msg.key, original=msg.value))
+            self.metrics.dead_letters.labels("bad_patch").inc()
+        self.producer.flush()
+        for f in futures:
+            if f.failed():
+                err = f.exception
+                raise err if isinstance(err, KafkaError) else KafkaError(repr(err))
+        self.metrics.forecasts.inc(len(res.forecasts))
+        self.metrics.alerts.inc(len(res.alerts))
+
+    def _commit(self, offsets: dict) -> None:
+        from kafka.structs import OffsetAndMetadata
+
+        if offsets:
+            self.consumer.commit({tp: OffsetAndMetadata(off, "", -1) for tp, off in offsets.items()})
+
+    def _rewind(self, offsets: dict) -> None:
+        assigned = self.consumer.assignment()
+        for tp, off in offsets.items():
+            if tp in assigned:
+                self.consumer.seek(tp, off)
+
+
+def _short(e: Exception, limit: int = 500) -> str:
+    text = str(e).replace("\n", "; ")
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+# -- command line -------------------------------------------------------------------
+
+
+def configure_logging(level: str = "info") -> None:
+    """structlog -> one JSON object per line on stderr."""
+    import orjson
+
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            structlog.processors.JSONRenderer(serializer=lambda obj, **kw: orjson.dumps(obj, default=repr).decode()),
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level.upper())),
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        cache_logger_on_first_use=True,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="streamflame worker", description=(
+        "Run a model worker: consume patches, advance states in Redis, publish forecasts and alerts. "
+        "Stops cleanly on SIGTERM/SIGINT."))
+    parser.add_argument("--config", help="YAML config file (default: $STREAMFLAME_CONFIG, else built-in defaults)")
+    args = parser.parse_args(argv)
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as e:
+        for p in e.problems:
+            print(f"error: {e.source or 'environment'}: {p}", file=sys.stderr)
+        return 2
+    configure_logging(cfg.log_level)
+    worker = Worker(cfg)
+
+    def _on_signal(signum, _frame):
+        log.info("worker.signal", signal=signal.Signals(signum).name)
+        worker.stop()
+
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
+    if cfg.metrics.port is not None:
+        port = worker.metrics.serve(cfg.metrics.port, cfg.metrics.host)
+        log.info("worker.metrics", url=f"http://{cfg.metrics.host}:{port}/metrics")
+    try:
+        worker.run()
+    except ConfigError as e:  # e.g. a group horizon beyond the model's max_horizon
+        for p in e.problems:
+            print(f"error: {p}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,202 @@
+"""BatchProcessor (the worker's compute step, no I/O) with the real Forecaster."""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from streamflame import Forecaster, SeriesState
+from streamflame.config import ServiceConfig
+from streamflame.model import tiny_config
+from streamflame.schemas import PATCH_LEN, PatchMessage, forecast_seed
+from streamflame.state.store import BrokenRecord, StateRecord
+from streamflame.worker.batch import BatchProcessor, PatchRecord
+
+FREQ = 60_000
+T0 = 1_700_000_000_000 - 1_700_000_000_000 % (PATCH_LEN * FREQ)
+
+
+def patch(sid: str, seq: int, values, offset: int | None = None, partition: int = 0) -> PatchRecord:
+    vals = [None if (v is None or v != v) else float(v) for v in values]
+    start = T0 + seq * PATCH_LEN * FREQ
+    p = PatchMessage(series_id=sid, seq=seq, start_ms=start, freq_ms=FREQ, values=vals,
+                     n_observed=sum(v is not None for v in vals), last_obs_ms=start + (PATCH_LEN - 1) * FREQ,
+                     partition=partition, first_offset=seq * PATCH_LEN, last_offset=seq * PATCH_LEN + 47)
+    return PatchRecord(p, partition, seq if offset is None else offset)
+
+
+def series_values(seed: int, n_patches: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    t = np.arange(n_patches * PATCH_LEN)
+    v = 10 + 3 * np.sin(2 * np.pi * t / 24) + rng.normal(0, 0.3, t.size)
+    v[rng.random(t.size) < 0.05] = np.nan
+    return v
+
+
+@pytest.fixture(scope="module")
+def forecaster() -> Forecaster:
+    return Forecaster.from_config(tiny_config(), seed=0)
+
+
+def make_cfg(**worker) -> ServiceConfig:
+    return ServiceConfig(worker=worker, defaults={"horizon": 60, "num_samples": 32, "alert_levels": (0.05, 0.95)},
+                         groups=[{"name": "late", "match": "late-*", "min_history_patches": 2, "horizon": 12,
+                                  "include_samples": True}])
+
+
+def in_process(f: Forecaster, cfg: ServiceConfig, sid: str, values: np.ndarray):
+    """States and forecasts after every patch, by the single-series API."""
+    g = cfg.resolve_group(sid)
+    s = f.init_state(scale=g.scale)
+    out = []
+    for k in range(len(values) // PATCH_LEN):
+        s = f.update(s, values[k * PATCH_LEN:(k + 1) * PATCH_LEN])
+        fc = None
+        if s.n_patches >= g.min_history_patches:
+            fc = f.forecast(s, g.horizon, g.quantiles, g.num_samples, seed=forecast_seed(cfg.worker.seed, sid, k))
+        out.append((s, fc))
+    return out
+
+
+def test_rounds_apply_in_seq_order_and_match_single_series_api(forecaster):
+    cfg = make_cfg()
+    proc = BatchProcessor(forecaster, cfg)
+    data = {"a": series_values(1, 3), "b": series_values(2, 1), "late-c": series_values(3, 2)}
+    batch = [patch(sid, k, v[k * PATCH_LEN:(k + 1) * PATCH_LEN], offset=10 * k + i)
+             for i, (sid, v) in enumerate(data.items()) for k in range(len(v) // PATCH_LEN)]
+    batch.reverse()  # arrival order must not matter within a series' seqs
+    res = proc.process(batch, {sid: None for sid in data}, produced_at_ms=0)
+    assert res.rounds == 3 and res.applied == 6 and res.skipped == 0 and not res.rejected
+    # late-c needs 2 patches of history: one forecast (after seq 1) with samples.
+    got = {(fc.series_id, fc.seq): fc for fc in res.forecasts}
+    assert sorted(got) == [("a", 0), ("a", 1), ("a", 2), ("b", 0), ("late-c", 1)]
+    for sid, v in data.items():
+        ref = in_process(forecaster, cfg, sid, v)
+        for k, (state, fc) in enumerate(ref):
+            if fc is None:
+                assert (sid, k) not in got
+                continue
+            msg = got[(sid, k)]
+            np.testing.assert_array_equal(np.asarray(msg.mean), fc.mean)
+            for j, key in enumerate(cfg.resolve_group(sid).quantile_keys):
+                np.testing.assert_array_equal(np.asarray(msg.quantiles[key]), fc.quantiles[j])
+            assert (msg.samples is not None) == sid.startswith("late-")
+            assert msg.origin_ms == T0 + (k * PATCH_LEN + 47) * FREQ and msg.freq_ms == FREQ
+            assert msg.horizon == cfg.resolve_group(sid).horizon
+        rec = res.records[sid]
+        assert rec.seq == len(ref) - 1 and res.expected[sid] == -1
+        assert rec.state == ref[-1][0].to_bytes()
+
+
+def test_skip_applied_duplicates_and_gap_goes_to_dlq(forecaster):
+    cfg = make_cfg()
+    proc = BatchProcessor(forecaster, cfg)
+    v = series_values(4, 5)
+    p = [patch("s", k, v[k * PATCH_LEN:(k + 1) * PATCH_LEN], offset=k) for k in range(5)]
+    first = proc.process(p[:2], {"s": None})
+    stored = first.records["s"]
+    # seq 1 again (duplicate within the batch too), seq 2 new, seq 4 after a hole at 3.
+    res = proc.process([p[1], p[2], p[2], p[4]], {"s": stored})
+    assert res.skipped == 2 and res.applied == 1
+    assert [(fc.series_id, fc.seq) for fc in res.forecasts] == [("s", 2)]
+    assert [(r.reason, r.record.patch.seq) for r in res.rejected] == [("patch_gap", 4)]
+    assert res.records["s"].seq == 2 and res.expected["s"] == 1
+    # Only already-applied patches: nothing to do at all.
+    again = proc.process([p[0], p[1]], {"s": stored})
+    assert again.skipped == 2 and not again.records and not again.forecasts
+
+
+def test_gap_rewinds_once_to_the_patch_after_the_stored_one(forecaster):
+    proc = BatchProcessor(forecaster, make_cfg())
+    v = series_values(5, 4)
+    p = [patch("s", k, v[k * PATCH_LEN:(k + 1) * PATCH_LEN], offset=100 + 7 * k, partition=2) for k in range(4)]
+    stored = proc.process(p[:1], {"s": None}).records["s"]  # Redis kept only seq 0 (offset 100)
+    res = proc.process([p[3]], {"s": stored})
+    assert res.rewind == {2: 101} and not res.rejected and not res.records
+    # The same gap again (the missing patches really are gone): DLQ, no second rewind.
+    res = proc.process([p[3]], {"s": stored})
+    assert res.rewind == {} and [r.reason for r in res.rejected] == ["patch_gap"]
+
+
+def test_alert_fires_for_outlier_and_not_inside_previous_interval(forecaster):
+    cfg = make_cfg()
+    proc = BatchProcessor(forecaster, cfg)
+    v = series_values(6, 2)
+    res = proc.process([patch("s", 0, v[:PATCH_LEN]), patch("s", 1, v[PATCH_LEN:])], {"s": None})
+    interval = res.records["s"].meta.alert
+    assert interval.seq == 1 and interval.start_ms == T0 + 2 * PATCH_LEN * FREQ and len(interval.lo) == PATCH_LEN
+    # Next patch: every value inside the stored interval except one far above, one far below.
+    lo, hi = interval.lo.astype(np.float64), interval.hi.astype(np.float64)
+    nxt = (lo + hi) / 2
+    nxt[5] = hi[5] + 4 * (hi[5] - lo[5])
+    nxt[30] = lo[30] - (hi[30] - lo[30])
+    nxt[7] = np.nan  # missing: never an alert
+    res2 = proc.process([patch("s", 2, nxt)], {"s": res.records["s"]})
+    alerts = {a.step: a for a in res2.alerts}
+    assert sorted(alerts) == [6, 31]
+    a = alerts[6]
+    assert a.direction == "above" and a.forecast_seq == 1 and a.levels == (0.05, 0.95)
+    assert a.timestamp_ms == T0 + (2 * PATCH_LEN + 5) * FREQ and a.score == pytest.approx(4.0, rel=1e-5)
+    assert alerts[31].direction == "below" and alerts[31].score == pytest.approx(1.0, rel=1e-5)
+    # The in-batch path (previous forecast made in the same batch) gives the same alerts
+    # for seq 2 (seq 1 may alert too: this untrained model's intervals are arbitrary).
+    res3 = proc.process([patch("s", k, x) for k, x in enumerate([v[:PATCH_LEN], v[PATCH_LEN:], nxt])], {"s": None})
+    assert [a.model_dump() for a in res3.alerts if a.forecast_seq == 1] == [a.model_dump() for a in res2.alerts]
+
+
+def test_no_alert_when_previous_forecast_is_not_adjacent(forecaster):
+    proc = BatchProcessor(forecaster, make_cfg())
+    v = series_values(7, 1)
+    rec = proc.process([patch("s", 0, v)], {"s": None}).records["s"]
+    far = patch("s", 1, np.full(PATCH_LEN, 1e9))
+    # Same seq chain but the grid jumped: the stored interval is for other timestamps.
+    moved = PatchRecord(far.patch.model_copy(update={"start_ms": far.patch.start_ms + FREQ}), 0, 1)
+    assert proc.process([moved], {"s": rec}).alerts == []
+    assert len(proc.process([far], {"s": rec}).alerts) == PATCH_LEN
+
+
+@pytest.mark.parametrize("policy", ["reinit", "quarantine"])
+def test_corrupt_and_foreign_states_follow_policy(forecaster, policy):
+    cfg = make_cfg(on_corrupt_state=policy)
+    proc = BatchProcessor(forecaster, cfg)
+    v = series_values(8, 3)
+    good = proc.process([patch("x", 0, v[:PATCH_LEN])], {"x": None}).records["x"]
+    other = Forecaster.from_config(tiny_config(), seed=1)
+    foreign_bytes = other.update(other.init_state(), v[:PATCH_LEN]).to_bytes()
+    loaded = {
+        "corrupt": StateRecord(0, b"SFST\x01garbage", good.meta),
+        "foreign": StateRecord(0, foreign_bytes, good.meta),
+        "old-model": StateRecord(0, good.state, dataclasses.replace(good.meta, model_id="sf-old")),
+        "unreadable": BrokenRecord("seq field is b'zz', not an integer"),
+    }
+    batch = [patch(sid, 1, v[PATCH_LEN:2 * PATCH_LEN]) for sid in loaded]
+    res = proc.process(batch, loaded)
+    if policy == "quarantine":
+        assert set(res.quarantine) == set(loaded) and not res.records and not res.forecasts
+        assert {r.reason for r in res.rejected} == {"series_quarantined"}
+        return
+    assert res.reinitialised == 4 and {r.reason for r in res.rejected} == {"corrupt_state"}
+    fresh = forecaster.update(forecaster.init_state(), v[PATCH_LEN:2 * PATCH_LEN])
+    for sid in loaded:
+        rec = res.records[sid]
+        assert rec.seq == 1 and rec.state == fresh.to_bytes()
+        assert SeriesState.from_bytes(rec.state).n_patches == 1
+    assert res.expected == {"corrupt": 0, "foreign": 0, "old-model": 0, "unreadable": -1}
+    assert res.replace_broken == {"unreadable"}
+
+
+def test_quarantined_series_patches_go_to_dlq(forecaster):
+    proc = BatchProcessor(forecaster, make_cfg())
+    v = series_values(9, 3)
+    tomb = BrokenRecord("corrupt_state: bad magic", seq=1, quarantined=True)
+    res = proc.process([patch("q", k, v[k * PATCH_LEN:(k + 1) * PATCH_LEN]) for k in range(3)], {"q": tomb})
+    assert res.skipped == 2 and [r.reason for r in res.rejected] == ["series_quarantined"]
+    assert not res.records and not res.forecasts
+
+
+def test_horizon_beyond_model_is_a_config_error(forecaster):
+    from streamflame.config import ConfigError
+
+    with pytest.raises(ConfigError, match="max_horizon"):
+        BatchProcessor(forecaster, ServiceConfig(defaults={"horizon": 500}))
