@@ -381,3 +381,15 @@ def test_changed_paths_and_restart_classification():
     paths = changed_paths(a, b)
     assert paths == ["kafka.bootstrap", "worker.batch_size", "defaults"]
     assert needs_restart(paths) == ["kafka.bootstrap"]
+
+
+def test_every_setting_is_documented():
+    from streamflame.config import SeriesGroup
+
+    doc = (REPO / "docs" / "configuration.md").read_text()
+    for section in ("kafka", "topics", "redis", "ingest", "worker", "metrics"):
+        for name in ServiceConfig.model_fields[section].annotation.model_fields:
+            assert f"| `{section}.{name}` |" in doc, f"{section}.{name} is missing from docs/configuration.md"
+    for name in SeriesGroup.model_fields:
+        assert f"| `{name}` |" in doc or f"| `groups[].{name}` |" in doc, name
+    assert "| `log_level` |" in doc

@@ -385,3 +385,43 @@ def test_dead_letter_keeps_any_bytes():
     text_key = DeadLetter.build("bad_value", "x", source_topic="t", partition=0, offset=0, key=b"pump-1",
                                 original=None, component="worker")
     assert text_key.key == "pump-1" and text_key.original_bytes() is None
+
+
+# --------------------------------------------------------------------------- docs/schemas.md stays true
+
+DOC = (__import__("pathlib").Path(__file__).resolve().parent.parent / "docs" / "schemas.md").read_text()
+
+
+def _doc_examples() -> dict[str, bytes]:
+    import re
+
+    found = re.findall(r"<!-- example: ([\w-]+) -->\s*```json\n(.*?)```", DOC, re.S)
+    return {name: body.encode() for name, body in found}
+
+
+def test_doc_examples_are_valid_messages():
+    ex = _doc_examples()
+    assert set(ex) == {"observation", "observation-batch", "patch", "forecast", "alert", "dead-letter"}
+    assert decode_observation_message(ex["observation"]) == [Observation("sensors.temp.kitchen", JAN1, 21.5)]
+    assert [o.timestamp_ms for o in decode_observation_message(ex["observation-batch"])] == [
+        JAN1, JAN1 + 60_000, JAN1 + 120_000]
+    patch = decode_patch(ex["patch"])
+    assert patch.last_obs_ms == patch.start_ms + 47 * patch.freq_ms
+    f = decode_forecast(ex["forecast"])
+    assert f.origin_ms == to_epoch_ms(f.origin) and f.step_ms(1) == to_epoch_ms(f.start)
+    a = decode_alert(ex["alert"])
+    assert a.timestamp_ms == f.step_ms(a.step) and a.forecast_seq == f.seq
+    assert (a.lower, a.upper) == (f.quantiles["0.1"][a.step - 1], f.quantiles["0.9"][a.step - 1])
+    assert alert_score(a.value, a.lower, a.upper) == (a.direction, pytest.approx(a.score))
+    d = decode_dead_letter(ex["dead-letter"])
+    with pytest.raises(RejectedMessage) as e:
+        decode_observation_message(d.original_bytes())
+    assert (e.value.reason, e.value.detail) == (d.reason, d.detail)
+    assert d.key_bytes() == d.key.encode()
+
+
+def test_doc_reason_table_matches_code():
+    import re
+
+    documented = re.findall(r"^\| `(\w+)` \| (?:ingest|worker)", DOC, re.M)
+    assert documented == list(REJECT_REASONS)
