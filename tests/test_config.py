@@ -393,3 +393,11 @@ def test_every_setting_is_documented():
     for name in SeriesGroup.model_fields:
         assert f"| `{name}` |" in doc or f"| `groups[].{name}` |" in doc, name
     assert "| `log_level` |" in doc
+
+
+def test_embedded_default_leaves_connections_unset():
+    """`streamflame up` starts its own broker/redis only when the config does not
+    name them (model_fields_set), so the embedded default must not."""
+    cfg = load_config(default_config_path())
+    assert "bootstrap" not in cfg.kafka.model_fields_set and "url" not in cfg.redis.model_fields_set
+    assert (cfg.kafka.session_timeout_ms, cfg.kafka.heartbeat_interval_ms) == (2000, 600)  # fast Tansu joins
