@@ -12,7 +12,7 @@ import os
 import socket
 import stat
 from pathlib import Path
-from typing import Mapping
+from typing import Any, Mapping
 
 from streamflame.embedded.moto import MotoServer
 from streamflame.embedded.process import StartupError, wait_until
@@ -33,24 +33,22 @@ def find_tansu() -> Path:
     return binary
 
 
-def _admin(bootstrap: str, timeout_s: float = 5.0):
+def _admin(bootstrap: str, timeout_s: float, client_kwargs: Mapping[str, Any]):
     from kafka import KafkaAdminClient
 
     ms = int(timeout_s * 1000)
-    return KafkaAdminClient(
-        bootstrap_servers=bootstrap,
-        client_id="streamflame-embedded",
-        bootstrap_timeout_ms=ms,
-        request_timeout_ms=ms,
-    )
+    kwargs = {"client_id": "streamflame-embedded", **client_kwargs, "bootstrap_servers": bootstrap,
+              "bootstrap_timeout_ms": ms, "request_timeout_ms": ms}
+    return KafkaAdminClient(**kwargs)
 
 
-def kafka_ready(bootstrap: str) -> bool:
-    """True if a metadata request to `bootstrap` succeeds."""
+def kafka_ready(bootstrap: str, **client_kwargs: Any) -> bool:
+    """True if a metadata request to `bootstrap` succeeds. `client_kwargs`:
+    extra KafkaAdminClient settings (security) for an external cluster."""
     host, _, port = bootstrap.split(",")[0].rpartition(":")
     with socket.create_connection((host, int(port)), timeout=1.0):
         pass  # cheap check first: kafka-python's bootstrap would wait its full timeout
-    admin = _admin(bootstrap, timeout_s=2.0)
+    admin = _admin(bootstrap, 2.0, client_kwargs)
     try:
         admin.list_topics()
         return True
@@ -58,7 +56,13 @@ def kafka_ready(bootstrap: str) -> bool:
         admin.close()
 
 
-def create_topics(bootstrap: str, topics: Mapping[str, int], timeout_s: float = 30.0) -> dict[str, int]:
+def create_topics(
+    bootstrap: str,
+    topics: Mapping[str, int],
+    timeout_s: float = 30.0,
+    replication_factor: int = 1,
+    **client_kwargs: Any,
+) -> dict[str, int]:
     """Create each topic `name -> partitions` that does not exist yet (idempotent)
     and wait until every partition has a leader.
 
@@ -68,10 +72,10 @@ def create_topics(bootstrap: str, topics: Mapping[str, int], timeout_s: float = 
     for name, partitions in topics.items():
         if not name or int(partitions) < 1:
             raise ValueError(f"bad topic spec {name!r}: {partitions} partitions (need a name and >= 1)")
-    admin = _admin(bootstrap, timeout_s=timeout_s)
+    admin = _admin(bootstrap, timeout_s, client_kwargs)
     try:
         existing = set(admin.list_topics())
-        missing = {name: {"num_partitions": int(p), "replication_factor": 1}
+        missing = {name: {"num_partitions": int(p), "replication_factor": replication_factor}
                    for name, p in topics.items() if name not in existing}
         if missing:
             admin.create_topics(missing, raise_errors=False)

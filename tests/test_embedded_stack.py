@@ -1,0 +1,210 @@
+"""`streamflame up` / `down` and EmbeddedStack supervision, with real broker and
+redis processes and trivial stand-in children (injected commands), so these
+tests exercise the stack itself, not ingest or worker."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import redis
+import structlog
+from kafka import KafkaAdminClient
+
+from streamflame.embedded.process import StartupError, pid_alive
+from streamflame.embedded.stack import EmbeddedStack, read_run_json
+
+# A stand-in child: records its STREAMFLAME_* environment, then sleeps.
+RECORD_ENV_AND_SLEEP = (
+    "import json, os, sys, time; "
+    "env = {k: v for k, v in os.environ.items() if k.startswith('STREAMFLAME_')}; "
+    "open(sys.argv[1], 'w').write(json.dumps(env)); "
+    "time.sleep(1e6)"
+)
+
+
+def _streamflame(*args: str, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "streamflame", *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def _wait_for(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def _all_pids(info: dict) -> list[int]:
+    pids = info["pids"]
+    return [p for p in (pids["supervisor"], pids["broker"], pids["redis"], pids["moto"],
+                        *pids["ingest"], *pids["worker"]) if p is not None]
+
+
+def _partitions(bootstrap: str, topic: str) -> int:
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        (desc,) = admin.describe_topics([topic])
+        return len(desc["partitions"])
+    finally:
+        admin.close()
+
+
+def test_up_detach_supervises_and_down_stops_everything(tmp_path):
+    child = json.dumps([sys.executable, "-c", RECORD_ENV_AND_SLEEP, str(tmp_path / "env-{role}-{index}.json")])
+    up = _streamflame("up", "--detach", "--ingest", "2", "--workers", "1", "--partitions", "3",
+                      "--child-command", child, cwd=tmp_path)
+    assert up.returncode == 0, up.stderr
+    run_json = tmp_path / ".streamflame" / "run.json"
+    assert up.stdout.strip() == str(run_json)
+    info = json.loads(run_json.read_text())
+    try:
+        assert info["ready"] is True
+        assert all(pid_alive(p) for p in _all_pids(info))
+        assert len(info["pids"]["ingest"]) == 2 and len(info["pids"]["worker"]) == 1
+        assert info["pids"]["moto"] is None and info["durable"] is False
+
+        # Real services at the advertised addresses, topics with the asked partitions.
+        assert redis.Redis.from_url(info["redis_url"]).ping()
+        assert set(info["topics"]) == {"observations", "patches", "forecasts", "alerts", "dlq"}
+        assert _partitions(info["kafka_bootstrap"], info["topics"]["observations"]) == 3
+        assert _partitions(info["kafka_bootstrap"], info["topics"]["patches"]) == 3
+
+        # Each child got the connection, its own metrics port and ready file by environment.
+        urls = info["metrics"]["ingest"] + info["metrics"]["worker"]
+        assert len(set(urls)) == 3
+        env = json.loads(_wait_for(lambda: (tmp_path / "env-ingest-1.json").exists()
+                                   and (tmp_path / "env-ingest-1.json").read_text(), 10, "child env"))
+        assert env["STREAMFLAME_KAFKA__BOOTSTRAP"] == info["kafka_bootstrap"]
+        assert env["STREAMFLAME_REDIS__URL"] == info["redis_url"]
+        assert env["STREAMFLAME_KAFKA__PARTITIONS"] == "3"
+        assert info["metrics"]["ingest"][1] == f"http://127.0.0.1:{env['STREAMFLAME_METRICS_PORT']}/metrics"
+        assert env["STREAMFLAME_READY_FILE"].endswith("ready/ingest-1")
+
+        # A second `up` on the same run directory refuses.
+        again = _streamflame("up", "--detach", "--child-command", child, cwd=tmp_path)
+        assert again.returncode == 1 and "already running" in again.stderr
+
+        # SIGKILL a child: the supervisor restarts it and rewrites run.json.
+        victim = info["pids"]["ingest"][0]
+        os.kill(victim, signal.SIGKILL)
+
+        def restarted():
+            current = read_run_json(tmp_path / ".streamflame")
+            new = current["pids"]["ingest"][0]
+            return current if new not in (None, victim) and pid_alive(new) else None
+
+        info = _wait_for(restarted, 15, "the killed ingest child to be restarted")
+        events = [json.loads(line) for line in (tmp_path / ".streamflame/logs/supervisor.log").read_text().splitlines()
+                  if line.startswith("{")]
+        exited = [e for e in events if e["event"] == "child_exited"]
+        assert exited and exited[0]["child"] == "ingest-0" and exited[0]["signal"] == "SIGKILL"
+        assert any(e["event"] == "child_restarted" and e["pid"] == info["pids"]["ingest"][0] for e in events)
+    finally:
+        down = _streamflame("down", cwd=tmp_path)
+    assert down.returncode == 0, down.stderr
+    assert not run_json.exists()
+    _wait_for(lambda: not any(pid_alive(p) for p in _all_pids(info)), 10, "every process to exit")
+
+
+def test_foreground_up_stops_cleanly_on_sigint(tmp_path):
+    run_dir = tmp_path / "rd"
+    child = json.dumps([sys.executable, "-c", "import time; time.sleep(1e6)"])
+    proc = subprocess.Popen([sys.executable, "-m", "streamflame", "up", "--run-dir", str(run_dir), "--durable",
+                             "--ingest", "1", "--workers", "1", "--child-command", child],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        info = _wait_for(lambda: (read_run_json(run_dir) or {}).get("ready") and read_run_json(run_dir),
+                         90, "the stack to be ready")
+        assert info["durable"] is True and pid_alive(info["pids"]["moto"])
+        assert info["pids"]["supervisor"] == proc.pid
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, stderr
+    assert "stack_stopped" in stderr
+    assert not (run_dir / "run.json").exists()
+    assert not any(pid_alive(p) for p in _all_pids(info))
+
+
+def test_down_without_a_stack_says_so(tmp_path):
+    down = _streamflame("down", "--run-dir", str(tmp_path / "nothing"), cwd=tmp_path)
+    assert down.returncode == 1
+    assert "no stack found" in down.stderr
+
+
+def test_up_rejects_bad_arguments(tmp_path):
+    bad = _streamflame("up", "--workers", "-1", cwd=tmp_path)
+    assert bad.returncode == 2 and "--workers must be >= 0" in bad.stderr
+    missing = _streamflame("up", "--config", "nope.yaml", cwd=tmp_path)
+    assert missing.returncode == 2 and "nope.yaml: no such file" in missing.stderr
+
+
+def test_child_that_dies_while_starting_is_reported_with_its_log(tmp_run_dir):
+    child = [sys.executable, "-c", "import sys; print('boom: bad settings', file=sys.stderr); sys.exit(3)"]
+    with EmbeddedStack(tmp_run_dir, ingest=1, child_command=lambda role, index: child) as stack:
+        with pytest.raises(StartupError, match=r"(?s)ingest-0 exited with code 3.*boom: bad settings"):
+            stack.start_children()
+
+
+def test_restart_backoff_doubles_up_to_the_cap(tmp_run_dir):
+    # Each run: signal ready at once, die 0.1 s later.
+    crash = ("import os, pathlib, sys, time; pathlib.Path(os.environ['STREAMFLAME_READY_FILE']).touch(); "
+             "time.sleep(0.1); sys.exit(7)")
+    stack = EmbeddedStack(tmp_run_dir, workers=1, backoff_s=(0.1, 0.4),
+                          child_command=lambda role, index: [sys.executable, "-c", crash])
+    with stack, structlog.testing.capture_logs() as logs:
+        stack.start_children()
+        pids = {stack.children[0].pid}
+        deadline = time.monotonic() + 30
+        while len([e for e in logs if e["event"] == "child_exited"]) < 5 and time.monotonic() < deadline:
+            stack.supervise_once()
+            pids.add(stack.children[0].pid)
+            time.sleep(0.02)
+    delays = [e["restart_in_s"] for e in logs if e["event"] == "child_exited"]
+    assert delays[:5] == [0.1, 0.2, 0.4, 0.4, 0.4]
+    assert all(e["exit_code"] == 7 for e in logs if e["event"] == "child_exited")
+    assert len(pids - {None}) >= 5  # every restart is a new process
+
+
+def test_stack_uses_external_kafka_and_redis_from_config(tmp_path, embedded_kafka, embedded_redis):
+    tag = os.urandom(4).hex()
+    config = tmp_path / "service.yaml"
+    config.write_text(
+        f"kafka:\n  bootstrap: '{embedded_kafka}'\n  partitions: 2\n"
+        f"redis:\n  url: '{embedded_redis}'\n"
+        f"topics:\n  observations: ext-{tag}.obs\n  patches: ext-{tag}.patches\n"
+    )
+    with EmbeddedStack(tmp_path / "run", config_path=config) as stack:
+        assert stack.broker is None and stack.redis is None
+        assert stack.kafka_bootstrap == embedded_kafka and stack.redis_url == embedded_redis
+        info = read_run_json(tmp_path / "run")
+        assert info["pids"]["broker"] is None and info["pids"]["redis"] is None
+        assert info["topics"]["observations"] == f"ext-{tag}.obs"
+        assert _partitions(embedded_kafka, f"ext-{tag}.obs") == 2
+        assert _partitions(embedded_kafka, f"ext-{tag}.patches") == 2
+    assert read_run_json(tmp_path / "run") is None
+
+
+def test_mismatched_partitions_on_existing_topics_are_refused(tmp_path, embedded_broker, embedded_redis):
+    tag = os.urandom(4).hex()
+    embedded_broker.create_topics({f"mm-{tag}.obs": 2, f"mm-{tag}.patches": 3})
+    config = tmp_path / "service.yaml"
+    config.write_text(
+        f"kafka:\n  bootstrap: '{embedded_broker.bootstrap}'\n"
+        f"redis:\n  url: '{embedded_redis}'\n"
+        f"topics:\n  observations: mm-{tag}.obs\n  patches: mm-{tag}.patches\n"
+    )
+    with pytest.raises(StartupError, match=r"same partition count"):
+        with EmbeddedStack(tmp_path / "run", config_path=config):
+            pass
