@@ -37,6 +37,7 @@ from pydantic import (
     PrivateAttr,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -119,8 +120,23 @@ def format_frequency(ms: int) -> str:
 # ---------------------------------------------------------------------------
 
 
-class _Section(BaseModel):
+class _Base(BaseModel):
+    """Shared validation: unknown fields are errors; YAML ``true``/``false`` is not a number."""
+
     model_config = ConfigDict(extra="forbid", validate_default=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_numbers(cls, v: Any, info: ValidationInfo) -> Any:
+        if isinstance(v, bool):
+            ann = cls.model_fields[info.field_name].annotation
+            if ann in (int, float) or any(a in (int, float) for a in getattr(ann, "__args__", ())):
+                raise ValueError("expected a number, got a boolean")
+        return v
+
+
+class _Section(_Base):
+    pass
 
 
 class KafkaSettings(_Section):
@@ -315,7 +331,7 @@ _GROUP_SETTING_FIELDS = (
 )
 
 
-class GroupSettings(BaseModel):
+class GroupSettings(_Base):
     """Forecast settings of one series group (read-only once built).
 
     ``quantiles`` already contains both ``alert_levels`` (they are added when
@@ -544,6 +560,14 @@ class ServiceConfig(BaseSettings):
                 raise ValueError(f"groups[{i}].name: {g.name!r} is already used by groups[{seen[g.name]}]")
             seen[g.name] = i
         return groups
+
+    def __eq__(self, other: object) -> bool:
+        """Equal settings (the resolve_group cache does not count)."""
+        if not isinstance(other, ServiceConfig):
+            return NotImplemented
+        return self.model_dump() == other.model_dump()
+
+    __hash__ = None  # type: ignore[assignment]
 
     def resolve_group(self, series_id: str) -> GroupSettings:
         """Settings for a series: the first group that matches, else ``defaults`` (cached)."""

@@ -185,6 +185,7 @@ def test_group_resolution_order_and_inheritance(tmp_path):
     assert cfg.resolve_group("pump-12b").name == "default"  # regex must match the whole id
     assert cfg.resolve_group("Sensors.temp.x").name == "default"  # globs are case-sensitive
     assert cfg.resolve_group("pump-12") is pumps  # cached
+    assert cfg == load_config(write(tmp_path, GROUPS, "same.yaml"))  # the cache is not part of equality
     assert cfg.group_names() == ["temp", "pumps", "catch-sensors", "default"]
 
 
@@ -230,6 +231,8 @@ BAD_FILES = [
      ["worker.batch_size: Input should be greater than or equal to 1 (got -1)",
       "worker.device: 'gpu': use auto, cpu, cuda or cuda:N"]),
     ("ingest: {grid_tolerance: 0.5}\n", ["ingest.grid_tolerance: Input should be less than 0.5 (got 0.5)"]),
+    ("defaults: {horizon: true}\nmetrics: {port: false}\n",
+     ["metrics.port: expected a number, got a boolean", "defaults.horizon: expected a number, got a boolean"]),
     ("wokrer: {seed: 1}\n", ["wokrer: unknown field (did you mean 'worker'?)"]),
     ("kafka: [1, 2]\n", ["kafka: must be a mapping of settings, got a list"]),
     ("- just\n- a list\n", ["the top level must be a mapping of sections, got a list"]),
