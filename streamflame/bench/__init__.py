@@ -1,0 +1,19 @@
+"""Benchmarks that print figures (timing goals live here, never in tests).
+
+    streamflame bench step       # model: update vs rebuild vs forecast cost (python -m streamflame.bench step)
+    streamflame bench pipeline   # the embedded stack end to end, each figure beside its ceiling
+"""
+from __future__ import annotations
+
+import importlib
+import sys
+
+SUBCOMMANDS = {"step": "streamflame.bench.step", "pipeline": "streamflame.bench.pipeline"}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in SUBCOMMANDS:
+        print("usage: streamflame bench {" + ",".join(SUBCOMMANDS) + "} [options]  (--help per benchmark)")
+        return 0 if argv and argv[0] in ("-h", "--help") else 2
+    return int(importlib.import_module(SUBCOMMANDS[argv[0]]).main(argv[1:]) or 0)

@@ -1,0 +1,104 @@
+"""Model cost: advancing a state by one patch vs rebuilding it from the whole history, and forecasting.
+
+    python -m streamflame.bench step [--histories 512,2048,8192] [--batch 256] [--device cpu|cuda]
+
+Single-series figures use the public calls (`update`, `state_from_history`, `forecast`).
+Batched figures (per series, amortised over --batch series) use the worker's calls
+(`update_many`, `forecast_many`) and the same parallel path as `state_from_history` over a batch.
+"""
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import time
+
+import numpy as np
+import torch
+
+from streamflame.model import Forecaster
+from streamflame.model.forecaster import _TORCH
+
+
+def timeit(fn, reps: int, warmup: int = 2) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def series(n: int, rng) -> np.ndarray:
+    t = np.arange(n)
+    return 20 + 5 * np.sin(2 * np.pi * t / 144) + np.cumsum(rng.normal(0, 0.05, n)) + rng.normal(0, 0.3, n)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="streamflame bench step", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--histories", default="512,2048,8192")
+    ap.add_argument("--batch", type=int, default=256, help="series per batched call")
+    ap.add_argument("--horizon", type=int, default=96)
+    ap.add_argument("--samples", type=int, default=100)
+    ap.add_argument("--reps", type=int, default=20)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--checkpoint", default=None, help="checkpoint dir (default: random default config)")
+    args = ap.parse_args(argv)
+    torch.set_grad_enabled(False)
+    f = Forecaster.load(args.checkpoint) if args.checkpoint else Forecaster.from_config()
+    f.to(device=args.device)
+    rng = np.random.default_rng(0)
+    p = f.config.patch_len
+    dev = torch.device(args.device)
+    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or platform.machine()
+    print(f"# streamflame bench step | device={args.device} ({name}) threads={torch.get_num_threads()} "
+          f"| params={f.num_parameters()} state_bytes={f.init_state().nbytes} | {time.strftime('%Y-%m-%d')}")
+    sync = (lambda: torch.cuda.synchronize()) if dev.type == "cuda" else (lambda: None)
+
+    print("\n## single series (public API)")
+    print(f"{'history':>8} {'update ms':>10} {'rebuild ms':>11} {'rebuild/update':>15}")
+    update_ms = {}
+    for n in map(int, args.histories.split(",")):
+        x = series(n + p, rng)
+        st = f.state_from_history(x[:n])
+        u = timeit(lambda: f.update(st, x[n:n + p]), args.reps)
+        r = timeit(lambda: f.state_from_history(x[:n + p]), max(3, args.reps // 4))
+        update_ms[n] = u * 1e3
+        print(f"{n:>8} {u * 1e3:>10.3f} {r * 1e3:>11.3f} {r / u:>15.1f}")
+    hs = sorted(update_ms)
+    print(f"update flatness: {hs[-1]} vs {hs[0]} = {update_ms[hs[-1]] / update_ms[hs[0]]:.2f}x")
+    n0 = 2048 if 2048 in update_ms else hs[0]
+    st = f.state_from_history(series(n0, rng))
+    fc = timeit(lambda: f.forecast(st, args.horizon, num_samples=args.samples, seed=0), args.reps)
+    print(f"forecast (S={args.samples}, H={args.horizon}): {fc * 1e3:.3f} ms = {fc * 1e3 / update_ms[n0]:.1f} x one update")
+
+    B = args.batch
+    print(f"\n## batched, per series (batch of {B}, device {args.device})")
+    print(f"{'history':>8} {'update us':>10} {'rebuild us':>11} {'rebuild/update':>15}")
+    dt = _TORCH[f.dtype]
+    for n in map(int, args.histories.split(",")):
+        T = n // p
+        hist = torch.from_numpy(np.stack([series(n + p, rng) for _ in range(B)]).astype(f.dtype))
+        states = [f.state_from_history(h[:T * p].numpy()) for h in hist[: min(B, 8)]]
+        states = (states * (B // len(states) + 1))[:B]
+        nxt = hist[:, T * p:(T + 1) * p].numpy()
+        u = timeit(lambda: f.update_many(states, nxt), max(3, args.reps // 4))
+        patches = hist[:, :(T + 1) * p].reshape(B, T + 1, p).to(dev)
+        scale = torch.ones(B, dtype=dt, device=dev)
+
+        def rebuild():
+            f.model.advance(f.model.empty_state(B, dev, dt), patches, scale)
+            sync()
+        r = timeit(rebuild, 3, warmup=1)
+        print(f"{n:>8} {u / B * 1e6:>10.1f} {r / B * 1e6:>11.1f} {r / u:>15.1f}")
+    st_many = f.update_many(states, nxt)
+    fm = timeit(lambda: f.forecast_many(st_many, args.horizon, num_samples=args.samples,
+                                        seeds=list(range(B))), 3, warmup=1)
+    upd = timeit(lambda: f.update_many(states, nxt), 3, warmup=1)
+    print(f"forecast_many (S={args.samples}, H={args.horizon}): {fm / B * 1e6:.1f} us/series = "
+          f"{fm / upd:.1f} x one batched update")
+    print(f"series-updates/s incl. forecast: {B / (fm + upd):.0f}")
+    return 0
