@@ -22,7 +22,6 @@ import contextvars
 import difflib
 import fnmatch
 import functools
-import math
 import os
 import re
 import sys
