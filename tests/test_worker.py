@@ -1,0 +1,313 @@
+"""The worker end to end on a real Tansu broker and a real redis-server: patches
+in, forecasts/alerts/DLQ out, states in Redis, replays and failures."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from contextlib import contextmanager
+
+import numpy as np
+import orjson
+import pytest
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+
+from streamflame import Forecaster, SeriesState
+from streamflame.config import GroupSettings, ServiceConfig, dump_yaml
+from streamflame.model import tiny_config
+from streamflame.schemas import PATCH_LEN, PatchMessage, decode_alert, decode_dead_letter, decode_forecast, encode, forecast_seed
+from streamflame.state.store import StateStore
+from streamflame.worker.worker import Worker
+
+FREQ = 600_000  # 10 min
+T0 = 1_704_067_200_000  # 2024-01-01
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return Forecaster.from_config(tiny_config(), seed=3).save(tmp_path_factory.mktemp("model") / "ckpt")
+
+
+@pytest.fixture(scope="module")
+def ref_model(model_dir) -> Forecaster:
+    return Forecaster.load(model_dir)
+
+
+@pytest.fixture()
+def cfg(service_config, model_dir) -> ServiceConfig:
+    return service_config.model_copy(update={
+        "worker": service_config.worker.model_copy(update={"model_path": str(model_dir), "batch_size": 64,
+                                                           "batch_deadline_ms": 30}),
+        "defaults": GroupSettings(horizon=60, num_samples=20, alert_levels=(0.05, 0.95)),
+    })
+
+
+def values_for(seed: int, n_patches: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    t = np.arange(n_patches * PATCH_LEN)
+    v = 50 + 10 * np.sin(2 * np.pi * t / 144) + rng.normal(0, 1, t.size)
+    v[rng.random(t.size) < 0.1] = np.nan
+    v[5:9] = np.nan  # a run of missing slots
+    return v
+
+
+def make_patch(sid: str, seq: int, values) -> PatchMessage:
+    vals = [None if v != v else float(v) for v in values]
+    start = T0 + seq * PATCH_LEN * FREQ
+    return PatchMessage(series_id=sid, seq=seq, start_ms=start, freq_ms=FREQ, values=vals,
+                        n_observed=sum(v is not None for v in vals), last_obs_ms=start + 47 * FREQ, partition=0,
+                        first_offset=seq * 48, last_offset=seq * 48 + 47)
+
+
+def send(cfg: ServiceConfig, items: list) -> None:
+    """Produce PatchMessages (or raw (key, bytes) pairs) to the patches topic."""
+    prod = KafkaProducer(bootstrap_servers=cfg.kafka.bootstrap)
+    for it in items:
+        if isinstance(it, PatchMessage):
+            prod.send(cfg.topics.patches, key=it.series_id.encode(), value=encode(it))
+        else:
+            prod.send(cfg.topics.patches, key=it[0], value=it[1])
+    prod.flush()
+    prod.close()
+
+
+def read_all(cfg: ServiceConfig, topic: str, min_count: int, timeout: float = 20.0, settle: float = 0.5) -> list:
+    """Every record of ``topic`` from the start: waits for ``min_count``, then
+    ``settle`` s more for duplicates that should not be there."""
+    c = KafkaConsumer(bootstrap_servers=cfg.kafka.bootstrap, enable_auto_commit=False)
+    parts = c.partitions_for_topic(topic) or set()
+    tps = [TopicPartition(topic, p) for p in parts]
+    c.assign(tps)
+    c.seek_to_beginning(*tps)
+    out: list = []
+    deadline = time.monotonic() + timeout
+    quiet_until = None
+    while time.monotonic() < deadline:
+        got = c.poll(timeout_ms=100)
+        for msgs in got.values():
+            out.extend(msgs)
+        if len(out) >= min_count:
+            quiet_until = quiet_until or time.monotonic() + settle
+            if time.monotonic() >= quiet_until:
+                break
+    c.close()
+    assert len(out) >= min_count, f"{topic}: {len(out)} records, expected at least {min_count}"
+    return out
+
+
+def sample(w: Worker, name: str, **labels) -> float:
+    return w.metrics.registry.get_sample_value(name, labels) or 0.0
+
+
+def wait_for(pred, timeout: float = 20.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not pred():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+@contextmanager
+def running(cfg: ServiceConfig):
+    w = Worker(cfg)
+    errors: list[BaseException] = []
+
+    def target():
+        try:
+            w.run()
+        except BaseException as e:  # surfaced below
+            errors.append(e)
+
+    t = threading.Thread(target=target, daemon=True)
+    t.start()
+    wait_for(lambda: w.ready.is_set() or errors, 30, "the worker to join its group")
+    try:
+        yield w
+    finally:
+        w.stop()
+        t.join(30)
+        assert not t.is_alive(), "worker did not stop"
+        assert not errors, errors
+
+
+def applied(w: Worker) -> float:
+    return sample(w, "streamflame_worker_patches_total", outcome="applied")
+
+
+def in_process(f: Forecaster, g: GroupSettings, sid: str, values: np.ndarray, seed: int = 0):
+    s = f.init_state(scale=g.scale)
+    out = []
+    for k in range(len(values) // PATCH_LEN):
+        s = f.update(s, values[k * PATCH_LEN:(k + 1) * PATCH_LEN])
+        out.append((s, f.forecast(s, g.horizon, g.quantiles, g.num_samples, seed=forecast_seed(seed, sid, k))))
+    return out
+
+
+def state_hashes(cfg: ServiceConfig, redis_client, sids) -> dict:
+    store = StateStore(redis_client, cfg.redis.key_prefix)
+    return {sid: redis_client.hgetall(store.key(sid)) for sid in sids}
+
+
+def test_forecasts_once_per_patch_equal_in_process_and_replays(cfg, redis_client, ref_model):
+    g = cfg.defaults
+    data = {f"plant-{i}/temp": values_for(i, 3) for i in range(8)}
+    patches = [make_patch(sid, k, v[k * 48:(k + 1) * 48]) for k in range(3) for sid, v in data.items()]
+    send(cfg, patches + [(b"plant-0/temp", b'{"series_id": "plant-0/temp", "seq": "x"')])
+    with running(cfg) as w:
+        wait_for(lambda: applied(w) >= 24, what="24 patches applied")
+    fcs = [decode_forecast(r.value) for r in read_all(cfg, cfg.topics.forecasts, 24)]
+    keys = sorted((f.series_id, f.seq) for f in fcs)
+    assert keys == sorted((sid, k) for sid in data for k in range(3))  # each exactly once
+    by_key = {(f.series_id, f.seq): f for f in fcs}
+    for sid, v in data.items():
+        ref = in_process(ref_model, g, sid, v)
+        for k, (_, fc) in enumerate(ref):
+            msg = by_key[(sid, k)]
+            np.testing.assert_array_equal(np.asarray(msg.mean), fc.mean)
+            for j, key in enumerate(g.quantile_keys):
+                np.testing.assert_array_equal(np.asarray(msg.quantiles[key]), fc.quantiles[j])
+            assert msg.model_id == ref_model.model_id and msg.samples is None
+            assert msg.origin_ms == T0 + (k * 48 + 47) * FREQ and msg.frequency == "10min"
+        rec = StateStore(redis_client, cfg.redis.key_prefix).load(sid)
+        assert rec.seq == 2 and rec.state == ref[-1][0].to_bytes()
+        assert SeriesState.from_bytes(rec.state).n_patches == 3
+    (dead,) = [decode_dead_letter(r.value) for r in read_all(cfg, cfg.topics.dlq, 1)]
+    assert dead.reason == "bad_patch" and dead.original_bytes().startswith(b'{"series_id": "plant-0/temp"')
+    assert dead.source_topic == cfg.topics.patches and dead.component == "worker"
+
+    # Replay with the states in place: every patch is skipped, nothing published, states untouched.
+    before = state_hashes(cfg, redis_client, data)
+    send(cfg, patches)
+    with running(cfg) as w:
+        wait_for(lambda: sample(w, "streamflame_worker_patches_total", outcome="skipped") >= 24, what="skips")
+        assert applied(w) == 0
+    assert len(read_all(cfg, cfg.topics.forecasts, 24)) == 24
+    assert state_hashes(cfg, redis_client, data) == before
+
+    # Crash between publish and state write, simulated: the states are gone and a
+    # fresh consumer group re-reads the topic. Same forecasts, byte-identical records.
+    redis_client.delete(*[StateStore(redis_client, cfg.redis.key_prefix).key(s) for s in data])
+    replay_cfg = cfg.model_copy(update={"worker": cfg.worker.model_copy(update={"group_id": cfg.worker.group_id + "-r"})})
+    with running(replay_cfg) as w:
+        wait_for(lambda: applied(w) >= 24, what="replayed patches")
+    again = [decode_forecast(r.value) for r in read_all(cfg, cfg.topics.forecasts, 48)]
+    assert len(again) == 48
+    for f in again:
+        first = by_key[(f.series_id, f.seq)]
+        assert f.model_dump(exclude={"produced_at"}) == first.model_dump(exclude={"produced_at"})
+    assert state_hashes(cfg, redis_client, data) == before
+
+
+def test_alert_for_outlier_against_previous_forecast(cfg, redis_client, ref_model):
+    g = cfg.defaults
+    sid = "line-7"
+    v = values_for(11, 2)
+    with running(cfg) as w:
+        send(cfg, [make_patch(sid, 0, v[:48]), make_patch(sid, 1, v[48:])])
+        wait_for(lambda: applied(w) >= 2, what="two patches")
+        # The next patch: inside the interval of the forecast after seq 1, except slot 10.
+        fc = in_process(ref_model, g, sid, v)[-1][1]
+        lo, hi = fc.quantile(0.05)[:48].astype(np.float64), fc.quantile(0.95)[:48].astype(np.float64)
+        nxt = (lo + hi) / 2
+        nxt[10] = hi[10] + 3 * (hi[10] - lo[10])
+        send(cfg, [make_patch(sid, 2, nxt)])
+        wait_for(lambda: applied(w) >= 3, what="third patch")
+    alerts = [decode_alert(r.value) for r in read_all(cfg, cfg.topics.alerts, 0, timeout=3, settle=1.0)]
+    mine = [a for a in alerts if a.forecast_seq == 1]
+    assert len(mine) == 1, mine
+    a = mine[0]
+    assert (a.series_id, a.step, a.direction) == (sid, 11, "above")
+    assert a.timestamp_ms == T0 + (2 * 48 + 10) * FREQ and a.value == pytest.approx(nxt[10])
+    assert a.lower == pytest.approx(lo[10]) and a.upper == pytest.approx(hi[10]) and a.score == pytest.approx(3, rel=1e-4)
+
+
+@pytest.mark.parametrize("policy", ["reinit", "quarantine"])
+def test_corrupt_state_policy(cfg, redis_client, ref_model, policy):
+    cfg = cfg.model_copy(update={"worker": cfg.worker.model_copy(update={"on_corrupt_state": policy})})
+    store = StateStore(redis_client, cfg.redis.key_prefix)
+    sid = "pump-1"
+    v = values_for(5, 3)
+    with running(cfg) as w:
+        send(cfg, [make_patch(sid, 0, v[:48])])
+        wait_for(lambda: applied(w) >= 1, what="first patch")
+        redis_client.hset(store.key(sid), "state", b"SFST\x01\x00 definitely not a state")
+        send(cfg, [make_patch(sid, 1, v[48:96])])
+        wait_for(lambda: sample(w, "streamflame_worker_dead_letters_total",
+                                reason="corrupt_state" if policy == "reinit" else "series_quarantined") >= 1,
+                 what="the corrupt-state dead letter")
+        send(cfg, [make_patch(sid, 2, v[96:])])  # the worker keeps going
+        wait_for(lambda: w.batches >= 3, what="third batch")
+    dead = [decode_dead_letter(r.value) for r in read_all(cfg, cfg.topics.dlq, 1, settle=1.0)]
+    fcs = {decode_forecast(r.value).seq for r in read_all(cfg, cfg.topics.forecasts, 1, settle=0.3)}
+    rec = store.load(sid)
+    if policy == "reinit":
+        assert [d.reason for d in dead] == ["corrupt_state"] and "re-initialised" in dead[0].detail
+        fresh = ref_model.update(ref_model.update(ref_model.init_state(), v[48:96]), v[96:])
+        assert rec.seq == 2 and rec.state == fresh.to_bytes()
+        assert fcs == {0, 1, 2}
+    else:
+        assert [d.reason for d in dead] == ["series_quarantined", "series_quarantined"]
+        assert rec.quarantined and rec.seq == 0
+        aside = redis_client.hgetall(store.quarantine_key(sid))
+        assert aside[b"state"] == b"SFST\x01\x00 definitely not a state"
+        assert fcs == {0}
+
+
+def test_gap_after_lost_redis_writes_rewinds_and_recovers(cfg, redis_client, ref_model):
+    store = StateStore(redis_client, cfg.redis.key_prefix)
+    sid = "meter-9"
+    v = values_for(9, 5)
+    p = [make_patch(sid, k, v[k * 48:(k + 1) * 48]) for k in range(5)]
+    with running(cfg) as w:
+        send(cfg, p[:2])
+        wait_for(lambda: applied(w) >= 2, what="seq 0-1")
+        snapshot = redis_client.hgetall(store.key(sid))
+        send(cfg, p[2:4])
+        wait_for(lambda: applied(w) >= 4, what="seq 2-3")
+        # Redis loses the last writes (AOF everysec window): back to seq 1.
+        redis_client.delete(store.key(sid))
+        redis_client.hset(store.key(sid), mapping=snapshot)
+        send(cfg, p[4:])
+        wait_for(lambda: store.load(sid).seq == 4, what="recovery to seq 4")
+        assert sample(w, "streamflame_worker_rewinds_total") == 1
+    rec = store.load(sid)
+    assert rec.state == in_process(ref_model, cfg.defaults, sid, v)[-1][0].to_bytes()
+    fcs = [decode_forecast(r.value) for r in read_all(cfg, cfg.topics.forecasts, 7)]
+    assert sorted(f.seq for f in fcs) == [0, 1, 2, 2, 3, 3, 4]
+    for k in (2, 3):
+        a, b = [f for f in fcs if f.seq == k]
+        assert a.model_dump(exclude={"produced_at"}) == b.model_dump(exclude={"produced_at"})
+    assert read_all(cfg, cfg.topics.dlq, 0, timeout=1) == []
+
+
+def test_cli_ready_file_metrics_and_sigterm(cfg, tmp_path):
+    conf = tmp_path / "worker.yaml"
+    conf.write_text(dump_yaml(cfg.effective(mask_secrets=False)))
+    ready = tmp_path / "ready"
+    env = {**os.environ, "STREAMFLAME_READY_FILE": str(ready), "STREAMFLAME_METRICS_PORT": "0"}
+    proc = subprocess.Popen([sys.executable, "-m", "streamflame", "worker", "--config", str(conf)],
+                            env=env, stderr=subprocess.PIPE, text=True)
+    lines: list[dict] = []
+    reader = threading.Thread(target=lambda: [lines.append(orjson.loads(x)) for x in proc.stderr if x.startswith("{")],
+                              daemon=True)
+    reader.start()
+    try:
+        wait_for(ready.exists, 60, "the ready file")
+        (url,) = [x["url"] for x in lines if x["event"] == "worker.metrics"]
+        send(cfg, [make_patch("cli-1", 0, values_for(1, 1))])
+        read_all(cfg, cfg.topics.forecasts, 1)
+        body = urllib.request.urlopen(url, timeout=5).read().decode()
+        assert "streamflame_worker_forecasts_published_total 1.0" in body
+        assert 'streamflame_worker_consumer_lag{partition="' in body
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    reader.join(5)
+    (batch,) = [x for x in lines if x["event"] == "worker.batch"]
+    assert batch["size"] == 1 and batch["applied"] == 1 and {"step_ms", "redis_ms", "publish_ms"} <= set(batch)
+    assert lines[-1]["event"] == "worker.stopped"
