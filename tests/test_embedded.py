@@ -12,7 +12,7 @@ from kafka.structs import OffsetAndMetadata
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from streamflame.embedded import Broker, RedisServer, StartupError, create_topics, find_tansu
+from streamflame.embedded import Broker, RedisServer, RedisTLS, StartupError, create_topics, find_tansu
 
 
 def _produce(bootstrap: str, topic: str, pairs: list[tuple[bytes, bytes]], partition: int | None = None) -> None:
@@ -229,3 +229,58 @@ def test_memory_broker_loses_topics_on_restart(tmp_path):
             admin.close()
     finally:
         broker.stop()
+
+
+def _self_signed_ca_and_server_cert(directory):
+    """A throwaway CA and a server certificate for 127.0.0.1 (PEM files)."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+    validity = (now - datetime.timedelta(minutes=5), now + datetime.timedelta(days=1))
+
+    def cert(subject, issuer, public_key, signing_key, is_ca, san=None):
+        builder = (x509.CertificateBuilder().subject_name(subject).issuer_name(issuer)
+                   .public_key(public_key).serial_number(x509.random_serial_number())
+                   .not_valid_before(validity[0]).not_valid_after(validity[1])
+                   .add_extension(x509.BasicConstraints(ca=is_ca, path_length=None), critical=True))
+        if san:
+            builder = builder.add_extension(x509.SubjectAlternativeName(san), critical=False)
+        return builder.sign(signing_key, hashes.SHA256())
+
+    ca_key, server_key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "streamflame test CA")])
+    server_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    ca_cert = cert(ca_name, ca_name, ca_key.public_key(), ca_key, True)
+    server_cert = cert(server_name, ca_name, server_key.public_key(), ca_key, False,
+                       [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))])
+    pem = serialization.Encoding.PEM
+    paths = {name: directory / f"{name}.pem" for name in ("ca", "cert", "key")}
+    paths["ca"].write_bytes(ca_cert.public_bytes(pem))
+    paths["cert"].write_bytes(server_cert.public_bytes(pem))
+    paths["key"].write_bytes(server_key.private_bytes(pem, serialization.PrivateFormat.PKCS8,
+                                                      serialization.NoEncryption()))
+    return paths
+
+
+def test_redis_tls_listener(tmp_path):
+    files = _self_signed_ca_and_server_cert(tmp_path)
+    tls = RedisTLS(cert_file=files["cert"], key_file=files["key"], ca_file=files["ca"])
+    server = RedisServer(tmp_path, password="pw", tls=tls)
+    server.start()
+    try:
+        assert server.tls_url == f"rediss://:pw@127.0.0.1:{server.tls_port}/0"
+        secure = redis.Redis.from_url(server.tls_url, ssl_ca_certs=str(files["ca"]))
+        secure.set("over-tls", "yes")
+        assert secure.get("over-tls") == b"yes"
+        # A client that does not trust the CA is refused.
+        untrusting = redis.Redis.from_url(server.tls_url, retry=Retry(NoBackoff(), 0))
+        with pytest.raises(redis.ConnectionError, match="(?i)certificate"):
+            untrusting.ping()
+    finally:
+        server.stop()

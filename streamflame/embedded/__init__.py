@@ -13,9 +13,11 @@ from streamflame.embedded.broker import Broker, create_topics, find_tansu, kafka
 from streamflame.embedded.moto import MotoServer
 from streamflame.embedded.process import StartupError, free_port
 from streamflame.embedded.redis_server import RedisServer, RedisTLS
+from streamflame.embedded.stack import EmbeddedStack, read_run_json
 
 __all__ = [
     "Broker",
+    "EmbeddedStack",
     "MotoServer",
     "RedisServer",
     "RedisTLS",
@@ -24,4 +26,5 @@ __all__ = [
     "find_tansu",
     "free_port",
     "kafka_ready",
+    "read_run_json",
 ]
