@@ -1,0 +1,1 @@
+"""Evaluation: metrics, baselines, the file contract scorer and the `streamflame eval` command."""
