@@ -55,13 +55,38 @@ def make_producer(cfg: "ServiceConfig", **overrides: Any) -> "KafkaProducer":
         request_timeout_ms=30_000,
         max_block_ms=60_000,
         reconnect_backoff_max_ms=RECONNECT_BACKOFF_MAX_MS,
-        # Batch messages may be up to ingest.max_message_bytes; leave headroom.
-        max_request_size=max(1_048_576, 2 * cfg.ingest.max_message_bytes),
+        max_request_size=max_request_bytes(cfg),
     )
     kw.update(overrides)
     if kw["acks"] not in ("all", -1):
         raise ValueError(f"acks={kw['acks']!r} would disable the idempotent producer; use 'all'")
     return KafkaProducer(**kw)
+
+
+def max_request_bytes(cfg: "ServiceConfig") -> int:
+    """Producer request size limit: room for a dead letter quoting (base64) an
+    observation message of ``ingest.max_message_bytes``."""
+    return max(1_048_576, 2 * cfg.ingest.max_message_bytes)
+
+
+def discard_producer(producer: "KafkaProducer", timeout_s: float = 1.0) -> None:
+    """Close ``producer``, giving up on records not delivered within ``timeout_s``
+    (kafka-python's ``close`` raises instead of closing when its flush times out)."""
+    from kafka.errors import KafkaTimeoutError
+
+    try:
+        producer.close(timeout=timeout_s)
+        return
+    except KafkaTimeoutError:
+        pass
+    sender = getattr(producer, "_sender", None)
+    if sender is not None:
+        sender.force_close()  # fails the incomplete batches
+        sender.join(timeout_s)
+    try:
+        producer.close(timeout=0)
+    except KafkaTimeoutError:  # pragma: no cover - nothing left to flush after force_close
+        pass
 
 
 def make_consumer(cfg: "ServiceConfig", group_id: str | None, **overrides: Any) -> "KafkaConsumer":
@@ -153,8 +178,8 @@ def _partition_counts(admin: "KafkaAdminClient", names: list[str]) -> dict[str, 
         if meta.get("error_code", 0) != 0:
             continue
         parts = meta.get("partitions") or []
-        if parts and all(p.get("leader", -1) >= 0 for p in parts):
-            counts[meta["topic"]] = len(parts)
+        if parts and all(p.get("leader_id", -1) >= 0 for p in parts):
+            counts[meta["name"]] = len(parts)
     return counts
 
 
@@ -168,17 +193,24 @@ class DeadLetterWriter:
 
     A dead letter must fit in one Kafka request: original bytes beyond
     ``max_original_bytes`` and keys beyond ``max_key_bytes`` are cut, and the
-    detail says so (``original truncated: kept N of M bytes``).
+    detail says so (``original truncated: kept N of M bytes``). Use
+    :meth:`for_config` for a limit that fits the producer's request size.
     """
 
     def __init__(self, producer: "KafkaProducer", topic: str, component: Literal["ingest", "worker"],
-                 max_original_bytes: int = 1_000_000, max_key_bytes: int = 4096):
+                 max_original_bytes: int = 700_000, max_key_bytes: int = 4096):
         self.producer = producer
         self.topic = topic
         self.component = component
         self.max_original_bytes = max_original_bytes
         self.max_key_bytes = max_key_bytes
         self.written = 0
+
+    @classmethod
+    def for_config(cls, producer: "KafkaProducer", cfg: "ServiceConfig",
+                   component: Literal["ingest", "worker"]) -> "DeadLetterWriter":
+        # base64 is 4/3 of the bytes, plus the JSON around it
+        return cls(producer, cfg.topics.dlq, component, max_original_bytes=int(max_request_bytes(cfg) * 0.7))
 
     def write(
         self,
@@ -192,6 +224,7 @@ class DeadLetterWriter:
         original: bytes | None,
         series_id: str | None = None,
         index: int | None = None,
+        indices: list[int] | None = None,
     ) -> "FutureRecordMetadata":
         if original is not None and len(original) > self.max_original_bytes:
             detail += f" (original truncated: kept {self.max_original_bytes} of {len(original)} bytes)"
@@ -204,6 +237,7 @@ class DeadLetterWriter:
         letter = DeadLetter.build(
             reason, detail, source_topic=source_topic, partition=partition, offset=offset,
             key=key, original=original, component=self.component, series_id=series_id, index=index,
+            indices=indices,
         )
         self.written += 1
         return self.producer.send(self.topic, key=key, value=encode(letter))

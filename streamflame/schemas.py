@@ -534,6 +534,9 @@ class DeadLetter(_Msg):
     key_b64: str | None = None
     original: str | None = Field(default=None, description="base64 of the original value bytes")
     index: int | None = Field(default=None, description="element index inside a batch message, when one element was rejected")
+    indices: list[int] | None = Field(
+        default=None, description="all rejected element indices when several elements of one batch message were "
+        "rejected for the same reason (one dead letter for them; index is the first)")
     series_id: str | None = None
     rejected_at: str
     component: Literal["ingest", "worker"]
@@ -552,6 +555,7 @@ class DeadLetter(_Msg):
         component: Literal["ingest", "worker"],
         series_id: str | None = None,
         index: int | None = None,
+        indices: list[int] | None = None,
         rejected_at_ms: int | None = None,
     ) -> "DeadLetter":
         key_text = None
@@ -571,6 +575,7 @@ class DeadLetter(_Msg):
             key_b64=None if key is None else base64.b64encode(bytes(key)).decode("ascii"),
             original=None if original is None else base64.b64encode(bytes(original)).decode("ascii"),
             index=index,
+            indices=indices,
             series_id=series_id,
             rejected_at=iso_ms(now),
             component=component,

@@ -49,6 +49,7 @@ from typing import Any
 
 import orjson
 import structlog
+from kafka import ConsumerRebalanceListener
 
 from streamflame.config import ServiceConfig, load_config
 from streamflame.ingest.assembler import (
@@ -61,7 +62,7 @@ from streamflame.ingest.assembler import (
     SeriesAssembler,
 )
 from streamflame.ingest.cursors import CursorStore
-from streamflame.kafka_io import DeadLetterWriter, create_topics, make_consumer, make_producer
+from streamflame.kafka_io import DeadLetterWriter, create_topics, discard_producer, make_consumer, make_producer
 from streamflame.schemas import PATCH_LEN, RejectedMessage, decode_observation_message, iso_ms
 
 log = structlog.get_logger("streamflame.ingest")
@@ -77,7 +78,7 @@ class _RetryBatch(Exception):
     """Kafka or Redis failed while a batch was handled: rewind and retry."""
 
 
-class _Listener:
+class _Listener(ConsumerRebalanceListener):
     """Rebalance callbacks only record events; the poll loop applies them
     (callbacks run on kafka-python's IO thread)."""
 
@@ -138,8 +139,7 @@ class IngestConsumer:
         self.topic = cfg.topics.observations
         self._consumer_overrides = dict(consumer_overrides or {})
         self.producer = make_producer(cfg)
-        self.dlq = DeadLetterWriter(self.producer, cfg.topics.dlq, "ingest",
-                                    max_original_bytes=ing.max_message_bytes)
+        self.dlq = DeadLetterWriter.for_config(self.producer, cfg, "ingest")
         self.listener = _Listener()
         self.consumer = make_consumer(cfg, ing.group_id, max_poll_records=ing.max_poll_records,
                                       **self._consumer_overrides)
@@ -219,7 +219,7 @@ class IngestConsumer:
                     if self.ready_file is not None:
                         self.ready_file.parent.mkdir(parents=True, exist_ok=True)
                         self.ready_file.touch()
-            log.info("ingest.rebalance", event=kind, partitions=sorted(parts))
+            log.info("ingest.rebalance", change=kind, partitions=sorted(parts))
 
     def _drop_partitions(self, parts: set[int]) -> None:
         """Forget everything held for these partitions (the next owner rebuilds it)."""
@@ -305,6 +305,7 @@ class IngestConsumer:
             reason, detail, source_topic=self.topic, partition=p, offset=offset,
             key=None if key is None else bytes(key), original=None if raw is None else bytes(raw),
             series_id=sid))
+        self.counters["dead_letters"] += 1
 
     def _assemble(self, chunk: list, patches: list, touched: dict) -> None:
         if not chunk:
@@ -343,16 +344,29 @@ class IngestConsumer:
         c["skipped"] += skipped
 
     def _dead_letter(self, sid: str, rejects: list[Rejection]) -> None:
+        """One dead letter per (source record, reason): a batch message with many
+        bad elements is quoted once per reason, not once per element."""
         c = self.counters
+        groups: dict[tuple[int, int, str], list[Rejection]] = {}
         for rj in rejects:
-            ref = rj.ref
+            groups.setdefault((rj.partition, rj.offset, rj.reason), []).append(rj)
             c["rejected"] += 1
             c["rejected." + rj.reason] += 1
+        for (p, offset, reason), rs in groups.items():
+            first = rs[0]
+            ref = first.ref
+            indices = None
+            detail = first.detail
+            if len(rs) > 1:
+                indices = [r.ref.index for r in rs if r.ref is not None and r.ref.index is not None]
+                shown = ", ".join(map(str, indices[:20])) + (", ..." if len(indices) > 20 else "")
+                detail = f"{len(rs)} elements rejected as {reason} (indices {shown}); first: {first.detail}"
             self._futures.append(self.dlq.write(
-                rj.reason, rj.detail, source_topic=self.topic, partition=rj.partition, offset=rj.offset,
+                reason, detail, source_topic=self.topic, partition=p, offset=offset,
                 key=None if ref is None or ref.key is None else bytes(ref.key),
                 original=None if ref is None or ref.raw is None else bytes(ref.raw),
-                series_id=sid, index=None if ref is None else ref.index))
+                series_id=sid, index=None if ref is None else ref.index, indices=indices))
+            c["dead_letters"] += 1
 
     def _load_series(self, seen: dict[str, int]) -> None:
         """Create assemblers for series not in memory (one Redis round trip)."""
@@ -465,10 +479,7 @@ class IngestConsumer:
         self.rewind_to.update({p: o for p, o in rewind.items() if p in self.assigned})
         self.committed.update({p: o for p, o in rewind.items() if p in self.assigned})
         # A producer that timed out may be unusable (idempotence epoch): start a fresh one.
-        try:
-            self.producer.close(timeout=0)
-        except Exception:  # noqa: BLE001
-            pass
+        discard_producer(self.producer, timeout_s=0.5)
         self._stop.wait(self._backoff)
         self.producer = make_producer(self.cfg)
         self.dlq.producer = self.producer
@@ -478,19 +489,15 @@ class IngestConsumer:
             return
         self._closed = True
         try:
-            self.producer.flush(timeout=10)
-        except Exception:  # noqa: BLE001
-            pass
-        try:
             self.consumer.close(autocommit=False)
         finally:
-            self.producer.close(timeout=10)
+            discard_producer(self.producer, timeout_s=10)
         log.info("ingest.stop", **{k: v for k, v in self.counters.items() if "." not in k})
 
     def abandon(self) -> None:
         """Close the sockets without flushing, persisting or committing (for crash tests)."""
         self._closed = True
-        self.producer.close(timeout=0)
+        discard_producer(self.producer, timeout_s=0)
         self.consumer.close(autocommit=False, timeout_ms=0)
 
 
