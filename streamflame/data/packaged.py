@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .series import Series, format_timestamp, parse_freq, to_grid
+from .series import TIMESTAMP_FORMAT, Series, parse_freq, to_grid
 
 
 class DatasetUnavailable(RuntimeError):
@@ -399,14 +399,15 @@ def demo_series(n_steps: int = 4032) -> list[Series]:
 
 
 def series_to_frame(series: list[Series]) -> pd.DataFrame:
-    """Long table (series_id, timestamp, value) in the eval contract format; NaN rows dropped."""
+    """Long table (series_id, timestamp, value) in the eval contract format; NaN rows dropped.
+
+    Timestamps are local wall-clock time of each series' zone (the validation data is naive or UTC)."""
     frames = []
     for s in series:
         keep = ~np.isnan(s.values)
         ts = s.timestamps()[keep]
         frames.append(pd.DataFrame({"series_id": s.series_id,
-                                    "timestamp": [format_timestamp(t) for t in ts] if s.tz is not None
-                                    else ts.strftime("%Y-%m-%dT%H:%M:%S"),
+                                    "timestamp": ts.strftime(TIMESTAMP_FORMAT),
                                     "value": s.values[keep]}))
     return pd.concat(frames, ignore_index=True)
 

@@ -192,9 +192,12 @@ def to_grid(timestamps: pd.DatetimeIndex, values: np.ndarray, freq: BaseOffset |
     return start, freq, grid_values
 
 
+TIMESTAMP_FORMAT = "%Y-%m-%dT%H:%M:%S"
+
+
 def format_timestamp(ts: pd.Timestamp) -> str:
     """The eval contract's timestamp format: ``YYYY-MM-DDTHH:MM:SS`` in the timestamp's own zone."""
-    return pd.Timestamp(ts).strftime("%Y-%m-%dT%H:%M:%S")
+    return pd.Timestamp(ts).strftime(TIMESTAMP_FORMAT)
 
 
 # gluonts `get_seasonality` table: base seasonality per offset unit, divided by the multiple.

