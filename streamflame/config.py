@@ -295,6 +295,16 @@ class IngestSettings(_Section):
     freq_inference_points: int = Field(3, ge=2, le=1000, description="first observations used to infer an unset frequency")
     max_buffered_patches: int = Field(10_000, ge=1, description="completed patches held before ingest pauses consuming")
     future_tolerance_ms: int | None = Field(None, ge=0, description="reject timestamps this far past the wall clock; None = off")
+    commit_delay_ms: int = Field(
+        2000, ge=0, le=600_000,
+        description="Kafka offsets are committed only once the Redis cursor writes they rely on are this old "
+        "(covers Redis appendfsync everysec losing its last second on a crash)")
+    max_series_in_memory: int = Field(
+        200_000, ge=1, description="series held in memory per ingest process; beyond it the least recently seen "
+        "are evicted, their open patch written into their Redis cursor")
+    max_pin_lag: int = Field(
+        1_000_000, ge=1, description="a series whose open patch began more than this many records behind its "
+        "partition's read position has the open patch written to Redis, so it no longer holds the commit back")
 
 
 class WorkerSettings(_Section):

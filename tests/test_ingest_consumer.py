@@ -320,7 +320,7 @@ class CrashingIngest(IngestConsumer):
 
 @pytest.mark.parametrize("crash_point", ["before_flush", "after_flush", "after_cursors"])
 def test_crash_in_process_loses_nothing_and_duplicates_are_identical(service_config, redis_client, crash_point):
-    cfg = with_ingest(service_config, max_poll_records=150, commit_interval_ms=0)
+    cfg = with_ingest(service_config, max_poll_records=150, commit_interval_ms=0, commit_delay_ms=0)
     stream, expected = build_stream(seed=2, n_series=8)
     produce(cfg, stream.messages)
     n_expected = sum(len(p) for p in expected.values())
@@ -490,3 +490,114 @@ def test_many_bad_elements_of_one_message_make_one_dead_letter_per_reason(servic
     assert off.indices == [N + 5000, N + 5001, N + 5002]
     assert late.original_bytes() == msg and late.series_id == "fix-m"
     assert ing.counters["rejected"] == 5003 and ing.counters["dead_letters"] == 2
+
+
+def test_memory_bounds_spill_open_patches_without_changing_output(service_config, redis_client):
+    """With room for 3 series and a pin lag of 40 records, series are constantly
+    evicted (open patches spilled into their cursors) and reloaded; across a
+    graceful restart the patches are still exactly the reference, exactly once,
+    and an idle series no longer holds the committed offset back."""
+    cfg = with_ingest(service_config, max_series_in_memory=3, max_pin_lag=40, max_poll_records=50,
+                      commit_interval_ms=0, commit_delay_ms=0)
+    stream, expected = build_stream(seed=4, n_series=10)
+    idle = [(b"fix-idle", orjson.dumps({"series_id": "fix-idle", "timestamp": T0 + k * FREQ, "value": 1.0}))
+            for k in range(5)]
+    msgs = idle + stream.messages
+    n_expected = sum(len(p) for p in expected.values())
+    half = len(msgs) // 2
+    patches = []
+    for part in (msgs[:half], msgs[half:]):
+        ing = IngestConsumer(cfg, redis_client=redis_client)
+        th = run_in_thread(ing)
+        try:
+            produce(cfg, part)
+            deadline = time.monotonic() + 15
+            while ing.counters["records"] < len(part) and time.monotonic() < deadline:
+                time.sleep(0.05)
+        finally:
+            ing.stop()
+            th.join(timeout=15)
+        assert ing.counters["spilled"] > 0 and ing.counters["evicted"] > 0
+        assert len(ing.assemblers) <= 3  # the bound is enforced after each batch
+    got = patches_by_key(read_topic(cfg, cfg.topics.patches, n_expected))
+    check_patches(got, expected, exactly_once=True)
+    cur = CursorStore(redis_client, cfg.redis.key_prefix).load_many(["fix-idle"])["fix-idle"]
+    assert cur.open_slots == [[k, 1.0] for k in range(5)] and cur.next_seq == 0
+    # the idle series' partition is committed past its open patch
+    c = make_consumer(cfg, cfg.ingest.group_id)
+    try:
+        committed = c.committed(TopicPartition(cfg.topics.observations, cur.open_partition))
+    finally:
+        c.close()
+    assert committed > cur.last_offset
+
+
+def test_redis_outage_is_survived_by_rewinding(service_config, tmp_path):
+    """redis-server stopped mid-stream: batches fail and are retried after a
+    rewind; once it is back every patch is there, any duplicate identical."""
+    from streamflame.embedded import RedisServer
+    import redis as redis_lib
+
+    server = RedisServer(tmp_path / "redis", appendonly=True).start()
+    try:
+        data = service_config.effective(mask_secrets=False)
+        data["redis"]["url"] = server.url
+        cfg = with_ingest(ServiceConfig(**data), max_poll_records=100, commit_interval_ms=0, commit_delay_ms=0)
+        client = redis_lib.Redis.from_url(server.url, socket_timeout=2, socket_connect_timeout=1)
+        stream, expected = build_stream(seed=5, n_series=8)
+        n_expected = sum(len(p) for p in expected.values())
+        ing = IngestConsumer(cfg, redis_client=client)
+        th = run_in_thread(ing)
+        try:
+            half = len(stream.messages) // 2
+            produce(cfg, stream.messages[:half])
+            deadline = time.monotonic() + 15
+            while ing.counters["cursor_writes"] == 0 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            port = server.port
+            server.stop()
+            produce(cfg, stream.messages[half:])
+            deadline = time.monotonic() + 15
+            while ing.counters["retries"] == 0 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert ing.counters["retries"] > 0
+            server = RedisServer(tmp_path / "redis", port=port, appendonly=True).start()
+            got = patches_by_key(read_topic(cfg, cfg.topics.patches, n_expected, timeout_s=25))
+        finally:
+            ing.stop()
+            th.join(timeout=15)
+        assert not th.is_alive()
+        check_patches(got, expected, exactly_once=False)
+    finally:
+        server.stop()
+
+
+def test_metrics_endpoint_reports_counters(service_config, redis_client):
+    import urllib.request
+
+    from streamflame.ingest.metrics import serve
+
+    cfg = with_ingest(service_config)
+    msgs = [(b"fix-q", orjson.dumps({"series_id": "fix-q", "timestamps": [T0 + k * FREQ for k in range(N + 3)],
+                                     "values": [1.0] * (N + 3)})), (b"fix-q", b"{bad")]
+    ing = IngestConsumer(cfg, redis_client=redis_client)
+    port = serve(ing, 0)
+    th = run_in_thread(ing)
+    try:
+        produce(cfg, msgs)
+        read_topic(cfg, cfg.topics.patches, 1, settle_s=0.2)
+        deadline = time.monotonic() + 10
+        while ing.counters["rejected"] == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    finally:
+        ing.stop()
+        th.join(timeout=15)
+    values = {line.split(" ")[0]: float(line.split(" ")[1]) for line in text.splitlines()
+              if line and not line.startswith("#")}
+    assert values["streamflame_ingest_patches_total"] == 1
+    assert values["streamflame_ingest_observations_total"] == N + 3
+    assert values['streamflame_ingest_rejected_total{reason="invalid_json"}'] == 1
+    assert values["streamflame_ingest_series"] == 1
+    assert values["streamflame_ingest_buffered_observations"] == 3
+    assert values["streamflame_ingest_assigned_partitions"] == cfg.kafka.partitions

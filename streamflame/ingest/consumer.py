@@ -43,7 +43,7 @@ import signal
 import sys
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from pathlib import Path
 from typing import Any
 
@@ -159,6 +159,7 @@ class IngestConsumer:
         self._stop = threading.Event()
         self._ready = False
         self._last_commit = 0.0
+        self._pending_commits: deque[tuple[float, dict[int, int]]] = deque()
         self._backoff = 0.0
         self._futures: list = []
         self._closed = False
@@ -180,7 +181,7 @@ class IngestConsumer:
                     break
                 if self.poll_once():
                     done += 1
-            self._commit(force=True)
+            self._commit(final=True)
         finally:
             self.close()
 
@@ -199,6 +200,7 @@ class IngestConsumer:
             return False
         try:
             self._process(records)
+            self._enforce_bounds()
             self._backoff = 0.0
         except _RetryBatch as e:
             self._recover(e)
@@ -230,6 +232,8 @@ class IngestConsumer:
                 self.quarantined.pop(sid, None)
             self.next_offset.pop(p, None)
             self.rewind_to.pop(p, None)
+            for _, offsets in self._pending_commits:
+                offsets.pop(p, None)
             self.committed.pop(p, None)
 
     # ------------------------------------------------------------- a batch
@@ -316,8 +320,10 @@ class IngestConsumer:
         accepted = skipped = 0
         for p, offset, key, raw, obs, limit in chunk:
             sid = obs[0].series_id
-            a = self.assemblers.get(sid)
-            if a is None:  # quarantined: its cursor in Redis is unreadable
+            a = self.assemblers.pop(sid, None)
+            if a is not None:
+                self.assemblers[sid] = a  # most recently seen last (eviction order)
+            else:  # quarantined: its cursor in Redis is unreadable
                 self._reject_message("corrupt_state", self.quarantined.get(sid, "unreadable ingest cursor"),
                                      p, offset, key, raw, sid)
                 continue
@@ -421,6 +427,17 @@ class IngestConsumer:
             log.warning("ingest.cursor_refused", count=len(res.refused), example=res.refused[0][:200],
                         why="a newer cursor is stored (another consumer owns or owned the series)")
 
+    def highwaters(self) -> dict[int, int]:
+        """High-water mark per assigned partition, as last seen with fetched data."""
+        from kafka.structs import TopicPartition
+
+        out = {}
+        for p in list(self.assigned):
+            hw = self.consumer.highwater(TopicPartition(self.topic, p))
+            if hw is not None:
+                out[p] = hw
+        return out
+
     # ------------------------------------------------------------- commits
 
     def commit_offsets(self) -> dict[int, int]:
@@ -437,12 +454,20 @@ class IngestConsumer:
             out[p] = low
         return out
 
-    def _commit(self, force: bool = False) -> None:
+    def _commit(self, final: bool = False) -> None:
+        """Every ``commit_interval_ms``: note the offsets that are safe now, and
+        commit the newest noted ones that are ``commit_delay_ms`` old (the Redis
+        cursor writes they rely on are then on disk even with AOF everysec)."""
+        ing = self.cfg.ingest
         now = time.monotonic()
-        if not force and (now - self._last_commit) * 1000 < self.cfg.ingest.commit_interval_ms:
-            return
-        self._last_commit = now
-        offsets = {p: o for p, o in self.commit_offsets().items() if self.committed.get(p) != o}
+        if final or (now - self._last_commit) * 1000 >= ing.commit_interval_ms:
+            self._last_commit = now
+            self._pending_commits.append((now, self.commit_offsets()))
+        due: dict[int, int] = {}
+        limit = now - ing.commit_delay_ms / 1000
+        while self._pending_commits and self._pending_commits[0][0] <= limit:
+            due.update(self._pending_commits.popleft()[1])
+        offsets = {p: o for p, o in due.items() if p in self.assigned and self.committed.get(p) != o}
         if not offsets:
             return
         from kafka.structs import OffsetAndMetadata, TopicPartition
@@ -457,6 +482,52 @@ class IngestConsumer:
         self.counters["commits"] += 1
         self.committed.update(offsets)
         self.rewind_to.update(offsets)
+
+    # ------------------------------------------------------------- memory bounds
+
+    def _enforce_bounds(self) -> None:
+        """Spill series whose open patch holds the commit back more than
+        ``max_pin_lag`` records, and keep at most ``max_series_in_memory`` series
+        (least recently seen go first; clean ones are just dropped, open ones
+        are spilled: their open patch is written into their Redis cursor)."""
+        ing = self.cfg.ingest
+        victims: list[str] = []
+        for p, sids in self.partition_series.items():
+            nxt = self.next_offset.get(p)
+            if nxt is None:
+                continue
+            for sid in sids:
+                a = self.assemblers.get(sid)
+                if a is not None and a.pin_offset is not None and nxt - a.pin_offset > ing.max_pin_lag:
+                    victims.append(sid)
+        excess = len(self.assemblers) - ing.max_series_in_memory
+        if excess > 0:
+            chosen = set(victims)
+            for sid in self.assemblers:  # oldest first (insertion order = last seen)
+                if excess <= 0:
+                    break
+                if sid not in chosen:
+                    victims.append(sid)
+                    excess -= 1
+        if victims:
+            self._evict(victims)
+
+    def _evict(self, sids: list[str]) -> None:
+        spill = [self.assemblers[s] for s in sids if not self.assemblers[s].is_clean]
+        if spill:
+            try:
+                res = self.store.save_many([a.cursor(include_open=True) for a in spill])
+            except Exception as e:  # noqa: BLE001
+                raise _RetryBatch(f"spilling open patches failed: {e!r}") from e
+            self.counters["spilled"] += res.written
+            self.counters["cursor_refused"] += len(res.refused)
+        for sid in sids:
+            self.assemblers.pop(sid, None)
+            p = self.series_partition.pop(sid, None)
+            if p is not None:
+                self.partition_series.get(p, set()).discard(sid)
+        self.counters["evicted"] += len(sids)
+        log.info("ingest.evicted", series=len(sids), spilled=len(spill), in_memory=len(self.assemblers))
 
     # ------------------------------------------------------------- failures
 
@@ -538,6 +609,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     configure_logging(cfg.log_level)
     ingest = IngestConsumer(cfg, ready_file=args.ready_file)
+    if cfg.metrics.port is not None:
+        from streamflame.ingest.metrics import serve
+
+        port = serve(ingest, cfg.metrics.port, cfg.metrics.host)
+        log.info("ingest.metrics", url=f"http://{cfg.metrics.host}:{port}/metrics")
 
     def _on_signal(signum, frame):  # noqa: ARG001
         log.info("ingest.signal", signal=signal.Signals(signum).name)
