@@ -208,3 +208,24 @@ def test_mismatched_partitions_on_existing_topics_are_refused(tmp_path, embedded
     with pytest.raises(StartupError, match=r"same partition count"):
         with EmbeddedStack(tmp_path / "run", config_path=config):
             pass
+
+
+def test_start_children_waits_for_the_ready_file(tmp_run_dir):
+    late = ("import os, pathlib, time; time.sleep(1.5); "
+            "pathlib.Path(os.environ['STREAMFLAME_READY_FILE']).touch(); time.sleep(1e6)")
+    stack = EmbeddedStack(tmp_run_dir, ingest=1, wait_ready_file=True,
+                          child_command=lambda role, index: [sys.executable, "-c", late])
+    with stack:
+        began = time.monotonic()
+        stack.start_children()
+        assert time.monotonic() - began >= 1.5
+        assert (tmp_run_dir / "ready" / "ingest-0").exists()
+        assert read_run_json(tmp_run_dir)["ready"] is True
+
+
+def test_child_that_never_gets_ready_times_out_with_a_clear_error(tmp_run_dir):
+    stack = EmbeddedStack(tmp_run_dir, workers=1, wait_ready_file=True, ready_timeout_s=1.0,
+                          child_command=lambda role, index: [sys.executable, "-c", "import time; time.sleep(1e6)"])
+    with stack:
+        with pytest.raises(StartupError, match=r"worker-0 not ready after 1 s"):
+            stack.start_children()

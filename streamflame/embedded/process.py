@@ -108,16 +108,17 @@ def owns_listening_port(pid: int, port: int) -> bool:
 
 
 _PR_SET_PDEATHSIG = 1
+try:  # resolved here, not after fork: dlopen in a forked child of a threaded parent can deadlock
+    _prctl = ctypes.CDLL(None, use_errno=True).prctl
+except (OSError, AttributeError):  # not Linux
+    _prctl = None
 
 
 def _die_with_parent() -> None:  # pragma: no cover - runs in the forked child
     """Linux: deliver SIGTERM to the child when the thread that spawned it
     dies, so a crashed (even SIGKILLed) parent does not leak servers."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-    except Exception:
-        pass
+    if _prctl is not None:
+        _prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM))
 
 
 def spawn(

@@ -55,7 +55,7 @@ BACKOFF_START_S = 0.5
 BACKOFF_CAP_S = 10.0
 STABLE_AFTER_S = 30.0
 READY_GRACE_S = 1.0
-"""A child without a ready file counts as ready once it has stayed alive this long."""
+"""With ``wait_ready_file=False``, a child counts as ready once it has stayed alive this long."""
 
 ChildCommand = Callable[[str, int], Sequence[str]]
 
@@ -130,6 +130,7 @@ class EmbeddedStack:
         redis_password: str | None = None,
         ready_timeout_s: float = 120.0,
         backoff_s: tuple[float, float] = (BACKOFF_START_S, BACKOFF_CAP_S),
+        wait_ready_file: bool | None = None,
     ) -> None:
         from streamflame.config import load_config
 
@@ -145,6 +146,10 @@ class EmbeddedStack:
         self.ready_timeout_s = ready_timeout_s
         self.backoff_start_s, self.backoff_cap_s = backoff_s
         self.child_command = child_command
+        # ingest and worker touch $STREAMFLAME_READY_FILE once they joined their group;
+        # an injected command may not, so it counts as ready after READY_GRACE_S alive.
+        self.wait_ready_file = (child_command is default_child_command) if wait_ready_file is None \
+            else wait_ready_file
         self.counts = {"ingest": ingest, "worker": workers}
 
         external_kafka = "bootstrap" in self.config.kafka.model_fields_set
@@ -224,8 +229,9 @@ class EmbeddedStack:
     # -- children ----------------------------------------------------------------
     def start_children(self) -> None:
         """Spawn the ingest and worker processes and wait until each is ready
-        (its ready file exists, or it stayed alive for READY_GRACE_S). A child
-        that exits during this first start is an error, with its log tail."""
+        (its ready file exists; with ``wait_ready_file=False`` also once it
+        stayed alive READY_GRACE_S). A child that exits during this first start
+        is an error, with its log tail."""
         for role in ROLES:
             for index in range(self.counts[role]):
                 child = _Child(role, index, list(self.child_command(role, index)), free_port())
@@ -244,7 +250,9 @@ class EmbeddedStack:
                         f"({' '.join(child.argv)})\n--- last lines of {self._log_path(child)} ---\n"
                         + log_tail(self._log_path(child))
                     )
-                if self._ready_file(child).exists() or time.monotonic() - child.started_at >= READY_GRACE_S:
+                alive_long_enough = (not self.wait_ready_file
+                                     and time.monotonic() - child.started_at >= READY_GRACE_S)
+                if self._ready_file(child).exists() or alive_long_enough:
                     pending.remove(child)
             if pending and time.monotonic() > deadline:
                 names = ", ".join(c.name for c in pending)
