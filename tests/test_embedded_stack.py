@@ -229,3 +229,58 @@ def test_child_that_never_gets_ready_times_out_with_a_clear_error(tmp_run_dir):
     with stack:
         with pytest.raises(StartupError, match=r"worker-0 not ready after 1 s"):
             stack.start_children()
+
+
+def test_up_runs_the_real_ingest_and_worker_end_to_end(tmp_path):
+    """`streamflame up` with the real children: observations in, forecasts out."""
+    import urllib.request
+
+    from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+
+    from streamflame import Forecaster
+    from streamflame.schemas import decode_forecast
+
+    model = Forecaster.from_config(seed=0)
+    model.save(tmp_path / "ckpt")
+    config = tmp_path / "service.yaml"
+    config.write_text(
+        "kafka: {session_timeout_ms: 2000, heartbeat_interval_ms: 600}\n"
+        f"worker: {{model_path: '{tmp_path / 'ckpt'}', device: cpu, batch_deadline_ms: 20}}\n"
+        "defaults: {frequency: 1min, horizon: 12, num_samples: 8}\n"
+    )
+    up = _streamflame("up", "--detach", "--config", str(config), "--partitions", "2", cwd=tmp_path, timeout=240)
+    assert up.returncode == 0, up.stderr
+    info = read_run_json(tmp_path / ".streamflame")
+    try:
+        assert (tmp_path / ".streamflame/ready/ingest-0").exists()
+        assert (tmp_path / ".streamflame/ready/worker-0").exists()
+        t0 = 1_700_000_000_000
+        batch = {"series_id": "sensor-1", "timestamps": [t0 + 60_000 * i for i in range(100)],
+                 "values": [float(i % 7) for i in range(100)]}
+        producer = KafkaProducer(bootstrap_servers=info["kafka_bootstrap"])
+        producer.send(info["topics"]["observations"], key=b"sensor-1", value=json.dumps(batch).encode())
+        producer.flush()
+        producer.close()
+
+        consumer = KafkaConsumer(bootstrap_servers=info["kafka_bootstrap"], enable_auto_commit=False)
+        consumer.assign([TopicPartition(info["topics"]["forecasts"], p) for p in range(2)])
+        consumer.seek_to_beginning()
+        forecasts = {}
+        deadline = time.monotonic() + 90
+        while 1 not in forecasts and time.monotonic() < deadline:
+            for records in consumer.poll(timeout_ms=500).values():
+                for record in records:
+                    f = decode_forecast(record.value)
+                    forecasts[f.seq] = f
+        consumer.close()
+        assert sorted(forecasts) == [0, 1], f"forecasts: {sorted(forecasts)}; logs in {info['logs']}"
+        last = forecasts[1]
+        assert last.series_id == "sensor-1" and last.horizon == 12 and len(last.mean) == 12
+        assert last.freq_ms == 60_000 and last.model_id == model.model_id
+        # The metrics endpoints named in run.json answer.
+        for url in info["metrics"]["ingest"] + info["metrics"]["worker"]:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                assert response.status == 200 and response.read()
+    finally:
+        down = _streamflame("down", cwd=tmp_path)
+    assert down.returncode == 0, down.stderr
