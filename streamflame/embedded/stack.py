@@ -227,11 +227,11 @@ class EmbeddedStack:
         log.info("topics_ready", partitions=obs, **self.topics)
 
     # -- children ----------------------------------------------------------------
-    def start_children(self) -> None:
+    def start_children(self, stop: threading.Event | None = None) -> None:
         """Spawn the ingest and worker processes and wait until each is ready
         (its ready file exists; with ``wait_ready_file=False`` also once it
         stayed alive READY_GRACE_S). A child that exits during this first start
-        is an error, with its log tail."""
+        is an error, with its log tail. Returns early once `stop` is set."""
         for role in ROLES:
             for index in range(self.counts[role]):
                 child = _Child(role, index, list(self.child_command(role, index)), free_port())
@@ -242,6 +242,8 @@ class EmbeddedStack:
         deadline = time.monotonic() + self.ready_timeout_s
         pending = list(self.children)
         while pending:
+            if stop is not None and stop.is_set():
+                return
             for child in list(pending):
                 assert child.proc is not None
                 if child.proc.poll() is not None:
@@ -505,7 +507,7 @@ def _up_foreground(args: argparse.Namespace, run_dir: Path) -> int:
     try:
         stack.start_services()
         if not stop.is_set():
-            stack.start_children()
+            stack.start_children(stop)
         if not stop.is_set():
             log.info("stack_ready", run_json=str(stack.run_json_path), kafka_bootstrap=stack.kafka_bootstrap,
                      ingest=args.ingest, workers=args.workers)
