@@ -77,12 +77,14 @@ class Flame(nn.Module):
         mean, std = mean_std(stats, ref[:, None])                                # (b,T)
         seq = torch.cat([state["window"], patches.reshape(b, T * p)], 1)          # (b, W + T p)
         windows = seq.unfold(1, W, p)[:, 1:]                                     # (b, T, W) ending at each patch
-        period = dominant_period(windows, cfg.min_period)                        # (b, T)
+        with torch.no_grad():                                                    # data-only features
+            period = dominant_period(windows, cfg.min_period)                    # (b, T)
+            env = env_features(windows, period, mean, std, cfg)
         z = ((patches.double() - mean[..., None]) / std[..., None]).clamp(-cfg.clip, cfg.clip)
         obs = ~torch.isnan(patches)
         z = torch.where(obs, z, 0).to(patches.dtype)
         tok = self.embed_patch(torch.cat([z, obs.to(patches.dtype)], -1))
-        tok = tok + self.embed_env(env_features(windows, period, mean, std, cfg))
+        tok = tok + self.embed_env(env)
         conv, ssm = [], []
         for i, layer in enumerate(self.layers):
             tok, c_i, s_i = layer(tok, state["conv"][:, i], state["ssm"][:, i], scale)
@@ -101,10 +103,11 @@ class Flame(nn.Module):
         m, p = h.shape[0], cfg.patch_len
         coef = self.coef(h).reshape(m, cfg.basis_order, cfg.d_cond)
         c = torch.einsum("kj,mjc->mkc", self.basis[:K].to(h.dtype), coef)
-        raw = seasonal_hint(window, period, K * p).reshape(m, K, p)
-        known = ~torch.isnan(raw)
-        hint = ((raw.double() - mean[:, None, None]) / std[:, None, None]).clamp(-cfg.clip, cfg.clip)
-        hint = torch.where(known, hint, 0).to(h.dtype)
+        with torch.no_grad():
+            raw = seasonal_hint(window, period, K * p).reshape(m, K, p)
+            known = ~torch.isnan(raw)
+            hint = ((raw.double() - mean[:, None, None]) / std[:, None, None]).clamp(-cfg.clip, cfg.clip)
+            hint = torch.where(known, hint, 0).to(h.dtype)
         c = F.gelu(c + self.embed_hint(torch.cat([hint, known.to(h.dtype)], -1)))
         return c, hint
 
@@ -118,15 +121,17 @@ class Flame(nn.Module):
         b, S = noise.shape[:2]
         return mean[:, None, None] + std[:, None, None] * y.double().reshape(b, S, -1)
 
-    def loss(self, patches, scale=None):
+    def loss(self, patches, scale=None, future=None):
         """Mean flow NLL (nats per observed value) of the next K patches from every boundary.
 
-        patches (b, T, p) raw, an empty state at the start. Future patches with more than a
-        quarter missing are left out; remaining gaps are filled with the hint (excluded from
-        the count)."""
+        patches (b, T, p) raw, an empty state at the start. `future`: which future patches
+        (0-based offsets < max_future_patches) to score, default all; training samples a few
+        per step to save time. Future patches with more than a quarter missing are left out;
+        remaining gaps are filled with the hint (excluded from the count)."""
         cfg = self.cfg
         b, T, p = patches.shape
         K = min(cfg.max_future_patches, T - 1)
+        future = torch.arange(K) if future is None else torch.as_tensor([j for j in future if j < K])
         scale = torch.ones(b, dtype=patches.dtype, device=patches.device) if scale is None else scale
         _, aux = self.advance(self.empty_state(b, patches.device, patches.dtype), patches, scale)
         n = T - 1                                                          # boundaries with a future
@@ -134,9 +139,10 @@ class Flame(nn.Module):
         flat = lambda x: x.reshape(b * n, *x.shape[2:])
         c, hint = self.condition(flat(aux["h"][:, :n]), flat(aux["windows"][:, :n]),
                                  flat(aux["period"][:, :n]), flat(mean), flat(std), K)
+        c, hint = c[:, future], hint[:, future]
         # targets: patches k+1 .. k+K for boundary k (padded with NaN past the end)
         padded = F.pad(patches, (0, 0, 0, K), value=float("nan"))
-        fut = padded.unfold(1, K, 1)[:, 1:n + 1].permute(0, 1, 3, 2)       # (b, n, K, p)
+        fut = padded.unfold(1, K, 1)[:, 1:n + 1].permute(0, 1, 3, 2)[:, :, future]   # (b, n, K', p)
         y = (fut.double() - mean[..., None, None]) / std[..., None, None]
         y = flat(y.clamp(-cfg.clip, cfg.clip).to(patches.dtype))
         obs = ~torch.isnan(y)

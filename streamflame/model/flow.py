@@ -51,11 +51,11 @@ class Coupling(nn.Module):
         return y * torch.exp(s) + t, s.sum(-1)
 
     def inverse(self, y, hc, ec):
-        # dims < split depend on c only: invert them first, then the rest given them
-        s, t = self.params(y, hc, ec)                      # s, t for dims >= split use y[:split] ...
-        first = (y - t) * torch.exp(-s)                    # ... which is still the *output* here,
-        x = self.mask * first + (1 - self.mask) * y        # so fix dims < split first,
-        s, t = self.params(x, hc, ec)                      # then recompute with the true inputs
+        # dims < split depend on c only (s0, t0): invert them first, then the rest given them
+        s0, t0 = ec.chunk(2, -1)
+        s0 = self.clamp * torch.tanh(s0 / self.clamp)
+        x = self.mask * (y - t0) * torch.exp(-s0) + (1 - self.mask) * y
+        s, t = self.params(x, hc, ec)
         x = self.mask * x + (1 - self.mask) * (y - t) * torch.exp(-s)
         return x, s.sum(-1)
 

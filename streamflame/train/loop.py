@@ -1,0 +1,252 @@
+"""Training: every patch boundary of long sequences in one pass, flow NLL, AdamW.
+
+    streamflame train --config configs/train/default.yaml [--resume] [--steps N] [--minutes M]
+
+Each batch holds `batch` sequences of `seq_patches` patches, drawn from real series shipped in
+PyPI packages (training split only; see streamflame.data.packaged) and from the seeded
+synthetic generator. The model scores the forecast of the next patches from *every* boundary
+of each sequence at once (FlowState's parallel prediction) through `Flame.advance`, the same
+code path as `Forecaster.state_from_history`.
+
+Checkpoints are safetensors + JSON only (no pickle): weights, AdamW moments, step, RNG state.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+from streamflame.model.config import ModelConfig
+from streamflame.model.flame import Flame
+from streamflame.model.forecaster import Forecaster, _model_id
+
+
+@dataclass
+class TrainConfig:
+    model: dict = field(default_factory=dict)       # ModelConfig overrides
+    out_dir: str = "runs/default"
+    seed: int = 0
+    steps: int = 4000
+    batch: int = 16
+    seq_patches: int = 48                           # sequence length in patches
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    warmup: int = 200
+    min_lr_ratio: float = 0.1                        # cosine decay down to lr * min_lr_ratio
+    clip: float = 1.0
+    future_per_step: int = 3                        # future patches scored per step (always the next one)
+    real_fraction: float = 0.5                      # share of sequences from real packaged data
+    synthetic_seed: int = 1
+    checkpoint_every: int = 250
+    log_every: int = 25
+    max_minutes: float | None = None                # stop (with a checkpoint) after this wall time
+    device: str = "auto"
+    amp: bool = True                                # bf16 autocast on CUDA
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> "TrainConfig":
+        raw = yaml.safe_load(Path(path).read_text()) or {}
+        known = {f.name for f in fields(cls)}
+        unknown = set(raw) - known
+        if unknown:
+            raise ValueError(f"{path}: unknown training config fields {sorted(unknown)}")
+        cfg = cls(**raw)
+        ModelConfig.from_dict(cfg.model)            # validate early, with the model's own message
+        return cfg
+
+
+# ---- data -----------------------------------------------------------------------------------
+class SequenceSampler:
+    """Draws (batch, seq_patches, 48) float32 arrays; deterministic for a seed and step."""
+
+    def __init__(self, cfg: TrainConfig, patch_len: int, real_series: list[np.ndarray] | None = None):
+        self.cfg, self.p = cfg, patch_len
+        self.length = cfg.seq_patches * patch_len
+        self.real = real_series if real_series is not None else (load_real_training_values() if cfg.real_fraction > 0 else [])
+        if cfg.real_fraction > 0 and not self.real:
+            raise RuntimeError("real_fraction > 0 but no packaged training data is installed")
+
+    def batch(self, step: int) -> np.ndarray:
+        rng = np.random.default_rng([self.cfg.seed, step])
+        out = np.empty((self.cfg.batch, self.length), dtype=np.float32)
+        for i in range(self.cfg.batch):
+            if self.real and rng.random() < self.cfg.real_fraction:
+                out[i] = self._real(rng)
+            else:
+                out[i] = self._synthetic(rng)
+        return out.reshape(self.cfg.batch, self.cfg.seq_patches, self.p)
+
+    def _synthetic(self, rng) -> np.ndarray:
+        from streamflame.data.synthetic import generate_one
+        return generate_one(int(rng.integers(0, 2**31)), self.length, seed=self.cfg.synthetic_seed)
+
+    def _real(self, rng) -> np.ndarray:
+        x = self.real[int(rng.integers(len(self.real)))]
+        factor = int(rng.choice([1, 1, 1, 2, 3, 4]))           # aggregate to coarser sampling rates
+        if factor > 1 and len(x) >= factor * self.length // 2:
+            n = len(x) // factor * factor
+            with np.errstate(all="ignore"):
+                x = np.nanmean(x[:n].reshape(-1, factor), axis=1)
+        L = self.length
+        if len(x) >= L:
+            a = int(rng.integers(0, len(x) - L + 1))
+            seg = x[a:a + L]
+        else:                                                   # a young series: missing past
+            seg = np.concatenate([np.full(L - len(x), np.nan), x])
+        scale = 10 ** rng.uniform(-2, 3) * rng.choice([-1.0, 1.0]) if rng.random() < 0.3 else 1.0
+        return (seg * scale + (rng.normal(0, 100) if rng.random() < 0.2 else 0.0)).astype(np.float32)
+
+
+def load_real_training_values(min_len: int = 4 * 48) -> list[np.ndarray]:
+    """Values of every training-split series, balanced so no dataset dominates:
+    datasets with many series (the 1,000+ weather files) are sub-sampled to 64 series."""
+    from streamflame.data.packaged import training_series
+    by_source: dict[str, list[np.ndarray]] = {}
+    for s in training_series():
+        v = np.asarray(s.values, dtype=np.float64)
+        if np.sum(~np.isnan(v)) >= min_len and np.nanstd(v) > 0:
+            by_source.setdefault(s.source, []).append(v)
+    rng = np.random.default_rng(0)
+    out = []
+    for src in sorted(by_source):
+        vs = by_source[src]
+        idx = rng.permutation(len(vs))[:64]
+        out += [vs[i] for i in sorted(idx)]
+    return out
+
+
+# ---- checkpoints (safetensors + JSON, no pickle) ------------------------------------------------
+def save_checkpoint(path: Path, model: Flame, opt: torch.optim.Optimizer, step: int, cfg: TrainConfig,
+                    history: list[dict]) -> None:
+    from safetensors.torch import save_file
+    path.mkdir(parents=True, exist_ok=True)
+    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    names = {id(p): n for n, p in model.named_parameters()}
+    steps = {}
+    for p, st in opt.state.items():
+        n = names[id(p)]
+        tensors[f"opt.{n}.exp_avg"] = st["exp_avg"].detach().cpu().contiguous()
+        tensors[f"opt.{n}.exp_avg_sq"] = st["exp_avg_sq"].detach().cpu().contiguous()
+        steps[n] = float(st["step"])
+    tmp = path / "train_state.safetensors.tmp"
+    save_file(tensors, str(tmp))
+    tmp.replace(path / "train_state.safetensors")
+    meta = {"step": step, "train_config": asdict(cfg), "model_config": json.loads(model.cfg.to_json()),
+            "adam_steps": steps, "history": history[-200:]}
+    (path / "train_state.json.tmp").write_text(json.dumps(meta, indent=1))
+    (path / "train_state.json.tmp").replace(path / "train_state.json")
+
+
+def load_checkpoint(path: Path, model: Flame, opt: torch.optim.Optimizer) -> tuple[int, list[dict]]:
+    from safetensors.torch import load_file
+    meta = json.loads((path / "train_state.json").read_text())
+    tensors = load_file(str(path / "train_state.safetensors"))
+    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    params = dict(model.named_parameters())
+    for n, s in meta["adam_steps"].items():
+        p = params[n]
+        opt.state[p] = {"step": torch.tensor(s), "exp_avg": tensors[f"opt.{n}.exp_avg"].to(p.device),
+                        "exp_avg_sq": tensors[f"opt.{n}.exp_avg_sq"].to(p.device)}
+    return int(meta["step"]), list(meta.get("history", []))
+
+
+# ---- loop ---------------------------------------------------------------------------------------
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    t = min(1.0, (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup))
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+def train(cfg: TrainConfig, resume: bool = False, sampler: SequenceSampler | None = None,
+          progress=print) -> dict:
+    """Run (or resume) training; returns {'step', 'loss_first', 'loss_last', 'out_dir'}."""
+    device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
+                          ("cpu" if cfg.device == "auto" else cfg.device))
+    torch.manual_seed(cfg.seed)
+    mcfg = ModelConfig.from_dict(cfg.model)
+    model = Flame(mcfg).to(device)
+    decay, no_decay = [], []
+    for n, p in model.named_parameters():
+        (no_decay if p.ndim < 2 or n.endswith(("A_log", "dt_bias", "D")) else decay).append(p)
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.98))
+    out = Path(cfg.out_dir)
+    step, history = 0, []
+    if resume and (out / "train_state.json").is_file():
+        step, history = load_checkpoint(out, model, opt)
+        progress(f"resumed from {out} at step {step}")
+    sampler = sampler or SequenceSampler(cfg, mcfg.patch_len)
+    amp = cfg.amp and device.type == "cuda"
+    t0, obs_seen, started = time.time(), 0, step
+    first = None
+    model.train()
+    while step < cfg.steps:
+        if cfg.max_minutes is not None and time.time() - t0 > cfg.max_minutes * 60:
+            progress(f"time budget of {cfg.max_minutes} min reached at step {step}")
+            break
+        x = torch.from_numpy(sampler.batch(step)).to(device)
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, cfg)
+        K = mcfg.max_future_patches
+        g = np.random.default_rng([cfg.seed, step, 7])
+        future = sorted({0, *g.choice(np.arange(1, K), size=min(cfg.future_per_step, K) - 1, replace=False)})
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            loss = model.loss(x, future=future)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
+        if torch.isfinite(gnorm):
+            opt.step()
+        step += 1
+        obs_seen += x.numel()
+        val = float(loss)
+        first = val if first is None else first
+        history.append({"step": step, "loss": val})
+        if step % cfg.log_every == 0 or step == cfg.steps:
+            el = time.time() - t0
+            recent = np.mean([h["loss"] for h in history[-cfg.log_every:]])
+            progress(f"step {step}/{cfg.steps} loss {recent:.4f} lr {lr_at(step, cfg):.2e} "
+                     f"gnorm {float(gnorm):.2f} {obs_seen / el:,.0f} obs/s {(step - started) / el:.2f} it/s")
+        if step % cfg.checkpoint_every == 0:
+            save_checkpoint(out, model, opt, step, cfg, history)
+    save_checkpoint(out, model, opt, step, cfg, history)
+    model.eval()
+    f = Forecaster(model.float().cpu(), "")
+    f.model_id = _model_id(f.model)
+    f.save(out / "final", extra={"trained_steps": step, "train_config": asdict(cfg)})
+    return {"step": step, "loss_first": first, "loss_last": float(np.mean([h["loss"] for h in history[-10:]])),
+            "out_dir": str(out)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="streamflame train", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", required=True, help="training YAML (see configs/train/)")
+    ap.add_argument("--resume", action="store_true", help="continue from out_dir's last checkpoint")
+    ap.add_argument("--steps", type=int, help="override total steps")
+    ap.add_argument("--minutes", type=float, help="override the wall-time budget")
+    ap.add_argument("--out-dir", help="override out_dir")
+    args = ap.parse_args(argv)
+    try:
+        cfg = TrainConfig.from_yaml(args.config)
+    except (OSError, ValueError, TypeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.steps is not None:
+        cfg.steps = args.steps
+    if args.minutes is not None:
+        cfg.max_minutes = args.minutes
+    if args.out_dir:
+        cfg.out_dir = args.out_dir
+    res = train(cfg, resume=args.resume, progress=lambda m: print(m, flush=True))
+    print(json.dumps(res))
+    return 0
