@@ -31,7 +31,8 @@ MAX_BLOCK = 256          # patches per parallel block in state_from_history / lo
 # batch it lands in. The batched calls pad every batch to a multiple of MIN_ROWS series
 # (repeating the first), which makes their results independent of batch composition on CPU:
 # replays and retried worker batches publish bit-identical forecasts and states. Single-series
-# calls skip the padding (16x less work) and agree with the batched ones to float precision.
+# `forecast` and one-patch `update` calls are padded the same way, so they equal the batched
+# calls bit for bit; multi-patch updates take the parallel scan (equal to float precision).
 MIN_ROWS = 16
 
 
@@ -135,7 +136,7 @@ class Forecaster:
         new = state
         for start in range(0, n_full, MAX_BLOCK):
             stop = min(n_full, start + MAX_BLOCK)
-            new = self._advance([new], seq[start * p: stop * p].reshape(1, stop - start, p))[0]
+            new = self._advance([new], seq[start * p: stop * p].reshape(1, stop - start, p), pad=stop - start == 1)[0]
         return SeriesState(self.model_id, self.dtype, new.tensors, seq[n_full * p:].copy(),
                            n_obs=state.n_obs + len(v), n_patches=state.n_patches + n_full, scale=state.scale)
 
@@ -146,7 +147,7 @@ class Forecaster:
     def forecast(self, state: SeriesState, horizon: int, quantiles=DEFAULT_QUANTILES,
                  num_samples: int = 100, seed: int | None = None) -> Forecast:
         """Sample `num_samples` paths of `horizon` steps after the last observation fed."""
-        return self._forecast([state], horizon, quantiles, num_samples, [seed], pad=False)[0]
+        return self._forecast([state], horizon, quantiles, num_samples, [seed], pad=True)[0]
 
     # ---- batched (worker) ----------------------------------------------------------------
     def update_many(self, states: list[SeriesState], patches) -> list[SeriesState]:
