@@ -150,7 +150,7 @@ def test_flow_is_invertible_and_logdet_matches_numerical_jacobian():
         for prm in flow.parameters():
             prm.add_(0.3 * torch.randn_like(prm))
     c = torch.randn(cfg.d_cond, dtype=torch.float64)
-    hint = torch.randn(8, dtype=torch.float64)
+    hint = torch.randn(16, dtype=torch.float64)
     z = torch.randn(8, dtype=torch.float64)
     fwd = lambda z_: flow.sample(c, hint, z_[None])[0]
     y = fwd(z)

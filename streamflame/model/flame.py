@@ -22,7 +22,7 @@ from torch import nn
 from .config import ModelConfig
 from .flow import FlowHead
 from .hippo import legendre
-from .perception import (STATS, dominant_period, env_features, first_reference, mean_std,
+from .perception import (STATS, dominant_period, env_features, first_reference, last_observed, mean_std,
                          patch_moments, scan_stats, seasonal_hint)
 from .ssd import RMSNorm, SSDLayer
 
@@ -98,7 +98,8 @@ class Flame(nn.Module):
     # ---- decoder -------------------------------------------------------------------------
     def condition(self, h, window, period, mean, std, K):
         """h (m, d), window (m, W), period (m,), mean/std (m,) float64
-        -> c (m, K, d_cond), hint (m, K, p) normalised (0 where unknown)."""
+        -> c (m, K, d_cond), hint (m, K, 2p) normalised: the seasonal hint (value one period
+        earlier, or the last value without a period) and the last observed value (0 where unknown)."""
         cfg = self.cfg
         m, p = h.shape[0], cfg.patch_len
         coef = self.coef(h).reshape(m, cfg.basis_order, cfg.d_cond)
@@ -108,8 +109,10 @@ class Flame(nn.Module):
             known = ~torch.isnan(raw)
             hint = ((raw.double() - mean[:, None, None]) / std[:, None, None]).clamp(-cfg.clip, cfg.clip)
             hint = torch.where(known, hint, 0).to(h.dtype)
+            last = ((last_observed(window).double() - mean) / std).clamp(-cfg.clip, cfg.clip)
+            last = torch.nan_to_num(last, nan=0.0).to(h.dtype)[:, None, None].expand(m, K, p)
         c = F.gelu(c + self.embed_hint(torch.cat([hint, known.to(h.dtype)], -1)))
-        return c, hint
+        return c, torch.cat([hint, last], -1)
 
     def sample(self, state, K, noise):
         """Sample K future patches for each series from its state.
@@ -147,7 +150,7 @@ class Flame(nn.Module):
         y = flat(y.clamp(-cfg.clip, cfg.clip).to(patches.dtype))
         obs = ~torch.isnan(y)
         use = obs.to(patches.dtype).mean(-1) >= 0.75                        # (bn, K)
-        y = torch.where(obs, y, hint)
+        y = torch.where(obs, y, hint[..., :p])
         lp = self.flow.log_prob(y, c, hint)                                # (bn, K)
         count = (obs & use[..., None]).to(patches.dtype).sum()
         return -(lp * use).sum() / count.clamp_min(1)

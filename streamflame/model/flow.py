@@ -1,6 +1,7 @@
 """Normalising-flow head: noise z (p,) -> one normalised patch y (p,), given a condition c.
 
-    y_0 = mu(c) + alpha(c) * hint + exp(sigma(c)) * z                 (conditional affine base)
+    y_0 = mu(c) + alpha(c) * hint + beta(c) * last + exp(sigma(c)) * z   (conditional affine base;
+          hint = seasonal-naive values, last = last observed value, both normalised)
     layer k, split point b_k (time order inside the patch):
         y[:b] <- y[:b] * exp(s0_k(c)) + t0_k(c)
         y[b:] <- y[b:] * exp(s_k(y[:b], c)) + t_k(y[:b], c)           (masked affine coupling)
@@ -65,11 +66,11 @@ class FlowHead(nn.Module):
         super().__init__()
         p = cfg.patch_len
         self.p = p
-        self.base = nn.Linear(cfg.d_cond, 3 * p)          # mu, sigma, alpha
+        self.base = nn.Linear(cfg.d_cond, 4 * p)          # mu, sigma, alpha, beta
         nn.init.zeros_(self.base.weight)
         with torch.no_grad():
             self.base.bias.zero_()
-            self.base.bias[2 * p:] = 0.5                   # start half-way towards the seasonal hint
+            self.base.bias[2 * p:] = 0.5                   # start as the mean of seasonal and last value
         splits = [max(1, min(p - 1, round(s * p / 48))) for s in SPLITS]
         self.layers = nn.ModuleList(
             Coupling(p, splits[k % len(splits)], cfg.d_cond, cfg.flow_hidden, cfg.flow_scale_clamp)
@@ -78,10 +79,15 @@ class FlowHead(nn.Module):
     def _cond(self, c):
         return [(l.cond(c), l.elem(c)) for l in self.layers]
 
+    def _loc(self, c, hint):
+        mu, sig, alpha, beta = self.base(c).chunk(4, -1)
+        p = self.p
+        return mu + alpha * hint[..., :p] + beta * hint[..., p:], sig
+
     def sample(self, c, hint, z):
-        """c (..., d_cond), hint (..., p) normalised (0 where unknown), z (..., S, p) -> y (..., S, p)."""
-        mu, sig, alpha = self.base(c).chunk(3, -1)
-        y = (mu + alpha * hint).unsqueeze(-2) + torch.exp(sig).unsqueeze(-2) * z
+        """c (..., d_cond), hint (..., 2p) = (seasonal, last) normalised, z (..., S, p) -> y (..., S, p)."""
+        loc, sig = self._loc(c, hint)
+        y = loc.unsqueeze(-2) + torch.exp(sig).unsqueeze(-2) * z
         for layer, (hc, ec) in zip(self.layers, self._cond(c)):
             y, _ = layer(y, hc.unsqueeze(-2), ec.unsqueeze(-2))
         return y
@@ -92,7 +98,7 @@ class FlowHead(nn.Module):
         for layer, (hc, ec) in reversed(list(zip(self.layers, self._cond(c)))):
             y, ld = layer.inverse(y, hc, ec)
             logdet = logdet + ld
-        mu, sig, alpha = self.base(c).chunk(3, -1)
-        z = (y - mu - alpha * hint) * torch.exp(-sig)
+        loc, sig = self._loc(c, hint)
+        z = (y - loc) * torch.exp(-sig)
         logdet = logdet + sig.sum(-1)
         return -0.5 * (z * z).sum(-1) - 0.5 * self.p * math.log(2 * math.pi) - logdet

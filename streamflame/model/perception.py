@@ -70,27 +70,34 @@ def mean_std(stats: torch.Tensor, ref: torch.Tensor) -> tuple[torch.Tensor, torc
 def dominant_period(window: torch.Tensor, min_period: int) -> torch.Tensor:
     """window (..., W) raw values with NaN -> period (...,) int64 in [min_period, W//2], 0 = none.
 
-    Autocorrelation of first differences via FFT (float64), each lag normalised by its number
-    of observed pairs (so gaps do not bias it). The period is the best local maximum, with a
-    mild preference for shorter lags (multiples of a period correlate as well as the period),
-    kept when its correlation exceeds 0.2.
+    Autocorrelation of the de-meaned, linearly detrended window via FFT (float64), each lag normalised by its
+    number of observed pairs (so gaps do not bias it). A candidate lag is a local maximum;
+    its *prominence* is how far it rises above the lowest correlation at any shorter lag
+    (a seasonal peak follows a trough; a smooth or trending series' slow decay has none).
+    The period is the most prominent candidate, with a mild preference for shorter lags
+    (multiples of a period are as prominent), kept when its prominence and its correlation both exceed 0.2.
     """
     x = window.double()
-    d = x[..., 1:] - x[..., :-1]
-    m = ~torch.isnan(d)
+    m = ~torch.isnan(x)
     mf = m.double()
-    d = torch.where(m, d - (torch.where(m, d, 0).sum(-1, keepdim=True) / mf.sum(-1, keepdim=True).clamp_min(1)), 0)
-    n = d.shape[-1]
+    cnt = mf.sum(-1, keepdim=True).clamp_min(1)
+    x = torch.where(m, x - torch.where(m, x, 0).sum(-1, keepdim=True) / cnt, 0)      # de-mean
+    t = torch.arange(x.shape[-1], dtype=x.dtype, device=x.device)
+    t = torch.where(m, t - (t * mf).sum(-1, keepdim=True) / cnt, 0)
+    x = torch.where(m, x - t * (t * x).sum(-1, keepdim=True) / (t * t).sum(-1, keepdim=True).clamp_min(1e-12), 0)
+    n = x.shape[-1]
     corr = lambda a: torch.fft.irfft(torch.fft.rfft(a, n=2 * n).abs().pow(2), n=2 * n)[..., :n]
     pairs = corr(mf).round()
-    acf = corr(d) / pairs.clamp_min(1)
+    acf = corr(x) / pairs.clamp_min(1)
     acf = torch.where(pairs >= n // 4, acf, 0) / acf[..., :1].clamp_min(1e-300)
-    hi = window.shape[-1] // 2
+    hi = n // 2
     lags = torch.arange(min_period, hi + 1, device=window.device)
     r = acf[..., min_period - 1: hi + 2]                              # lags min_period-1 .. hi+1
     mid = r[..., 1:-1]
-    peak = (mid >= r[..., :-2]) & (mid >= r[..., 2:]) & (mid > 0.2)
-    score = torch.where(peak, mid * (1 - 0.25 * lags / hi), torch.full_like(mid, -1.0))
+    trough = torch.cummin(acf[..., :hi + 1], dim=-1).values[..., min_period:hi + 1]
+    prominence = mid - trough
+    peak = (mid >= r[..., :-2]) & (mid >= r[..., 2:]) & (prominence > 0.2) & (mid > 0.2)
+    score = torch.where(peak, prominence * (1 - 0.25 * lags / hi), torch.full_like(mid, -1.0))
     best = score.argmax(-1)
     period = best + min_period
     return torch.where(score.gather(-1, best[..., None])[..., 0] > 0, period, torch.zeros_like(period))
@@ -109,6 +116,15 @@ def env_features(window: torch.Tensor, period: torch.Tensor, mean, std, cfg) -> 
     coef = legt_coefficients(z, valid, theta, cfg.legt_order)
     extra = torch.stack([torch.log(theta.to(window.dtype) / p), 1 - valid.to(window.dtype).mean(-1)], -1)
     return torch.cat([coef, extra], -1)
+
+
+def last_observed(window: torch.Tensor) -> torch.Tensor:
+    """window (b, W) -> the last non-NaN value (b,) (NaN if none)."""
+    W = window.shape[-1]
+    valid = ~torch.isnan(window)
+    last_idx = torch.where(valid, torch.arange(W, device=window.device), -1).max(-1).values
+    last = window.gather(-1, last_idx.clamp_min(0)[..., None])[..., 0]
+    return torch.where(last_idx >= 0, last, torch.full_like(last, float("nan")))
 
 
 def seasonal_hint(window: torch.Tensor, period: torch.Tensor, steps: int) -> torch.Tensor:
