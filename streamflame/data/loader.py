@@ -28,6 +28,13 @@ TIME_COLUMNS = ("timestamp", "ds", "time", "date", "datetime", "date_time")
 VALUE_COLUMNS = ("value", "target", "y")
 
 
+# Tried first when a zone must be guessed from UTC offsets (see zone_for_offsets).
+COMMON_ZONES = ("Europe/London", "Europe/Berlin", "Europe/Helsinki", "Europe/Moscow", "America/New_York",
+                "America/Chicago", "America/Denver", "America/Phoenix", "America/Los_Angeles",
+                "America/Sao_Paulo", "Asia/Kolkata", "Asia/Shanghai", "Asia/Tokyo", "Australia/Sydney",
+                "Australia/Melbourne", "Australia/Brisbane", "Pacific/Auckland")
+
+
 class DataError(ValueError):
     """A data file cannot be read as series; the message names the file and the column."""
 
@@ -58,8 +65,9 @@ def _find(columns: dict[str, str], names: tuple[str, ...]) -> str | None:
 def parse_timestamps(column: pd.Series, *, where: str, tz: str | None = None) -> pd.DatetimeIndex:
     """Parse one column of timestamps; raise :class:`DataError` naming ``where`` on failure.
 
-    Mixed UTC offsets (e.g. a DST change written as +01:00/+02:00) are converted to UTC,
-    or to ``tz`` when given.
+    Mixed UTC offsets (e.g. a DST change written as +01:00/+02:00) are put in an IANA
+    zone whose offsets agree with every change of offset in the data, so local
+    times written back are the input's; if no zone fits, UTC. ``tz`` overrides both.
     """
     if pd.api.types.is_datetime64_any_dtype(column):
         idx = pd.DatetimeIndex(column)
@@ -85,13 +93,60 @@ def parse_timestamps(column: pd.Series, *, where: str, tz: str | None = None) ->
                     raise DataError(f"{where}: cannot parse timestamp {bad!r} ({exc})") from exc
         if not pd.api.types.is_datetime64_any_dtype(parsed):  # mixed UTC offsets -> object dtype
             try:
-                parsed = pd.to_datetime(text, format="ISO8601", utc=True)
+                utc = pd.DatetimeIndex(pd.to_datetime(text, format="ISO8601", utc=True))
             except (ValueError, TypeError) as exc:
                 raise DataError(f"{where}: mixed time zones that cannot be reconciled ({exc})") from exc
+            zone = None if tz is not None else zone_for_offsets(utc, _offset_minutes(text))
+            parsed = utc.tz_convert(zone) if zone else utc
         idx = pd.DatetimeIndex(parsed)
     if tz is not None:
         idx = idx.tz_localize(tz) if idx.tz is None else idx.tz_convert(tz)
     return idx
+
+
+def _offset_minutes(text: pd.Series) -> np.ndarray:
+    """UTC offset in minutes written at the end of each ISO timestamp (``Z`` = 0, none = NaN)."""
+    m = text.str.extract(r"(Z|[+-]\d\d:?\d\d)$")[0]
+    out = np.full(len(text), np.nan)
+    has = m.notna().to_numpy()
+    vals = m[has].str.replace(":", "", regex=False)
+    z = (vals == "Z").to_numpy()
+    num = vals.where(~(vals == "Z"), "+0000")
+    sign = np.where(num.str[0] == "-", -1, 1)
+    out[has] = sign * (num.str[1:3].astype(int).to_numpy() * 60 + num.str[3:5].astype(int).to_numpy())
+    out[np.flatnonzero(has)[z]] = 0.0
+    return out
+
+
+def zone_for_offsets(utc: pd.DatetimeIndex, offsets: np.ndarray, max_checks: int = 4000) -> str | None:
+    """An IANA zone whose UTC offsets match ``offsets`` (minutes) at ``utc`` instants, or None.
+
+    :data:`COMMON_ZONES` are tried first, then all others alphabetically (zones that agree on
+    the data's offsets give the same local times, so the choice only affects the name).
+
+    Checked at the first and last row of every run of equal offsets (where DST switches).
+    """
+    from zoneinfo import available_timezones
+
+    ok = ~np.isnan(offsets)
+    order = np.argsort(utc.asi8[ok], kind="stable")
+    inst, offs = utc[ok][order], offsets[ok][order]
+    if len(inst) == 0:
+        return None
+    change = np.flatnonzero(np.diff(offs) != 0)
+    picks = np.unique(np.concatenate([[0, len(offs) - 1], change, change + 1]))[:max_checks]
+    inst, offs = inst[picks], offs[picks]
+    naive_utc = inst.tz_localize(None)
+    others = sorted(z for z in available_timezones() if "/" in z and not z.startswith(("Etc/", "SystemV/")))
+    candidates = list(COMMON_ZONES) + [z for z in others if z not in COMMON_ZONES]
+    for zone in candidates:
+        try:
+            local = inst.tz_convert(zone).tz_localize(None)
+        except Exception:  # a zone the platform's tz database cannot load
+            continue
+        if np.array_equal((local - naive_utc).asi8 // 60_000_000_000, offs.astype(np.int64)):
+            return zone
+    return None
 
 
 def _first_unparseable(text: pd.Series) -> str:

@@ -226,12 +226,22 @@ def write_metrics(scores: Scores, path: Path, config: dict) -> None:
         scores.per_series.to_csv(sibling_path(path, "per_series"), index=False, float_format="%.6g")
 
 
+class _CurrentStderr:
+    """Writes to whatever ``sys.stderr`` is at the time (stdout is reserved for the table)."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
 def _configure_logging() -> None:
     if not structlog.is_configured():
         structlog.configure(
             processors=[structlog.processors.add_log_level, structlog.processors.TimeStamper(fmt="iso"),
                         structlog.processors.JSONRenderer()],
-            logger_factory=structlog.PrintLoggerFactory(sys.stderr))
+            logger_factory=structlog.PrintLoggerFactory(_CurrentStderr()))
 
 
 def _load(data: str, freq: str | None, tz: str | None) -> list[Series]:

@@ -1,0 +1,99 @@
+"""Metrics checked against their definitions computed independently in the test."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from streamflame.eval.baselines import seasonal_naive, seasonal_naive_point
+from streamflame.eval.metrics import (QUANTILES, RATIO_FLOOR, coverage, geometric_mean_ratio, mase, quantile_loss,
+                                      seasonal_error, seasonal_errors_at, series_ratios, wql)
+
+
+def pinball(y: float, q: float, tau: float) -> float:
+    """The textbook quantile (pinball) loss of one target."""
+    return tau * (y - q) if y >= q else (1 - tau) * (q - y)
+
+
+def test_wql_matches_the_definition_by_loops():
+    rng = np.random.default_rng(0)
+    y = rng.normal(10, 3, size=7)
+    q = np.sort(rng.normal(10, 3, size=(9, 7)), axis=0)
+    expected_ql = sum(2 * pinball(y[t], q[i, t], tau) for i, tau in enumerate(QUANTILES) for t in range(7))
+    assert quantile_loss(y, q, QUANTILES) == pytest.approx(expected_ql, rel=1e-12)
+    assert wql(y, q, QUANTILES) == pytest.approx(expected_ql / (9 * np.abs(y).sum()), rel=1e-12)
+
+
+def test_nan_targets_are_excluded_everywhere():
+    y = np.array([1.0, np.nan, 3.0])
+    q = np.array([[0.5, 100.0, 2.0], [2.0, -100.0, 4.0]])
+    levels = (0.1, 0.9)
+    expected = sum(2 * pinball(y[t], q[i, t], tau) for i, tau in enumerate(levels) for t in (0, 2))
+    assert quantile_loss(y, q, levels) == pytest.approx(expected)
+    assert wql(y, q, levels) == pytest.approx(expected / (2 * 4.0))
+    assert coverage(y, q[0], q[1]) == 1.0
+    history = np.array([1.0, 2.0, 2.0, 4.0])  # seasonal error (m=2): (|2-1| + |4-2|) / 2
+    assert mase(y, np.array([1.0, 50.0, 2.0]), history, 2) == pytest.approx(((0 + 1) / 2) / 1.5)
+
+
+def test_seasonal_error_and_mase_by_hand():
+    history = np.array([1.0, 5.0, 2.0, 7.0, np.nan, 6.0, 4.0])
+    # m = 2: pairs (t, t-2) with both observed: |2-1|, |7-5|, |6-7|, |4-nan| skipped, |nan-2| skipped
+    assert seasonal_error(history, 2) == pytest.approx((1 + 2 + 1) / 3)
+    # history not longer than m: lag 1
+    assert seasonal_error(np.array([1.0, 3.0, 2.0]), 24) == pytest.approx((2 + 1) / 2)
+    y, median = np.array([3.0, 8.0]), np.array([4.0, 6.0])
+    assert mase(y, median, history, 2) == pytest.approx(((1 + 2) / 2) / ((1 + 2 + 1) / 3))
+    assert math.isnan(mase(y, median, np.array([2.0, 2.0, 2.0]), 1))  # zero scale: undefined
+
+
+def test_seasonal_errors_at_agrees_with_the_scalar_definition():
+    rng = np.random.default_rng(3)
+    v = rng.normal(size=300)
+    v[rng.choice(300, 40, replace=False)] = np.nan
+    ends = np.array([2, 5, 24, 25, 26, 100, 299, 300])
+    got = seasonal_errors_at(v, 24, ends)
+    want = [seasonal_error(v[:e], 24) for e in ends]
+    np.testing.assert_allclose(got, want, rtol=1e-12)
+
+
+def test_coverage_counts_the_closed_interval():
+    y = np.array([1.0, 2.0, 3.0, 4.0])
+    assert coverage(y, np.array([1.0, 2.5, 0.0, 5.0]), np.array([1.0, 3.0, 3.0, 6.0])) == 0.5
+
+
+def test_ratio_rules_and_geometric_mean():
+    r = series_ratios(np.array([2.0, 0.0, 0.0, 1.0, np.nan, 3.0]), np.array([1.0, 0.0, 4.0, 0.0, 1.0, 6.0]))
+    assert r[0] == 2.0 and r[1] == 1.0 and r[2] == RATIO_FLOOR and r[5] == 0.5
+    assert math.isnan(r[3]) and math.isnan(r[4])
+    g = geometric_mean_ratio(np.array([2.0, 1.0, 5.0, np.nan]), np.array([1.0, 2.0, 0.0, 1.0]))
+    assert g.value == pytest.approx(1.0) and g.n_used == 2 and g.n_excluded == 2
+
+
+def test_seasonal_naive_point_repeats_the_last_season_and_skips_gaps():
+    history = np.array([1.0, 2.0, 3.0, 10.0, np.nan, 30.0])
+    point = seasonal_naive_point(history, 7, 3)
+    # Step h looks k = ceil(h/3) seasons back, further back past NaN, and falls back to the
+    # last observed value (30) before the start.
+    expected = []
+    n = len(history)
+    for h in range(1, 8):
+        idx = n + h - 1 - 3 * math.ceil(h / 3)
+        while idx >= 0 and np.isnan(history[idx]):
+            idx -= 3
+        expected.append(history[idx] if idx >= 0 else 30.0)
+    np.testing.assert_array_equal(point, expected)
+    assert point[1] == 2.0  # the NaN one season back was replaced by two seasons back
+
+
+def test_seasonal_naive_quantiles_are_residual_quantiles():
+    rng = np.random.default_rng(1)
+    m = 4
+    history = np.tile([0.0, 5.0, 2.0, 1.0], 50) + rng.normal(0, 1, 200)
+    point, q = seasonal_naive(history, 6, m)
+    d1 = history[m:] - history[:-m]
+    d2 = history[2 * m:] - history[:-2 * m]
+    np.testing.assert_allclose(q[:, :4], point[None, :4] + np.quantile(d1, QUANTILES)[:, None])
+    np.testing.assert_allclose(q[:, 4:], point[None, 4:] + np.quantile(d2, QUANTILES)[:, None])
+    assert np.all(np.diff(q, axis=0) >= 0)
