@@ -10,10 +10,10 @@ from streamflame.train.loop import SequenceSampler, TrainConfig, main, train
 def test_tiny_training_lowers_loss_and_checkpoint_roundtrips(tmp_path):
     cfg = TrainConfig.from_yaml("configs/train/smoke.yaml")
     cfg.out_dir = str(tmp_path / "run")
-    cfg.steps = 40
+    cfg.steps = 80
     logs = []
     res = train(cfg, progress=logs.append)
-    assert res["step"] == 40 and any("obs/s" in m for m in logs)
+    assert res["step"] == 80 and any("obs/s" in m for m in logs)
     assert res["loss_last"] < res["loss_first"] - 0.3, res
     f = Forecaster.load(tmp_path / "run" / "final")
     s = f.state_from_history(np.sin(np.arange(300) / 4.0))
@@ -21,10 +21,10 @@ def test_tiny_training_lowers_loss_and_checkpoint_roundtrips(tmp_path):
     assert np.all(np.isfinite(fc.samples)) and fc.mean.shape == (60,)
     # resume continues from the stored step with the stored optimizer state
     meta = json.loads((tmp_path / "run" / "train_state.json").read_text())
-    assert meta["step"] == 40 and meta["adam_steps"]
-    cfg.steps = 45
+    assert meta["step"] == 80 and meta["adam_steps"]
+    cfg.steps = 85
     res2 = train(cfg, resume=True, progress=logs.append)
-    assert res2["step"] == 45 and any("resumed" in m for m in logs)
+    assert res2["step"] == 85 and any("resumed" in m for m in logs)
 
 
 def test_sampler_is_deterministic_and_mixes_real_values():
