@@ -37,7 +37,6 @@ owner rebuilds them from the committed offset).
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import signal
 import sys
@@ -64,6 +63,7 @@ from streamflame.ingest.assembler import (
 from streamflame.ingest.cursors import CursorStore
 from streamflame.kafka_io import DeadLetterWriter, create_topics, discard_producer, make_consumer, make_producer
 from streamflame.schemas import PATCH_LEN, RejectedMessage, decode_observation_message, iso_ms
+from streamflame.logs import configure_logging
 
 log = structlog.get_logger("streamflame.ingest")
 
@@ -575,20 +575,6 @@ class IngestConsumer:
 # ---------------------------------------------------------------------- CLI
 
 
-def configure_logging(level: str = "info") -> None:
-    """structlog -> one JSON object per line on stderr."""
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(message)s")
-    structlog.configure(
-        processors=[
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.format_exc_info,
-            structlog.processors.JSONRenderer(serializer=lambda o, **kw: orjson.dumps(o, default=str).decode()),
-        ],
-        wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level.upper())),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
-        cache_logger_on_first_use=True,
-    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -47,7 +47,6 @@ worker has joined its group and is polling.
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import signal
 import sys
@@ -62,6 +61,7 @@ from streamflame.config import ConfigError, ServiceConfig, load_config
 from streamflame.schemas import encode
 from streamflame.worker.batch import BatchProcessor, BatchResult, PatchRecord
 from streamflame.worker.metrics import LIVE_WINDOW_S, WorkerMetrics
+from streamflame.logs import configure_logging
 
 log = structlog.get_logger("streamflame.worker")
 
@@ -349,22 +349,6 @@ def _short(e: Exception, limit: int = 500) -> str:
 # -- command line -------------------------------------------------------------------
 
 
-def configure_logging(level: str = "info") -> None:
-    """structlog -> one JSON object per line on stderr."""
-    import orjson
-
-    structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.format_exc_info,
-            structlog.processors.JSONRenderer(serializer=lambda obj, **kw: orjson.dumps(obj, default=repr).decode()),
-        ],
-        wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level.upper())),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
-        cache_logger_on_first_use=True,
-    )
 
 
 def main(argv: list[str] | None = None) -> int:
