@@ -160,3 +160,16 @@ def test_to_grid_jittered_clock_lands_on_round_times():
 ])
 def test_seasonality_follows_the_gluonts_table(freq, expected):
     assert seasonality(freq) == expected
+
+
+def test_each_series_keeps_its_own_zone_in_one_long_file(tmp_path):
+    berlin = pd.date_range("2024-03-31 00:00", periods=5, freq="h", tz="Europe/Berlin")  # DST switch
+    texts = [t.isoformat() for t in berlin]
+    path = tmp_path / "zones.csv"
+    pd.DataFrame({"series_id": ["dst"] * 5 + ["plain"] * 3,
+                  "timestamp": texts + ["2024-03-31T00:00:00", "2024-03-31T01:00:00", "2024-03-31T02:00:00"],
+                  "value": np.arange(8.0)}).to_csv(path, index=False)
+    series = _by_id(load_table(path))
+    assert [t.isoformat() for t in series["dst"].timestamps()] == texts
+    assert series["plain"].tz is None
+    assert [t.strftime("%H:%M") for t in series["plain"].timestamps()] == ["00:00", "01:00", "02:00"]

@@ -62,7 +62,17 @@ def _find(columns: dict[str, str], names: tuple[str, ...]) -> str | None:
     return None
 
 
-def parse_timestamps(column: pd.Series, *, where: str, tz: str | None = None) -> pd.DatetimeIndex:
+def _mixed_offsets(column: pd.Series) -> bool:
+    """True when a text time column mixes different UTC offsets (or offsets and naive times)."""
+    if pd.api.types.is_datetime64_any_dtype(column) or pd.api.types.is_numeric_dtype(column):
+        return False
+    offsets = _offset_minutes(column.astype("string").fillna(""))
+    absent = np.isnan(offsets)
+    return bool(not absent.all() and (absent.any() or np.unique(offsets[~absent]).size > 1))
+
+
+def parse_timestamps(column: pd.Series, *, where: str, tz: str | None = None,
+                     prefer_zones: list[str] | tuple[str, ...] = ()) -> pd.DatetimeIndex:
     """Parse one column of timestamps; raise :class:`DataError` naming ``where`` on failure.
 
     Mixed UTC offsets (e.g. a DST change written as +01:00/+02:00) are put in an IANA
@@ -96,7 +106,7 @@ def parse_timestamps(column: pd.Series, *, where: str, tz: str | None = None) ->
                 utc = pd.DatetimeIndex(pd.to_datetime(text, format="ISO8601", utc=True))
             except (ValueError, TypeError) as exc:
                 raise DataError(f"{where}: mixed time zones that cannot be reconciled ({exc})") from exc
-            zone = None if tz is not None else zone_for_offsets(utc, _offset_minutes(text))
+            zone = None if tz is not None else zone_for_offsets(utc, _offset_minutes(text), prefer=prefer_zones)
             parsed = utc.tz_convert(zone) if zone else utc
         idx = pd.DatetimeIndex(parsed)
     if tz is not None:
@@ -118,10 +128,11 @@ def _offset_minutes(text: pd.Series) -> np.ndarray:
     return out
 
 
-def zone_for_offsets(utc: pd.DatetimeIndex, offsets: np.ndarray, max_checks: int = 4000) -> str | None:
+def zone_for_offsets(utc: pd.DatetimeIndex, offsets: np.ndarray, max_checks: int = 4000,
+                     prefer: list[str] | tuple[str, ...] = ()) -> str | None:
     """An IANA zone whose UTC offsets match ``offsets`` (minutes) at ``utc`` instants, or None.
 
-    :data:`COMMON_ZONES` are tried first, then all others alphabetically (zones that agree on
+    ``prefer`` (zones found for earlier series) and :data:`COMMON_ZONES` are tried first, then all others alphabetically (zones that agree on
     the data's offsets give the same local times, so the choice only affects the name).
 
     Checked at the first and last row of every run of equal offsets (where DST switches).
@@ -138,7 +149,8 @@ def zone_for_offsets(utc: pd.DatetimeIndex, offsets: np.ndarray, max_checks: int
     inst, offs = inst[picks], offs[picks]
     naive_utc = inst.tz_localize(None)
     others = sorted(z for z in available_timezones() if "/" in z and not z.startswith(("Etc/", "SystemV/")))
-    candidates = list(COMMON_ZONES) + [z for z in others if z not in COMMON_ZONES]
+    first = list(dict.fromkeys(list(prefer) + list(COMMON_ZONES)))
+    candidates = first + [z for z in others if z not in first]
     for zone in candidates:
         try:
             local = inst.tz_convert(zone).tz_localize(None)
@@ -190,7 +202,7 @@ def series_from_frame(df: pd.DataFrame, *, name: str = "data", freq=None, tz: st
     id_col = _find(columns, ID_COLUMNS)
     value_col = _find(columns, VALUE_COLUMNS)
     step = None if freq is None else parse_freq(freq)
-    times = parse_timestamps(df[time_col], where=f"{name}: column {time_col!r}", tz=tz)
+    where = f"{name}: column {time_col!r}"
     out: list[Series] = []
     if id_col is not None:
         if value_col is None:
@@ -204,10 +216,20 @@ def series_from_frame(df: pd.DataFrame, *, name: str = "data", freq=None, tz: st
         codes, uniques = pd.factorize(ids, sort=False)
         order = np.argsort(codes, kind="stable")
         bounds = np.searchsorted(codes[order], np.arange(len(uniques) + 1))
+        # One zone per file is the common case; otherwise each series is parsed on its own so
+        # that a DST zone found for one series does not shift another (naive) one.
+        per_series = _mixed_offsets(df[time_col])
+        times = None if per_series else parse_timestamps(df[time_col], where=where, tz=tz)
+        zones: list[str] = []
         for j, sid in enumerate(uniques):
             rows = order[bounds[j]:bounds[j + 1]]
-            out.append(_make(sid, times[rows], values[rows], step, name, source))
+            t = (parse_timestamps(df[time_col].iloc[rows], where=f"{where} (series {sid!r})", tz=tz,
+                                  prefer_zones=zones) if per_series else times[rows])
+            if per_series and t.tz is not None and "/" in str(t.tz) and str(t.tz) not in zones:
+                zones.insert(0, str(t.tz))
+            out.append(_make(sid, t, values[rows], step, name, source))
         return out
+    times = parse_timestamps(df[time_col], where=where, tz=tz)
     value_cols = [c for c in df.columns if c != time_col]
     if not value_cols:
         raise DataError(f"{name}: only a time column {time_col!r}, no values")
