@@ -108,6 +108,8 @@ class AutoETS:
       ~15 s per fit or more, so the daily season is removed with statsforecast's MSTL and
       the remainder forecast by AutoETS (``MSTL(trend_forecaster=AutoETS)``), which is
       statsforecast's own recipe for long seasons.
+    * Additive error only (``AZZ`` / ``AZN``): sensor data has zeros and negative values, and
+      multiplicative-error fits gave exploding intervals on count data.
     * Context: the last ``max(1024, 3 m)`` points, NaN linearly interpolated.
     * Quantiles: ``q0.5`` = the mean; ``q0.1..q0.4`` / ``q0.6..q0.9`` = lower/upper bounds
       of the 80/60/40/20 % prediction intervals.
