@@ -84,6 +84,7 @@ def test_chunked_scan_equals_naive_loop(T, chunk):
 
 
 def test_ssd_layer_step_by_step_equals_parallel():
+    torch.manual_seed(0)
     cfg = tiny_config(d_conv=3)
     layer = SSDLayer(cfg).double()
     g = torch.Generator().manual_seed(0)
@@ -143,7 +144,9 @@ def test_dominant_period_and_seasonal_hint():
 
 
 # ---- flow ---------------------------------------------------------------------------------
-def test_flow_is_invertible_and_logdet_matches_numerical_jacobian():
+@pytest.mark.parametrize("seed", range(5))
+def test_flow_is_invertible_and_logdet_matches_numerical_jacobian(seed):
+    torch.manual_seed(seed)                                 # was unseeded: random draws made it flaky
     cfg = tiny_config(patch_len=8, window=32, flow_layers=4, max_horizon=16)
     flow = FlowHead(cfg).double()
     with torch.no_grad():                                   # leave the zero init: make it non-trivial
