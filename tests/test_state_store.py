@@ -172,7 +172,9 @@ def test_works_on_redis_cluster(tmp_path):
         def config_text(self) -> str:
             return super().config_text() + "cluster-enabled yes\ncluster-config-file nodes.conf\n"
 
-    node = ClusterNode(tmp_path)
+    from streamflame.embedded.process import free_cluster_port
+
+    node = ClusterNode(tmp_path, port=free_cluster_port())
     node.start()
     try:
         plain = node.client()

@@ -29,6 +29,26 @@ def free_port(host: str = LOOPBACK) -> int:
         return int(s.getsockname()[1])
 
 
+def free_cluster_port(host: str = LOOPBACK, tries: int = 200) -> int:
+    """A free port for a Redis Cluster node: at most 55535, with the cluster bus
+    port (port + 10000) free too. Redis refuses higher ports in cluster mode, and
+    the kernel's ephemeral range (what `free_port` returns) often lies above it."""
+    import random
+
+    rng = random.Random()
+    for _ in range(tries):
+        port = rng.randint(20000, 55535)
+        try:
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as a, \
+                    socket.socket(socket.AF_INET, socket.SOCK_STREAM) as b:
+                a.bind((host, port))
+                b.bind((host, port + 10000))
+            return port
+        except OSError:
+            continue
+    raise StartupError(f"no free cluster port pair found on {host} after {tries} tries")
+
+
 def log_tail(path: Path | None, lines: int = 30) -> str:
     """The last `lines` lines of a log file ('' if there is none)."""
     if path is None or not Path(path).exists():
