@@ -44,6 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--horizon", type=int, default=96)
     ap.add_argument("--samples", type=int, default=100)
     ap.add_argument("--reps", type=int, default=20)
+    ap.add_argument("--rebuild-chunk", type=int, default=512, help="series per parallel rebuild call")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--checkpoint", default=None, help="checkpoint dir (default: random default config)")
     args = ap.parse_args(argv)
@@ -89,8 +90,10 @@ def main(argv: list[str] | None = None) -> int:
         patches = hist[:, :(T + 1) * p].reshape(B, T + 1, p).to(dev)
         scale = torch.ones(B, dtype=dt, device=dev)
 
-        def rebuild():
-            f.model.advance(f.model.empty_state(B, dev, dt), patches, scale)
+        def rebuild():   # in sub-batches: the full history's activations of 4096 series overflow a GPU
+            for a in range(0, B, args.rebuild_chunk):
+                b = min(B, a + args.rebuild_chunk)
+                f.model.advance(f.model.empty_state(b - a, dev, dt), patches[a:b], scale[a:b])
             sync()
         r = timeit(rebuild, 3, warmup=1)
         print(f"{n:>8} {u / B * 1e6:>10.1f} {r / B * 1e6:>11.1f} {r / u:>15.1f}")

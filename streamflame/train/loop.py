@@ -17,6 +17,7 @@ import json
 import math
 import sys
 import time
+import warnings
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -50,6 +51,9 @@ class TrainConfig:
     max_minutes: float | None = None                # stop (with a checkpoint) after this wall time
     device: str = "auto"
     amp: bool = True                                # bf16 autocast on CUDA
+    data: str | None = None                         # .npz from `--export-data` (None: packaged data)
+    loader_workers: int = 0                         # processes drawing batches ahead (0: in-loop)
+    init_from: str | None = None                    # start from these weights (fresh optimizer/schedule)
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> "TrainConfig":
@@ -65,12 +69,21 @@ class TrainConfig:
 
 # ---- data -----------------------------------------------------------------------------------
 class SequenceSampler:
-    """Draws (batch, seq_patches, 48) float32 arrays; deterministic for a seed and step."""
+    """Draws (batch, seq_patches, 48) float32 arrays; deterministic for a seed and step.
 
-    def __init__(self, cfg: TrainConfig, patch_len: int, real_series: list[np.ndarray] | None = None):
+    Real sequences pick a source (dataset) uniformly first, then a series within it, so a
+    dataset with a thousand files weighs as much as one with two."""
+
+    def __init__(self, cfg: TrainConfig, patch_len: int,
+                 real_series: list[np.ndarray] | dict[str, list[np.ndarray]] | None = None):
         self.cfg, self.p = cfg, patch_len
         self.length = cfg.seq_patches * patch_len
-        self.real = real_series if real_series is not None else (load_real_training_values() if cfg.real_fraction > 0 else [])
+        if real_series is None:
+            real_series = {} if cfg.real_fraction <= 0 else (
+                load_training_data(cfg.data) if cfg.data else load_real_training_values())
+        if not isinstance(real_series, dict):
+            real_series = {"real": list(real_series)} if len(real_series) else {}
+        self.real = [v for _, v in sorted(real_series.items()) if v]
         if cfg.real_fraction > 0 and not self.real:
             raise RuntimeError("real_fraction > 0 but no packaged training data is installed")
 
@@ -89,11 +102,13 @@ class SequenceSampler:
         return generate_one(int(rng.integers(0, 2**31)), self.length, seed=self.cfg.synthetic_seed)
 
     def _real(self, rng) -> np.ndarray:
-        x = self.real[int(rng.integers(len(self.real)))]
+        source = self.real[int(rng.integers(len(self.real)))]
+        x = source[int(rng.integers(len(source)))]
         factor = int(rng.choice([1, 1, 1, 2, 3, 4]))           # aggregate to coarser sampling rates
         if factor > 1 and len(x) >= factor * self.length // 2:
             n = len(x) // factor * factor
-            with np.errstate(all="ignore"):
+            with np.errstate(all="ignore"), warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)   # all-NaN blocks stay NaN
                 x = np.nanmean(x[:n].reshape(-1, factor), axis=1)
         L = self.length
         if len(x) >= L:
@@ -105,9 +120,22 @@ class SequenceSampler:
         return (seg * scale + (rng.normal(0, 100) if rng.random() < 0.2 else 0.0)).astype(np.float32)
 
 
-def load_real_training_values(min_len: int = 4 * 48) -> list[np.ndarray]:
-    """Values of every training-split series, balanced so no dataset dominates:
-    datasets with many series (the 1,000+ weather files) are sub-sampled to 64 series."""
+class _Batches(torch.utils.data.Dataset):
+    """step -> batch, so DataLoader workers draw the same batches as the loop would."""
+
+    def __init__(self, sampler: SequenceSampler, start: int, stop: int):
+        self.sampler, self.start, self.stop = sampler, start, stop
+
+    def __len__(self) -> int:
+        return max(0, self.stop - self.start)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        return self.sampler.batch(self.start + i)
+
+
+def load_real_training_values(min_len: int = 4 * 48, per_source: int = 64) -> dict[str, list[np.ndarray]]:
+    """Values of every training-split series, by source; a source with many series (the
+    1,000+ weather files) is sub-sampled to `per_source` series (seeded)."""
     from streamflame.data.packaged import training_series
     by_source: dict[str, list[np.ndarray]] = {}
     for s in training_series():
@@ -115,11 +143,34 @@ def load_real_training_values(min_len: int = 4 * 48) -> list[np.ndarray]:
         if np.sum(~np.isnan(v)) >= min_len and np.nanstd(v) > 0:
             by_source.setdefault(s.source, []).append(v)
     rng = np.random.default_rng(0)
-    out = []
+    out = {}
     for src in sorted(by_source):
         vs = by_source[src]
-        idx = rng.permutation(len(vs))[:64]
-        out += [vs[i] for i in sorted(idx)]
+        idx = rng.permutation(len(vs))[:per_source]
+        out[src] = [vs[i] for i in sorted(idx)]
+    return out
+
+
+def export_training_data(path: str | Path, max_len: int = 200_000) -> dict:
+    """Write the training values to one compressed .npz (for a machine without the data
+    packages, e.g. a GPU box). Each series keeps its newest `max_len` values, in float32."""
+    data = load_real_training_values()
+    arrays, index = {}, []
+    for src, vs in data.items():
+        for j, v in enumerate(vs):
+            key = f"s{len(index)}"
+            arrays[key] = v[-max_len:].astype(np.float32)
+            index.append([src, key])
+    arrays["index"] = np.array(json.dumps(index))
+    np.savez_compressed(path, **arrays)
+    return {"series": len(index), "sources": len(data), "values": int(sum(a.size for k, a in arrays.items() if k != "index"))}
+
+
+def load_training_data(path: str | Path) -> dict[str, list[np.ndarray]]:
+    with np.load(path, allow_pickle=False) as z:
+        out: dict[str, list[np.ndarray]] = {}
+        for src, key in json.loads(str(z["index"])):
+            out.setdefault(src, []).append(z[key].astype(np.float64))
     return out
 
 
@@ -159,10 +210,12 @@ def load_checkpoint(path: Path, model: Flame, opt: torch.optim.Optimizer) -> tup
 
 
 # ---- loop ---------------------------------------------------------------------------------------
-def lr_at(step: int, cfg: TrainConfig) -> float:
+def lr_at(step: int, cfg: TrainConfig, time_frac: float = 0.0) -> float:
+    """Linear warm-up, then cosine decay over whichever budget runs out first: the steps, or
+    (with max_minutes) the wall time, so a time-boxed run still ends at the low learning rate."""
     if step < cfg.warmup:
         return cfg.lr * (step + 1) / cfg.warmup
-    t = min(1.0, (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup))
+    t = min(1.0, max((step - cfg.warmup) / max(1, cfg.steps - cfg.warmup), time_frac))
     return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t)))
 
 
@@ -172,6 +225,9 @@ def train(cfg: TrainConfig, resume: bool = False, sampler: SequenceSampler | Non
     device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if cfg.device == "auto" else cfg.device))
     torch.manual_seed(cfg.seed)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True   # float32 weights, TF32 matrix units
+        torch.backends.cudnn.allow_tf32 = True
     mcfg = ModelConfig.from_dict(cfg.model)
     model = Flame(mcfg).to(device)
     decay, no_decay = [], []
@@ -184,18 +240,31 @@ def train(cfg: TrainConfig, resume: bool = False, sampler: SequenceSampler | Non
     if resume and (out / "train_state.json").is_file():
         step, history = load_checkpoint(out, model, opt)
         progress(f"resumed from {out} at step {step}")
+    elif cfg.init_from:
+        src = Forecaster.load(cfg.init_from)
+        if src.config != mcfg:
+            raise ValueError(f"init_from {cfg.init_from}: its model config differs from this run's")
+        model.load_state_dict(src.model.state_dict())
+        progress(f"initialised from {cfg.init_from} ({src.model_id})")
     sampler = sampler or SequenceSampler(cfg, mcfg.patch_len)
     amp = cfg.amp and device.type == "cuda"
     t0, obs_seen, started = time.time(), 0, step
     first = None
     model.train()
+    batches = iter(torch.utils.data.DataLoader(
+        _Batches(sampler, step, cfg.steps), batch_size=None, shuffle=False,
+        num_workers=cfg.loader_workers, prefetch_factor=4 if cfg.loader_workers else None,
+        pin_memory=device.type == "cuda")) if cfg.loader_workers > 0 else None
     while step < cfg.steps:
         if cfg.max_minutes is not None and time.time() - t0 > cfg.max_minutes * 60:
             progress(f"time budget of {cfg.max_minutes} min reached at step {step}")
             break
-        x = torch.from_numpy(sampler.batch(step)).to(device)
+        xb = next(batches) if batches is not None else torch.from_numpy(sampler.batch(step))
+        x = xb.to(device, non_blocking=True)
+        time_frac = (time.time() - t0) / (cfg.max_minutes * 60) if cfg.max_minutes else 0.0
+        lr = lr_at(step, cfg, time_frac)
         for g in opt.param_groups:
-            g["lr"] = lr_at(step, cfg)
+            g["lr"] = lr
         K = mcfg.max_future_patches
         g = np.random.default_rng([cfg.seed, step, 7])
         future = sorted({0, *g.choice(np.arange(1, K), size=min(cfg.future_per_step, K) - 1, replace=False)})
@@ -208,13 +277,13 @@ def train(cfg: TrainConfig, resume: bool = False, sampler: SequenceSampler | Non
             opt.step()
         step += 1
         obs_seen += x.numel()
-        val = float(loss)
+        val = float(loss.detach())
         first = val if first is None else first
         history.append({"step": step, "loss": val})
         if step % cfg.log_every == 0 or step == cfg.steps:
             el = time.time() - t0
             recent = np.mean([h["loss"] for h in history[-cfg.log_every:]])
-            progress(f"step {step}/{cfg.steps} loss {recent:.4f} lr {lr_at(step, cfg):.2e} "
+            progress(f"step {step}/{cfg.steps} loss {recent:.4f} lr {lr:.2e} "
                      f"gnorm {float(gnorm):.2f} {obs_seen / el:,.0f} obs/s {(step - started) / el:.2f} it/s")
         if step % cfg.checkpoint_every == 0:
             save_checkpoint(out, model, opt, step, cfg, history)
@@ -230,12 +299,22 @@ def train(cfg: TrainConfig, resume: bool = False, sampler: SequenceSampler | Non
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="streamflame train", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--config", required=True, help="training YAML (see configs/train/)")
+    ap.add_argument("--config", help="training YAML (see configs/train/)")
     ap.add_argument("--resume", action="store_true", help="continue from out_dir's last checkpoint")
     ap.add_argument("--steps", type=int, help="override total steps")
     ap.add_argument("--minutes", type=float, help="override the wall-time budget")
     ap.add_argument("--out-dir", help="override out_dir")
+    ap.add_argument("--data", help="training values from this .npz instead of the packaged datasets")
+    ap.add_argument("--init-from", help="start from this checkpoint's weights (fresh optimizer)")
+    ap.add_argument("--workers", type=int, help="DataLoader processes drawing batches ahead")
+    ap.add_argument("--export-data", metavar="NPZ",
+                    help="write the packaged training values to NPZ and exit (no --config needed)")
     args = ap.parse_args(argv)
+    if args.export_data:
+        print(json.dumps(export_training_data(args.export_data)))
+        return 0
+    if not args.config:
+        ap.error("--config is required")
     try:
         cfg = TrainConfig.from_yaml(args.config)
     except (OSError, ValueError, TypeError) as e:
@@ -247,6 +326,11 @@ def main(argv: list[str] | None = None) -> int:
         cfg.max_minutes = args.minutes
     if args.out_dir:
         cfg.out_dir = args.out_dir
+    for name in ("data", "init_from"):
+        if getattr(args, name):
+            setattr(cfg, name, getattr(args, name))
+    if args.workers is not None:
+        cfg.loader_workers = args.workers
     res = train(cfg, resume=args.resume, progress=lambda m: print(m, flush=True))
     print(json.dumps(res))
     return 0
