@@ -1,0 +1,387 @@
+"""The pipeline on the embedded stack, each figure beside its own ceiling from the same run.
+
+    streamflame bench pipeline [--series 2000] [--patches 2] [--device cpu] [--latency-seconds 20]
+
+One run starts a Tansu broker and a redis-server in a temporary directory and measures:
+
+1. ingest, single-observation JSON messages: `IngestConsumer` observations/s, beside a bare
+   kafka-python consumer that only polls and `json.loads` the same topic (the ceiling);
+2. ingest, batch messages (`--batch-values` values each): the same pair;
+3. worker: forecasts/s end to end (`Worker`: Redis load, update_many, forecast_many, publish,
+   Redis CAS write, commit), beside the model alone (`update_many` + `forecast_many` on the
+   same device at the worker's measured mean batch size; no Kafka, no Redis);
+4. latency at half the maximum sustained rate, with ingest and worker as their own processes
+   (`streamflame ingest`, `streamflame worker`): from producing a patch's last observation to
+   consuming its forecast, p50/p99. The maximum sustained rate is 1 / (1/ingest + 1/(48 x
+   worker)) from stages 1 and 3 (both stages share the machine's cores); series are staggered
+   so their patches complete spread over time, not all in the same instant.
+
+Rates (1-3) are steady-state: the clock starts at the first record handled, so the consumer
+group join (about 1 s against Tansu with the fast settings) is left out and printed apart.
+Every series uses the `defaults` group (horizon 96, 100 samples, 9 quantiles) and the shipped
+checkpoint unless `--model` says otherwise.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+T0_MS = 1_704_067_200_000
+FREQ_MS = 60_000
+PARTITIONS = 4
+FAST_GROUP = {"session_timeout_ms": 2000, "heartbeat_interval_ms": 600}
+
+
+# ---- data -----------------------------------------------------------------------------------
+def series_values(sid_index: int, n: int, rng) -> np.ndarray:
+    t = np.arange(n)
+    return 20 + 5 * np.sin(2 * np.pi * t / (60 + sid_index % 90)) + rng.normal(0, 0.3, n)
+
+
+def produce(bootstrap: str, topic: str, messages, linger_ms: int = 20) -> float:
+    """Send (key, bytes) pairs; returns messages/s including the final flush."""
+    from kafka import KafkaProducer
+
+    prod = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=linger_ms, batch_size=256 * 1024,
+                         max_request_size=8 * 1024 * 1024, acks=1)
+    t = time.perf_counter()
+    n = 0
+    for key, value in messages:
+        prod.send(topic, key=key, value=value)
+        n += 1
+    prod.flush()
+    dt = time.perf_counter() - t
+    prod.close()
+    return n / dt
+
+
+def bare_ceiling(bootstrap: str, topic: str, n_messages: int, count_obs) -> tuple[float, float]:
+    """A consumer that only polls and JSON-decodes: (observations/s, messages/s)."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    c = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, max_poll_records=2000)
+    tps = [TopicPartition(topic, p) for p in sorted(c.partitions_for_topic(topic))]
+    c.assign(tps)
+    c.seek_to_beginning(*tps)
+    seen = obs = 0
+    t = time.perf_counter()                    # manual assignment: no join to leave out
+    while seen < n_messages:
+        for recs in c.poll(timeout_ms=500).values():
+            for r in recs:
+                obs += count_obs(json.loads(r.value))
+            seen += len(recs)
+    dt = time.perf_counter() - t
+    c.close()
+    return obs / dt, seen / dt
+
+
+# ---- stages ---------------------------------------------------------------------------------
+def run_ingest(cfg, redis_client, n_obs: int, n_patches: int) -> dict:
+    """Steady-state observations/s of one in-process IngestConsumer over cfg's topic."""
+    from streamflame.ingest.consumer import IngestConsumer
+
+    t_create = time.perf_counter()
+    ing = IngestConsumer(cfg, redis_client=redis_client, create_missing_topics=False)
+    assigned_at: list[float] = []
+    on_assigned = ing.listener.on_partitions_assigned
+
+    def stamp(tps):           # the clock starts when the group has handed out the partitions
+        assigned_at.append(time.perf_counter())
+        return on_assigned(tps)
+    ing.listener.on_partitions_assigned = stamp
+    try:
+        while ing.counters["patches"] < n_patches:
+            ing.poll_once()
+        t_end = time.perf_counter()
+        ing._commit(final=True)
+    finally:
+        ing.close()
+    t1 = assigned_at[0]
+    return {"obs_per_s": n_obs / (t_end - t1), "join_s": t1 - t_create,
+            "patches": ing.counters["patches"], "batches": ing.counters["batches"]}
+
+
+def run_worker(cfg, n_forecasts: int) -> dict:
+    """Steady-state forecasts/s of one in-process Worker over cfg's patches topic."""
+    from streamflame.worker.worker import Worker
+
+    w = Worker(cfg)
+    th = threading.Thread(target=w.run, daemon=True)
+    reg = w.metrics.registry
+
+    def published() -> float:
+        return reg.get_sample_value("streamflame_worker_forecasts_published_total") or 0.0
+
+    t_start = time.perf_counter()
+    th.start()
+    first = None
+    while published() < n_forecasts:
+        time.sleep(0.01)
+        n = published()
+        if first is None and n > 0:
+            first = (time.perf_counter(), n)
+        if not th.is_alive():
+            raise RuntimeError("the worker stopped before publishing every forecast")
+    t_end = time.perf_counter()
+    w.stop()
+    th.join(30)
+    batches = reg.get_sample_value("streamflame_worker_batch_size_count") or 1
+    mean_batch = (reg.get_sample_value("streamflame_worker_batch_size_sum") or 0) / batches
+    t1, n1 = first
+    if n1 >= n_forecasts:
+        raise RuntimeError("the worker took every patch in its first batch: use more --series/--patches")
+    rate = (n_forecasts - n1) / (t_end - t1)
+    return {"forecasts_per_s": rate, "startup_s": t1 - t_start, "mean_batch": mean_batch, "batches": int(batches)}
+
+
+def model_ceiling(forecaster, group, batch: int, rounds: int, rng) -> float:
+    """update_many + forecast_many alone (same device, batch, horizon, samples, levels)."""
+    p = forecaster.config.patch_len
+    states = [forecaster.init_state(scale=group.scale) for _ in range(batch)]
+    states = forecaster.update_many(states, np.stack([series_values(i, p, rng) for i in range(batch)]))
+    seeds = list(range(batch))
+    forecaster.forecast_many(states, group.horizon, group.quantiles, group.num_samples, seeds)  # warm-up
+    t = time.perf_counter()
+    for r in range(rounds):
+        x = np.stack([series_values(i, p, rng) for i in range(batch)])
+        states = forecaster.update_many(states, x)
+        forecaster.forecast_many(states, group.horizon, group.quantiles, group.num_samples, seeds)
+    return batch * rounds / (time.perf_counter() - t)
+
+
+def run_latency(cfg, workdir: Path, rate: float, seconds: float, n_series: int) -> dict:
+    """Ingest and worker as processes; a paced producer; p50/p99 of last-observation → forecast."""
+    import yaml
+    from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+
+    from streamflame.schemas import PATCH_LEN, decode_forecast
+
+    path = workdir / "latency.yaml"
+    path.write_text(yaml.safe_dump(cfg.effective(mask_secrets=False)))
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    procs = {}
+    for role in ("ingest", "worker"):
+        ready = workdir / f"{role}.ready"
+        log = open(workdir / f"{role}.log", "w")
+        procs[role] = (subprocess.Popen([sys.executable, "-m", "streamflame", role, "--config", str(path)],
+                                        env={**env, "STREAMFLAME_READY_FILE": str(ready)},
+                                        stdout=log, stderr=subprocess.STDOUT), ready, log)
+    try:
+        deadline = time.monotonic() + 120
+        while not all(r.exists() for _, r, _ in procs.values()):
+            if any(p.poll() is not None for p, _, _ in procs.values()) or time.monotonic() > deadline:
+                raise RuntimeError(f"ingest/worker did not become ready; logs in {workdir}")
+            time.sleep(0.1)
+        sent: dict[tuple[str, int], float] = {}
+        got: dict[tuple[str, int], float] = {}
+        stop = threading.Event()
+
+        def consume():
+            c = KafkaConsumer(bootstrap_servers=cfg.kafka.bootstrap, enable_auto_commit=False)
+            tps = [TopicPartition(cfg.topics.forecasts, p) for p in sorted(c.partitions_for_topic(cfg.topics.forecasts))]
+            c.assign(tps)
+            c.seek_to_beginning(*tps)
+            while not stop.is_set():
+                for recs in c.poll(timeout_ms=50).values():
+                    now = time.perf_counter()
+                    for r in recs:
+                        m = decode_forecast(r.value)
+                        got.setdefault((m.series_id, m.seq), now)
+            c.close()
+
+        th = threading.Thread(target=consume, daemon=True)
+        th.start()
+        prod = KafkaProducer(bootstrap_servers=cfg.kafka.bootstrap, linger_ms=0)
+        rng = np.random.default_rng(3)
+        n_steps = int(rate * seconds / n_series) + 1
+        # Series i starts (i * 48 // n) observations ahead, so patch completions are spread
+        # evenly in time rather than all series finishing a patch in the same round.
+        offset = [(i * PATCH_LEN) // n_series for i in range(n_series)]
+        values = [series_values(i, n_steps + PATCH_LEN, rng) for i in range(n_series)]
+
+        def send(i: int, step: int) -> None:
+            sid = f"lat-{i:05d}"
+            msg = {"series_id": sid, "timestamp": T0_MS + step * FREQ_MS, "value": float(values[i][step])}
+            prod.send(cfg.topics.observations, key=sid.encode(), value=json.dumps(msg).encode())
+
+        for i in range(n_series):                      # the head start, not timed
+            for step in range(offset[i]):
+                send(i, step)
+        prod.flush()
+        t0 = time.perf_counter()
+        k = 0
+        for r in range(n_steps):
+            for i in range(n_series):
+                due = t0 + k / rate
+                while (now := time.perf_counter()) < due:
+                    time.sleep(min(0.002, due - now))
+                step = offset[i] + r
+                send(i, step)
+                if step % PATCH_LEN == PATCH_LEN - 1:
+                    prod.flush()
+                    sent[(f"lat-{i:05d}", step // PATCH_LEN)] = time.perf_counter()
+                k += 1
+        prod.flush()
+        offered = k / (time.perf_counter() - t0)
+        wait_until = time.monotonic() + 30
+        while not set(sent) <= set(got) and time.monotonic() < wait_until:
+            time.sleep(0.05)
+        stop.set()
+        th.join(10)
+        prod.close()
+        lat = np.array([(got[key] - t) * 1e3 for key, t in sent.items() if key in got])
+        return {"offered_obs_per_s": offered, "patches": len(sent), "forecasts": len(lat),
+                "p50_ms": float(np.percentile(lat, 50)) if len(lat) else float("nan"),
+                "p99_ms": float(np.percentile(lat, 99)) if len(lat) else float("nan"),
+                "max_ms": float(lat.max()) if len(lat) else float("nan")}
+    finally:
+        for p, _, log in procs.values():
+            p.terminate()
+        for p, _, log in procs.values():
+            try:
+                p.wait(20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+            log.close()
+
+
+# ---- main -----------------------------------------------------------------------------------
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="streamflame bench pipeline", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--series", type=int, default=2000, help="series in the throughput stages")
+    ap.add_argument("--patches", type=int, default=2, help="complete patches per series")
+    ap.add_argument("--batch-values", type=int, default=48, help="values per batch message")
+    ap.add_argument("--worker-batch", type=int, default=512, help="worker.batch_size")
+    ap.add_argument("--device", default="cpu", help="worker and model-ceiling device (cpu, cuda)")
+    ap.add_argument("--model", default=None, help="checkpoint dir (default: the shipped one)")
+    ap.add_argument("--latency-seconds", type=float, default=20.0)
+    ap.add_argument("--latency-series", type=int, default=200)
+    ap.add_argument("--keep", action="store_true", help="keep the temporary directory (logs)")
+    args = ap.parse_args(argv)
+
+    import torch
+
+    from streamflame import Forecaster
+    from streamflame.config import ServiceConfig
+    from streamflame.embedded import RedisServer
+    from streamflame.embedded.broker import Broker
+    from streamflame.schemas import PATCH_LEN
+
+    workdir = Path(tempfile.mkdtemp(prefix="sf-bench-pipeline-"))
+    S, P = args.series, args.patches
+    n_obs = S * P * PATCH_LEN
+    cores = os.cpu_count()
+    print(f"# streamflame bench pipeline | {time.strftime('%Y-%m-%d %H:%M')} | {platform.machine()} "
+          f"{cores} cores, torch threads {torch.get_num_threads()}, load {os.getloadavg()[0]:.2f} | "
+          f"device {args.device} | {S} series x {P} patches = {n_obs:,} observations", flush=True)
+    broker, redis_srv = Broker(workdir / "broker"), RedisServer(workdir / "redis")
+    broker.start()
+    redis_srv.start()
+    try:
+        import redis as redis_lib
+
+        rc = redis_lib.Redis.from_url(redis_srv.url)
+        topics = {"single": "bench.obs.single", "batch": "bench.obs.batch",
+                  "patches": "bench.patches", "patches2": "bench.patches.batch",
+                  "forecasts": "bench.forecasts", "forecasts2": "bench.forecasts.lat", "obs_lat": "bench.obs.lat",
+                  "patches_lat": "bench.patches.lat", "alerts": "bench.alerts", "dlq": "bench.dlq"}
+        broker.create_topics({t: (1 if k in ("alerts", "dlq") else PARTITIONS) for k, t in topics.items()})
+
+        def config(obs: str, patches: str, forecasts: str, prefix: str) -> ServiceConfig:
+            return ServiceConfig(
+                kafka={"bootstrap": broker.bootstrap, "partitions": PARTITIONS, **FAST_GROUP},
+                redis={"url": redis_srv.url, "key_prefix": prefix},
+                topics={"observations": obs, "patches": patches, "forecasts": forecasts,
+                        "alerts": topics["alerts"], "dlq": topics["dlq"]},
+                ingest={"group_id": f"ingest-{prefix}"},
+                worker={"group_id": f"worker-{prefix}", "batch_size": args.worker_batch, "device": args.device,
+                        "model_path": args.model},
+                defaults={"frequency": "1min"})
+
+        # -- data
+        rng = np.random.default_rng(0)
+        vals = [series_values(i, P * PATCH_LEN, rng) for i in range(S)]
+        sids = [f"s-{i:06d}" for i in range(S)]
+        order = [(i, k) for k in range(P * PATCH_LEN) for i in range(S)]        # time-major interleave
+        single = ((sids[i].encode(), json.dumps({"series_id": sids[i], "timestamp": T0_MS + k * FREQ_MS,
+                                                  "value": float(vals[i][k])}).encode()) for i, k in order)
+        B = args.batch_values
+        batched = ((sids[i].encode(), json.dumps({
+            "series_id": sids[i], "timestamps": [T0_MS + k * FREQ_MS for k in range(a, a + B)],
+            "values": [float(v) for v in vals[i][a:a + B]]}).encode())
+            for a in range(0, P * PATCH_LEN, B) for i in range(S))
+        n_batch_msgs = S * -(-(P * PATCH_LEN) // B)
+        rate_single = produce(broker.bootstrap, topics["single"], single)
+        rate_batch = produce(broker.bootstrap, topics["batch"], batched)
+        print(f"produced: {n_obs:,} single messages at {rate_single:,.0f} msg/s; "
+              f"{n_batch_msgs:,} batch messages ({B} values) at {rate_batch:,.0f} msg/s", flush=True)
+
+        # -- 1, 2: ingest vs bare consumer
+        ceil_single, _ = bare_ceiling(broker.bootstrap, topics["single"], n_obs, lambda m: 1)
+        ing_single = run_ingest(config(topics["single"], topics["patches"], topics["forecasts"], "b1"),
+                                rc, n_obs, S * P)
+        ceil_batch, ceil_batch_msgs = bare_ceiling(broker.bootstrap, topics["batch"], n_batch_msgs,
+                                                   lambda m: len(m["values"]))
+        ing_batch = run_ingest(config(topics["batch"], topics["patches2"], topics["forecasts"], "b2"),
+                               rc, n_obs, S * P)
+
+        # -- 3: worker vs model alone
+        wcfg = config(topics["single"], topics["patches"], topics["forecasts"], "b1")
+        wk = run_worker(wcfg, S * P)
+        f = Forecaster.load(args.model).to(device=args.device)
+        group = wcfg.resolve_group("s-000000")
+        mb = max(1, int(round(wk["mean_batch"])))
+        ceil_model = model_ceiling(f, group, mb, rounds=max(2, min(8, (S * P) // mb)), rng=rng)
+
+        # -- 4: latency at half the maximum sustained rate
+        # Ingest and worker share this machine's cores: an observation costs both stages' time.
+        max_rate = 1.0 / (1.0 / ing_single["obs_per_s"] + 1.0 / (wk["forecasts_per_s"] * PATCH_LEN))
+        lat_cfg = config(topics["obs_lat"], topics["patches_lat"], topics["forecasts2"], "b3")
+        lat_cfg = ServiceConfig(**{**lat_cfg.effective(mask_secrets=False),
+                                   "worker": {**lat_cfg.worker.model_dump(), "batch_deadline_ms": 20}})
+        lat = run_latency(lat_cfg, workdir, rate=max_rate / 2, seconds=args.latency_seconds,
+                          n_series=args.latency_series)
+    finally:
+        broker.stop()
+        redis_srv.stop()
+
+    def row(name, value, ceiling, unit, target):
+        pct = 100 * value / ceiling
+        print(f"{name:<34} {value:>12,.0f} {unit:<12} {ceiling:>12,.0f} {pct:>7.1f}%   target >= {target}%")
+
+    print(f"\n{'figure':<34} {'measured':>12} {'':<12} {'ceiling':>12} {'ratio':>8}")
+    row("ingest, single-observation msgs", ing_single["obs_per_s"], ceil_single, "obs/s", 50)
+    row("ingest, batch msgs", ing_batch["obs_per_s"], ceil_batch, "obs/s", 50)
+    row(f"worker end to end (batch ~{mb})", wk["forecasts_per_s"], ceil_model, "forecasts/s", 70)
+    print(f"group join / first batch: ingest {ing_single['join_s']:.1f} s, worker {wk['startup_s']:.1f} s "
+          f"(not in the rates); worker batches {wk['batches']}, mean size {wk['mean_batch']:.0f}")
+    print(f"latency at half the max sustained rate ({max_rate / 2:,.0f} obs/s offered "
+          f"{lat['offered_obs_per_s']:,.0f}, {args.latency_series} series, {lat['patches']} patches, "
+          f"{lat['forecasts']} forecasts): p50 {lat['p50_ms']:.0f} ms, p99 {lat['p99_ms']:.0f} ms, "
+          f"max {lat['max_ms']:.0f} ms   target p99 <= 500 ms")
+    print("SUMMARY " + " ".join(f"{k}={v:.0f}" for k, v in {
+        "ingest_single_obs_per_s": ing_single["obs_per_s"], "ceiling_single_obs_per_s": ceil_single,
+        "ingest_batch_obs_per_s": ing_batch["obs_per_s"], "ceiling_batch_obs_per_s": ceil_batch,
+        "worker_forecasts_per_s": wk["forecasts_per_s"], "model_forecasts_per_s": ceil_model,
+        "p50_ms": lat["p50_ms"], "p99_ms": lat["p99_ms"]}.items()))
+    if args.keep:
+        print(f"logs: {workdir}")
+    else:
+        import shutil
+        shutil.rmtree(workdir, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
