@@ -243,8 +243,12 @@ def _validate_doc(doc: Any, max_series_id_len: int, max_batch: int) -> list[Obse
         if len(ts) > max_batch:
             raise RejectedMessage("too_large", f"batch of {len(ts)} observations, the limit is {max_batch}")
         out = []
-        for i in range(len(ts)):
-            out.append(Observation(sid, _check_ts(ts[i], f"timestamps[{i}]"), _check_value(vs[i], f"values[{i}]")))
+        for i, (t, v) in enumerate(zip(ts, vs)):
+            # Fast path (epoch-ms int, finite float); anything else takes the checks that
+            # name the element. Error texts are built only on error.
+            if type(t) is not int or type(v) is not float or v - v != 0.0 or not MIN_EPOCH_MS <= t <= MAX_EPOCH_MS:
+                t, v = _check_ts(t, f"timestamps[{i}]"), _check_value(v, f"values[{i}]")
+            out.append(Observation(sid, t, v))
         return out
 
     for name in ("timestamp", "value"):

@@ -5,7 +5,8 @@
 One run starts a Tansu broker and a redis-server in a temporary directory and measures:
 
 1. ingest, single-observation JSON messages: `IngestConsumer` observations/s, beside a bare
-   kafka-python consumer that only polls and `json.loads` the same topic (the ceiling);
+   kafka-python consumer that only polls and decodes the same topic with orjson (the ceiling;
+   the same decoder ingest uses, so the ceiling is not lowered by a slower parser);
 2. ingest, batch messages (`--batch-values` values each): the same pair;
 3. worker: forecasts/s end to end (`Worker`: Redis load, update_many, forecast_many, publish,
    Redis CAS write, commit), beside the model alone (`update_many` + `forecast_many` on the
@@ -66,7 +67,9 @@ def produce(bootstrap: str, topic: str, messages, linger_ms: int = 20) -> float:
 
 
 def bare_ceiling(bootstrap: str, topic: str, n_messages: int, count_obs) -> tuple[float, float]:
-    """A consumer that only polls and JSON-decodes: (observations/s, messages/s)."""
+    """A consumer that only polls and JSON-decodes (with orjson, the decoder ingest uses):
+    (observations/s, messages/s)."""
+    import orjson
     from kafka import KafkaConsumer, TopicPartition
 
     c = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, max_poll_records=2000)
@@ -78,7 +81,7 @@ def bare_ceiling(bootstrap: str, topic: str, n_messages: int, count_obs) -> tupl
     while seen < n_messages:
         for recs in c.poll(timeout_ms=500).values():
             for r in recs:
-                obs += count_obs(json.loads(r.value))
+                obs += count_obs(orjson.loads(r.value))
             seen += len(recs)
     dt = time.perf_counter() - t
     c.close()
