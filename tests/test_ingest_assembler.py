@@ -408,3 +408,63 @@ def test_bad_observations_never_change_valid_output(steps, bad):
     strip = lambda ps: [(p.seq, p.start_ms, p.values, p.n_observed, p.last_obs_ms) for p in ps]  # noqa: E731
     assert strip(got) == strip(ref)
     assert all(not (isinstance(v, float) and math.isnan(v)) for p in got for v in p.values)
+
+
+# ---------------------------------------------------------------- bulk path (batch messages)
+
+
+def _run_both(messages, infer: bool, resume_at: int | None = None):
+    """Feed batch messages [(ts list, values list)] to one assembler through add_run (with the
+    per-observation fallback, as the consumer does) and to another one observation at a time;
+    returns both (patches, rejections, cursors after each message, used-bulk count)."""
+    out = []
+    for bulk in (True, False):
+        a = new(None if infer else F)
+        patches, rejects, cursors, used = [], [], [], 0
+        for off, (ts, vs) in enumerate(messages):
+            if bulk and a.add_run(ts, vs, 0, off, patches):
+                used += 1
+            else:
+                for i, (t, v) in enumerate(zip(ts, vs)):
+                    a.add(t, v, 0, off, i, ObsRef(b"m%d" % off, b"k", i), patches, rejects)
+            cursors.append((a.cursor().to_json(), a.cursor(include_open=True).to_json(), a.pin_offset))
+        out.append((patches, [(r.reason, r.timestamp_ms, r.offset, r.detail) for r in rejects], cursors, used))
+    return out
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data(), infer=st.booleans())
+def test_bulk_add_run_equals_one_by_one(data, infer):
+    """add_run is only a faster add: the same patches, rejections and cursors as feeding each
+    element, for runs that continue the grid (bulk) and for anything else (fallback)."""
+    messages, slot = [], 0
+    for _ in range(data.draw(st.integers(1, 12))):
+        kind = data.draw(st.sampled_from(["run", "run", "run", "gap", "overlap", "offgrid", "single"]))
+        n = data.draw(st.integers(1, 70))
+        if kind == "gap":
+            slot += data.draw(st.integers(1, 60))
+        elif kind == "overlap":
+            slot = max(0, slot - data.draw(st.integers(1, 5)))
+        slots = list(range(slot, slot + (1 if kind == "single" else n)))
+        ts = [T0 + k * F + (7_000 if kind == "offgrid" and i == len(slots) // 2 else 0) for i, k in enumerate(slots)]
+        vs = [None if data.draw(st.integers(0, 9)) == 0 else float(k % 13) for k in slots]
+        messages.append((ts, vs))
+        slot = slots[-1] + 1
+    (p1, r1, c1, used), (p2, r2, c2, _) = _run_both(messages, infer)
+    assert p1 == p2
+    assert r1 == r2
+    assert c1 == c2
+
+
+def test_bulk_path_is_taken_for_a_sensor_stream_and_skipped_otherwise():
+    msgs = [([T0 + k * F for k in range(a, a + 30)], [float(k) for k in range(a, a + 30)]) for a in range(0, 300, 30)]
+    (p1, r1, c1, used), (p2, r2, c2, _) = _run_both(msgs, infer=False)
+    assert used == 9 and len(p1) == 300 // N and p1 == p2 and r1 == r2 == [] and c1 == c2   # first: anchors
+    a = new(F)
+    assert not a.add_run([T0, T0 + F], [1.0, 2.0], 0, 0, [])          # no anchor yet
+    a.add(T0, 0.0, 0, 0, 0, None, [], [])
+    assert not a.add_run([T0 + 2 * F, T0 + 3 * F], [1.0, 2.0], 0, 1, [])   # a gap: one by one
+    assert not a.add_run([T0 + F, T0 + 2 * F], [1.0, 2.0], 0, 1, [], limit_ms=T0 + F)  # beyond the limit
+    before = (a.cursor(include_open=True).to_json(), a.last_slot)
+    assert a.add_run([T0 + F, T0 + 2 * F], [1.0, None], 0, 1, [])
+    assert before != (a.cursor(include_open=True).to_json(), a.last_slot) and a.last_slot == 2

@@ -358,6 +358,47 @@ class SeriesAssembler:
             return self._add_pending(ts_ms, value, partition, offset, index, ref, patches_out, rejects_out)
         return self._add_grid(ts_ms, value, partition, offset, index, ref, patches_out, rejects_out)
 
+    def add_run(self, ts_ms: list[int], values: list, partition: int, offset: int,
+                patches_out: list, limit_ms: int | None = None) -> bool:
+        """Bulk form of :meth:`add` for one batch message whose timestamps are exactly
+        the grid slots right after the last accepted one (the usual shape of a sensor's
+        batch). Returns False, having changed nothing, when that is not the case (or the
+        frequency is still being inferred, or the record lies in the region a resumed
+        cursor skips); the caller then feeds the observations one by one. When it
+        returns True the assembler is exactly as after ``add`` of each element with
+        index 0..n-1 (tests/test_ingest_assembler.py checks this), and nothing was
+        rejected.
+        """
+        n_new = len(ts_ms)
+        if (n_new < 2 or self._pending is not None or self.anchor_ms is None or self.last_slot is None
+                or (offset <= self._skip_offset and partition == self._skip_partition)
+                or (limit_ms is not None and ts_ms[-1] > limit_ms)):
+            return False
+        freq, q0 = self.freq_ms, self.last_slot + 1
+        t0 = self.anchor_ms + q0 * freq
+        if ts_ms[0] != t0 or ts_ms[-1] != t0 + (n_new - 1) * freq or ts_ms != list(range(t0, t0 + n_new * freq, freq)):
+            return False
+        n = self.settings.patch_len
+        pos = 0
+        while pos < n_new:
+            i = q0 + pos - self.seq * n                 # slot inside the open patch (0 <= i < n)
+            take = min(n - i, n_new - pos)
+            self._values[i:i + take] = values[pos:pos + take]
+            self._seen[i:i + take] = b"\x01" * take
+            if self._n_open == 0:
+                self._open_first, self._open_partition = offset, partition
+            self._n_open += take
+            self._open_last = offset
+            self._open_last_index = pos + take - 1
+            self.last_slot = q0 + pos + take - 1
+            self.last_obs_ms = ts_ms[pos + take - 1]
+            self.n_accepted += take
+            self._pin(partition, offset)
+            pos += take
+            if i + take == n:
+                self._emit(patches_out, partition, offset)
+        return True
+
     def _pin(self, partition: int, offset: int) -> None:
         if self.pin_offset is None:
             self.pin_offset, self.pin_partition = offset, partition

@@ -329,6 +329,12 @@ class IngestConsumer:
                 continue
             n_before, r_before = len(patches), len(rejects)
             multi = len(obs) > 1
+            if multi and a.add_run([o.timestamp_ms for o in obs], [o.value for o in obs], p, offset,
+                                   patches, limit):
+                accepted += len(obs)
+                if len(patches) > n_before:
+                    touched[sid] = a
+                continue
             for i, o in enumerate(obs):
                 ref = ObsRef(raw, key, i if multi else None)
                 if limit is not None and o.timestamp_ms > limit:
