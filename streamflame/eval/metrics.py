@@ -54,11 +54,22 @@ def seasonal_error(history: np.ndarray, m: int) -> float:
     """
     h = np.asarray(history, dtype=np.float64)
     lag = m if len(h) > m else 1
-    if len(h) <= lag:
-        return float("nan")
-    d = np.abs(h[lag:] - h[:-lag])
+    total, count = abs_diff_sum(h, lag)
+    return total / count if count else float("nan")
+
+
+def abs_diff_sum(values: np.ndarray, lag: int) -> tuple[float, int]:
+    """Sum and number of ``|v_s - v_{s-lag}|`` over pairs with both values observed.
+
+    The additive form of :func:`seasonal_error`, for scales kept incrementally
+    (the worker's online MASE adds one patch at a time).
+    """
+    v = np.asarray(values, dtype=np.float64)
+    if len(v) <= lag:
+        return 0.0, 0
+    d = np.abs(v[lag:] - v[:-lag])
     d = d[~np.isnan(d)]
-    return float(d.mean()) if d.size else float("nan")
+    return float(d.sum()), int(d.size)
 
 
 def seasonal_errors_at(values: np.ndarray, m: int, ends: np.ndarray) -> np.ndarray:
