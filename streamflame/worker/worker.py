@@ -39,7 +39,8 @@ after the stored one, then the DLQ; a corrupt or foreign state follows
 error abandons the batch (nothing committed), rewinds its partitions and
 retries with backoff.
 
-Operations: one JSON log line per batch (``worker.batch``); Prometheus metrics
+Operations: one JSON log line per batch at info (``worker.batch``, with the
+batch's ``offsets`` per partition), never one per patch; Prometheus metrics
 (:mod:`streamflame.worker.metrics`) on ``metrics.port`` /
 ``STREAMFLAME_METRICS_PORT``; ``STREAMFLAME_READY_FILE`` is touched once the
 worker has joined its group and is polling.
@@ -59,6 +60,7 @@ import structlog
 
 from streamflame.config import ConfigError, ServiceConfig, load_config
 from streamflame.schemas import encode
+from streamflame.worker.accuracy import OnlineAccuracy
 from streamflame.worker.batch import BatchProcessor, BatchResult, PatchRecord
 from streamflame.worker.metrics import LIVE_WINDOW_S, WorkerMetrics
 from streamflame.logs import configure_logging
@@ -102,6 +104,7 @@ class Worker:
         self.ready_file = Path(ready_file) if ready_file else (
             Path(os.environ[READY_FILE_ENV]) if os.environ.get(READY_FILE_ENV) else None)
         self.metrics = metrics or WorkerMetrics()
+        self.accuracy = OnlineAccuracy(cfg.worker.accuracy_halflife_patches)
         self.ready = threading.Event()
         self._stop = threading.Event()
         self._batch = _Batch()
@@ -279,6 +282,13 @@ class Worker:
         m.patches.labels("applied").inc(res.applied)
         m.patches.labels("skipped").inc(res.skipped)
         m.patches.labels("bad").inc(len(b.bad))
+        m.records.inc(len(b))
+        m.batches.inc()
+        m.batch_seconds.observe(total_s)
+        # Online accuracy of the patches whose state write was applied: a replayed
+        # or refused write (another worker's, or our own earlier one) is not counted.
+        if res.scores:
+            m.observe_scores([s for sid in save.applied for s in res.scores.get(sid, ())], self.accuracy)
         for outcome, n in (("applied", len(save.applied)), ("stale", len(save.stale)),
                            ("conflict", len(save.conflict)), ("gap", len(save.gap)),
                            ("blocked", len(save.blocked))):
@@ -293,7 +303,8 @@ class Worker:
             lag = done_s - r.patch.last_obs_ms / 1000
             if 0.0 <= lag <= LIVE_WINDOW_S:
                 m.e2e_latency.observe(lag)
-        log.info("worker.batch", size=len(b), series=len(sids), rounds=res.rounds, applied=res.applied,
+        log.info("worker.batch", size=len(b), offsets=_offsets(b.start, b.end), series=len(sids),
+                 rounds=res.rounds, applied=res.applied, scored=sum(len(v) for v in res.scores.values()),
                  skipped=res.skipped, refused=save.refused, rejected=len(res.rejected) + len(b.bad),
                  forecasts=len(res.forecasts), alerts=len(res.alerts), reinitialised=res.reinitialised,
                  step_ms=round(res.step_s * 1000, 2), forecast_ms=round(res.forecast_s * 1000, 2),
@@ -339,6 +350,11 @@ class Worker:
         for tp, off in offsets.items():
             if tp in assigned:
                 self.consumer.seek(tp, off)
+
+
+def _offsets(start: dict, end: dict) -> dict[str, list[int]]:
+    """Log context of a batch: ``{"<partition>": [first offset, last offset]}``."""
+    return {str(tp.partition): [start[tp], end[tp] - 1] for tp in sorted(end, key=lambda t: t.partition)}
 
 
 def _short(e: Exception, limit: int = 500) -> str:
