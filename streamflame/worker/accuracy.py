@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 import numpy as np
 
@@ -35,7 +36,7 @@ from streamflame.eval.metrics import abs_diff_sum, coverage, quantile_loss
 from streamflame.schemas import format_level
 from streamflame.state.store import LastForecast, NaiveScale
 
-__all__ = ["PatchScore", "score_patch", "update_naive", "intervals", "OnlineAccuracy"]
+__all__ = ["PatchScore", "score_patch", "score_many", "update_naive", "intervals", "OnlineAccuracy"]
 
 
 @dataclass(frozen=True)
@@ -69,32 +70,52 @@ def intervals(levels, alert_levels=None) -> list[tuple[str, float, float]]:
     return [(name, lo, hi) for name, (lo, hi) in sorted(out.items(), key=lambda kv: float(kv[0]))]
 
 
+@lru_cache(maxsize=1024)
+def _interval_rows(levels: tuple[float, ...], alert_levels) -> tuple[tuple[str, ...], np.ndarray, np.ndarray]:
+    """:func:`intervals` as row indices into the quantiles, cached per level set."""
+    keys = [format_level(q) for q in levels]
+    iv = intervals(levels, alert_levels)
+    return (tuple(name for name, _, _ in iv), np.array([keys.index(format_level(lo)) for _, lo, _ in iv], np.intp),
+            np.array([keys.index(format_level(hi)) for _, _, hi in iv], np.intp))
+
+
 def score_patch(series_id: str, group: str, fc: LastForecast, values: np.ndarray,
                 naive: NaiveScale) -> PatchScore | None:
     """Score ``fc`` (steps 1..n) against the patch ``values`` (48, NaN = missing).
     None when the forecast cannot be scored (no mean: an older record) or no
     target is observed."""
-    if fc.mean is None:
-        return None
-    n = fc.n
-    y = np.asarray(values, dtype=np.float64)[:n]
-    keep = ~np.isnan(y)
-    points = int(keep.sum())
-    if points == 0:
-        return None
-    q = fc.quantiles.astype(np.float64)
-    levels = fc.quantile_levels
-    ql = quantile_loss(y, q, levels) / len(levels)
-    abs_y = float(np.abs(y[keep]).sum())
-    scale = naive.scale
-    if scale > 0:  # NaN (no pair yet) and 0 (a constant history) leave the points unscaled
-        scaled_err = float(np.abs(y[keep] - fc.mean.astype(np.float64)[keep]).sum() / scale)
-        scaled_points = points
-    else:
-        scaled_err, scaled_points = 0.0, 0
-    inside = {name: int(round(coverage(y, fc.row(lo), fc.row(hi)) * points))
-              for name, lo, hi in intervals(levels, fc.alert_levels)}
-    return PatchScore(series_id, group, fc.seq, points, ql, abs_y, scaled_err, scaled_points, inside)
+    return score_many([(series_id, group, fc, values, naive)])[0]
+
+
+def score_many(items: list[tuple[str, str, LastForecast, np.ndarray, NaiveScale]]) -> list[PatchScore | None]:
+    """:func:`score_patch` of many ``(series_id, group, forecast, values, naive)`` at
+    once, vectorised over the items that share quantile levels and step count."""
+    out: list[PatchScore | None] = [None] * len(items)
+    kinds: dict[tuple, list[int]] = {}
+    for i, (_, _, fc, _, _) in enumerate(items):
+        if fc.mean is not None:
+            kinds.setdefault((fc.quantile_levels, fc.n, fc.alert_levels), []).append(i)
+    for (levels, n, alert_levels), idx in kinds.items():
+        y = np.stack([np.asarray(items[i][3], dtype=np.float64)[:n] for i in idx])      # (B, n)
+        q = np.stack([items[i][2].quantiles for i in idx]).astype(np.float64)          # (B, Q, n)
+        mean = np.stack([items[i][2].mean for i in idx]).astype(np.float64)            # (B, n)
+        keep = ~np.isnan(y)
+        points = keep.sum(axis=1)
+        ql = quantile_loss(y, q, levels) / len(levels)
+        abs_y = np.where(keep, np.abs(y), 0.0).sum(axis=1)
+        abs_err = np.where(keep, np.abs(y - mean), 0.0).sum(axis=1)
+        names, lo_i, hi_i = _interval_rows(levels, alert_levels)
+        inside = np.rint(coverage(y[:, None, :], q[:, lo_i], q[:, hi_i]) * points[:, None])  # (B, K)
+        for b, i in enumerate(idx):
+            if points[b] == 0:
+                continue
+            sid, group, fc, _, naive = items[i]
+            scale = naive.scale
+            scaled = scale > 0  # NaN (no pair yet) and 0 (a constant history) leave the points unscaled
+            out[i] = PatchScore(sid, group, fc.seq, int(points[b]), float(ql[b]), float(abs_y[b]),
+                                float(abs_err[b] / scale) if scaled else 0.0, int(points[b]) if scaled else 0,
+                                {name: int(x) for name, x in zip(names, inside[b].tolist())})
+    return out
 
 
 def update_naive(naive: NaiveScale, values: np.ndarray) -> NaiveScale:

@@ -51,7 +51,7 @@ from streamflame.schemas import (
     iso_ms,
 )
 from streamflame.state.store import BrokenRecord, LastForecast, NaiveScale, StateMeta, StateRecord
-from streamflame.worker.accuracy import PatchScore, score_patch, update_naive
+from streamflame.worker.accuracy import PatchScore, score_many, update_naive
 
 __all__ = ["PatchRecord", "Rejected", "BatchResult", "BatchProcessor"]
 
@@ -260,9 +260,13 @@ class BatchProcessor:
             t0 = time.perf_counter()
             new_states = self.f.update_many([w.state for w in active], patches)
             res.step_s += time.perf_counter() - t0
+            to_score: list[tuple] = []
             for w, x, st in zip(active, recs, new_states):
-                self._judge(w, x.patch, res)
+                self._judge(w, x.patch, res, to_score)
                 w.state = st
+            for sc in score_many(to_score):
+                if sc is not None:
+                    res.scores.setdefault(sc.series_id, []).append(sc)
             self._forecasts(active, recs, res, produced_at_ms)
             res.applied += len(active)
             r += 1
@@ -278,19 +282,17 @@ class BatchProcessor:
             if w.replace_broken:
                 res.replace_broken.add(w.sid)
 
-    def _judge(self, w: _Series, p: PatchMessage, res: BatchResult) -> None:
+    def _judge(self, w: _Series, p: PatchMessage, res: BatchResult, to_score: list) -> None:
         """Judge patch ``p`` against the forecast made after the previous patch
-        (alerts, online accuracy), then advance the series' naive scale."""
+        (alerts now; online accuracy queued in ``to_score`` for one vectorised
+        pass per round), then advance the series' naive scale."""
         f = w.forecast
-        values = None
+        values = p.values_array()
         if f is not None and f.seq == p.seq - 1 and f.start_ms == p.start_ms:
-            values = p.values_array()
-            score = score_patch(w.sid, w.group.name, f, values, w.naive)
-            if score is not None:
-                res.scores.setdefault(w.sid, []).append(score)
+            to_score.append((w.sid, w.group.name, f, values, w.naive))
             if f.alert_levels is not None and w.group.alert_levels is not None:
                 self._alerts(w, f, p, res)
-        w.naive = update_naive(w.naive, p.values_array() if values is None else values)
+        w.naive = update_naive(w.naive, values)
 
     @staticmethod
     def _alerts(w: _Series, a: LastForecast, p: PatchMessage, res: BatchResult) -> None:
