@@ -158,6 +158,8 @@ def test_forecasts_once_per_patch_equal_in_process_and_replays(cfg, redis_client
     send(cfg, patches + [(b"plant-0/temp", b'{"series_id": "plant-0/temp", "seq": "x"')])
     with running(cfg) as w:
         wait_for(lambda: applied(w) >= 24, what="24 patches applied")
+    scored = "streamflame_worker_online_scored_patches_total"
+    assert sample(w, scored, group="default") == 16  # seq 1 and 2 of 8 series, each once
     fcs = [decode_forecast(r.value) for r in read_all(cfg, cfg.topics.forecasts, 24)]
     keys = sorted((f.series_id, f.seq) for f in fcs)
     assert keys == sorted((sid, k) for sid in data for k in range(3))  # each exactly once
@@ -184,6 +186,7 @@ def test_forecasts_once_per_patch_equal_in_process_and_replays(cfg, redis_client
     with running(cfg) as w:
         wait_for(lambda: sample(w, "streamflame_worker_patches_total", outcome="skipped") >= 24, what="skips")
         assert applied(w) == 0
+    assert sample(w, scored, group="default") == 0  # a replay scores nothing
     assert len(read_all(cfg, cfg.topics.forecasts, 24)) == 24
     assert state_hashes(cfg, redis_client, data) == before
 
@@ -193,6 +196,8 @@ def test_forecasts_once_per_patch_equal_in_process_and_replays(cfg, redis_client
     replay_cfg = cfg.model_copy(update={"worker": cfg.worker.model_copy(update={"group_id": cfg.worker.group_id + "-r"})})
     with running(replay_cfg) as w:
         wait_for(lambda: applied(w) >= 24, what="replayed patches")
+    # A new process re-applying lost states scores them again: its metrics start from zero.
+    assert sample(w, scored, group="default") == 16
     again = [decode_forecast(r.value) for r in read_all(cfg, cfg.topics.forecasts, 48)]
     assert len(again) == 48
     for f in again:
