@@ -39,6 +39,11 @@ after the stored one, then the DLQ; a corrupt or foreign state follows
 error abandons the batch (nothing committed), rewinds its partitions and
 retries with backoff.
 
+Online accuracy: each applied patch scores the forecast published after the
+previous one (:mod:`streamflame.worker.accuracy`); a score reaches the metrics
+only after step 4 applied the series' write, so a replay never counts twice
+(the per-group sums are process memory and restart from zero with it).
+
 Operations: one JSON log line per batch at info (``worker.batch``, with the
 batch's ``offsets`` per partition), never one per patch; Prometheus metrics
 (:mod:`streamflame.worker.metrics`) on ``metrics.port`` /
