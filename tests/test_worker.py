@@ -316,3 +316,21 @@ def test_cli_ready_file_metrics_and_sigterm(cfg, tmp_path):
     (batch,) = [x for x in lines if x["event"] == "worker.batch"]
     assert batch["size"] == 1 and batch["applied"] == 1 and {"step_ms", "redis_ms", "publish_ms"} <= set(batch)
     assert lines[-1]["event"] == "worker.stopped"
+
+
+def test_rebalance_drops_the_lag_of_revoked_partitions(cfg):
+    """Two workers in one group: after the rebalance each reports lag only for
+    partitions it owns, so summing the workers' lag gauges does not double count."""
+    def lag_partitions(w: Worker) -> set[str]:
+        return {s.labels["partition"] for m in w.metrics.registry.collect() for s in m.samples
+                if s.name == "streamflame_worker_consumer_lag"}
+
+    with running(cfg) as w1:
+        send(cfg, [make_patch(f"s-{i}", 0, values_for(i, 1)) for i in range(12)])
+        wait_for(lambda: applied(w1) >= 12, what="12 patches")
+        assert len(lag_partitions(w1)) > 1  # the keys spread over several partitions
+        with running(cfg) as w2:
+            wait_for(lambda: w1.consumer.assignment() and w2.consumer.assignment()
+                     and not (w1.consumer.assignment() & w2.consumer.assignment()), 30, "the rebalance")
+            owned = {str(tp.partition) for tp in w1.consumer.assignment()}
+            assert lag_partitions(w1) <= owned, (lag_partitions(w1), owned)

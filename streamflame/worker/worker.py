@@ -160,6 +160,11 @@ class Worker:
                 if len(worker._batch):
                     log.info("worker.batch_dropped_on_rebalance", patches=len(worker._batch))
                 worker._batch = _Batch()
+                for tp in revoked:  # the new owner reports their lag; a stale value would add up twice
+                    try:
+                        worker.metrics.lag.remove(str(tp.partition))
+                    except KeyError:
+                        pass
 
             def on_partitions_assigned(self, assigned):
                 log.info("worker.assigned", partitions=sorted(tp.partition for tp in assigned))
