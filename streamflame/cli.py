@@ -14,6 +14,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     # name: (module:function, one-line help)
     "up": ("streamflame.embedded.stack:main_up", "start the embedded stack (broker, redis, ingest, worker)"),
     "down": ("streamflame.embedded.stack:main_down", "stop a detached embedded stack"),
+    "status": ("streamflame.status:main", "summarise running ingest/worker processes from their metrics"),
     "demo": ("streamflame.demo:main", "replay a bundled real dataset through the full pipeline and show forecasts"),
     "ingest": ("streamflame.ingest.consumer:main", "run an ingest consumer (observations -> patches)"),
     "worker": ("streamflame.worker.worker:main", "run a model worker (patches -> states, forecasts, alerts)"),

@@ -281,6 +281,27 @@ def test_up_runs_the_real_ingest_and_worker_end_to_end(tmp_path):
         for url in info["metrics"]["ingest"] + info["metrics"]["worker"]:
             with urllib.request.urlopen(url, timeout=5) as response:
                 assert response.status == 200 and response.read()
+
+        # `streamflame status` finds the stack through .streamflame/run.json.
+        def status_json():
+            st = _streamflame("status", "--json", cwd=tmp_path, timeout=60)
+            assert st.returncode == 0, st.stdout + st.stderr
+            got = json.loads(st.stdout)
+            return got if got.get("accuracy", {}).get("default", {}).get("patches") == 1 else None
+
+        st = _wait_for(status_json, 30, "status to show the scored patch")
+        procs = {p["name"]: p for p in st["processes"]}
+        assert procs["ingest-0"]["pid"] == info["pids"]["ingest"][0] and procs["ingest-0"]["up"]
+        assert procs["worker-0"]["pid"] == info["pids"]["worker"][0] and procs["worker-0"]["up"]
+        assert procs["broker"]["up"] and procs["redis"]["up"] and procs["supervisor"]["up"]
+        assert st["ingest"]["observations"] == 100 and st["ingest"]["patches"] == 2
+        assert st["worker"]["forecasts"] == 2 and st["worker"]["patches"]["applied"] == 2
+        # Patch 1 scored against forecast 0: its 12 steps (horizon 12 < 48).
+        assert st["accuracy"]["default"]["points"] == 12 and st["accuracy"]["default"]["wql"] > 0
+        text = _streamflame("status", cwd=tmp_path, timeout=60)
+        assert text.returncode == 0 and "worker-0" in text.stdout and "100 in, 0 rejected" in text.stdout
     finally:
         down = _streamflame("down", cwd=tmp_path)
     assert down.returncode == 0, down.stderr
+    gone = _streamflame("status", cwd=tmp_path)
+    assert gone.returncode == 1 and "nothing is running" in gone.stderr

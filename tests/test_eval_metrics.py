@@ -97,3 +97,20 @@ def test_seasonal_naive_quantiles_are_residual_quantiles():
     np.testing.assert_allclose(q[:, :4], point[None, :4] + np.quantile(d1, QUANTILES)[:, None])
     np.testing.assert_allclose(q[:, 4:], point[None, 4:] + np.quantile(d2, QUANTILES)[:, None])
     assert np.all(np.diff(q, axis=0) >= 0)
+
+
+def test_batched_quantile_loss_and_coverage_equal_the_single_window_forms():
+    rng = np.random.default_rng(4)
+    y = rng.normal(size=(5, 48))
+    y[1, [3, 7]] = np.nan
+    y[4] = np.nan  # nothing observed
+    q = np.sort(rng.normal(size=(5, len(QUANTILES), 48)), axis=1)
+    got = quantile_loss(y, q, QUANTILES)
+    assert got.shape == (5,)
+    for b in range(5):
+        assert got[b] == pytest.approx(quantile_loss(y[b], q[b], QUANTILES), rel=1e-12, abs=0)
+    cov = coverage(y[:, None, :], q[:, [0, 2]], q[:, [8, 6]])  # 80 % and 40 % intervals of every window
+    assert cov.shape == (5, 2)
+    for b in range(4):
+        assert cov[b, 0] == coverage(y[b], q[b, 0], q[b, 8]) and cov[b, 1] == coverage(y[b], q[b, 2], q[b, 6])
+    assert np.isnan(cov[4]).all() and np.isnan(coverage(y[4], q[4, 0], q[4, 8]))

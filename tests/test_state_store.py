@@ -8,17 +8,20 @@ import uuid
 import numpy as np
 import pytest
 
-from streamflame.state.store import AlertInterval, BrokenRecord, StateMeta, StateRecord, StateStore
+from streamflame.state.store import BrokenRecord, LastForecast, NaiveScale, StateMeta, StateRecord, StateStore
 
 
 def _meta(seq: int, alert: bool = False) -> StateMeta:
     interval = None
     if alert:
-        interval = AlertInterval(seq=seq, start_ms=1_000 + seq, levels=(0.05, 0.95),
-                                 lo=np.linspace(-1, 0, 48, dtype=np.float32),
-                                 hi=np.linspace(0.5, 2, 48, dtype=np.float32))
+        interval = LastForecast(seq=seq, start_ms=1_000 + seq, quantile_levels=(0.05, 0.5, 0.95),
+                                quantiles=np.stack([np.linspace(-1, 0, 48, dtype=np.float32),
+                                                    np.linspace(0.2, 0.3, 48, dtype=np.float32),
+                                                    np.linspace(0.5, 2, 48, dtype=np.float32)]),
+                                mean=np.linspace(0.1, 0.4, 48, dtype=np.float32), alert_levels=(0.05, 0.95))
     return StateMeta(model_id="sf-test", group="default", freq_ms=60_000, last_slot_ms=seq * 48 * 60_000,
-                     src_partition=3, src_offset=100 + seq, alert=interval)
+                     src_partition=3, src_offset=100 + seq, forecast=interval,
+                     naive=NaiveScale(1.5, 12.25, 47) if alert else NaiveScale())
 
 
 def _rec(seq: int, payload: bytes | None = None, alert: bool = False) -> StateRecord:
@@ -44,6 +47,8 @@ def test_round_trip_and_key_layout(store, redis_client):
     np.testing.assert_array_equal(rec.meta.alert.lo, np.linspace(-1, 0, 48, dtype=np.float32))
     np.testing.assert_array_equal(rec.meta.alert.hi, np.linspace(0.5, 2, 48, dtype=np.float32))
     assert rec.meta.alert.levels == (0.05, 0.95)
+    np.testing.assert_array_equal(rec.meta.forecast.mean, np.linspace(0.1, 0.4, 48, dtype=np.float32))
+    assert rec.meta.naive == NaiveScale(1.5, 12.25, 47)
     # Re-encoding the decoded meta is byte-identical (replays write identical records).
     assert rec.meta.to_json() == _meta(0, alert=True).to_json()
 
@@ -196,3 +201,19 @@ def test_works_on_redis_cluster(tmp_path):
         client.close()
     finally:
         node.stop()
+
+
+def test_meta_of_the_layout_before_online_accuracy_still_reads():
+    """Records written before the meta kept the whole last forecast hold only the
+    alert interval: they still raise alerts, but carry no mean to score."""
+    import orjson
+
+    old = orjson.dumps({"model_id": "sf-test", "group": "default", "freq_ms": 60_000, "last_slot_ms": 0,
+                        "src_partition": 1, "src_offset": 7,
+                        "alert": {"seq": 4, "start_ms": 9, "levels": [0.1, 0.9], "lo": [0.0] * 48, "hi": [1.0] * 48}})
+    meta = StateMeta.from_json(old)
+    assert meta.alert.levels == (0.1, 0.9) and meta.forecast.seq == 4 and meta.forecast.mean is None
+    np.testing.assert_array_equal(meta.alert.hi, np.ones(48, np.float32))
+    assert meta.naive == NaiveScale()
+    again = StateMeta.from_json(meta.to_json())  # written back in the new layout
+    assert b'"forecast"' in meta.to_json() and again.to_json() == meta.to_json() and again.forecast.mean is None

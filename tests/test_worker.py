@@ -158,6 +158,8 @@ def test_forecasts_once_per_patch_equal_in_process_and_replays(cfg, redis_client
     send(cfg, patches + [(b"plant-0/temp", b'{"series_id": "plant-0/temp", "seq": "x"')])
     with running(cfg) as w:
         wait_for(lambda: applied(w) >= 24, what="24 patches applied")
+    scored = "streamflame_worker_online_scored_patches_total"
+    assert sample(w, scored, group="default") == 16  # seq 1 and 2 of 8 series, each once
     fcs = [decode_forecast(r.value) for r in read_all(cfg, cfg.topics.forecasts, 24)]
     keys = sorted((f.series_id, f.seq) for f in fcs)
     assert keys == sorted((sid, k) for sid in data for k in range(3))  # each exactly once
@@ -184,6 +186,7 @@ def test_forecasts_once_per_patch_equal_in_process_and_replays(cfg, redis_client
     with running(cfg) as w:
         wait_for(lambda: sample(w, "streamflame_worker_patches_total", outcome="skipped") >= 24, what="skips")
         assert applied(w) == 0
+    assert sample(w, scored, group="default") == 0  # a replay scores nothing
     assert len(read_all(cfg, cfg.topics.forecasts, 24)) == 24
     assert state_hashes(cfg, redis_client, data) == before
 
@@ -193,6 +196,8 @@ def test_forecasts_once_per_patch_equal_in_process_and_replays(cfg, redis_client
     replay_cfg = cfg.model_copy(update={"worker": cfg.worker.model_copy(update={"group_id": cfg.worker.group_id + "-r"})})
     with running(replay_cfg) as w:
         wait_for(lambda: applied(w) >= 24, what="replayed patches")
+    # A new process re-applying lost states scores them again: its metrics start from zero.
+    assert sample(w, scored, group="default") == 16
     again = [decode_forecast(r.value) for r in read_all(cfg, cfg.topics.forecasts, 48)]
     assert len(again) == 48
     for f in again:
@@ -311,3 +316,21 @@ def test_cli_ready_file_metrics_and_sigterm(cfg, tmp_path):
     (batch,) = [x for x in lines if x["event"] == "worker.batch"]
     assert batch["size"] == 1 and batch["applied"] == 1 and {"step_ms", "redis_ms", "publish_ms"} <= set(batch)
     assert lines[-1]["event"] == "worker.stopped"
+
+
+def test_rebalance_drops_the_lag_of_revoked_partitions(cfg):
+    """Two workers in one group: after the rebalance each reports lag only for
+    partitions it owns, so summing the workers' lag gauges does not double count."""
+    def lag_partitions(w: Worker) -> set[str]:
+        return {s.labels["partition"] for m in w.metrics.registry.collect() for s in m.samples
+                if s.name == "streamflame_worker_consumer_lag"}
+
+    with running(cfg) as w1:
+        send(cfg, [make_patch(f"s-{i}", 0, values_for(i, 1)) for i in range(12)])
+        wait_for(lambda: applied(w1) >= 12, what="12 patches")
+        assert len(lag_partitions(w1)) > 1  # the keys spread over several partitions
+        with running(cfg) as w2:
+            wait_for(lambda: w1.consumer.assignment() and w2.consumer.assignment()
+                     and not (w1.consumer.assignment() & w2.consumer.assignment()), 30, "the rebalance")
+            owned = {str(tp.partition) for tp in w1.consumer.assignment()}
+            assert lag_partitions(w1) <= owned, (lag_partitions(w1), owned)

@@ -200,3 +200,44 @@ def test_horizon_beyond_model_is_a_config_error(forecaster):
 
     with pytest.raises(ConfigError, match="max_horizon"):
         BatchProcessor(forecaster, ServiceConfig(defaults={"horizon": 500}))
+
+
+def test_online_accuracy_scores_the_previous_forecast_like_eval_metrics(forecaster):
+    """Patch k is scored against the forecast published after patch k-1 (its first
+    48 steps), with the eval metric functions, in the batch path and the stored path."""
+    from streamflame.eval.metrics import coverage, quantile_loss, seasonal_error, wql
+
+    cfg = make_cfg()
+    g = cfg.defaults
+    proc = BatchProcessor(forecaster, cfg)
+    v = series_values(8, 3)
+    res = proc.process([patch("s", k, v[k * PATCH_LEN:(k + 1) * PATCH_LEN]) for k in range(3)], {"s": None})
+    fcs = {fc.seq: fc for fc in res.forecasts}
+    assert [sc.forecast_seq for sc in res.scores["s"]] == [0, 1]  # seq 0 has no earlier forecast
+    for sc in res.scores["s"]:
+        k = sc.forecast_seq + 1
+        y = v[k * PATCH_LEN:(k + 1) * PATCH_LEN]
+        fc = fcs[k - 1]
+        q = np.array([fc.quantiles[key][:PATCH_LEN] for key in g.quantile_keys])
+        mean = np.asarray(fc.mean[:PATCH_LEN])
+        n = int((~np.isnan(y)).sum())
+        assert sc.points == n and sc.group == "default"
+        # WQL of the single patch = the eval WQL of the published forecast (float32-rounded in the meta).
+        assert sc.ql / sc.abs_y == pytest.approx(wql(y, q, g.quantiles), rel=1e-5)
+        assert sc.ql == pytest.approx(quantile_loss(y, q, g.quantiles) / len(g.quantiles), rel=1e-5)
+        # MASE: scale = naive (lag 1) MAE of everything before patch k.
+        scale = seasonal_error(v[:k * PATCH_LEN], 1)
+        keep = ~np.isnan(y)
+        assert sc.scaled_err / sc.scaled_points == pytest.approx(np.mean(np.abs(y[keep] - mean[keep])) / scale, rel=1e-5)
+        lo, hi = q[g.quantiles.index(0.1)], q[g.quantiles.index(0.9)]
+        assert sc.inside["0.8"] == round(coverage(y, lo, hi) * n)
+        assert set(sc.inside) == {"0.2", "0.4", "0.6", "0.8", "0.9"}  # symmetric pairs + the 0.05/0.95 alert pair
+    # The stored path (forecast and naive scale read back from the record) scores identically.
+    first = proc.process([patch("s", k, v[k * PATCH_LEN:(k + 1) * PATCH_LEN]) for k in range(2)], {"s": None})
+    rec = first.records["s"]
+    from streamflame.state.store import StateMeta
+
+    rec = dataclasses.replace(rec, meta=StateMeta.from_json(rec.meta.to_json()))
+    again = proc.process([patch("s", 2, v[2 * PATCH_LEN:])], {"s": rec})
+    assert again.scores["s"] == res.scores["s"][1:]
+    assert again.records["s"].meta.to_json() == res.records["s"].meta.to_json()

@@ -25,20 +25,26 @@ QUANTILES: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 RATIO_FLOOR = 1e-4  # a perfect forecast against an imperfect reference counts as this ratio
 
 
-def quantile_loss(y: np.ndarray, q: np.ndarray, levels) -> float:
+def quantile_loss(y: np.ndarray, q: np.ndarray, levels):
     """``sum_tau 2 * sum_t |(y - q)(1{y <= q} - tau)|`` over non-NaN targets.
 
     Args:
         y: targets (H,), NaN = missing.
         q: quantile forecasts (Q, H), row i at level ``levels[i]``.
         levels: (Q,) quantile levels in (0, 1).
+
+    Many windows at once: ``y`` (B, H) and ``q`` (B, Q, H) give a (B,) array.
     """
     y = np.asarray(y, dtype=np.float64)
     q = np.asarray(q, dtype=np.float64)
     tau = np.asarray(levels, dtype=np.float64)[:, None]
-    keep = ~np.isnan(y)
-    diff = y[keep][None, :] - q[:, keep]
-    return float(2.0 * np.sum(np.abs(diff * ((diff <= 0).astype(np.float64) - tau))))
+    if y.ndim == 1:
+        keep = ~np.isnan(y)
+        diff = y[keep][None, :] - q[:, keep]
+        return float(2.0 * np.sum(np.abs(diff * ((diff <= 0).astype(np.float64) - tau))))
+    diff = y[:, None, :] - q
+    loss = np.abs(diff * ((diff <= 0).astype(np.float64) - tau))
+    return 2.0 * np.where(np.isnan(y)[:, None, :], 0.0, loss).sum(axis=(1, 2))
 
 
 def wql(y: np.ndarray, q: np.ndarray, levels) -> float:
@@ -54,11 +60,22 @@ def seasonal_error(history: np.ndarray, m: int) -> float:
     """
     h = np.asarray(history, dtype=np.float64)
     lag = m if len(h) > m else 1
-    if len(h) <= lag:
-        return float("nan")
-    d = np.abs(h[lag:] - h[:-lag])
+    total, count = abs_diff_sum(h, lag)
+    return total / count if count else float("nan")
+
+
+def abs_diff_sum(values: np.ndarray, lag: int) -> tuple[float, int]:
+    """Sum and number of ``|v_s - v_{s-lag}|`` over pairs with both values observed.
+
+    The additive form of :func:`seasonal_error`, for scales kept incrementally
+    (the worker's online MASE adds one patch at a time).
+    """
+    v = np.asarray(values, dtype=np.float64)
+    if len(v) <= lag:
+        return 0.0, 0
+    d = np.abs(v[lag:] - v[:-lag])
     d = d[~np.isnan(d)]
-    return float(d.mean()) if d.size else float("nan")
+    return float(d.sum()), int(d.size)
 
 
 def seasonal_errors_at(values: np.ndarray, m: int, ends: np.ndarray) -> np.ndarray:
@@ -100,13 +117,20 @@ def mase(y: np.ndarray, median: np.ndarray, history: np.ndarray, m: int) -> floa
     return mae / scale
 
 
-def coverage(y: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> float:
-    """Share of non-NaN targets inside ``[lo, hi]`` (NaN if there are none)."""
+def coverage(y: np.ndarray, lo: np.ndarray, hi: np.ndarray):
+    """Share of non-NaN targets inside ``[lo, hi]`` (NaN if there are none).
+
+    ``y`` (H,) with ``lo``/``hi`` (H,) gives a float. The last axis is time and
+    the others broadcast: e.g. ``y`` (B, 1, H) with ``lo``/``hi`` (B, K, H)
+    gives the (B, K) shares of K intervals of B windows.
+    """
     y = np.asarray(y, dtype=np.float64)
+    lo, hi = np.asarray(lo), np.asarray(hi)
     keep = ~np.isnan(y)
-    if not keep.any():
-        return float("nan")
-    return float(np.mean((y[keep] >= np.asarray(lo)[keep]) & (y[keep] <= np.asarray(hi)[keep])))
+    n = keep.sum(axis=-1)
+    inside = ((y >= lo) & (y <= hi) & keep).sum(axis=-1)
+    share = np.where(n > 0, inside / np.maximum(n, 1), np.nan)
+    return float(share) if share.ndim == 0 else share
 
 
 @dataclass(frozen=True)

@@ -155,6 +155,9 @@ class IngestConsumer:
         self.rewind_to: dict[int, int] = {}  # partition -> last committed (or first read) offset
         self.committed: dict[int, int] = {}
         self.counters: Counter = Counter()
+        from streamflame.ingest.metrics import IngestHistograms
+
+        self.histograms = IngestHistograms()
         self.assigned: set[int] = set()
         self._stop = threading.Event()
         self._ready = False
@@ -242,6 +245,8 @@ class IngestConsumer:
         t0 = time.perf_counter()
         c = self.counters
         before = c.copy()
+        offsets = {str(tp.partition): [recs[0].offset, recs[-1].offset]
+                   for tp, recs in sorted(records.items(), key=lambda kv: kv[0].partition) if recs}
         chunk: list = []
         n_obs = 0
         patches: list = []
@@ -269,12 +274,15 @@ class IngestConsumer:
         c["batches"] += 1
         d = {k: c[k] - before.get(k, 0) for k in c if c[k] != before.get(k, 0)}
         rejected = {k.split(".", 1)[1]: v for k, v in d.items() if k.startswith("rejected.")}
+        elapsed = time.perf_counter() - t0
+        self.histograms.batch_records.observe(d.get("records", 0))
+        self.histograms.batch_seconds.observe(elapsed)
         log.info(
-            "ingest.batch", records=d.get("records", 0), observations=d.get("observations", 0),
+            "ingest.batch", offsets=offsets, records=d.get("records", 0), observations=d.get("observations", 0),
             accepted=d.get("accepted", 0), skipped=d.get("skipped", 0), rejected=rejected,
             patches=d.get("patches", 0), cursor_writes=d.get("cursor_writes", 0),
             cursor_refused=d.get("cursor_refused", 0), series=len(self.assemblers),
-            ms=round((time.perf_counter() - t0) * 1000, 1),
+            ms=round(elapsed * 1000, 1),
         )
 
     def _decode(self, rec, p: int):
@@ -386,7 +394,9 @@ class IngestConsumer:
         if not missing:
             return
         try:
+            t_redis = time.perf_counter()
             loaded = self.store.load_many(missing)
+            self.histograms.redis_seconds.labels("load").observe(time.perf_counter() - t_redis)
         except Exception as e:  # noqa: BLE001 - redis down: retry the batch later
             raise _RetryBatch(f"loading ingest cursors failed: {e!r}") from e
         for sid in missing:
@@ -424,7 +434,9 @@ class IngestConsumer:
         if not touched:
             return
         try:
+            t_redis = time.perf_counter()
             res = self.store.save_many([a.cursor() for a in touched.values()])
+            self.histograms.redis_seconds.labels("save").observe(time.perf_counter() - t_redis)
         except Exception as e:  # noqa: BLE001
             raise _RetryBatch(f"writing ingest cursors failed: {e!r}") from e
         self.counters["cursor_writes"] += res.written

@@ -9,13 +9,16 @@ Exposed (prefix ``streamflame_ingest_``): ``records_total``,
 ``retries_total``, ``spilled_total``, ``evicted_total``; gauges ``series``
 (in memory), ``buffered_observations``, ``assigned_partitions`` and, per
 partition, ``lag`` (high-water mark - next offset to read) and ``commit_lag``
-(high-water mark - committed offset).
+(high-water mark - committed offset). Histograms (:class:`IngestHistograms`,
+observed once per batch): ``batch_records`` (records per poll batch),
+``batch_seconds`` (time to handle a batch: decode, assemble, publish, cursor
+writes) and ``redis_seconds{op=load|save}`` (cursor round trips).
 """
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry, Histogram, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -25,6 +28,26 @@ PREFIX = "streamflame_ingest_"
 COUNTERS = ("records", "observations", "accepted", "skipped", "dead_letters", "patches", "cursor_writes",
             "cursor_refused", "commits", "commit_errors", "retries", "spilled", "evicted", "series_new",
             "batches", "poll_errors")
+
+
+_SECONDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class IngestHistograms:
+    """Per-batch histograms of one ingest process (unregistered; exported by
+    :class:`IngestCollector`)."""
+
+    def __init__(self) -> None:
+        self.batch_records = Histogram(PREFIX + "batch_records", "records per poll batch", registry=None,
+                                       buckets=(1, 10, 100, 500, 1000, 2500, 5000, 10000, 50000))
+        self.batch_seconds = Histogram(PREFIX + "batch_seconds", "time to handle one poll batch", registry=None,
+                                       buckets=_SECONDS)
+        self.redis_seconds = Histogram(PREFIX + "redis_seconds", "Redis cursor round trip", ["op"], registry=None,
+                                       buckets=_SECONDS)
+
+    def collect(self):
+        for h in (self.batch_records, self.batch_seconds, self.redis_seconds):
+            yield from h.collect()
 
 
 class IngestCollector:
@@ -55,6 +78,7 @@ class IngestCollector:
                 clag.add_metric([str(p)], max(0, hw - ing.committed[p]))
         yield lag
         yield clag
+        yield from ing.histograms.collect()
 
 
 def serve(ingest: "IngestConsumer", port: int, host: str = "127.0.0.1") -> int:

@@ -5,7 +5,9 @@ series in one Redis Cluster slot)::
 
     sf:{<sid>}:state        seq    ascii int: last applied patch seq
                             state  SeriesState.to_bytes() (opaque here)
-                            meta   JSON, see StateMeta (deterministic: no wall-clock)
+                            meta   JSON, see StateMeta (deterministic: no wall-clock):
+                                   the last forecast's first 48 steps (alerts and
+                                   online accuracy) and the series' naive scale
     sf:{<sid>}:state        seq, quarantined=<reason>   a quarantine tombstone
     sf:{<sid>}:quarantine   the record as it was when it was quarantined (a
                             string key's value under ``raw``), + quarantine_reason
@@ -32,7 +34,8 @@ import orjson
 from redis.exceptions import NoScriptError, ResponseError
 
 __all__ = [
-    "AlertInterval",
+    "LastForecast",
+    "NaiveScale",
     "BrokenRecord",
     "SaveResult",
     "StateMeta",
@@ -98,31 +101,95 @@ return 1
 
 
 @dataclass(frozen=True)
-class AlertInterval:
-    """The interval of the last published forecast, kept for alerting.
+class LastForecast:
+    """What the worker keeps of the last published forecast of a series, to judge
+    the next patch against it: the alert interval and the online accuracy
+    (docs/architecture.md, "Online accuracy").
 
-    ``lo``/``hi``: float32 arrays (n,), n <= 48, the quantiles at ``levels`` for
-    steps 1..n; step 1 is at ``start_ms``. ``seq`` is the forecast's patch seq.
+    ``quantile_levels`` (Q,) with ``quantiles`` (Q, n) and ``mean`` (n,), float32,
+    n <= 48, for steps 1..n; step 1 is at ``start_ms``. ``seq`` is the forecast's
+    patch seq. ``alert_levels``: the (lo, hi) levels of the alert interval (both
+    in ``quantile_levels``), None = no alerts. ``mean`` is None in records
+    written before online accuracy existed (they held the alert interval only);
+    such a forecast raises alerts but is not scored.
     """
 
     seq: int
     start_ms: int
-    levels: tuple[float, float]
-    lo: np.ndarray
-    hi: np.ndarray
+    quantile_levels: tuple[float, ...]
+    quantiles: np.ndarray
+    mean: np.ndarray | None = None
+    alert_levels: tuple[float, float] | None = None
+
+    @property
+    def n(self) -> int:
+        return int(self.quantiles.shape[1])
+
+    def row(self, level: float) -> np.ndarray:
+        """The quantile row at ``level`` (matched at 6 decimals)."""
+        for i, q in enumerate(self.quantile_levels):
+            if abs(q - level) < 5e-7:
+                return self.quantiles[i]
+        raise KeyError(f"level {level} not in {self.quantile_levels}")
+
+    @property
+    def levels(self) -> tuple[float, float] | None:
+        """The alert interval's levels (None: no alerts)."""
+        return self.alert_levels
+
+    @property
+    def lo(self) -> np.ndarray:
+        return self.row(self.alert_levels[0])
+
+    @property
+    def hi(self) -> np.ndarray:
+        return self.row(self.alert_levels[1])
 
     def to_dict(self) -> dict[str, Any]:
-        return {"seq": self.seq, "start_ms": self.start_ms, "levels": list(self.levels),
-                "lo": np.asarray(self.lo, np.float32), "hi": np.asarray(self.hi, np.float32)}
+        return {"seq": self.seq, "start_ms": self.start_ms, "quantile_levels": list(self.quantile_levels),
+                "quantiles": np.ascontiguousarray(self.quantiles, np.float32),
+                "mean": None if self.mean is None else np.ascontiguousarray(self.mean, np.float32),
+                "alert_levels": None if self.alert_levels is None else list(self.alert_levels)}
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "AlertInterval":
+    def from_dict(cls, d: Mapping[str, Any]) -> "LastForecast":
+        q = np.asarray(d["quantiles"], np.float32)
+        levels = tuple(float(x) for x in d["quantile_levels"])
+        if q.ndim != 2 or q.shape[0] != len(levels):
+            raise ValueError(f"last forecast: quantiles shape {q.shape} for {len(levels)} levels")
+        mean = None if d.get("mean") is None else np.asarray(d["mean"], np.float32)
+        if mean is not None and mean.shape != (q.shape[1],):
+            raise ValueError(f"last forecast: mean shape {mean.shape}, quantiles {q.shape}")
+        al = d.get("alert_levels")
+        return cls(int(d["seq"]), int(d["start_ms"]), levels, q, mean,
+                   None if al is None else (float(al[0]), float(al[1])))
+
+    @classmethod
+    def from_alert_dict(cls, d: Mapping[str, Any]) -> "LastForecast":
+        """A record of the older layout: ``alert`` = {seq, start_ms, levels, lo, hi}."""
         lo = np.asarray(d["lo"], np.float32)
         hi = np.asarray(d["hi"], np.float32)
         if lo.shape != hi.shape or lo.ndim != 1:
             raise ValueError(f"alert interval lo/hi shapes differ: {lo.shape} vs {hi.shape}")
-        a, b = d["levels"]
-        return cls(int(d["seq"]), int(d["start_ms"]), (float(a), float(b)), lo, hi)
+        a, b = (float(x) for x in d["levels"])
+        return cls(int(d["seq"]), int(d["start_ms"]), (a, b), np.stack([lo, hi]), None, (a, b))
+
+
+@dataclass(frozen=True)
+class NaiveScale:
+    """Causal in-sample scale of a series for the online MASE: the running sum and
+    count of ``|y_t - y_{t-1}|`` over consecutive observed slots of every applied
+    patch (the naive one-step forecast's MAE), and the value of the last slot
+    (None = missing) to pair with the next patch's first slot."""
+
+    last: float | None = None
+    abs_sum: float = 0.0
+    count: int = 0
+
+    @property
+    def scale(self) -> float:
+        """Mean absolute one-step difference; NaN while no pair was observed."""
+        return self.abs_sum / self.count if self.count else float("nan")
 
 
 @dataclass(frozen=True)
@@ -132,6 +199,8 @@ class StateMeta:
     ``last_slot_ms``: epoch ms of slot 47 of the last applied patch.
     ``src_partition``/``src_offset``: where that patch sits on the patches topic
     (lets a worker rewind after Redis lost recent writes).
+    ``forecast``: the last published forecast's first steps (alerts, accuracy).
+    ``naive``: the series' causal scale for the online MASE.
     """
 
     model_id: str
@@ -140,13 +209,21 @@ class StateMeta:
     last_slot_ms: int
     src_partition: int
     src_offset: int
-    alert: AlertInterval | None = None
+    forecast: LastForecast | None = None
+    naive: NaiveScale = NaiveScale()
+
+    @property
+    def alert(self) -> LastForecast | None:
+        """The last forecast when it carries an alert interval."""
+        f = self.forecast
+        return f if f is not None and f.alert_levels is not None else None
 
     def to_json(self) -> bytes:
         d = {"model_id": self.model_id, "group": self.group, "freq_ms": self.freq_ms,
              "last_slot_ms": self.last_slot_ms, "src_partition": self.src_partition,
              "src_offset": self.src_offset,
-             "alert": None if self.alert is None else self.alert.to_dict()}
+             "forecast": None if self.forecast is None else self.forecast.to_dict(),
+             "naive": [self.naive.last, self.naive.abs_sum, self.naive.count]}
         return orjson.dumps(d, option=orjson.OPT_SERIALIZE_NUMPY)
 
     @classmethod
@@ -154,10 +231,17 @@ class StateMeta:
         d = orjson.loads(raw)
         if type(d) is not dict:
             raise ValueError("meta is not a JSON object")
-        alert = d.get("alert")
+        if d.get("forecast") is not None:
+            fc = LastForecast.from_dict(d["forecast"])
+        elif d.get("alert") is not None:  # layout before online accuracy
+            fc = LastForecast.from_alert_dict(d["alert"])
+        else:
+            fc = None
+        nv = d.get("naive")
+        naive = NaiveScale() if nv is None else NaiveScale(None if nv[0] is None else float(nv[0]),
+                                                         float(nv[1]), int(nv[2]))
         return cls(str(d["model_id"]), str(d["group"]), int(d["freq_ms"]), int(d["last_slot_ms"]),
-                   int(d["src_partition"]), int(d["src_offset"]),
-                   None if alert is None else AlertInterval.from_dict(alert))
+                   int(d["src_partition"]), int(d["src_offset"]), fc, naive)
 
 
 @dataclass(frozen=True)

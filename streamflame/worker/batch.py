@@ -25,9 +25,12 @@ applied patch, -1 = none):
 Forecasts are made after every applied patch of a series with at least
 ``min_history_patches`` patches; the sampling seed is
 ``forecast_seed(worker.seed, series_id, seq)``, so a replay publishes the same
-numbers bit for bit. Alerts compare each observed value of a new patch with the
-interval (group ``alert_levels``) of the forecast made after the previous patch,
-which the state meta carries (steps 1..48).
+numbers bit for bit. The state meta carries the first 48 steps of the forecast
+made after the previous patch (all quantiles and the mean, float32). Each new
+patch is judged against it before it is applied: alerts compare each observed
+value with the interval at the group's ``alert_levels``, and the online accuracy
+(:mod:`streamflame.worker.accuracy`) scores it into ``BatchResult.scores``,
+which the worker adds to its metrics only once the state write was applied.
 """
 from __future__ import annotations
 
@@ -45,10 +48,10 @@ from streamflame.schemas import (
     PatchMessage,
     alert_score,
     forecast_seed,
-    format_level,
     iso_ms,
 )
-from streamflame.state.store import AlertInterval, BrokenRecord, StateMeta, StateRecord
+from streamflame.state.store import BrokenRecord, LastForecast, NaiveScale, StateMeta, StateRecord
+from streamflame.worker.accuracy import PatchScore, score_many, update_naive
 
 __all__ = ["PatchRecord", "Rejected", "BatchResult", "BatchProcessor"]
 
@@ -78,6 +81,7 @@ class Rejected:
 class BatchResult:
     forecasts: list[ForecastMessage] = field(default_factory=list)
     alerts: list[AlertMessage] = field(default_factory=list)
+    scores: dict[str, list[PatchScore]] = field(default_factory=dict)  # series -> online accuracy, seq order
     rejected: list[Rejected] = field(default_factory=list)
     # CAS writes: new record per series, the seq it was computed from, series
     # whose unreadable record may be replaced, series to quarantine (reason).
@@ -104,7 +108,8 @@ class _Series:
     expected: int
     meta: StateMeta | None
     pending: list[PatchRecord]
-    alert: AlertInterval | None
+    forecast: LastForecast | None
+    naive: NaiveScale = NaiveScale()
     replace_broken: bool = False
 
 
@@ -197,7 +202,8 @@ class BatchProcessor:
             else:
                 if state is None:  # no record: the series starts at seq 0
                     state = self.f.init_state(scale=group.scale)
-                w = _Series(sid, group, state, stored, meta, [], meta.alert if meta else None)
+                w = _Series(sid, group, state, stored, meta, [], meta.forecast if meta else None,
+                            meta.naive if meta else NaiveScale())
 
             # The consecutive run starting right after the stored seq.
             nxt = stored + 1
@@ -254,9 +260,13 @@ class BatchProcessor:
             t0 = time.perf_counter()
             new_states = self.f.update_many([w.state for w in active], patches)
             res.step_s += time.perf_counter() - t0
+            to_score: list[tuple] = []
             for w, x, st in zip(active, recs, new_states):
-                self._alerts(w, x.patch, res)
+                self._judge(w, x.patch, res, to_score)
                 w.state = st
+            for sc in score_many(to_score):
+                if sc is not None:
+                    res.scores.setdefault(sc.series_id, []).append(sc)
             self._forecasts(active, recs, res, produced_at_ms)
             res.applied += len(active)
             r += 1
@@ -265,27 +275,39 @@ class BatchProcessor:
             p = last.patch
             meta = StateMeta(model_id=self.f.model_id, group=w.group.name, freq_ms=p.freq_ms,
                              last_slot_ms=p.start_ms + (PATCH_LEN - 1) * p.freq_ms,
-                             src_partition=last.partition, src_offset=last.offset, alert=w.alert)
+                             src_partition=last.partition, src_offset=last.offset, forecast=w.forecast,
+                             naive=w.naive)
             res.records[w.sid] = StateRecord(p.seq, w.state.to_bytes(), meta)
             res.expected[w.sid] = w.expected
             if w.replace_broken:
                 res.replace_broken.add(w.sid)
 
-    def _alerts(self, w: _Series, p: PatchMessage, res: BatchResult) -> None:
-        a = w.alert
-        if a is None or a.seq != p.seq - 1 or a.start_ms != p.start_ms or w.group.alert_levels is None:
-            return
-        for i, v in enumerate(p.values[: len(a.lo)]):
+    def _judge(self, w: _Series, p: PatchMessage, res: BatchResult, to_score: list) -> None:
+        """Judge patch ``p`` against the forecast made after the previous patch
+        (alerts now; online accuracy queued in ``to_score`` for one vectorised
+        pass per round), then advance the series' naive scale."""
+        f = w.forecast
+        values = p.values_array()
+        if f is not None and f.seq == p.seq - 1 and f.start_ms == p.start_ms:
+            to_score.append((w.sid, w.group.name, f, values, w.naive))
+            if f.alert_levels is not None and w.group.alert_levels is not None:
+                self._alerts(w, f, p, res)
+        w.naive = update_naive(w.naive, values)
+
+    @staticmethod
+    def _alerts(w: _Series, a: LastForecast, p: PatchMessage, res: BatchResult) -> None:
+        lo_row, hi_row = a.lo, a.hi
+        for i, v in enumerate(p.values[: a.n]):
             if v is None:
                 continue
-            lo, hi = float(a.lo[i]), float(a.hi[i])
+            lo, hi = float(lo_row[i]), float(hi_row[i])
             hit = alert_score(v, lo, hi)
             if hit is None:
                 continue
             ts = p.start_ms + i * p.freq_ms
             res.alerts.append(AlertMessage.model_construct(
                 series_id=w.sid, timestamp=iso_ms(ts), timestamp_ms=ts, value=float(v), lower=lo, upper=hi,
-                levels=a.levels, forecast_seq=a.seq, step=i + 1, score=float(hit[1]), direction=hit[0]))
+                levels=a.alert_levels, forecast_seq=a.seq, step=i + 1, score=float(hit[1]), direction=hit[0]))
 
     def _forecasts(self, active: list[_Series], recs: list[PatchRecord], res: BatchResult,
                    produced_at_ms: int) -> None:
@@ -295,7 +317,7 @@ class BatchProcessor:
                 g = w.group
                 groups.setdefault((g.horizon, g.quantiles, g.num_samples), []).append(i)
             else:
-                w.alert = None
+                w.forecast = None
         seed = self.cfg.worker.seed
         for (horizon, quantiles, num_samples), idx in groups.items():
             seeds = [forecast_seed(seed, active[i].sid, recs[i].patch.seq) for i in idx]
@@ -310,18 +332,15 @@ class BatchProcessor:
                     quantile_levels=fc.quantile_levels, quantiles=fc.quantiles, model_id=self.f.model_id,
                     samples=fc.samples if w.group.include_samples else None, produced_at_ms=produced_at_ms,
                     frequency=self._frequency(p.freq_ms)))
-                w.alert = self._interval(w.group, p.seq, origin + p.freq_ms, fc)
+                w.forecast = self._last_forecast(w.group, p.seq, origin + p.freq_ms, fc)
 
     @staticmethod
-    def _interval(g: GroupSettings, seq: int, start_ms: int, fc) -> AlertInterval | None:
-        if g.alert_levels is None:
-            return None
-        keys = [format_level(q) for q in fc.quantile_levels]
-        lo_i, hi_i = (keys.index(format_level(q)) for q in g.alert_levels)
+    def _last_forecast(g: GroupSettings, seq: int, start_ms: int, fc) -> LastForecast:
         n = min(PATCH_LEN, fc.horizon)
-        return AlertInterval(seq=seq, start_ms=start_ms, levels=tuple(g.alert_levels),
-                             lo=fc.quantiles[lo_i, :n].astype(np.float32),
-                             hi=fc.quantiles[hi_i, :n].astype(np.float32))
+        return LastForecast(seq=seq, start_ms=start_ms, quantile_levels=tuple(float(q) for q in fc.quantile_levels),
+                            quantiles=np.ascontiguousarray(fc.quantiles[:, :n], np.float32),
+                            mean=np.ascontiguousarray(fc.mean[:n], np.float32),
+                            alert_levels=None if g.alert_levels is None else tuple(g.alert_levels))
 
     def _frequency(self, freq_ms: int) -> str:
         name = self._freq_names.get(freq_ms)

@@ -14,6 +14,20 @@ Latency metrics, both in seconds:
 
 Consumer lag per partition uses the high-water mark returned with fetched
 records (Tansu's ``end_offsets()`` under-reports).
+
+Online accuracy, per series group (definitions in
+:mod:`streamflame.worker.accuracy` and docs/architecture.md):
+
+* counters (exact sums since the process started; rate them in Prometheus for
+  any window, and sum them over workers): ``online_scored_patches_total``,
+  ``online_scored_points_total``, ``online_quantile_loss_total`` (sum of
+  pinball losses / Q), ``online_abs_target_total`` (sum |y|),
+  ``online_scaled_error_total`` / ``online_scaled_points_total`` (MASE),
+  ``online_inside_total{level}`` (targets inside the central interval of
+  nominal coverage ``level``);
+* gauges (exponentially weighted over the group's scored patches, half-life
+  ``worker.accuracy_halflife_patches``): ``online_wql``, ``online_mase``,
+  ``online_coverage{level}``.
 """
 from __future__ import annotations
 
@@ -51,6 +65,53 @@ class WorkerMetrics:
         self.state_bytes = Gauge(p + "state_record_bytes", "Mean stored record size (state + meta) in the last batch",
                                  registry=r)
         self.lag = Gauge(p + "consumer_lag", "Patches not yet consumed, per partition", ["partition"], registry=r)
+        self.records = Counter(p + "records", "Patch records consumed", registry=r)
+        self.batches = Counter(p + "batches", "Batches handled", registry=r)
+        self.batch_seconds = Histogram(p + "batch_seconds", "Wall time per batch (load, compute, publish, write, commit)",
+                                       buckets=_LATENCY_BUCKETS, registry=r)
+        # Online accuracy (see the module docstring).
+        g = ["group"]
+        self.acc_patches = Counter(p + "online_scored_patches", "Patches scored against the previous forecast", g,
+                                   registry=r)
+        self.acc_points = Counter(p + "online_scored_points", "Observed values scored against the previous forecast",
+                                  g, registry=r)
+        self.acc_ql = Counter(p + "online_quantile_loss", "Sum of pinball losses over levels / number of levels", g,
+                              registry=r)
+        self.acc_abs = Counter(p + "online_abs_target", "Sum of |observed value| of scored points", g, registry=r)
+        self.acc_scaled = Counter(p + "online_scaled_error", "Sum of |value - mean forecast| / naive scale", g,
+                                  registry=r)
+        self.acc_scaled_points = Counter(p + "online_scaled_points", "Scored points with a naive scale", g, registry=r)
+        self.acc_inside = Counter(p + "online_inside", "Scored points inside the central interval of nominal coverage",
+                                  ["group", "level"], registry=r)
+        self.online_wql = Gauge(p + "online_wql", "Online weighted quantile loss (exponentially weighted)", g,
+                                registry=r)
+        self.online_mase = Gauge(p + "online_mase", "Online MASE of the mean forecast, naive scale (exp. weighted)", g,
+                                 registry=r)
+        self.online_coverage = Gauge(p + "online_coverage", "Online central-interval coverage (exp. weighted)",
+                                     ["group", "level"], registry=r)
+
+    def observe_scores(self, scores, accuracy) -> None:
+        """Add applied patches' :class:`~streamflame.worker.accuracy.PatchScore` s to the
+        counters and to ``accuracy`` (an ``OnlineAccuracy``), then refresh the gauges."""
+        groups = set()
+        for s in scores:
+            g = s.group
+            groups.add(g)
+            self.acc_patches.labels(g).inc()
+            self.acc_points.labels(g).inc(s.points)
+            self.acc_ql.labels(g).inc(s.ql)
+            self.acc_abs.labels(g).inc(s.abs_y)
+            self.acc_scaled.labels(g).inc(s.scaled_err)
+            self.acc_scaled_points.labels(g).inc(s.scaled_points)
+            for level, n in s.inside.items():
+                self.acc_inside.labels(g, level).inc(n)
+            accuracy.add(s)
+        for g in groups:
+            snap = accuracy.snapshot(g)
+            self.online_wql.labels(g).set(snap["wql"])
+            self.online_mase.labels(g).set(snap["mase"])
+            for level, x in snap["coverage"].items():
+                self.online_coverage.labels(g, level).set(x)
 
     def serve(self, port: int, host: str = "127.0.0.1") -> int:
         """Start the HTTP exporter; returns the bound port (``port=0`` picks one)."""

@@ -39,7 +39,13 @@ after the stored one, then the DLQ; a corrupt or foreign state follows
 error abandons the batch (nothing committed), rewinds its partitions and
 retries with backoff.
 
-Operations: one JSON log line per batch (``worker.batch``); Prometheus metrics
+Online accuracy: each applied patch scores the forecast published after the
+previous one (:mod:`streamflame.worker.accuracy`); a score reaches the metrics
+only after step 4 applied the series' write, so a replay never counts twice
+(the per-group sums are process memory and restart from zero with it).
+
+Operations: one JSON log line per batch at info (``worker.batch``, with the
+batch's ``offsets`` per partition), never one per patch; Prometheus metrics
 (:mod:`streamflame.worker.metrics`) on ``metrics.port`` /
 ``STREAMFLAME_METRICS_PORT``; ``STREAMFLAME_READY_FILE`` is touched once the
 worker has joined its group and is polling.
@@ -59,6 +65,7 @@ import structlog
 
 from streamflame.config import ConfigError, ServiceConfig, load_config
 from streamflame.schemas import encode
+from streamflame.worker.accuracy import OnlineAccuracy
 from streamflame.worker.batch import BatchProcessor, BatchResult, PatchRecord
 from streamflame.worker.metrics import LIVE_WINDOW_S, WorkerMetrics
 from streamflame.logs import configure_logging
@@ -102,6 +109,7 @@ class Worker:
         self.ready_file = Path(ready_file) if ready_file else (
             Path(os.environ[READY_FILE_ENV]) if os.environ.get(READY_FILE_ENV) else None)
         self.metrics = metrics or WorkerMetrics()
+        self.accuracy = OnlineAccuracy(cfg.worker.accuracy_halflife_patches)
         self.ready = threading.Event()
         self._stop = threading.Event()
         self._batch = _Batch()
@@ -152,6 +160,11 @@ class Worker:
                 if len(worker._batch):
                     log.info("worker.batch_dropped_on_rebalance", patches=len(worker._batch))
                 worker._batch = _Batch()
+                for tp in revoked:  # the new owner reports their lag; a stale value would add up twice
+                    try:
+                        worker.metrics.lag.remove(str(tp.partition))
+                    except KeyError:
+                        pass
 
             def on_partitions_assigned(self, assigned):
                 log.info("worker.assigned", partitions=sorted(tp.partition for tp in assigned))
@@ -279,6 +292,13 @@ class Worker:
         m.patches.labels("applied").inc(res.applied)
         m.patches.labels("skipped").inc(res.skipped)
         m.patches.labels("bad").inc(len(b.bad))
+        m.records.inc(len(b))
+        m.batches.inc()
+        m.batch_seconds.observe(total_s)
+        # Online accuracy of the patches whose state write was applied: a replayed
+        # or refused write (another worker's, or our own earlier one) is not counted.
+        if res.scores:
+            m.observe_scores([s for sid in save.applied for s in res.scores.get(sid, ())], self.accuracy)
         for outcome, n in (("applied", len(save.applied)), ("stale", len(save.stale)),
                            ("conflict", len(save.conflict)), ("gap", len(save.gap)),
                            ("blocked", len(save.blocked))):
@@ -293,7 +313,8 @@ class Worker:
             lag = done_s - r.patch.last_obs_ms / 1000
             if 0.0 <= lag <= LIVE_WINDOW_S:
                 m.e2e_latency.observe(lag)
-        log.info("worker.batch", size=len(b), series=len(sids), rounds=res.rounds, applied=res.applied,
+        log.info("worker.batch", size=len(b), offsets=_offsets(b.start, b.end), series=len(sids),
+                 rounds=res.rounds, applied=res.applied, scored=sum(len(v) for v in res.scores.values()),
                  skipped=res.skipped, refused=save.refused, rejected=len(res.rejected) + len(b.bad),
                  forecasts=len(res.forecasts), alerts=len(res.alerts), reinitialised=res.reinitialised,
                  step_ms=round(res.step_s * 1000, 2), forecast_ms=round(res.forecast_s * 1000, 2),
@@ -339,6 +360,11 @@ class Worker:
         for tp, off in offsets.items():
             if tp in assigned:
                 self.consumer.seek(tp, off)
+
+
+def _offsets(start: dict, end: dict) -> dict[str, list[int]]:
+    """Log context of a batch: ``{"<partition>": [first offset, last offset]}``."""
+    return {str(tp.partition): [start[tp], end[tp] - 1] for tp in sorted(end, key=lambda t: t.partition)}
 
 
 def _short(e: Exception, limit: int = 500) -> str:
