@@ -57,7 +57,7 @@ from pathlib import Path
 
 import structlog
 
-from streamflame.config import ConfigError, ServiceConfig, load_config
+from streamflame.config import CONFIG_ENV, ConfigError, ServiceConfig, load_config
 from streamflame.schemas import encode
 from streamflame.worker.batch import BatchProcessor, BatchResult, PatchRecord
 from streamflame.worker.metrics import LIVE_WINDOW_S, WorkerMetrics
@@ -97,8 +97,10 @@ class Worker:
     """
 
     def __init__(self, cfg: ServiceConfig, *, ready_file: str | os.PathLike | None = None,
-                 metrics: WorkerMetrics | None = None):
+                 metrics: WorkerMetrics | None = None, config_path: str | os.PathLike | None = None):
         self.cfg = cfg
+        self.config_path = config_path  # hot reload: the file watched between batches (None = off)
+        self.reloader = None
         self.ready_file = Path(ready_file) if ready_file else (
             Path(os.environ[READY_FILE_ENV]) if os.environ.get(READY_FILE_ENV) else None)
         self.metrics = metrics or WorkerMetrics()
@@ -112,6 +114,22 @@ class Worker:
 
     def stop(self) -> None:
         self._stop.set()
+
+    def request_reload(self) -> None:
+        """Re-read the config file before the next batch (SIGHUP; signal safe)."""
+        if self.reloader is not None:
+            self.reloader.request()
+        else:
+            log.warning("config.reload_unavailable", detail="the worker runs without a config file")
+
+    def _check_reload(self) -> None:
+        new = self.reloader.check() if self.reloader is not None else None
+        if new is None:
+            return
+        if new.log_level != self.cfg.log_level:
+            configure_logging(new.log_level)
+        self.cfg = new
+        self.processor.cfg = new
 
     def run(self) -> None:
         self._open()
@@ -135,6 +153,11 @@ class Worker:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.forecaster = Forecaster.load(cfg.worker.model_path).to(device)
         self.processor = BatchProcessor(self.forecaster, cfg)
+        from streamflame.config import HotReloader
+
+        max_horizon = self.forecaster.config.max_horizon
+        self.reloader = HotReloader(self.config_path, cfg, log, component="worker",
+                                    validate=lambda c: c.check_horizons(max_horizon)) if self.config_path else None
         self.store = StateStore(connect(cfg.redis), cfg.redis.key_prefix)
         self.producer = make_producer(cfg)
         self.dlq = DeadLetterWriter(self.producer, cfg.topics.dlq, "worker")
@@ -184,9 +207,11 @@ class Worker:
     # -- loop --------------------------------------------------------------------
 
     def _loop(self) -> None:
-        wcfg = self.cfg.worker
-        deadline_s = wcfg.batch_deadline_ms / 1000
         while not self._stop.is_set():
+            if not len(self._batch):  # hot reload between batches only
+                self._check_reload()
+            wcfg = self.cfg.worker
+            deadline_s = wcfg.batch_deadline_ms / 1000
             b = self._batch
             if len(b):
                 wait_ms = int(max(0.0, b.first_at + deadline_s - time.monotonic()) * 1000)
@@ -354,7 +379,8 @@ def _short(e: Exception, limit: int = 500) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="streamflame worker", description=(
         "Run a model worker: consume patches, advance states in Redis, publish forecasts and alerts. "
-        "Stops cleanly on SIGTERM/SIGINT."))
+        "Stops cleanly on SIGTERM/SIGINT. The config file is re-read on SIGHUP and when it changes "
+        "(series groups, defaults, log level, batch size/deadline; see docs/configuration.md)."))
     parser.add_argument("--config", help="YAML config file (default: $STREAMFLAME_CONFIG, else built-in defaults)")
     args = parser.parse_args(argv)
     try:
@@ -364,7 +390,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {e.source or 'environment'}: {p}", file=sys.stderr)
         return 2
     configure_logging(cfg.log_level)
-    worker = Worker(cfg)
+    worker = Worker(cfg, config_path=args.config or os.environ.get(CONFIG_ENV) or None)
 
     def _on_signal(signum, _frame):
         log.info("worker.signal", signal=signal.Signals(signum).name)
@@ -372,6 +398,7 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
+    signal.signal(signal.SIGHUP, lambda _s, _f: worker.request_reload())
     if cfg.metrics.port is not None:
         port = worker.metrics.serve(cfg.metrics.port, cfg.metrics.host)
         log.info("worker.metrics", url=f"http://{cfg.metrics.host}:{port}/metrics")
