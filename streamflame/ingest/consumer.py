@@ -135,9 +135,9 @@ class IngestConsumer:
             grid_tolerance=ing.grid_tolerance,
         )
         if redis_client is None:
-            import redis
+            from streamflame.state.client import connect
 
-            redis_client = redis.Redis.from_url(**cfg.redis.client_kwargs())
+            redis_client = connect(cfg.redis)  # redis.cluster.RedisCluster when cfg.redis.cluster
         self.redis = redis_client
         self.store = CursorStore(redis_client, cfg.redis.key_prefix)
         if create_missing_topics:
