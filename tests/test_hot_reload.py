@@ -165,3 +165,59 @@ def test_reloader_policy(tmp_path):
     assert r.check() is None and len(log.entries) == 2 and log.entries[1]["trigger"] == "signal"
     with pytest.raises(ConfigError):
         load_config(path)
+
+
+def test_ingest_reloads_group_frequency_for_new_series(service_config, redis_client, tmp_path):
+    """Ingest (in-process, real broker + redis) with a config file: after the file changes a
+    group's frequency, series first seen afterwards use the new step; a series already
+    started keeps its own (its grid is fixed by its first observations)."""
+    import time as _time
+
+    from kafka import KafkaProducer
+
+    from streamflame.ingest.consumer import IngestConsumer
+    from streamflame.schemas import decode_patch
+    from test_pipeline_e2e import read_topic
+
+    def text(freq: str) -> str:
+        d = service_config.effective(mask_secrets=False)
+        d["groups"] = [{"name": "meters", "match": "meter-*", "frequency": freq}]
+        return dump_yaml(d)
+
+    conf = tmp_path / "ingest.yaml"
+    conf.write_text(text("1min"))
+    cfg = load_config(conf)
+    ingest = IngestConsumer(cfg, redis_client=redis_client, config_path=conf)
+    t = threading.Thread(target=ingest.run, daemon=True)
+    t.start()
+    t0 = 1_704_067_200_000
+    prod = KafkaProducer(bootstrap_servers=cfg.kafka.bootstrap)
+
+    def send_series(sid: str, step_ms: int, n: int = 49, first: int = 0) -> None:
+        # Timestamps 5 min apart: on a 1-min grid every fifth slot, on a 5-min grid every slot.
+        msg = {"series_id": sid, "timestamps": [t0 + k * step_ms for k in range(first, first + n)],
+               "values": [1.0] * n}
+        prod.send(cfg.topics.observations, key=sid.encode(), value=orjson.dumps(msg))
+        prod.flush()
+
+    try:
+        send_series("meter-1", 300_000)
+        first = read_topic(cfg.kafka.bootstrap, cfg.topics.patches, want=5, timeout=30)  # 241 1-min slots
+        assert [decode_patch(r.value).freq_ms for r in first] == [60_000] * 5
+        conf.write_text(text("5min"))
+        _time.sleep(0.5)  # ingest checks the file before each poll (poll timeout is short)
+        send_series("meter-2", 300_000)                    # 49 5-min slots: one patch
+        send_series("meter-1", 300_000, n=10, first=49)    # the started series: slots 245..290, one more patch
+        patches = [decode_patch(r.value) for r in read_topic(cfg.kafka.bootstrap, cfg.topics.patches, want=7,
+                                                             timeout=30)]
+    finally:
+        prod.close()
+        ingest.stop()
+        t.join(30)
+    assert not t.is_alive()
+    by_sid = {}
+    for p in patches:
+        by_sid.setdefault(p.series_id, set()).add(p.freq_ms)
+    assert by_sid == {"meter-1": {60_000}, "meter-2": {300_000}}
+    assert sorted((p.series_id, p.seq) for p in patches) == [("meter-1", k) for k in range(6)] + [("meter-2", 0)]
+    assert ingest.reloader.reloads == 1 and ingest.cfg.resolve_group("meter-9").freq_ms == 300_000

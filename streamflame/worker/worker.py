@@ -94,13 +94,18 @@ class Worker:
     ``cfg``: the service config. The model is ``Forecaster.load(cfg.worker.model_path)``
     on ``cfg.worker.device`` (``auto`` = cuda when available, else cpu).
     ``ready_file``: touched once joined and polling (default ``$STREAMFLAME_READY_FILE``).
+    ``config_path``: the file ``cfg`` came from, re-read between batches when it changes or
+    after :meth:`request_reload` (SIGHUP); see docs/configuration.md, "Hot reload".
     """
 
     def __init__(self, cfg: ServiceConfig, *, ready_file: str | os.PathLike | None = None,
                  metrics: WorkerMetrics | None = None, config_path: str | os.PathLike | None = None):
         self.cfg = cfg
-        self.config_path = config_path  # hot reload: the file watched between batches (None = off)
-        self.reloader = None
+        # Hot reload: the file watched between batches (None = off); created here so that a
+        # change or a SIGHUP while the model loads is not lost.
+        from streamflame.config import HotReloader
+
+        self.reloader = HotReloader(config_path, cfg, log, component="worker") if config_path else None
         self.ready_file = Path(ready_file) if ready_file else (
             Path(os.environ[READY_FILE_ENV]) if os.environ.get(READY_FILE_ENV) else None)
         self.metrics = metrics or WorkerMetrics()
@@ -153,11 +158,9 @@ class Worker:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.forecaster = Forecaster.load(cfg.worker.model_path).to(device)
         self.processor = BatchProcessor(self.forecaster, cfg)
-        from streamflame.config import HotReloader
-
-        max_horizon = self.forecaster.config.max_horizon
-        self.reloader = HotReloader(self.config_path, cfg, log, component="worker",
-                                    validate=lambda c: c.check_horizons(max_horizon)) if self.config_path else None
+        if self.reloader is not None:
+            max_horizon = self.forecaster.config.max_horizon
+            self.reloader.validate = lambda c: c.check_horizons(max_horizon)
         self.store = StateStore(connect(cfg.redis), cfg.redis.key_prefix)
         self.producer = make_producer(cfg)
         self.dlq = DeadLetterWriter(self.producer, cfg.topics.dlq, "worker")
