@@ -251,3 +251,27 @@ def check_png(path):
     rgb = img[..., :3]
     assert (np.abs(rgb - np.array([0.84, 0.15, 0.16])).sum(-1) < 0.1).sum() > 50       # tab:red mean
     assert ((rgb[..., 0] > 0.9) & (rgb[..., 1] > 0.7) & (rgb[..., 2] < 0.8)).sum() > 500  # orange bands
+
+
+def test_replay_finds_the_stack_through_the_run_json_up_writes(service_config, tmp_path, capsys):
+    """The run.json of a real EmbeddedStack (`streamflame up`; here on the session's broker
+    and redis as external services) is enough for replay: no --config."""
+    from streamflame.config import dump_yaml
+    from streamflame.embedded.stack import EmbeddedStack
+
+    cfg = service_config
+    conf = tmp_path / "stack.yaml"
+    conf.write_text(dump_yaml(cfg.effective(mask_secrets=False)))
+    write_csv(tmp_path / "obs.csv", n=(30, 20), drop=())
+    with EmbeddedStack(tmp_path / "run", config_path=conf) as stack:
+        assert stack.run_json_path.is_file()
+        env_cfg = os.environ.pop("STREAMFLAME_CONFIG", None)
+        try:
+            assert cli(["replay", str(tmp_path / "obs.csv"), "--run-dir", str(tmp_path / "run"), "--batch", "7",
+                        "--no-progress"]) == 0
+        finally:
+            if env_cfg is not None:
+                os.environ["STREAMFLAME_CONFIG"] = env_cfg
+    assert "sent 49 observations of 2 series in 8 messages" in capsys.readouterr().out   # one value is empty
+    got = observations(cfg, 8)
+    assert sum(len(m) for _, _, m in got) == 49 and {k for k, _, _ in got} == {"tank-0", "tank-1"}
