@@ -267,11 +267,16 @@ def test_replay_finds_the_stack_through_the_run_json_up_writes(service_config, t
         assert stack.run_json_path.is_file()
         env_cfg = os.environ.pop("STREAMFLAME_CONFIG", None)
         try:
+            t0 = time.monotonic()
+            # --speedup: 29 steps of 10 min = 17,400 s of data at 20,000x = 0.87 s.
             assert cli(["replay", str(tmp_path / "obs.csv"), "--run-dir", str(tmp_path / "run"), "--batch", "7",
-                        "--no-progress"]) == 0
+                        "--no-progress", "--speedup", "20000"]) == 0
+            took = time.monotonic() - t0
         finally:
             if env_cfg is not None:
                 os.environ["STREAMFLAME_CONFIG"] = env_cfg
     assert "sent 49 observations of 2 series in 8 messages" in capsys.readouterr().out   # one value is empty
+    # The last batch message of tank-0 ends at step 29 (the data's end) and is sent at 29 * 600 / 20000 s.
+    assert 0.8 <= took < 10
     got = observations(cfg, 8)
     assert sum(len(m) for _, _, m in got) == 49 and {k for k, _, _ in got} == {"tank-0", "tank-1"}

@@ -29,7 +29,8 @@ def _parser() -> argparse.ArgumentParser:
     speed = ap.add_mutually_exclusive_group()
     speed.add_argument("--rate", type=float, metavar="OBS_PER_S", help="send this many observations per second")
     speed.add_argument("--speedup", type=float, metavar="X",
-                       help="follow the file's timestamps, X times faster than real time")
+                       help="follow the file's timestamps, X times faster than real time "
+                            "(a batch message goes out when its last observation is due)")
     ap.add_argument("--batch", type=int, default=1, metavar="N",
                     help="up to N observations of one series per message (the batch message form); default 1")
     ap.add_argument("--series", metavar="GLOB", help="only series whose id matches this shell glob")
@@ -117,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     progress = Progress(total, enabled=not args.no_progress)
     sent = n_msgs = 0
     t_start = time.monotonic()
-    t0_data = messages[0][0] if messages else 0
+    t0_data = min((int(m[2][0]) for m in messages), default=0)  # the data's first timestamp
     failures: list[BaseException] = []
     try:
         for due_ms, sid, ts, vals in messages:
