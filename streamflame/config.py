@@ -830,6 +830,82 @@ class ConfigWatcher:
         return self.reload() if self.changed() else None
 
 
+class HotReloader:
+    """Hot reload for a running service: a :class:`ConfigWatcher` plus the policy.
+
+    ``request()`` (async-signal safe: only sets a flag; call it from a SIGHUP
+    handler) forces a reload at the next :meth:`check`; otherwise ``check()``
+    reloads when the file changed. The service calls ``check()`` between
+    batches; it returns the config to run with from now on, or None when nothing
+    changed or the new file was rejected. The returned config takes the
+    hot-reloadable settings (:data:`HOT_RELOADABLE`) from the new file and keeps
+    every other section of the running config; a change to one of those is
+    logged as a warning (``config.restart_required``). An invalid file is logged
+    as an error (``config.reload_failed``, one problem per line) and the running
+    config is kept. ``validate(cfg)`` may raise ConfigError to refuse a config
+    that is valid as a file but not for this process (e.g. a horizon beyond the
+    model's max_horizon).
+    """
+
+    def __init__(self, path: str | os.PathLike, config: ServiceConfig, log: Any, *,
+                 validate: Any = None, component: str = "service"):
+        self.watcher = ConfigWatcher(path, config)
+        self.config = config
+        self.log = log
+        self.validate = validate
+        self.component = component
+        self._requested = False
+        self.reloads = 0
+        self.failures = 0
+
+    def request(self) -> None:
+        self._requested = True
+
+    def check(self) -> ServiceConfig | None:
+        requested, self._requested = self._requested, False
+        if not requested and not self.watcher.changed():
+            return None
+        trigger = "signal" if requested else "file_change"
+        try:
+            new = self.watcher.reload()
+        except ConfigError as e:
+            self.watcher.config = self.config
+            return self._refuse(trigger, e)
+        changed = changed_paths(self.config, new)
+        if not changed:
+            self.log.info("config.reload_unchanged", path=str(self.watcher.path), trigger=trigger)
+            return None
+        restart = needs_restart(changed)
+        hot = [p for p in changed if p not in restart]
+        applied = self.config.model_copy(update={
+            "defaults": new.defaults, "groups": new.groups, "log_level": new.log_level,
+            "worker": self.config.worker.model_copy(update={
+                "batch_size": new.worker.batch_size, "batch_deadline_ms": new.worker.batch_deadline_ms}),
+        })
+        applied._resolve_cached = None  # model_copy copies the old groups' resolver cache
+        if self.validate is not None:
+            try:
+                self.validate(applied)
+            except ConfigError as e:
+                self.watcher.config = self.config
+                return self._refuse(trigger, ConfigError(e.problems, str(self.watcher.path)))
+        if restart:
+            self.log.warning("config.restart_required", path=str(self.watcher.path), component=self.component,
+                             fields=restart, detail="these settings keep their old values until a restart")
+        self.config = self.watcher.config = applied
+        self.reloads += 1
+        self.log.info("config.reloaded", path=str(self.watcher.path), component=self.component,
+                      trigger=trigger, applied=hot)
+        return applied if hot else None
+
+    def _refuse(self, trigger: str, e: ConfigError) -> None:
+        self.failures += 1
+        self.log.error("config.reload_failed", path=str(self.watcher.path), component=self.component,
+                       trigger=trigger, problems=e.problems,
+                       detail="the new file is rejected; the running configuration is kept")
+        return None
+
+
 # ---------------------------------------------------------------------------
 # CLI: streamflame config check FILE | show [FILE]
 # ---------------------------------------------------------------------------

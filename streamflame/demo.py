@@ -178,24 +178,13 @@ class _View:
 
 
 def _fan_chart(series, latest, n_obs, path: Path) -> Path:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    shown = [s for s in series if s.series_id in latest][:4]
-    fig, axes = plt.subplots(len(shown), 1, figsize=(10, 2.6 * max(1, len(shown))), squeeze=False)
-    for ax, s in zip(axes[:, 0], shown):
+    from streamflame.viz import save_fan_charts
+
+    panels = []
+    for s in [s for s in series if s.series_id in latest][:4]:
         fc = latest[s.series_id]
         hist = s.values[:n_obs][-3 * 144:]
-        t_hist = np.arange(-len(hist) + 1, 1)
-        t_fc = np.arange(1, fc.horizon + 1)
-        ax.plot(t_hist, hist, color="black", lw=1, label="observed")
-        for lo, hi, a in (("0.1", "0.9", 0.25), ("0.2", "0.8", 0.35), ("0.3", "0.7", 0.45)):
-            if lo in fc.quantiles and hi in fc.quantiles:
-                ax.fill_between(t_fc, fc.quantiles[lo], fc.quantiles[hi], color="tab:orange", alpha=a, lw=0)
-        ax.plot(t_fc, fc.mean, color="tab:red", lw=1, label="forecast mean")
-        ax.set_title(f"{s.series_id} (forecast after patch {fc.seq}, 10-min steps)", fontsize=9)
-        ax.legend(loc="upper left", fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+        panels.append(dict(hist_x=np.arange(-len(hist) + 1, 1), hist_y=hist, fc_x=np.arange(1, fc.horizon + 1),
+                           mean=fc.mean, quantiles=fc.quantiles,
+                           title=f"{s.series_id} (forecast after patch {fc.seq}, 10-min steps)"))
+    return save_fan_charts(panels, path)

@@ -20,5 +20,6 @@ def configure_logging(level: str = "info") -> None:
         ],
         wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level.upper())),
         logger_factory=structlog.PrintLoggerFactory(sys.stderr),
-        cache_logger_on_first_use=True,
+        # Not cached: a hot-reloaded log_level (configure_logging again) reaches loggers already in use.
+        cache_logger_on_first_use=False,
     )

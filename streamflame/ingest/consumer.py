@@ -119,8 +119,14 @@ class IngestConsumer:
     """
 
     def __init__(self, cfg: ServiceConfig, *, redis_client=None, ready_file: str | os.PathLike | None = None,
-                 create_missing_topics: bool = True, consumer_overrides: dict[str, Any] | None = None):
+                 create_missing_topics: bool = True, consumer_overrides: dict[str, Any] | None = None,
+                 config_path: str | os.PathLike | None = None):
         self.cfg = cfg
+        # Hot reload (SIGHUP or file change): series groups decide the grid step of series
+        # first seen after the reload; a series' step is fixed by its first observations.
+        from streamflame.config import HotReloader
+
+        self.reloader = HotReloader(config_path, cfg, log, component="ingest") if config_path else None
         ing = cfg.ingest
         self.settings = AssemblerSettings(
             patch_len=PATCH_LEN,
@@ -129,9 +135,9 @@ class IngestConsumer:
             grid_tolerance=ing.grid_tolerance,
         )
         if redis_client is None:
-            import redis
+            from streamflame.state.client import connect
 
-            redis_client = redis.Redis.from_url(**cfg.redis.client_kwargs())
+            redis_client = connect(cfg.redis)  # redis.cluster.RedisCluster when cfg.redis.cluster
         self.redis = redis_client
         self.store = CursorStore(redis_client, cfg.redis.key_prefix)
         if create_missing_topics:
@@ -173,6 +179,13 @@ class IngestConsumer:
         """Ask ``run()`` to finish its batch, commit and return (thread/signal safe)."""
         self._stop.set()
 
+    def request_reload(self) -> None:
+        """Re-read the config file before the next poll (SIGHUP; signal safe)."""
+        if self.reloader is not None:
+            self.reloader.request()
+        else:
+            log.warning("config.reload_unavailable", detail="ingest runs without a config file")
+
     def run(self, max_batches: int | None = None) -> None:
         """Poll and process until :meth:`stop` (or ``max_batches`` non-empty batches)."""
         log.info("ingest.start", topic=self.topic, group=self.cfg.ingest.group_id,
@@ -182,6 +195,12 @@ class IngestConsumer:
             while not self._stop.is_set():
                 if max_batches is not None and done >= max_batches:
                     break
+                if self.reloader is not None:
+                    new = self.reloader.check()
+                    if new is not None:
+                        if new.log_level != self.cfg.log_level:
+                            configure_logging(new.log_level)
+                        self.cfg = new
                 if self.poll_once():
                     done += 1
             self._commit(final=True)
@@ -612,7 +631,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {e.source or 'environment'}: {p}", file=sys.stderr)
         return 2
     configure_logging(cfg.log_level)
-    ingest = IngestConsumer(cfg, ready_file=args.ready_file)
+    ingest = IngestConsumer(cfg, ready_file=args.ready_file,
+                            config_path=args.config or os.environ.get("STREAMFLAME_CONFIG") or None)
     if cfg.metrics.port is not None:
         from streamflame.ingest.metrics import serve
 
@@ -625,6 +645,7 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
+    signal.signal(signal.SIGHUP, lambda _s, _f: ingest.request_reload())
     ingest.run()
     return 0
 

@@ -50,7 +50,7 @@ class CursorStore:
     def __init__(self, redis_client, key_prefix: str = "sf"):
         self.redis = redis_client
         self.key_prefix = key_prefix
-        self._script = redis_client.register_script(CURSOR_CAS_SCRIPT)
+        self._sha = redis_client.script_load(CURSOR_CAS_SCRIPT)  # on every primary of a cluster
 
     def key(self, series_id: str) -> str:
         return f"{self.key_prefix}:{{{series_id}}}:ingest"
@@ -90,14 +90,17 @@ class CursorStore:
         for attempt in (0, 1):
             pipe = self.redis.pipeline(transaction=False)
             for c in cursors:
-                pipe.evalsha(self._script.sha, 1, self.key(c.series_id), c.next_seq, c.n_covered, c.to_json())
+                # execute_command: redis-py's ClusterPipeline refuses .evalsha() but routes
+                # EVALSHA by its key (as StateStore does).
+                pipe.execute_command("EVALSHA", self._sha, 1, self.key(c.series_id), c.next_seq, c.n_covered,
+                                     c.to_json())
             try:
                 replies = pipe.execute()
                 break
             except NoScriptError:  # script cache empty (server restarted): load and retry once
                 if attempt:
                     raise
-                self._script.sha = self.redis.script_load(CURSOR_CAS_SCRIPT)
+                self._sha = self.redis.script_load(CURSOR_CAS_SCRIPT)
         for c, r in zip(cursors, replies):
             if int(r) == 1:
                 result.written += 1

@@ -63,7 +63,7 @@ from pathlib import Path
 
 import structlog
 
-from streamflame.config import ConfigError, ServiceConfig, load_config
+from streamflame.config import CONFIG_ENV, ConfigError, ServiceConfig, load_config
 from streamflame.schemas import encode
 from streamflame.worker.accuracy import OnlineAccuracy
 from streamflame.worker.batch import BatchProcessor, BatchResult, PatchRecord
@@ -101,11 +101,18 @@ class Worker:
     ``cfg``: the service config. The model is ``Forecaster.load(cfg.worker.model_path)``
     on ``cfg.worker.device`` (``auto`` = cuda when available, else cpu).
     ``ready_file``: touched once joined and polling (default ``$STREAMFLAME_READY_FILE``).
+    ``config_path``: the file ``cfg`` came from, re-read between batches when it changes or
+    after :meth:`request_reload` (SIGHUP); see docs/configuration.md, "Hot reload".
     """
 
     def __init__(self, cfg: ServiceConfig, *, ready_file: str | os.PathLike | None = None,
-                 metrics: WorkerMetrics | None = None):
+                 metrics: WorkerMetrics | None = None, config_path: str | os.PathLike | None = None):
         self.cfg = cfg
+        # Hot reload: the file watched between batches (None = off); created here so that a
+        # change or a SIGHUP while the model loads is not lost.
+        from streamflame.config import HotReloader
+
+        self.reloader = HotReloader(config_path, cfg, log, component="worker") if config_path else None
         self.ready_file = Path(ready_file) if ready_file else (
             Path(os.environ[READY_FILE_ENV]) if os.environ.get(READY_FILE_ENV) else None)
         self.metrics = metrics or WorkerMetrics()
@@ -120,6 +127,22 @@ class Worker:
 
     def stop(self) -> None:
         self._stop.set()
+
+    def request_reload(self) -> None:
+        """Re-read the config file before the next batch (SIGHUP; signal safe)."""
+        if self.reloader is not None:
+            self.reloader.request()
+        else:
+            log.warning("config.reload_unavailable", detail="the worker runs without a config file")
+
+    def _check_reload(self) -> None:
+        new = self.reloader.check() if self.reloader is not None else None
+        if new is None:
+            return
+        if new.log_level != self.cfg.log_level:
+            configure_logging(new.log_level)
+        self.cfg = new
+        self.processor.cfg = new
 
     def run(self) -> None:
         self._open()
@@ -143,6 +166,9 @@ class Worker:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.forecaster = Forecaster.load(cfg.worker.model_path).to(device)
         self.processor = BatchProcessor(self.forecaster, cfg)
+        if self.reloader is not None:
+            max_horizon = self.forecaster.config.max_horizon
+            self.reloader.validate = lambda c: c.check_horizons(max_horizon)
         self.store = StateStore(connect(cfg.redis), cfg.redis.key_prefix)
         self.producer = make_producer(cfg)
         self.dlq = DeadLetterWriter(self.producer, cfg.topics.dlq, "worker")
@@ -197,9 +223,11 @@ class Worker:
     # -- loop --------------------------------------------------------------------
 
     def _loop(self) -> None:
-        wcfg = self.cfg.worker
-        deadline_s = wcfg.batch_deadline_ms / 1000
         while not self._stop.is_set():
+            if not len(self._batch):  # hot reload between batches only
+                self._check_reload()
+            wcfg = self.cfg.worker
+            deadline_s = wcfg.batch_deadline_ms / 1000
             b = self._batch
             if len(b):
                 wait_ms = int(max(0.0, b.first_at + deadline_s - time.monotonic()) * 1000)
@@ -380,7 +408,8 @@ def _short(e: Exception, limit: int = 500) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="streamflame worker", description=(
         "Run a model worker: consume patches, advance states in Redis, publish forecasts and alerts. "
-        "Stops cleanly on SIGTERM/SIGINT."))
+        "Stops cleanly on SIGTERM/SIGINT. The config file is re-read on SIGHUP and when it changes "
+        "(series groups, defaults, log level, batch size/deadline; see docs/configuration.md)."))
     parser.add_argument("--config", help="YAML config file (default: $STREAMFLAME_CONFIG, else built-in defaults)")
     args = parser.parse_args(argv)
     try:
@@ -390,7 +419,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {e.source or 'environment'}: {p}", file=sys.stderr)
         return 2
     configure_logging(cfg.log_level)
-    worker = Worker(cfg)
+    worker = Worker(cfg, config_path=args.config or os.environ.get(CONFIG_ENV) or None)
 
     def _on_signal(signum, _frame):
         log.info("worker.signal", signal=signal.Signals(signum).name)
@@ -398,6 +427,7 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
+    signal.signal(signal.SIGHUP, lambda _s, _f: worker.request_reload())
     if cfg.metrics.port is not None:
         port = worker.metrics.serve(cfg.metrics.port, cfg.metrics.host)
         log.info("worker.metrics", url=f"http://{cfg.metrics.host}:{port}/metrics")
