@@ -268,6 +268,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", default=None, help="checkpoint dir (default: the shipped one)")
     ap.add_argument("--latency-seconds", type=float, default=20.0)
     ap.add_argument("--latency-series", type=int, default=200)
+    ap.add_argument("--latency-only", type=float, metavar="OBS_PER_S",
+                    help="skip stages 1-3 and measure latency at this offered rate (diagnosis)")
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory (logs)")
     args = ap.parse_args(argv)
 
@@ -310,6 +312,17 @@ def main(argv: list[str] | None = None) -> int:
                         "model_path": args.model},
                 defaults={"frequency": "1min"})
 
+        if args.latency_only:
+            lat_cfg = config(topics["obs_lat"], topics["patches_lat"], topics["forecasts2"], "b3")
+            lat_cfg = ServiceConfig(**{**lat_cfg.effective(mask_secrets=False),
+                                       "worker": {**lat_cfg.worker.model_dump(), "batch_deadline_ms": 20}})
+            lat = run_latency(lat_cfg, workdir, rate=args.latency_only, seconds=args.latency_seconds,
+                              n_series=args.latency_series)
+            print(f"latency at {args.latency_only:,.0f} obs/s offered ({lat['offered_obs_per_s']:,.0f}), "
+                  f"{lat['patches']} patches, {lat['forecasts']} forecasts: p50 {lat['p50_ms']:.0f} ms, "
+                  f"p99 {lat['p99_ms']:.0f} ms, max {lat['max_ms']:.0f} ms")
+            print(f"logs: {workdir}")
+            return 0
         # -- data
         rng = np.random.default_rng(0)
         vals = [series_values(i, P * PATCH_LEN, rng) for i in range(S)]
