@@ -418,7 +418,8 @@ def _configure_logging() -> None:
         processors=[
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.JSONRenderer(serializer=lambda obj, **kw: orjson.dumps(obj).decode()),
+            structlog.processors.JSONRenderer(serializer=lambda obj, **kw: orjson.dumps(
+                obj, default=repr, option=orjson.OPT_NON_STR_KEYS).decode()),
         ],
         logger_factory=structlog.PrintLoggerFactory(sys.stderr),
     )
