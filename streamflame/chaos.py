@@ -78,6 +78,10 @@ class ChaosOptions:
     keep: bool = False
     model: str = "tiny"
     quiet: bool = False
+    redis_lose_s: float = 1.0
+    """redis scenario: after the SIGKILL, cut the AOF back to its size this many seconds
+    earlier (what ``appendfsync everysec`` may lose on a power loss; a SIGKILL of the
+    process alone loses nothing, the written AOF is in the page cache). 0 = plain SIGKILL."""
 
 
 # ---------------------------------------------------------------------------- input
@@ -290,8 +294,11 @@ def plan_faults(o: ChaosOptions) -> list[Fault]:
         first = int(rng.integers(0, 2))
         targets = [("worker", "ingest")[(first + i) % 2] for i in range(k)]
         return [Fault(float(t), f"kill-{tg}", float(rng.uniform(0.0, 1.0))) for t, tg in zip(times, targets)]
-    name = "redis" if o.scenario == "redis" else "broker"
-    return [Fault(float(t), f"kill-{name}", float(rng.uniform(0.5, 2.0))) for t in times]
+    if o.scenario == "redis":
+        # odd faults take the ingest and worker processes down with redis (one host lost)
+        return [Fault(float(t), "kill-redis" if i % 2 == 0 else "kill-redis+apps", float(rng.uniform(0.5, 2.0)))
+                for i, t in enumerate(times)]
+    return [Fault(float(t), "kill-broker", float(rng.uniform(0.5, 2.0))) for t in times]
 
 
 class ChaosRun:
@@ -429,6 +436,10 @@ class ChaosRun:
         self.t_stream = time.monotonic()
         th = threading.Thread(target=produce, daemon=True)
         th.start()
+        sampler_stop = threading.Event()
+        self._aof_sizes: list = []
+        if o.scenario == "redis" and o.redis_lose_s > 0:
+            threading.Thread(target=self._sample_aof, args=(sampler_stop,), daemon=True).start()
         pending = list(faults)
         restarts: list[tuple[float, Any]] = []
         while pending or restarts or not done.is_set():
@@ -446,6 +457,7 @@ class ChaosRun:
                 raise RuntimeError("the stream did not finish in time")
             time.sleep(0.02)
         th.join(60)
+        sampler_stop.set()
         self.report["problems"] += failures
         self.report["produce_s"] = round(time.monotonic() - self.t_stream, 1)
         return faults
@@ -461,18 +473,39 @@ class ChaosRun:
             restarts.append((now + f.restart_after, c.start))
             f.detail["restart_after_s"] = round(f.restart_after, 2)
             self.say(f"t={now:6.2f}s SIGKILL {c.name} (pid {f.detail['pid']}, up {f.detail['uptime_s']} s)")
-        elif f.action in ("kill-redis", "kill-broker"):
+        elif f.action.startswith(("kill-redis", "kill-broker")):
+            what = "redis" if f.action.startswith("kill-redis") else "broker"
             svc = self.redis if what == "redis" else self.broker
+            apps = [c for c in self.children if c.alive] if f.action.endswith("+apps") else []
+            before = self._seqs() if what == "redis" else None
             f.detail["pid"] = svc.pid
             svc.kill()
-            self.say(f"t={now:6.2f}s SIGKILL {what} (pid {f.detail['pid']}); restart in {f.restart_after:.2f} s")
+            for c in apps:
+                c.kill()
+            if apps:
+                f.detail["also_killed"] = [c.name for c in apps]
+            if what == "redis" and self.o.redis_lose_s > 0:
+                f.detail["aof_bytes_cut"] = self._cut_aof(self.o.redis_lose_s)
+            self.say(f"t={now:6.2f}s SIGKILL {what} (pid {f.detail['pid']})"
+                     + (f" and {', '.join(c.name for c in apps)}" if apps else "")
+                     + (f", AOF cut by {f.detail['aof_bytes_cut']} bytes" if "aof_bytes_cut" in f.detail else "")
+                     + f"; restart in {f.restart_after:.2f} s")
 
-            def restart(svc=svc, f=f, what=what) -> None:
+            def restart(svc=svc, f=f, what=what, apps=apps, before=before) -> None:
                 t0 = time.monotonic()
                 svc.start(timeout=90.0)
                 f.detail["down_s"] = round(time.monotonic() - self.t_stream - f.detail["at_s"], 2)
                 f.detail["restart_s"] = round(time.monotonic() - t0, 2)
-                self.say(f"{what} back on port {svc.port} (pid {svc.pid}) after {f.detail['down_s']} s")
+                if before is not None:
+                    after = self._seqs()
+                    for kind in ("state", "ingest"):
+                        f.detail[f"{kind}_records_rolled_back"] = sum(
+                            1 for sid, v in before[kind].items() if after[kind].get(sid, -1) < v)
+                for c in apps:
+                    c.start()
+                self.say(f"{what} back on port {svc.port} (pid {svc.pid}) after {f.detail['down_s']} s"
+                         + (f"; rolled back: {f.detail.get('state_records_rolled_back')} states, "
+                            f"{f.detail.get('ingest_records_rolled_back')} ingest cursors" if before else ""))
 
             restarts.append((now + f.restart_after, restart))
         elif f.action == "scale-up":
@@ -496,6 +529,50 @@ class ChaosRun:
         f.done_at = now
 
     _retired: list[Child]
+
+    def _seqs(self) -> dict[str, dict[str, int]]:
+        """Stored ``seq`` of every series' state record and ingest cursor (-1 = none)."""
+        import redis
+
+        r = redis.Redis.from_url(self.redis.url, socket_timeout=5)
+        try:
+            pipe = r.pipeline(transaction=False)
+            sids = list(self.ds.n_patches)
+            for sid in sids:
+                pipe.hget(f"sf:{{{sid}}}:state", "seq")
+                pipe.hget(f"sf:{{{sid}}}:ingest", "seq")
+            got = pipe.execute()
+        finally:
+            r.close()
+        conv = lambda v: -1 if v is None else int(v)  # noqa: E731
+        return {"state": {s: conv(got[2 * i]) for i, s in enumerate(sids)},
+                "ingest": {s: conv(got[2 * i + 1]) for i, s in enumerate(sids)}}
+
+    def _sample_aof(self, stop: threading.Event) -> None:
+        """Sizes of the live AOF increment file, every 50 ms (for _cut_aof)."""
+        d = self.redis.data_dir / "appendonlydir"
+        while not stop.wait(0.05):
+            try:
+                incr = max(d.glob("*.incr.aof"), key=lambda p: int(p.name.split(".")[-3]))
+                self._aof_sizes.append((time.monotonic(), incr, incr.stat().st_size))
+            except (ValueError, OSError):
+                continue
+
+    def _cut_aof(self, lose_s: float) -> int:
+        """Truncate the AOF increment file to its size ``lose_s`` seconds ago
+        (redis loads a truncated tail: ``aof-load-truncated yes``)."""
+        if not self._aof_sizes:
+            return 0
+        t_cut = time.monotonic() - lose_s
+        path = self._aof_sizes[-1][1]
+        older = [size for t, p, size in self._aof_sizes if p == path and t <= t_cut]
+        size = older[-1] if older else 0
+        now_size = path.stat().st_size
+        if size >= now_size:
+            return 0
+        with open(path, "r+b") as fh:
+            fh.truncate(size)
+        return now_size - size
 
     def _n_workers(self) -> int:
         return sum(1 for c in self.children if c.role == "worker" and c.alive)
@@ -781,6 +858,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", default="tiny", help="tiny (random ~0.2M-parameter model, default), shipped, or a checkpoint dir")
     p.add_argument("--run-dir", help="keep logs and data here (default: a temporary dir, removed on success)")
     p.add_argument("--keep", action="store_true", help="keep the run dir even on success")
+    p.add_argument("--redis-lose-s", type=float, default=1.0, metavar="S",
+                   help="redis scenario: after each SIGKILL cut the AOF back to its size S seconds earlier "
+                   "(the appendfsync everysec window of a power loss; 0 = plain SIGKILL, default 1.0)")
     p.add_argument("--json", metavar="FILE", help="also write the report as JSON")
     p.add_argument("--quiet", action="store_true")
     a = p.parse_args(argv)
@@ -792,7 +872,7 @@ def main(argv: list[str] | None = None) -> int:
     reports = []
     for sc in SCENARIOS if a.scenario == "all" else (a.scenario,):
         o = ChaosOptions(sc, a.observations, a.series, a.kills, a.seed, a.partitions, a.produce_seconds, a.timeout,
-                         Path(a.run_dir) / sc if a.run_dir else None, a.keep, a.model, a.quiet)
+                         Path(a.run_dir) / sc if a.run_dir else None, a.keep, a.model, a.quiet, a.redis_lose_s)
         r = run_scenario(o)
         r.update(machine=f"{platform.node()} {platform.machine()} {os.cpu_count()} cpus",
                  date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
