@@ -671,6 +671,10 @@ class ChaosRun:
                     P.append(f"forecast {key} re-published with different content")
                 continue
             fcs[key] = m
+        from streamflame.schemas import decode_dead_letter
+
+        dlq = Counter(decode_dead_letter(rec.value).reason for rec in read_topic(bs, cfg.topics.dlq))
+        self.report["dead_letters"] = dict(dlq)
         g0 = cfg.resolve_group(next(iter(ds.n_patches)))
         want_fc = {(s, k) for s, k in want_keys if k + 1 >= g0.min_history_patches}
         if want_fc - set(fcs):
@@ -833,6 +837,8 @@ def format_report(r: dict[str, Any]) -> str:
     for f in faults:
         extra = ", ".join(f"{k}={v}" for k, v in f.items() if k not in ("t_s", "action"))
         lines.append(f"    t={f['t_s']:7.2f}s {f['action']:<16} {extra}")
+    if "dead_letters" in r:
+        lines.append(f"  dead letters {sum(r['dead_letters'].values())}: {r['dead_letters']}")
     if r.get("log_counts"):
         lines.append("  from the process logs: " + ", ".join(f"{k}={v}" for k, v in r["log_counts"].items()))
     for p in r["problems"]:
