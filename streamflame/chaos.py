@@ -78,6 +78,9 @@ class ChaosOptions:
     keep: bool = False
     model: str = "tiny"
     quiet: bool = False
+    idempotent_producer: bool = False
+    """kafka.idempotent_producer of every producer of the run (false, as `streamflame up`
+    sets it for the embedded Tansu broker; true shows the loss on broker restarts)."""
     redis_lose_s: float = 1.0
     """redis scenario: after the SIGKILL, cut the AOF back to its size this many seconds
     earlier (what ``appendfsync everysec`` may lose on a power loss; a SIGKILL of the
@@ -344,7 +347,8 @@ class ChaosRun:
         else:
             model_path = str(Path(o.model).resolve())
         data = {
-            "kafka": {"bootstrap": self.broker.bootstrap, "partitions": o.partitions, **FAST_GROUP},
+            "kafka": {"bootstrap": self.broker.bootstrap, "partitions": o.partitions, **FAST_GROUP,
+                      "idempotent_producer": o.idempotent_producer},
             "redis": {"url": self.redis.url, "key_prefix": "sf"},
             "ingest": {"commit_interval_ms": 500},
             "worker": {"model_path": model_path, "batch_size": 256, "batch_deadline_ms": 50, "device": "cpu"},
@@ -622,6 +626,18 @@ class ChaosRun:
         bs = self.broker.bootstrap
         t0 = time.monotonic()
 
+        # observations: what the broker holds of what was produced (acknowledged)
+        held = Counter((bytes(rec.key), bytes(rec.value)) for rec in read_topic(bs, cfg.topics.observations))
+        sent = Counter(ds.order)
+        lost = sent - held
+        self.report["observation_records_produced"] = len(ds.order)
+        self.report["observation_records_on_topic"] = sum(held.values())
+        self.report["observation_records_lost_by_broker"] = sum(lost.values())
+        if lost:
+            P.append(f"{sum(lost.values())} acknowledged observation records are not on the topic")
+        if sum((held - sent).values()):
+            self.report["observation_records_duplicated_by_broker"] = sum((held - sent).values())
+
         # patches: every (sid, seq) with the produced values, duplicates identical
         patches: dict[tuple[str, int], bytes] = {}
         where: dict[tuple[int, int], tuple[str, int]] = {}
@@ -825,6 +841,9 @@ def format_report(r: dict[str, Any]) -> str:
             f"  observations {r['observations']} ({r['observations_non_null']} non-null) of {r['series']} series; "
             f"{r['observations_covered_by_patches']} of {r['observations_in_complete_patches']} non-null observations "
             f"of complete patches are in the patches (the rest wait in each series' open patch)",
+            f"  observation records {r['observation_records_produced']} produced, "
+            f"{r['observation_records_on_topic']} on the topic ({r['observation_records_lost_by_broker']} lost, "
+            f"{r.get('observation_records_duplicated_by_broker', 0)} duplicated by producer retries)",
             f"  patches    {r['patches_distinct']} distinct of {r['patches_expected']} expected, "
             f"{r['patch_records']} records, {r['patch_duplicates']} duplicates (identical)",
             f"  forecasts  {r['forecasts_distinct']} distinct of {r['forecasts_expected']} expected, "
@@ -867,6 +886,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--redis-lose-s", type=float, default=1.0, metavar="S",
                    help="redis scenario: after each SIGKILL cut the AOF back to its size S seconds earlier "
                    "(the appendfsync everysec window of a power loss; 0 = plain SIGKILL, default 1.0)")
+    p.add_argument("--idempotent-producer", action="store_true",
+                   help="kafka.idempotent_producer=true for every producer (Tansu loses acknowledged records "
+                   "in flight across a broker restart with it; default false, as `streamflame up`)")
     p.add_argument("--json", metavar="FILE", help="also write the report as JSON")
     p.add_argument("--quiet", action="store_true")
     a = p.parse_args(argv)
@@ -875,10 +897,13 @@ def main(argv: list[str] | None = None) -> int:
     from streamflame.logs import configure_logging
 
     configure_logging("warning")
+    import logging
+
+    logging.getLogger("kafka").setLevel(logging.CRITICAL)  # reconnect chatter while a broker restarts
     reports = []
     for sc in SCENARIOS if a.scenario == "all" else (a.scenario,):
         o = ChaosOptions(sc, a.observations, a.series, a.kills, a.seed, a.partitions, a.produce_seconds, a.timeout,
-                         Path(a.run_dir) / sc if a.run_dir else None, a.keep, a.model, a.quiet, a.redis_lose_s)
+                         Path(a.run_dir) / sc if a.run_dir else None, a.keep, a.model, a.quiet, a.idempotent_producer, a.redis_lose_s)
         r = run_scenario(o)
         r.update(machine=f"{platform.node()} {platform.machine()} {os.cpu_count()} cpus",
                  date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),

@@ -272,6 +272,8 @@ class EmbeddedStack:
             "STREAMFLAME_METRICS_PORT": str(child.metrics_port),
             "STREAMFLAME_READY_FILE": str(self._ready_file(child)),
         })
+        if self.broker is not None:  # Tansu loses idempotent batches in flight across a restart
+            env["STREAMFLAME_KAFKA__IDEMPOTENT_PRODUCER"] = "false"
         if self.config_path is not None:
             env["STREAMFLAME_CONFIG"] = str(self.config_path)
         return env
