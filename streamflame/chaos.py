@@ -513,7 +513,8 @@ class ChaosRun:
 
             restarts.append((now + f.restart_after, restart))
         elif f.action == "scale-up":
-            c = Child("worker", len(self.children) - 1, self.run_dir, self.children[0].config_path)
+            index = 1 + max(c.index for c in self.children + self._retired if c.role == "worker")
+            c = Child("worker", index, self.run_dir, self.children[0].config_path)
             self.children.append(c)
             c.start()
             f.detail["worker"] = c.name
@@ -802,6 +803,9 @@ class ChaosRun:
                     for k in ("applied", "skipped", "refused", "forecasts"):
                         c[f"worker_{k}"] += int(ev.get(k) or 0)
                     c["worker_batches"] += 1
+                    c[f"applied_by_{path.stem}"] += int(ev.get("applied") or 0)
+                elif e == "worker.assigned":
+                    c["worker_assignments"] += 1
                 elif e == "worker.write_refused":
                     c["worker_cas_conflict"] += int(ev.get("conflict") or 0)
                     c["worker_cas_gap"] += int(ev.get("gap") or 0)
