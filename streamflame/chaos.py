@@ -454,7 +454,7 @@ class ChaosRun:
             for item in [r for r in restarts if r[0] <= now]:
                 restarts.remove(item)
                 item[1]()
-            if pending and pending[0].t <= now:
+            if pending and pending[0].t <= now and not self._defer(pending[0], now):
                 f = pending.pop(0)
                 self._apply(f, now, restarts)
             if now > o.produce_s + o.timeout_s:
@@ -534,6 +534,19 @@ class ChaosRun:
         f.done_at = now
 
     _retired: list[Child]
+
+    def _defer(self, f: Fault, now: float) -> bool:
+        """A scale-down waits (up to 60 s) until every running worker has joined the
+        group: a member leaving while another one's join is still in progress has
+        been seen to wedge the group on Tansu (no member assigned anything again;
+        docs/reliability.md)."""
+        if not f.action.startswith("scale-down"):
+            return False
+        joining = [c for c in self.children if c.role == "worker" and c.alive and not c.ready_file.exists()]
+        if joining and now - f.t < 60:
+            return True
+        f.detail["waited_for_join_s"] = round(now - f.t, 2)
+        return False
 
     def _seqs(self) -> dict[str, dict[str, int]]:
         """Stored ``seq`` of every series' state record and ingest cursor (-1 = none)."""
