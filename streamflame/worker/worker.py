@@ -26,6 +26,11 @@ Why this is safe to interrupt anywhere (SIGKILL included):
   write is refused (``stale``) or, when it raced ahead of a half-written
   history, the partition is re-read from the first patch concerned.
 
+* a rebalance drops the open batch (nothing of it is committed); a partition
+  this worker is assigned again is sought back to the batch's first offset
+  (kafka-python keeps its fetch position), the others are re-read by their
+  new owner from the committed offsets.
+
 So per series every patch is applied exactly once in effect, in seq order, and
 states are a pure function of the patch stream: an interrupted run ends with
 byte-identical records to an uninterrupted one. Forecast duplicates are
