@@ -381,11 +381,11 @@ class ChaosRun:
                      f"({len(ds.order)} messages, {sum(ds.n_patches.values())} complete patches) "
                      f"over {o.produce_s:.0f} s with {o.kills} fault(s) ({o.scenario})")
             faults = self._stream(ds, plan_faults(o))
+            self.report["faults"] = [{"t_s": round(f.t, 2), "action": f.action, **f.detail} for f in faults]
             self._wait_done(ds)
             t_done = time.monotonic()
             for c in self.children:
                 c.stop()
-            self.report["faults"] = [{"t_s": round(f.t, 2), "action": f.action, **f.detail} for f in faults]
             self._verify(ds)
             self.report["pipeline_s"] = round(t_done - self.t_stream, 1)
         except Exception as e:  # noqa: BLE001 - reported, the run is a failure
