@@ -536,10 +536,19 @@ class ChaosRun:
     _retired: list[Child]
 
     def _defer(self, f: Fault, now: float) -> bool:
-        """A scale-down waits (up to 60 s) until every running worker has joined the
+        """A redis/broker kill waits until the previous restart is done; a
+        scale-down waits (up to 60 s) until every running worker has joined the
         group: a member leaving while another one's join is still in progress has
         been seen to wedge the group on Tansu (no member assigned anything again;
         docs/reliability.md)."""
+        if f.action.startswith(("kill-redis", "kill-broker")):
+            # a fault drawn while the previous one's restart is pending waits for it
+            svc = self.redis if f.action.startswith("kill-redis") else self.broker
+            if not svc.alive and now - f.t < 60:
+                return True
+            if now - f.t > 0.05:
+                f.detail["waited_for_restart_s"] = round(now - f.t, 2)
+            return False
         if not f.action.startswith("scale-down"):
             return False
         joining = [c for c in self.children if c.role == "worker" and c.alive and not c.ready_file.exists()]
