@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("streamflame.train.loop:main", "train a model from a YAML training config"),
     "eval": ("streamflame.eval.run:main", "score forecasts on a CSV/Parquet file (the eval file contract)"),
     "bench": ("streamflame.bench:main", "benchmarks: `bench step`, `bench pipeline`"),
+    "chaos": ("streamflame.chaos:main", "fault injection on the embedded stack: `chaos crash|redis|broker|rebalance`"),
 }
 
 

@@ -155,6 +155,10 @@ class KafkaSettings(_Section):
     replication_factor: int = Field(1, ge=1, le=16)
     compression: Literal["lz4", "zstd", "gzip", "snappy"] | None = None
     linger_ms: int = Field(5, ge=0, le=60_000, description="producer batching delay")
+    idempotent_producer: bool = Field(
+        True, description="idempotent producers (enable_idempotence); false = acks=all with one request in flight "
+        "per connection (order kept, a retry may duplicate). The embedded Tansu broker needs false: across a broker "
+        "restart it loses acknowledged records of idempotent producers (measured, docs/reliability.md)")
     session_timeout_ms: int = Field(6000, ge=1000, description="consumer group session timeout")
     heartbeat_interval_ms: int = Field(1000, ge=100)
 

@@ -334,3 +334,25 @@ def test_rebalance_drops_the_lag_of_revoked_partitions(cfg):
                      and not (w1.consumer.assignment() & w2.consumer.assignment()), 30, "the rebalance")
             owned = {str(tp.partition) for tp in w1.consumer.assignment()}
             assert lag_partitions(w1) <= owned, (lag_partitions(w1), owned)
+
+
+def test_gap_after_redis_lost_a_series_entirely_rewinds_to_the_partition_start(cfg, redis_client, ref_model):
+    """Regression (found by `streamflame chaos redis` at 100k observations): Redis
+    lost every write of a young series (its key is gone, no meta says where seq 0
+    sits); the next patch was a patch_gap without a rewind and the series stayed
+    stuck for good. The worker now re-reads the partition from its beginning."""
+    store = StateStore(redis_client, cfg.redis.key_prefix)
+    sid = "meter-10"
+    v = values_for(10, 4)
+    p = [make_patch(sid, k, v[k * 48:(k + 1) * 48]) for k in range(4)]
+    with running(cfg) as w:
+        send(cfg, p[:2])
+        wait_for(lambda: applied(w) >= 2, what="seq 0-1")
+        redis_client.delete(store.key(sid))  # every write of the series lost
+        send(cfg, p[2:])
+        wait_for(lambda: (store.load(sid) or None) is not None and store.load(sid).seq == 3,
+                 what="recovery to seq 3")
+        assert sample(w, "streamflame_worker_rewinds_total") == 1
+    rec = store.load(sid)
+    assert rec.state == in_process(ref_model, cfg.defaults, sid, v)[-1][0].to_bytes()
+    assert read_all(cfg, cfg.topics.dlq, 0, timeout=1) == []

@@ -272,6 +272,8 @@ class EmbeddedStack:
             "STREAMFLAME_METRICS_PORT": str(child.metrics_port),
             "STREAMFLAME_READY_FILE": str(self._ready_file(child)),
         })
+        if self.broker is not None:  # Tansu loses idempotent batches in flight across a restart
+            env["STREAMFLAME_KAFKA__IDEMPOTENT_PRODUCER"] = "false"
         if self.config_path is not None:
             env["STREAMFLAME_CONFIG"] = str(self.config_path)
         return env
@@ -418,7 +420,8 @@ def _configure_logging() -> None:
         processors=[
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.JSONRenderer(serializer=lambda obj, **kw: orjson.dumps(obj).decode()),
+            structlog.processors.JSONRenderer(serializer=lambda obj, **kw: orjson.dumps(
+                obj, default=repr, option=orjson.OPT_NON_STR_KEYS).decode()),
         ],
         logger_factory=structlog.PrintLoggerFactory(sys.stderr),
     )

@@ -171,6 +171,7 @@ class IngestConsumer:
         self._pending_commits: deque[tuple[float, dict[int, int]]] = deque()
         self._backoff = 0.0
         self._futures: list = []
+        self._reseek: dict[int, int] = {}  # revoked partition -> offset to re-read from if handed back
         self._closed = False
 
     # ------------------------------------------------------------------ loop
@@ -216,7 +217,9 @@ class IngestConsumer:
             log.warning("ingest.poll_failed", error=repr(e))
             time.sleep(min(1.0, POLL_TIMEOUT_MS / 1000))
             return False
-        self._apply_rebalance_events()
+        reread = self._apply_rebalance_events()
+        if reread:  # fetched from the old position of a kept partition: read again from the rewind offset
+            records = {tp: recs for tp, recs in records.items() if tp.partition not in reread}
         if not records:
             self._commit()
             return False
@@ -230,13 +233,32 @@ class IngestConsumer:
         self._commit()
         return True
 
-    def _apply_rebalance_events(self) -> None:
+    def _apply_rebalance_events(self) -> set[int]:
+        """Apply revocations/assignments; returns the partitions sought back.
+
+        A revoked partition's in-memory state is dropped, to be rebuilt from the
+        committed offset by its next owner. kafka-python 3 keeps the fetch
+        position of a partition that is assigned again to this consumer, so such
+        a kept partition is sought back to its rewind offset here (otherwise the
+        observations of its open patches would never be read again)."""
+        from kafka.structs import TopicPartition
+
+        reread: set[int] = set()
         for kind, tps in self.listener.drain():
             parts = {tp.partition for tp in tps if tp.topic == self.topic}
             if kind == "revoked":
+                for p in parts:
+                    if p in self.rewind_to:
+                        self._reseek[p] = min(self.rewind_to[p], self._reseek.get(p, self.rewind_to[p]))
                 self._drop_partitions(parts)
                 self.assigned -= parts
             else:
+                for p in parts & set(self._reseek):
+                    off = self._reseek[p]
+                    self.consumer.seek(TopicPartition(self.topic, p), off)
+                    self.rewind_to[p] = off
+                    reread.add(p)
+                self._reseek = {}
                 self.assigned |= parts
                 if not self._ready:
                     self._ready = True
@@ -244,6 +266,7 @@ class IngestConsumer:
                         self.ready_file.parent.mkdir(parents=True, exist_ok=True)
                         self.ready_file.touch()
             log.info("ingest.rebalance", change=kind, partitions=sorted(parts))
+        return reread
 
     def _drop_partitions(self, parts: set[int]) -> None:
         """Forget everything held for these partitions (the next owner rebuilds it)."""

@@ -14,8 +14,9 @@ applied patch, -1 = none):
   are on the topic before this one and Redis lost the state that covered them
   (e.g. an AOF ``everysec`` window). When the stored meta says where the last
   applied patch sits on this partition, the worker rewinds the partition to
-  just after it (once per (series, stored seq)); otherwise the patches go to the
-  DLQ as ``patch_gap`` and are not applied;
+  just after it; when no record exists at all (the series' first writes were
+  lost), to the beginning of the partition (once per (series, stored seq));
+  otherwise the patches go to the DLQ as ``patch_gap`` and are not applied;
 * a record that cannot be used (corrupt/foreign state bytes, unreadable record)
   follows ``worker.on_corrupt_state``: ``reinit`` starts the series from a fresh
   state at the next patch (DLQ notice ``corrupt_state``), ``quarantine`` moves
@@ -233,12 +234,20 @@ class BatchProcessor:
     def _gap(self, res: BatchResult, sid: str, stored: int, meta: StateMeta | None,
              leftover: list[PatchRecord], rewind: bool) -> None:
         first = leftover[0]
+        target = None
         if (rewind and meta is not None and meta.src_partition == first.partition
-                and meta.src_offset + 1 < first.offset and (sid, stored) not in self._rewound):
+                and meta.src_offset + 1 < first.offset):
+            target = meta.src_offset + 1
+        elif rewind and stored == -1 and meta is None:
+            # No record at all, yet ingest (which always starts a series at seq 0)
+            # sent seq > 0: Redis lost the series' first writes entirely, so no meta
+            # says where seq 0 sits. Re-read the partition from its beginning (once);
+            # every other series' patches there are skipped as already applied.
+            target = 0
+        if target is not None and (sid, stored) not in self._rewound:
             if len(self._rewound) > 100_000:
                 self._rewound.clear()
             self._rewound.add((sid, stored))
-            target = meta.src_offset + 1
             res.rewind[first.partition] = min(res.rewind.get(first.partition, target), target)
             return
         for r in leftover:

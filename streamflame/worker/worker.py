@@ -26,6 +26,11 @@ Why this is safe to interrupt anywhere (SIGKILL included):
   write is refused (``stale``) or, when it raced ahead of a half-written
   history, the partition is re-read from the first patch concerned.
 
+* a rebalance drops the open batch (nothing of it is committed); a partition
+  this worker is assigned again is sought back to the batch's first offset
+  (kafka-python keeps its fetch position), the others are re-read by their
+  new owner from the committed offsets.
+
 So per series every patch is applied exactly once in effect, in seq order, and
 states are a pure function of the patch stream: an interrupted run ends with
 byte-identical records to an uninterrupted one. Forecast duplicates are
@@ -120,6 +125,7 @@ class Worker:
         self.ready = threading.Event()
         self._stop = threading.Event()
         self._batch = _Batch()
+        self._reseek: dict = {}  # TopicPartition -> first offset of a batch dropped on revoke
         self._backoff = 0.0
         self.batches = 0  # batches handled (for tests and logs)
 
@@ -181,10 +187,14 @@ class Worker:
 
         class _Listener(ConsumerRebalanceListener):
             def on_partitions_revoked(self, revoked):
-                # Nothing of the open batch is committed: drop it; whoever owns the
-                # partitions next re-reads it from the committed offsets.
+                # Nothing of the open batch is committed: drop it. A new owner re-reads
+                # it from the committed offsets; a partition this worker keeps keeps its
+                # fetch position (kafka-python 3 preserves it across a rebalance), so it
+                # is sought back to the dropped batch's first offset on assignment.
                 if len(worker._batch):
                     log.info("worker.batch_dropped_on_rebalance", patches=len(worker._batch))
+                    for tp, off in worker._batch.start.items():
+                        worker._reseek[tp] = min(off, worker._reseek.get(tp, off))
                 worker._batch = _Batch()
                 for tp in revoked:  # the new owner reports their lag; a stale value would add up twice
                     try:
@@ -193,10 +203,16 @@ class Worker:
                         pass
 
             def on_partitions_assigned(self, assigned):
-                log.info("worker.assigned", partitions=sorted(tp.partition for tp in assigned))
+                kept = {tp: off for tp, off in worker._reseek.items() if tp in set(assigned)}
+                worker._reseek = {}
+                for tp, off in kept.items():
+                    worker.consumer.seek(tp, off)
+                log.info("worker.assigned", partitions=sorted(tp.partition for tp in assigned),
+                         reread_from={tp.partition: off for tp, off in kept.items()} or None)
                 worker._mark_ready()
 
-        self.consumer.subscribe([cfg.topics.patches], listener=_Listener())
+        self._listener = _Listener()
+        self.consumer.subscribe([cfg.topics.patches], listener=self._listener)
         log.info("worker.started", device=device, model_id=self.forecaster.model_id,
                  group=cfg.worker.group_id, topic=cfg.topics.patches, batch_size=cfg.worker.batch_size,
                  batch_deadline_ms=cfg.worker.batch_deadline_ms, on_corrupt_state=cfg.worker.on_corrupt_state)
