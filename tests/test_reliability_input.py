@@ -60,3 +60,108 @@ def test_patch_ending_in_year_9999_is_forecast_not_a_worker_crash(forecaster):
     assert fc.origin == "9999-12-31T23:59:00Z" and fc.start == "+10000-01-01T00:00:00Z"
     assert fc.step_ms(12) == last + 12 * freq and len(fc.mean) == 12
     assert res.records["far"].seq == 0
+
+
+# --------------------------------------------------------------------------- properties: decode + assembly
+
+import json  # noqa: E402
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from streamflame.ingest.assembler import REJECTED, AssemblerSettings, SeriesAssembler  # noqa: E402
+from streamflame.reliability_input import FREQ_MS, build_traffic  # noqa: E402
+from streamflame.schemas import REJECT_REASONS, RejectedMessage, decode_observation_message  # noqa: E402
+
+valid_sid = st.text(st.characters(blacklist_categories=("Cc", "Cs")), min_size=1, max_size=256)
+valid_ts = (st.integers(MIN_EPOCH_MS, MAX_EPOCH_MS).map(lambda ms: (ms, ms))
+            | st.integers(MIN_EPOCH_MS, MAX_EPOCH_MS).map(lambda ms: (iso_ms(ms), ms))
+            | st.integers(MIN_EPOCH_MS // 1000, MAX_EPOCH_MS // 1000).map(lambda s: (s * 1000 + 0.25, s * 1000)))
+valid_value = st.none() | st.floats(allow_nan=False, allow_infinity=False) | st.sampled_from([1e308, -1e308, 5e-324])
+
+
+@st.composite
+def valid_message(draw):
+    sid = draw(valid_sid)
+    if draw(st.booleans()):
+        (t, ms), v = draw(valid_ts), draw(valid_value)
+        return {"series_id": sid, "timestamp": t, "value": v}, [(sid, ms, v)]
+    pts = draw(st.lists(st.tuples(valid_ts, valid_value), max_size=30))
+    doc = {"series_id": sid, "timestamps": [t for (t, _), _ in pts], "values": [v for _, v in pts]}
+    return doc, [(sid, ms, v) for (_, ms), v in pts]
+
+
+@settings(max_examples=400, deadline=None)
+@given(valid_message(), st.dictionaries(st.sampled_from(["nonce", "unit", "meta"]), st.integers(), max_size=2))
+def test_a_valid_message_is_always_accepted_exactly(msg, extra):
+    doc, want = msg
+    got = decode_observation_message(json.dumps({**doc, **extra}).encode())
+    assert [(o.series_id, o.timestamp_ms, o.value) for o in got] == want
+
+
+# (field to spoil, hostile value, the documented reason)
+HOSTILE = [
+    ("value", float("nan"), "non_finite_value"), ("value", float("inf"), "non_finite_value"),
+    ("value", float("-inf"), "non_finite_value"), ("value", "1.5", "bad_value"), ("value", True, "bad_value"),
+    ("value", [1.0], "bad_value"), ("value", {"v": 1}, "bad_value"),
+    ("timestamp", "1704067200000", "bad_timestamp"), ("timestamp", False, "bad_timestamp"),
+    ("timestamp", MAX_EPOCH_MS + 1, "bad_timestamp"), ("timestamp", MIN_EPOCH_MS - 1, "bad_timestamp"),
+    ("timestamp", 1e308, "bad_timestamp"), ("timestamp", "10000-01-01", "bad_timestamp"),
+    ("timestamp", None, "bad_timestamp"), ("timestamp", "next tuesday", "bad_timestamp"),
+    ("series_id", "", "bad_series_id"), ("series_id", "a\nb", "bad_series_id"), ("series_id", 7, "bad_series_id"),
+    ("series_id", None, "bad_series_id"), ("series_id", "x" * 257, "series_id_too_long"),
+]
+
+
+@settings(max_examples=400, deadline=None)
+@given(valid_message(), st.sampled_from(HOSTILE), st.data())
+def test_an_invalid_message_is_always_rejected_with_its_documented_reason(msg, hostile, data):
+    doc, _ = msg
+    field, bad, reason = hostile
+    doc = json.loads(json.dumps(doc))
+    if field == "series_id":
+        doc["series_id"] = bad
+    elif "timestamps" in doc:
+        if not doc["timestamps"]:
+            doc["timestamps"], doc["values"] = [0], [0.0]
+        i = data.draw(st.integers(0, len(doc["timestamps"]) - 1))
+        doc[field + "s"][i] = bad
+    else:
+        doc[field] = bad
+    with pytest.raises(RejectedMessage) as e:
+        decode_observation_message(json.dumps(doc).encode())  # stdlib: writes NaN/Infinity literals
+    assert e.value.reason == reason and e.value.reason in REJECT_REASONS and e.value.detail
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.integers(0, 2**32 - 1))
+def test_generated_traffic_meets_the_generators_expectation_in_process(seed):
+    """The fuzz generator's records through decode + key check + assembler (what
+    ingest does per record, without Kafka): every valid record is accepted in
+    full, every hostile one is rejected with exactly the reason the generator
+    derived from the documented policy, and nothing raises anything else."""
+    tr = build_traffic(600, seed, big_payloads=0)
+    settings_ = AssemblerSettings(freq_inference_points=3)
+    asm: dict[str, SeriesAssembler] = {}
+    valid_obs = {sid: [] for sid in tr.valid}
+    for off, r in enumerate(tr.records):
+        reasons: list[str] = []
+        try:
+            obs = decode_observation_message(r.value)
+        except RejectedMessage as e:
+            reasons.append(e.reason)
+            obs = []
+        if obs and (r.key is None or r.key != obs[0].series_id.encode()):
+            reasons.append("key_mismatch")
+            obs = []
+        for i, o in enumerate(obs):
+            a = asm.setdefault(o.series_id, SeriesAssembler(o.series_id, settings_,
+                                                            FREQ_MS if o.series_id.startswith("v-") else None))
+            rej: list = []
+            if a.add(o.timestamp_ms, o.value, 0, off, i, None, [], rej) == REJECTED:
+                reasons.append(rej[0].reason)
+            elif o.series_id in valid_obs:
+                valid_obs[o.series_id].append(((o.timestamp_ms - 1_704_067_200_000) // FREQ_MS, o.value))
+        assert reasons == ([] if r.expect is None else [r.expect]), (r.kind, r.value[:200] if r.value else r.value)
+    for sid, slots in tr.valid.items():  # accepted = exactly the series' valid observations
+        assert valid_obs[sid] == sorted(slots.items())
