@@ -316,6 +316,9 @@ class WorkerSettings(_Section):
     seed: int = Field(0, ge=0, lt=2**63, description="global forecast seed")
     max_inflight: int = Field(2, ge=1, le=64, description="batches computed ahead of their Redis/Kafka writes")
     on_corrupt_state: Literal["reinit", "quarantine"] = "reinit"
+    throttle_ms: int = Field(
+        0, ge=0, le=60_000, description="test/ops knob: sleep this long after every batch, to simulate a slow "
+        "worker (backpressure tests, soak); 0 = off")
 
     @field_validator("device")
     @classmethod
