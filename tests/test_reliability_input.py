@@ -165,3 +165,144 @@ def test_generated_traffic_meets_the_generators_expectation_in_process(seed):
         assert reasons == ([] if r.expect is None else [r.expect]), (r.kind, r.value[:200] if r.value else r.value)
     for sid, slots in tr.valid.items():  # accepted = exactly the series' valid observations
         assert valid_obs[sid] == sorted(slots.items())
+
+
+# --------------------------------------------------------------------------- security (item 7)
+
+import os  # noqa: E402
+import pickle  # noqa: E402  (only to build hostile payloads; the package never imports it)
+import re  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+PKG = Path(__file__).resolve().parents[1] / "streamflame"
+
+
+class _Trap:
+    """Unpickling this creates ``path``: proof that something called pickle.loads."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __reduce__(self):
+        return (Path.touch, (self.path,))
+
+
+@pytest.mark.parametrize("protocol", [2, pickle.HIGHEST_PROTOCOL])
+def test_pickle_payload_as_stored_state_is_refused_never_unpickled(forecaster, redis_client, tmp_path, protocol):
+    from streamflame import SeriesState
+    from streamflame.model.state import StateDecodeError
+    from streamflame.state.store import StateRecord, StateStore
+
+    trap = tmp_path / "unpickled"
+    payload = pickle.dumps(_Trap(trap), protocol=protocol)
+    with pytest.raises(StateDecodeError, match="not a StreamFlame state"):
+        SeriesState.from_bytes(payload)
+    # the same bytes stored in Redis as a series' state, read by the worker's code path
+    store = StateStore(redis_client, "sec")
+    v = np.sin(np.arange(2 * PATCH_LEN) / 5)
+    first = _patch("p", 0, v[:PATCH_LEN])
+    for policy in ("reinit", "quarantine"):
+        proc = BatchProcessor(forecaster, ServiceConfig(worker={"on_corrupt_state": policy},
+                                                        defaults={"horizon": 8, "num_samples": 4}))
+        good = proc.process([first], {"p": None}, produced_at_ms=0).records["p"]
+        redis_client.delete(store.key("p"))
+        assert store.save_many({"p": StateRecord(0, payload, good.meta)}, {"p": -1}).applied == ["p"]
+        loaded = store.load_many(["p"])
+        res = proc.process([_patch("p", 1, v[PATCH_LEN:])], loaded, produced_at_ms=0)
+        if policy == "reinit":
+            assert [(r.reason, "not a StreamFlame state" in r.detail) for r in res.rejected] == [("corrupt_state", True)]
+            assert res.records["p"].seq == 1 and SeriesState.from_bytes(res.records["p"].state).n_patches == 1
+        else:
+            assert "p" in res.quarantine and "not a StreamFlame state" in res.quarantine["p"]
+            assert not res.records and [r.reason for r in res.rejected] == ["series_quarantined"]
+    assert not trap.exists()
+
+
+def test_pickle_payload_as_ingest_cursor_is_refused_never_unpickled(tmp_path):
+    from streamflame.ingest.assembler import CursorDecodeError, IngestCursor
+
+    trap = tmp_path / "unpickled"
+    with pytest.raises(CursorDecodeError):
+        IngestCursor.from_json(pickle.dumps(_Trap(trap)))
+    assert not trap.exists()
+
+
+def test_pickle_file_as_checkpoint_is_refused_never_unpickled(tmp_path):
+    ckpt = Forecaster.from_config(tiny_config(), seed=0).save(tmp_path / "ckpt")
+    trap = tmp_path / "unpickled"
+    (ckpt / "model.safetensors").write_bytes(pickle.dumps(_Trap(trap)))  # what torch.save would write
+    with pytest.raises(Exception, match="(?i)header|deserializ|safetensor"):
+        Forecaster.load(ckpt)
+    assert not trap.exists()
+
+
+def test_package_never_unpickles():
+    """No module of the package imports pickle-like loaders or calls torch.load /
+    np.load without allow_pickle=False (states: own binary codec; checkpoints:
+    safetensors + JSON)."""
+    offenders = []
+    for path in PKG.rglob("*.py"):
+        text = path.read_text()
+        for pat in (r"^\s*(import|from)\s+(pickle|cPickle|dill|cloudpickle|joblib|shelve|marshal)\b",
+                    r"torch\.load\(", r"\.loads?\(.*allow_pickle\s*=\s*True"):
+            offenders += [f"{path.relative_to(PKG)}: {m.group(0).strip()}" for m in re.finditer(pat, text, re.M)]
+        for m in re.finditer(r"np\.load\(([^)]*)\)", text):
+            if "allow_pickle=False" not in m.group(1):
+                offenders.append(f"{path.relative_to(PKG)}: {m.group(0)}")
+    assert offenders == []
+
+
+def _patch(sid: str, seq: int, values) -> PatchRecord:
+    freq, t0 = 60_000, 1_704_067_200_000
+    start = t0 + seq * PATCH_LEN * freq
+    vals = [float(x) for x in values]
+    p = PatchMessage(series_id=sid, seq=seq, start_ms=start, freq_ms=freq, values=vals, n_observed=len(vals),
+                     last_obs_ms=start + (PATCH_LEN - 1) * freq, partition=0, first_offset=seq * PATCH_LEN,
+                     last_offset=seq * PATCH_LEN + PATCH_LEN - 1)
+    return PatchRecord(p, 0, seq)
+
+
+class _Recorder:
+    """Stands in for a kafka-python client class: records its constructor kwargs."""
+
+    calls: list = []
+
+    def __init__(self, *args, **kwargs):
+        type(self).calls.append(kwargs)
+
+
+@pytest.mark.parametrize("kafka_cfg", [
+    {"security_protocol": "SASL_SSL", "sasl_mechanism": "SCRAM-SHA-512", "sasl_username": "sf",
+     "sasl_password": "s3cret", "ssl_cafile": "/etc/ca.pem", "ssl_certfile": "/etc/c.pem",
+     "ssl_keyfile": "/etc/k.pem", "ssl_check_hostname": False},
+    {"security_protocol": "SASL_PLAINTEXT", "sasl_mechanism": "PLAIN", "sasl_username": "u", "sasl_password": "p"},
+    {"security_protocol": "SSL", "ssl_cafile": "/etc/ca.pem"},
+])
+def test_kafka_sasl_and_tls_settings_reach_every_client_constructor(monkeypatch, kafka_cfg):
+    import kafka
+
+    from streamflame.kafka_io import make_admin, make_consumer, make_producer
+
+    real = {"producer": kafka.KafkaProducer, "consumer": kafka.KafkaConsumer, "admin": kafka.KafkaAdminClient}
+    cfg = ServiceConfig(kafka={"bootstrap": "broker-a:9093", **kafka_cfg})
+    got = {}
+    for role, make, cls in (("producer", make_producer, "KafkaProducer"), ("consumer", lambda c: make_consumer(c, "g"),
+                                                                            "KafkaConsumer"),
+                            ("admin", make_admin, "KafkaAdminClient")):
+        _Recorder.calls = []
+        monkeypatch.setattr(kafka, cls, _Recorder)
+        make(cfg)
+        (got[role],) = _Recorder.calls
+    for role, kw in got.items():
+        assert kw["security_protocol"] == kafka_cfg["security_protocol"], role
+        assert kw["bootstrap_servers"] == ["broker-a:9093"], role
+        if kafka_cfg["security_protocol"].startswith("SASL"):
+            assert (kw["sasl_mechanism"], kw["sasl_plain_username"], kw["sasl_plain_password"]) == (
+                kafka_cfg["sasl_mechanism"], kafka_cfg["sasl_username"], kafka_cfg["sasl_password"]), role
+        else:
+            assert "sasl_mechanism" not in kw
+        for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile", "ssl_check_hostname"):
+            if name in kafka_cfg:
+                assert kw[name] == kafka_cfg[name], (role, name)
+        # every kwarg is a setting the real client knows (kafka-python refuses unknown ones)
+        assert set(kw) <= set(real[role].DEFAULT_CONFIG), (role, set(kw) - set(real[role].DEFAULT_CONFIG))
