@@ -306,3 +306,51 @@ def test_kafka_sasl_and_tls_settings_reach_every_client_constructor(monkeypatch,
                 assert kw[name] == kafka_cfg[name], (role, name)
         # every kwarg is a setting the real client knows (kafka-python refuses unknown ones)
         assert set(kw) <= set(real[role].DEFAULT_CONFIG), (role, set(kw) - set(real[role].DEFAULT_CONFIG))
+
+
+def test_worker_state_store_over_redis_tls_as_an_acl_user(forecaster, tmp_path):
+    """The worker's and ingest's Redis paths (connect(cfg.redis) -> StateStore,
+    CursorStore) over TLS with a self-signed CA made here, logged in as an ACL
+    user from the config; an untrusted CA and a wrong password are refused."""
+    import redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    from streamflame.embedded import RedisServer
+    from streamflame.embedded.redis_server import RedisTLS
+    from streamflame.ingest.assembler import AssemblerSettings as AS, SeriesAssembler as SA
+    from streamflame.ingest.cursors import CursorStore
+    from streamflame.state.client import connect
+    from streamflame.state.store import StateStore
+    from test_embedded import _self_signed_ca_and_server_cert
+
+    files = _self_signed_ca_and_server_cert(tmp_path)
+    server = RedisServer(tmp_path / "redis", password="admin-pw", users={"sf-worker": "pw-w"},
+                         tls=RedisTLS(cert_file=files["cert"], key_file=files["key"], ca_file=files["ca"]))
+    server.start()
+    try:
+        url = f"rediss://127.0.0.1:{server.tls_port}/0"
+        cfg = ServiceConfig(redis={"url": url, "username": "sf-worker", "password": "pw-w",
+                                   "ssl_ca_certs": str(files["ca"])})
+        client = connect(cfg.redis)
+        assert client.acl_whoami() in ("sf-worker", b"sf-worker")
+        store = StateStore(client, cfg.redis.key_prefix)
+        v = np.sin(np.arange(PATCH_LEN) / 3)
+        proc = BatchProcessor(forecaster, ServiceConfig(defaults={"horizon": 8, "num_samples": 4}))
+        rec = proc.process([_patch("tls-1", 0, v)], {"tls-1": None}, produced_at_ms=0).records["tls-1"]
+        assert store.save_many({"tls-1": rec}, {"tls-1": -1}).applied == ["tls-1"]
+        assert store.load("tls-1").state == rec.state
+        a = SA("tls-1", AS(), 60_000)
+        a.add(0, 1.0, 0, 0, 0, None, [], [])
+        cursors = CursorStore(client, cfg.redis.key_prefix)
+        cursors.save_many([a.cursor(include_open=True)])
+        assert cursors.load_many(["tls-1"])["tls-1"].open_slots == [[0, 1.0]]
+        once = {"retry": Retry(NoBackoff(), 0)}
+        with pytest.raises(redis.ConnectionError, match="(?i)certificate"):
+            redis.Redis.from_url(url, username="sf-worker", password="pw-w", **once).ping()
+        bad = ServiceConfig(redis={"url": url, "username": "sf-worker", "password": "nope",
+                                   "ssl_ca_certs": str(files["ca"])})
+        with pytest.raises(redis.AuthenticationError):
+            connect(bad.redis, retry=Retry(NoBackoff(), 0)).ping()
+    finally:
+        server.stop()
