@@ -69,7 +69,7 @@ class Rec:
     @property
     def ident(self):
         if self.key is not None and self.key.startswith(b"noise-"):
-            return self.key
+            return self.key[:4096]  # dead letters keep at most 4096 key bytes
         return (self.key, self.value)
 
 
@@ -325,9 +325,15 @@ def build_traffic(n_messages: int, seed: int = 0, *, n_valid_series: int | None 
         if big_every and j and j % big_every == 0 and (j // big_every) > big_payloads:
             value, reason, name = _decode_noise(rng, j, 0)
         key = b"noise-%d" % j
-        if name == "key_mismatch" and j % 2:
-            key = None
-            value = value[:-1] + b',"nonce":"k%d"}' % j
+        if name == "key_mismatch":
+            if j % 4 == 1:    # no key at all
+                key = None
+            elif j % 4 == 2:  # a key that is not UTF-8
+                key = b"\xff\xfe-%d" % j
+            elif j % 4 == 3 and rng.random() < 0.05:  # a 1 MiB key (the dead letter keeps 4096 bytes of it)
+                key = b"noise-%d-" % j + b"k" * MIB_ID
+            if key is None or not key.startswith(b"noise-"):
+                value = value[:-1] + b',"nonce":"k%d"}' % j
         noise.append(Rec(key, value, reason, name))
 
     # interleave: every stream in its own order, streams and noise mixed at random
@@ -495,7 +501,7 @@ def run_fuzz(cfg, traffic: Traffic, *, timeout_s: float = 600.0, log=print) -> d
     unexpected: list[str] = []
     for d in letters:
         k = d.key_bytes()
-        ident = k if (k is not None and k.startswith(b"noise-")) else (k, d.original_bytes())
+        ident = k[:4096] if (k is not None and k.startswith(b"noise-")) else (k, d.original_bytes())
         got[d.reason] += 1
         seen_ids[ident] += 1
         if ident not in want:
