@@ -30,9 +30,7 @@ truncated to fit a request).
 from __future__ import annotations
 
 import argparse
-import base64
 import json
-import math
 import os
 import sys
 import tempfile
@@ -612,7 +610,7 @@ def main(argv: list[str] | None = None) -> int:
         tr = build_traffic(args.messages, args.seed, big_payloads=args.big)
         print(f"  generated in {time.monotonic() - t0:.1f} s: {len(tr.records)} records, "
               f"{sum(r.expect is not None for r in tr.records)} hostile, {len(tr.valid)} valid series")
-        res = run_fuzz(cfg, tr, timeout_s=args.timeout)
+        res = run_fuzz(cfg, tr, timeout_s=args.timeout, log=lambda *a: print(*a, flush=True))
     finally:
         if broker is not None:
             broker.stop()

@@ -3,7 +3,6 @@ the generator's documented expectations, regression tests for what the fuzz
 run found, and security of stored states (item 7)."""
 from __future__ import annotations
 
-import math
 
 import numpy as np
 import pytest
@@ -169,7 +168,6 @@ def test_generated_traffic_meets_the_generators_expectation_in_process(seed):
 
 # --------------------------------------------------------------------------- security (item 7)
 
-import os  # noqa: E402
 import pickle  # noqa: E402  (only to build hostile payloads; the package never imports it)
 import re  # noqa: E402
 from pathlib import Path  # noqa: E402

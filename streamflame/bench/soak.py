@@ -222,7 +222,8 @@ def main(argv: list[str] | None = None) -> int:
 
     configure_logging("WARNING")
     res = run_soak(minutes=args.minutes, rate=args.rate, n_series=args.series, sample_s=args.sample_s,
-                   throttle_ms=args.worker_throttle_ms, model=args.model)
+                   throttle_ms=args.worker_throttle_ms, model=args.model,
+                   log=lambda *a: print(*a, flush=True))  # live progress when redirected to a file
     res["machine"] = f"{platform.node()} {platform.machine()} {os.cpu_count()} cpus, Python {platform.python_version()}"
     res["date_utc"] = time.strftime("%Y-%m-%d %H:%M", time.gmtime())
     for k, v in res.items():
