@@ -24,8 +24,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "config": ("streamflame.config:main", "configuration tools: `config check FILE`"),
     "train": ("streamflame.train.loop:main", "train a model from a YAML training config"),
     "eval": ("streamflame.eval.run:main", "score forecasts on a CSV/Parquet file (the eval file contract)"),
-    "bench": ("streamflame.bench:main", "benchmarks: `bench step`, `bench pipeline`"),
     "chaos": ("streamflame.chaos:main", "fault injection on the embedded stack: `chaos crash|redis|broker|rebalance`"),
+    "bench": ("streamflame.bench:main", "benchmarks: `bench step`, `bench pipeline`, `bench soak`"),
+    "fuzz": ("streamflame.reliability_input:main", "hostile-input run through the real ingest + worker, checked"),
 }
 
 

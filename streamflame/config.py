@@ -322,6 +322,9 @@ class WorkerSettings(_Section):
     on_corrupt_state: Literal["reinit", "quarantine"] = "reinit"
     accuracy_halflife_patches: float = Field(
         1000, gt=0, le=1e9, description="online accuracy gauges: half-life in scored patches per group")
+    throttle_ms: int = Field(
+        0, ge=0, le=60_000, description="test/ops knob: sleep this long after every batch, to simulate a slow "
+        "worker (backpressure tests, soak); 0 = off")
 
     @field_validator("device")
     @classmethod

@@ -134,12 +134,40 @@ def iso_ms(ms: int) -> str:
 
     ``iso_ms(1704067200000) == "2024-01-01T00:00:00Z"``,
     ``iso_ms(1704067200123) == "2024-01-01T00:00:00.123Z"``.
+
+    Never raises for an int: an instant outside years 1..9999 (a forecast step
+    after an observation near 9999-12-31, say) is written in the ISO-8601
+    expanded form with a sign and at least 5 year digits (``+10000-01-01T00:00:00Z``,
+    ``-0001-12-31T00:00:00Z``, proleptic Gregorian; year 0 is 1 BC).
     """
     ms = int(ms)
-    d = _EPOCH + timedelta(milliseconds=ms)
-    base = f"{d.year:04d}-{d.month:02d}-{d.day:02d}T{d.hour:02d}:{d.minute:02d}:{d.second:02d}"
     milli = ms % 1000
+    if MIN_EPOCH_MS <= ms <= MAX_EPOCH_MS:
+        d = _EPOCH + timedelta(milliseconds=ms)
+        base = f"{d.year:04d}-{d.month:02d}-{d.day:02d}T{d.hour:02d}:{d.minute:02d}:{d.second:02d}"
+    else:
+        days, rest = divmod(ms // 1000, 86_400)
+        y, m, dd = _civil_from_days(days)
+        hh, rest = divmod(rest, 3600)
+        mm, ss = divmod(rest, 60)
+        year = f"+{y:05d}" if y > 9999 else f"-{-y:04d}" if y < 0 else f"{y:04d}"
+        base = f"{year}-{m:02d}-{dd:02d}T{hh:02d}:{mm:02d}:{ss:02d}"
     return f"{base}.{milli:03d}Z" if milli else f"{base}Z"
+
+
+def _civil_from_days(z: int) -> tuple[int, int, int]:
+    """Days since 1970-01-01 -> proleptic Gregorian (year, month, day), any int
+    (H. Hinnant's ``civil_from_days``)."""
+    z += 719_468
+    era = z // 146_097
+    doe = z - era * 146_097
+    yoe = (doe - doe // 1460 + doe // 36_524 - doe // 146_096) // 365
+    y = yoe + era * 400
+    doy = doe - (365 * yoe + yoe // 4 - yoe // 100)
+    mp = (5 * doy + 2) // 153
+    d = doy - (153 * mp + 2) // 5 + 1
+    m = mp + 3 if mp < 10 else mp - 9
+    return (y + 1 if m <= 2 else y), m, d
 
 
 def _type_name(x: Any) -> str:

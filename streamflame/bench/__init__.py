@@ -2,13 +2,15 @@
 
     streamflame bench step       # model: update vs rebuild vs forecast cost (python -m streamflame.bench step)
     streamflame bench pipeline   # the embedded stack end to end, each figure beside its ceiling
+    streamflame bench soak       # steady rate through the embedded stack: RSS per process and lag over time
 """
 from __future__ import annotations
 
 import importlib
 import sys
 
-SUBCOMMANDS = {"step": "streamflame.bench.step", "pipeline": "streamflame.bench.pipeline"}
+SUBCOMMANDS = {"step": "streamflame.bench.step", "pipeline": "streamflame.bench.pipeline",
+               "soak": "streamflame.bench.soak"}
 
 
 def main(argv: list[str] | None = None) -> int:

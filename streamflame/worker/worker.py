@@ -285,6 +285,8 @@ class Worker:
         try:
             self._process(b)
             self._backoff = 0.0
+            if self.cfg.worker.throttle_ms:  # test/ops knob: a deliberately slow worker
+                self._stop.wait(self.cfg.worker.throttle_ms / 1000)
         except (RedisError, KafkaError, OSError) as e:
             self._backoff = min(_MAX_BACKOFF_S, max(0.1, 2 * self._backoff))
             log.error("worker.batch_failed", error=repr(e), patches=len(b), retry_in_s=self._backoff)
