@@ -642,7 +642,9 @@ class ChaosRun:
 
         from streamflame import Forecaster
         from streamflame.schemas import decode_forecast, decode_patch, forecast_seed
-        from streamflame.state.store import AlertInterval, StateMeta
+        from streamflame.state.store import NaiveScale, StateMeta
+        from streamflame.worker.accuracy import update_naive
+        from streamflame.worker.batch import BatchProcessor
 
         P = self.report["problems"]
         cfg = self.cfg
@@ -723,11 +725,14 @@ class ChaosRun:
         f = Forecaster.load(cfg.worker.model_path)
         sids = list(ds.n_patches)
         states = {s: f.init_state(scale=cfg.resolve_group(s).scale) for s in sids}
+        naive = {s: NaiveScale() for s in sids}          # the worker's online-MASE scale, same updates
         for k in range(max(ds.n_patches.values())):
             live = [s for s in sids if ds.n_patches[s] > k]
-            new = f.update_many([states[s] for s in live],
-                                np.stack([ds.values[s][k * PATCH_LEN:(k + 1) * PATCH_LEN] for s in live]))
+            x = np.stack([ds.values[s][k * PATCH_LEN:(k + 1) * PATCH_LEN] for s in live])
+            new = f.update_many([states[s] for s in live], x)
             states.update(zip(live, new))
+            for s, row in zip(live, x):
+                naive[s] = update_naive(naive[s], np.asarray(row, dtype=np.float64))
         r = redis.Redis.from_url(self.redis.url)
         identical = 0
         try:
@@ -758,17 +763,10 @@ class ChaosRun:
                             seed=forecast_seed(cfg.worker.seed, s, n - 1))
             origin = T0_MS + (n * PATCH_LEN - 1) * FREQ_MS
             keys = list(g.quantile_keys)
-            alert = None
-            if g.alert_levels is not None:
-                from streamflame.schemas import format_level
-
-                lo_i, hi_i = (keys.index(format_level(q)) for q in g.alert_levels)
-                h = min(PATCH_LEN, g.horizon)
-                alert = AlertInterval(n - 1, origin + FREQ_MS, tuple(g.alert_levels),
-                                      fc.quantiles[lo_i, :h].astype(np.float32),
-                                      fc.quantiles[hi_i, :h].astype(np.float32))
+            last_fc = BatchProcessor._last_forecast(g, n - 1, origin + FREQ_MS, fc)
             ref_meta = StateMeta(model_id=f.model_id, group=g.name, freq_ms=FREQ_MS, last_slot_ms=origin,
-                                 src_partition=meta["src_partition"], src_offset=meta["src_offset"], alert=alert)
+                                 src_partition=meta["src_partition"], src_offset=meta["src_offset"],
+                                 forecast=last_fc, naive=naive[s])
             ref = {b"seq": str(n - 1).encode(), b"state": states[s].to_bytes(), b"meta": ref_meta.to_json()}
             diff = [k.decode() for k in ref if rec[k] != ref[k]]
             if diff:
