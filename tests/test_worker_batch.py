@@ -241,3 +241,19 @@ def test_online_accuracy_scores_the_previous_forecast_like_eval_metrics(forecast
     again = proc.process([patch("s", 2, v[2 * PATCH_LEN:])], {"s": rec})
     assert again.scores["s"] == res.scores["s"][1:]
     assert again.records["s"].meta.to_json() == res.records["s"].meta.to_json()
+
+
+def test_naive_scale_stays_json_representable_for_huge_values():
+    """Regression (fuzz run after online accuracy merged): differences of +-1e308 values
+    overflowed the naive scale to inf, orjson wrote null and the record became unreadable."""
+    import math
+
+    from streamflame.state.store import NaiveScale, StateMeta
+    from streamflame.worker.accuracy import update_naive
+
+    n = update_naive(NaiveScale(), np.array([1.0, 2.0, 4.0]))
+    assert (n.abs_sum, n.count, n.last) == (3.0, 2, 4.0)
+    n = update_naive(n, np.array([1e308, -1e308, 5.0]))
+    assert math.isfinite(n.abs_sum) and n.last == 5.0
+    meta = StateMeta("m", "g", 60_000, 0, 0, 0, None, n)
+    assert StateMeta.from_json(meta.to_json()).naive == n

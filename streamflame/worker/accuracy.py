@@ -124,6 +124,8 @@ def update_naive(naive: NaiveScale, values: np.ndarray) -> NaiveScale:
     prev = np.nan if naive.last is None else naive.last
     total, count = abs_diff_sum(np.concatenate([[prev], v]), 1)
     last = float(v[-1]) if len(v) and not math.isnan(v[-1]) else None
+    if not math.isfinite(naive.abs_sum + total):   # differences of ~1e308 values overflow:
+        return NaiveScale(last, naive.abs_sum, naive.count)   # keep the scale JSON-representable
     return NaiveScale(last, naive.abs_sum + total, naive.count + count)
 
 
