@@ -257,3 +257,24 @@ def test_naive_scale_stays_json_representable_for_huge_values():
     assert math.isfinite(n.abs_sum) and n.last == 5.0
     meta = StateMeta("m", "g", 60_000, 0, 0, 0, None, n)
     assert StateMeta.from_json(meta.to_json()).naive == n
+
+
+def test_online_mase_overflow_leaves_the_patch_unscaled():
+    """Regression (CI warning from the fuzz test): an error of ~1e308 over a tiny naive
+    scale overflowed the scaled error to inf, which would pin the MASE gauge at inf."""
+    import math
+
+    from streamflame.state.store import LastForecast, NaiveScale
+    from streamflame.worker.accuracy import score_many
+
+    levels = (0.1, 0.5, 0.9)
+    fc = LastForecast(3, 0, levels, np.zeros((3, 4), np.float32), np.zeros(4, np.float32), (0.1, 0.9))
+    tiny = NaiveScale(last=0.0, abs_sum=1e-300, count=1)
+    huge, big, normal = score_many([
+        ("a", "g", fc, np.array([1e308, 0.0, 0.0, 0.0]), tiny),     # loss sums overflow: not scored
+        ("b", "g", fc, np.array([1e300, 0.0, 0.0, 0.0]), tiny),     # sums finite, ratio overflows
+        ("c", "g", fc, np.array([2.0, 0.0, 0.0, 0.0]), NaiveScale(0.0, 4.0, 2))])
+    assert huge is None
+    assert (big.scaled_err, big.scaled_points) == (0.0, 0) and big.points == 4
+    assert math.isfinite(big.ql) and math.isfinite(big.abs_y)
+    assert (normal.scaled_err, normal.scaled_points) == (1.0, 4)   # |2| / (4 / 2)

@@ -107,13 +107,18 @@ def score_many(items: list[tuple[str, str, LastForecast, np.ndarray, NaiveScale]
         names, lo_i, hi_i = _interval_rows(levels, alert_levels)
         inside = np.rint(coverage(y[:, None, :], q[:, lo_i], q[:, hi_i]) * points[:, None])  # (B, K)
         for b, i in enumerate(idx):
-            if points[b] == 0:
-                continue
+            if points[b] == 0 or not (np.isfinite(ql[b]) and np.isfinite(abs_y[b])):
+                continue   # nothing observed, or sums beyond float range (|y| ~ 1e308): not scored
             sid, group, fc, _, naive = items[i]
             scale = naive.scale
-            scaled = scale > 0  # NaN (no pair yet) and 0 (a constant history) leave the points unscaled
+            # NaN (no pair yet) and 0 (a constant history) leave the points unscaled, and so
+            # does a ratio that overflows (errors of ~1e308 over a tiny scale): a metric
+            # gauge that turned inf would stay inf.
+            with np.errstate(over="ignore"):
+                scaled_err = abs_err[b] / scale if scale > 0 else np.inf
+            scaled = bool(np.isfinite(scaled_err))
             out[i] = PatchScore(sid, group, fc.seq, int(points[b]), float(ql[b]), float(abs_y[b]),
-                                float(abs_err[b] / scale) if scaled else 0.0, int(points[b]) if scaled else 0,
+                                float(scaled_err) if scaled else 0.0, int(points[b]) if scaled else 0,
                                 {name: int(x) for name, x in zip(names, inside[b].tolist())})
     return out
 
