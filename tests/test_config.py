@@ -318,6 +318,10 @@ def test_kafka_kwargs_are_kafka_python_options():
         assert kw["bootstrap_servers"] == ["a:1", "b:2"] and kw["sasl_plain_password"] == "p"
         assert kw["ssl_cafile"] == "/ca.pem"
     assert k.client_kwargs("producer")["compression_type"] == "zstd"
+    assert k.client_kwargs("producer")["batch_size"] == 524_288          # kafka.batch_bytes
+    assert ServiceConfig(kafka={"batch_bytes": 65536}).kafka.client_kwargs("producer")["batch_size"] == 65536
+    with pytest.raises(ValueError, match="batch_bytes"):
+        ServiceConfig(kafka={"batch_bytes": 8 * 2**20})                 # above a broker's message.max.bytes
     assert "sasl_mechanism" not in ServiceConfig().kafka.client_kwargs()
 
 
