@@ -459,9 +459,9 @@ def test_bulk_add_run_equals_one_by_one(data, infer):
 def test_bulk_path_is_taken_for_a_sensor_stream_and_skipped_otherwise():
     msgs = [([T0 + k * F for k in range(a, a + 30)], [float(k) for k in range(a, a + 30)]) for a in range(0, 300, 30)]
     (p1, r1, c1, used), (p2, r2, c2, _) = _run_both(msgs, infer=False)
-    assert used == 9 and len(p1) == 300 // N and p1 == p2 and r1 == r2 == [] and c1 == c2   # first: anchors
+    assert used == 10 and len(p1) == 300 // N and p1 == p2 and r1 == r2 == [] and c1 == c2   # the first anchors
+    assert not new(None).add_run([T0, T0 + F], [1.0, 2.0], 0, 0, [])    # frequency still to infer
     a = new(F)
-    assert not a.add_run([T0, T0 + F], [1.0, 2.0], 0, 0, [])          # no anchor yet
     a.add(T0, 0.0, 0, 0, 0, None, [], [])
     assert not a.add_run([T0 + 2 * F, T0 + 3 * F], [1.0, 2.0], 0, 1, [])   # a gap: one by one
     assert not a.add_run([T0 + F, T0 + 2 * F], [1.0, 2.0], 0, 1, [], limit_ms=T0 + F)  # beyond the limit

@@ -370,14 +370,23 @@ class SeriesAssembler:
         rejected.
         """
         n_new = len(ts_ms)
-        if (n_new < 2 or self._pending is not None or self.anchor_ms is None or self.last_slot is None
+        if (n_new < 2 or self._pending is not None
                 or (offset <= self._skip_offset and partition == self._skip_partition)
                 or (limit_ms is not None and ts_ms[-1] > limit_ms)):
             return False
-        freq, q0 = self.freq_ms, self.last_slot + 1
-        t0 = self.anchor_ms + q0 * freq
+        freq = self.freq_ms
+        if self.anchor_ms is None:      # a new series of known frequency: its first timestamp anchors the grid
+            if self.last_slot is not None or self.seq != 0:
+                return False
+            anchor, q0 = ts_ms[0], 0
+        elif self.last_slot is None:
+            return False
+        else:
+            anchor, q0 = self.anchor_ms, self.last_slot + 1
+        t0 = anchor + q0 * freq
         if ts_ms[0] != t0 or ts_ms[-1] != t0 + (n_new - 1) * freq or ts_ms != list(range(t0, t0 + n_new * freq, freq)):
             return False
+        self.anchor_ms = anchor
         n = self.settings.patch_len
         pos = 0
         while pos < n_new:

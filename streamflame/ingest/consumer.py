@@ -3,7 +3,7 @@
 ``streamflame ingest [--config FILE]`` runs :class:`IngestConsumer` until
 SIGTERM/SIGINT. Per poll batch it
 
-1. decodes every record (:func:`streamflame.schemas.decode_observation_message`);
+1. decodes every record (:func:`streamflame.schemas.decode_observation_run`);
    a bad record goes to the DLQ whole, with its bytes and the reason;
 2. loads, in one pipelined Redis round trip, the cursors of the series it sees
    for the first time since it got their partition (unknown series are
@@ -62,7 +62,7 @@ from streamflame.ingest.assembler import (
 )
 from streamflame.ingest.cursors import CursorStore
 from streamflame.kafka_io import DeadLetterWriter, create_topics, discard_producer, make_consumer, make_producer
-from streamflame.schemas import PATCH_LEN, RejectedMessage, decode_observation_message, iso_ms
+from streamflame.schemas import PATCH_LEN, RejectedMessage, decode_observation_run, iso_ms
 from streamflame.logs import configure_logging
 
 log = structlog.get_logger("streamflame.ingest")
@@ -302,7 +302,7 @@ class IngestConsumer:
                 entry = self._decode(rec, p)
                 if entry is not None:
                     chunk.append(entry)
-                    n_obs += len(entry[4])
+                    n_obs += len(entry[4].values)
                 if n_obs >= CHUNK_OBSERVATIONS:
                     self._assemble(chunk, patches, touched)
                     chunk, n_obs = [], 0
@@ -328,25 +328,25 @@ class IngestConsumer:
         )
 
     def _decode(self, rec, p: int):
-        """-> (partition, offset, key, raw, observations, ts_limit) or None (dead-lettered)."""
+        """-> (partition, offset, key, raw, ObservationRun, ts_limit) or None (dead-lettered/empty)."""
         ing = self.cfg.ingest
         raw = rec.value
         try:
-            obs = decode_observation_message(raw, max_series_id_len=ing.max_series_id_len,
-                                             max_message_bytes=ing.max_message_bytes, max_batch=ing.max_batch)
+            obs = decode_observation_run(raw, max_series_id_len=ing.max_series_id_len,
+                                         max_message_bytes=ing.max_message_bytes, max_batch=ing.max_batch)
         except RejectedMessage as e:
             self._reject_message(e.reason, e.detail, p, rec.offset, rec.key, raw, None)
             return None
-        if not obs:
+        if not obs.values:
             return None
-        sid = obs[0].series_id
+        sid = obs.series_id
         if rec.key is None or rec.key != sid.encode("utf-8"):
             what = "no key" if rec.key is None else f"key {bytes(rec.key[:80])!r}"
             self._reject_message(
                 "key_mismatch", f"record has {what}; the key must be the series_id {sid[:80]!r} so that "
                 "a series stays in one partition", p, rec.offset, rec.key, raw, sid)
             return None
-        self.counters["observations"] += len(obs)
+        self.counters["observations"] += len(obs.values)
         limit = None
         if ing.future_tolerance_ms is not None and rec.timestamp is not None and rec.timestamp >= 0:
             limit = rec.timestamp + ing.future_tolerance_ms
@@ -364,12 +364,11 @@ class IngestConsumer:
     def _assemble(self, chunk: list, patches: list, touched: dict) -> None:
         if not chunk:
             return
-        self._load_series({e[4][0].series_id: e[0] for e in chunk})
+        self._load_series({e[4].series_id: e[0] for e in chunk})
         rejects: list[Rejection] = []
         c = self.counters
         accepted = skipped = 0
-        for p, offset, key, raw, obs, limit in chunk:
-            sid = obs[0].series_id
+        for p, offset, key, raw, (sid, ts, vs), limit in chunk:
             a = self.assemblers.pop(sid, None)
             if a is not None:
                 self.assemblers[sid] = a  # most recently seen last (eviction order)
@@ -378,22 +377,21 @@ class IngestConsumer:
                                      p, offset, key, raw, sid)
                 continue
             n_before, r_before = len(patches), len(rejects)
-            multi = len(obs) > 1
-            if multi and a.add_run([o.timestamp_ms for o in obs], [o.value for o in obs], p, offset,
-                                   patches, limit):
-                accepted += len(obs)
+            multi = len(vs) > 1
+            if multi and a.add_run(ts, vs, p, offset, patches, limit):
+                accepted += len(vs)
                 if len(patches) > n_before:
                     touched[sid] = a
                 continue
-            for i, o in enumerate(obs):
+            for i, (t, v) in enumerate(zip(ts, vs)):
                 ref = ObsRef(raw, key, i if multi else None)
-                if limit is not None and o.timestamp_ms > limit:
+                if limit is not None and t > limit:
                     rejects.append(Rejection(
-                        "future_timestamp", f"timestamp {iso_ms(o.timestamp_ms)} is more than "
+                        "future_timestamp", f"timestamp {iso_ms(t)} is more than "
                         f"{self.cfg.ingest.future_tolerance_ms} ms after the record's produce time "
-                        f"{iso_ms(limit - self.cfg.ingest.future_tolerance_ms)}", o.timestamp_ms, p, offset, ref))
+                        f"{iso_ms(limit - self.cfg.ingest.future_tolerance_ms)}", t, p, offset, ref))
                     continue
-                r = a.add(o.timestamp_ms, o.value, p, offset, i, ref, patches, rejects)
+                r = a.add(t, v, p, offset, i, ref, patches, rejects)
                 if r == ACCEPTED:
                     accepted += 1
                 elif r != REJECTED:
