@@ -108,3 +108,20 @@ def test_batched_calls_equal_single_calls_bit_for_bit():
     order = rng.permutation(21)[:9]
     again = f.update_many([states[i] for i in order], patches[order])
     assert all(a.to_bytes() == many[i].to_bytes() for a, i in zip(again, order))
+
+
+def test_forecast_many_in_cpu_chunks_equals_one_pass(monkeypatch):
+    """forecast_many samples at most CPU_FORECAST_CHUNK series per pass on CPU (cache-sized);
+    the chunks, partial buffers of several lengths mixed in, give the one-pass numbers."""
+    import streamflame.model.forecaster as fm
+
+    rng = np.random.default_rng(4)
+    f = Forecaster.from_config(tiny_config(), seed=2)
+    states = [f.state_from_history(random_series(rng, int(rng.integers(P, 4 * P)))) for _ in range(45)]
+    seeds = list(range(45))
+    whole = f.forecast_many(states, 70, num_samples=16, seeds=seeds)
+    monkeypatch.setattr(fm, "CPU_FORECAST_CHUNK", 16)
+    chunked = f.forecast_many(states, 70, num_samples=16, seeds=seeds)
+    assert len({len(s.buffer) for s in states}) > 3
+    for a, b in zip(whole, chunked):
+        assert np.array_equal(a.samples, b.samples) and np.array_equal(a.quantiles, b.quantiles)

@@ -36,15 +36,17 @@ class Coupling(nn.Module):
         mask = torch.zeros(p)
         mask[:split] = 1
         self.register_buffer("mask", mask, persistent=False)
+        self.register_buffer("first", mask.bool(), persistent=False)
 
     def params(self, y, hc, ec):
         """y (..., p), hc = cond(c) (..., hidden), ec = elem(c) (..., 2p) -> log-scale, shift (..., p)."""
         h = F.gelu(self.inp(y * self.mask) + hc)
         s, t = self.out(F.gelu(self.hid(h))).chunk(2, -1)
         s0, t0 = ec.chunk(2, -1)
-        m = self.mask
-        s = m * s0 + (1 - m) * s
-        t = m * t0 + (1 - m) * t
+        # dims < split take the condition-only (s0, t0), the rest the coupling's (s, t):
+        # where() equals m * s0 + (1 - m) * s for the 0/1 mask, in two passes instead of six.
+        s = torch.where(self.first, s0, s)
+        t = torch.where(self.first, t0, t)
         return self.clamp * torch.tanh(s / self.clamp), t
 
     def forward(self, y, hc, ec):
