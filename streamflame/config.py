@@ -163,6 +163,10 @@ class KafkaSettings(_Section):
         True, description="idempotent producers (enable_idempotence); false = acks=all with one request in flight "
         "per connection (order kept, a retry may duplicate). The embedded Tansu broker needs false: across a broker "
         "restart it loses acknowledged records of idempotent producers (measured, docs/reliability.md)")
+    fetch_max_wait_ms: int = Field(
+        50, ge=1, le=10_000, description="longest a consumer's fetch waits for new records. Apache Kafka answers a "
+        "waiting fetch as soon as records arrive; the embedded Tansu broker answers late (measured: median 129 ms "
+        "per hop at Kafka's default 500, 22 ms at 100, 5 ms at 20), so this bounds each hop's added latency")
     session_timeout_ms: int = Field(6000, ge=1000, description="consumer group session timeout")
     heartbeat_interval_ms: int = Field(1000, ge=100)
 
@@ -216,6 +220,7 @@ class KafkaSettings(_Section):
             if self.compression:
                 kw["compression_type"] = self.compression
         elif role == "consumer":
+            kw["fetch_max_wait_ms"] = self.fetch_max_wait_ms
             kw["session_timeout_ms"] = self.session_timeout_ms
             kw["heartbeat_interval_ms"] = self.heartbeat_interval_ms
         return kw
@@ -321,6 +326,10 @@ class WorkerSettings(_Section):
     batch_size: int = Field(512, ge=1, le=65_536)
     batch_deadline_ms: int = Field(50, ge=0, le=60_000)
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
+    torch_threads: int | None = Field(
+        None, ge=1, le=1024, description="CPU threads for the model (torch.set_num_threads); None = cores - 1, "
+        "at least 1: the Kafka client's I/O thread and the processes beside the worker keep a core (on the "
+        "2-core machine, 2 threads under that load made a 4-series forecast 2x slower: measured in docs/benchmarks.md)")
     model_path: str | None = Field(None, description="checkpoint; None = the shipped default")
     seed: int = Field(0, ge=0, lt=2**63, description="global forecast seed")
     max_inflight: int = Field(2, ge=1, le=64, description="batches computed ahead of their Redis/Kafka writes")

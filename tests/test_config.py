@@ -317,6 +317,7 @@ def test_kafka_kwargs_are_kafka_python_options():
         assert set(kw) <= set(cls.DEFAULT_CONFIG), set(kw) - set(cls.DEFAULT_CONFIG)
         assert kw["bootstrap_servers"] == ["a:1", "b:2"] and kw["sasl_plain_password"] == "p"
         assert kw["ssl_cafile"] == "/ca.pem"
+        assert (kw.get("fetch_max_wait_ms") == 50) == (role == "consumer")      # kafka.fetch_max_wait_ms
     assert k.client_kwargs("producer")["compression_type"] == "zstd"
     assert k.client_kwargs("producer")["batch_size"] == 524_288          # kafka.batch_bytes
     assert ServiceConfig(kafka={"batch_bytes": 65536}).kafka.client_kwargs("producer")["batch_size"] == 65536

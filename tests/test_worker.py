@@ -158,6 +158,8 @@ def test_forecasts_once_per_patch_equal_in_process_and_replays(cfg, redis_client
     send(cfg, patches + [(b"plant-0/temp", b'{"series_id": "plant-0/temp", "seq": "x"')])
     with running(cfg) as w:
         wait_for(lambda: applied(w) >= 24, what="24 patches applied")
+        # worker.torch_threads None = cores - 1, at least 1 (set in the thread that runs the model)
+        assert w.torch_threads == max(1, (os.cpu_count() or 1) - 1) and cfg.worker.torch_threads is None
     scored = "streamflame_worker_online_scored_patches_total"
     assert sample(w, scored, group="default") == 16  # seq 1 and 2 of 8 series, each once
     fcs = [decode_forecast(r.value) for r in read_all(cfg, cfg.topics.forecasts, 24)]

@@ -13,13 +13,15 @@ One run starts a Tansu broker and a redis-server in a temporary directory and me
    same device at the worker's measured mean batch size; no Kafka, no Redis);
 4. latency at half the maximum sustained rate, with ingest and worker as their own processes
    (`streamflame ingest`, `streamflame worker`): from producing a patch's last observation to
-   consuming its forecast, p50/p99. The maximum sustained rate is 1 / (1/ingest + 1/(48 x
-   worker)) from stages 1 and 3 (both stages share the machine's cores); series are staggered
-   so their patches complete spread over time, not all in the same instant.
+   consuming its forecast, p50/p99. The maximum sustained rate is measured on that running
+   pipeline: offered twice the estimate 1 / (1/ingest + 1/(48 x worker)) from stages 1 and 3,
+   the forecasts it completes per second x 48 (the broker, redis-server and this load generator
+   share the same cores, which the estimate leaves out). Series are staggered so their patches
+   complete spread over time, not all in the same instant.
 
 Rates (1-3) are steady-state: the clock starts at the first record handled, so the consumer
 group join (about 1 s against Tansu with the fast settings) is left out and printed apart.
-Every series uses the `defaults` group (horizon 96, 100 samples, 9 quantiles) and the shipped
+Every series uses the `defaults` group (horizon 96, 100 samples, 11 quantiles) and the shipped
 checkpoint unless `--model` says otherwise.
 """
 from __future__ import annotations
@@ -142,7 +144,8 @@ def run_worker(cfg, n_forecasts: int) -> dict:
     if n1 >= n_forecasts:
         raise RuntimeError("the worker took every patch in its first batch: use more --series/--patches")
     rate = (n_forecasts - n1) / (t_end - t1)
-    return {"forecasts_per_s": rate, "startup_s": t1 - t_start, "mean_batch": mean_batch, "batches": int(batches)}
+    return {"forecasts_per_s": rate, "startup_s": t1 - t_start, "mean_batch": mean_batch, "batches": int(batches),
+            "torch_threads": w.torch_threads}
 
 
 def model_ceiling(forecaster, group, batch: int, rounds: int, rng) -> float:
@@ -160,20 +163,24 @@ def model_ceiling(forecaster, group, batch: int, rounds: int, rng) -> float:
     return batch * rounds / (time.perf_counter() - t)
 
 
-def run_latency(cfg, workdir: Path, rate: float, seconds: float, n_series: int) -> dict:
-    """Ingest and worker as processes; a paced producer; p50/p99 of last-observation → forecast."""
+def run_latency(cfg, workdir: Path, rate: float, seconds: float, n_series: int, tag: str = "lat") -> dict:
+    """Ingest and worker as processes; a paced producer; p50/p99 of last-observation → forecast.
+
+    Also returns ``sustained_obs_per_s``: forecasts consumed per second x 48 over the second
+    half of the producing period (the offered rate when the pipeline keeps up, its capacity
+    when it is offered more)."""
     import yaml
     from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
     from streamflame.schemas import PATCH_LEN, decode_forecast
 
-    path = workdir / "latency.yaml"
+    path = workdir / f"{tag}.yaml"
     path.write_text(yaml.safe_dump(cfg.effective(mask_secrets=False)))
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     procs = {}
     for role in ("ingest", "worker"):
-        ready = workdir / f"{role}.ready"
-        log = open(workdir / f"{role}.log", "w")
+        ready = workdir / f"{tag}-{role}.ready"
+        log = open(workdir / f"{tag}-{role}.log", "w")
         procs[role] = (subprocess.Popen([sys.executable, "-m", "streamflame", role, "--config", str(path)],
                                         env={**env, "STREAMFLAME_READY_FILE": str(ready)},
                                         stdout=log, stderr=subprocess.STDOUT), ready, log)
@@ -188,7 +195,7 @@ def run_latency(cfg, workdir: Path, rate: float, seconds: float, n_series: int) 
         stop = threading.Event()
 
         def consume():
-            c = KafkaConsumer(bootstrap_servers=cfg.kafka.bootstrap, enable_auto_commit=False)
+            c = KafkaConsumer(bootstrap_servers=cfg.kafka.bootstrap, enable_auto_commit=False, fetch_max_wait_ms=10)
             tps = [TopicPartition(cfg.topics.forecasts, p) for p in sorted(c.partitions_for_topic(cfg.topics.forecasts))]
             c.assign(tps)
             c.seek_to_beginning(*tps)
@@ -211,7 +218,7 @@ def run_latency(cfg, workdir: Path, rate: float, seconds: float, n_series: int) 
         values = [series_values(i, n_steps + PATCH_LEN, rng) for i in range(n_series)]
 
         def send(i: int, step: int) -> None:
-            sid = f"lat-{i:05d}"
+            sid = f"{tag}-{i:05d}"
             msg = {"series_id": sid, "timestamp": T0_MS + step * FREQ_MS, "value": float(values[i][step])}
             prod.send(cfg.topics.observations, key=sid.encode(), value=json.dumps(msg).encode())
 
@@ -230,10 +237,14 @@ def run_latency(cfg, workdir: Path, rate: float, seconds: float, n_series: int) 
                 send(i, step)
                 if step % PATCH_LEN == PATCH_LEN - 1:
                     prod.flush()
-                    sent[(f"lat-{i:05d}", step // PATCH_LEN)] = time.perf_counter()
+                    sent[(f"{tag}-{i:05d}", step // PATCH_LEN)] = time.perf_counter()
                 k += 1
         prod.flush()
-        offered = k / (time.perf_counter() - t0)
+        t_end = time.perf_counter()
+        offered = k / (t_end - t0)
+        t_half = t0 + (t_end - t0) / 2
+        done = sum(1 for t in list(got.values()) if t_half <= t <= t_end)
+        sustained = done * PATCH_LEN / (t_end - t_half)
         wait_until = time.monotonic() + 30
         while not set(sent) <= set(got) and time.monotonic() < wait_until:
             time.sleep(0.05)
@@ -241,7 +252,8 @@ def run_latency(cfg, workdir: Path, rate: float, seconds: float, n_series: int) 
         th.join(10)
         prod.close()
         lat = np.array([(got[key] - t) * 1e3 for key, t in sent.items() if key in got])
-        return {"offered_obs_per_s": offered, "patches": len(sent), "forecasts": len(lat),
+        return {"offered_obs_per_s": offered, "sustained_obs_per_s": sustained, "patches": len(sent),
+                "forecasts": len(lat),
                 "p50_ms": float(np.percentile(lat, 50)) if len(lat) else float("nan"),
                 "p99_ms": float(np.percentile(lat, 99)) if len(lat) else float("nan"),
                 "max_ms": float(lat.max()) if len(lat) else float("nan")}
@@ -298,7 +310,8 @@ def main(argv: list[str] | None = None) -> int:
         topics = {"single": "bench.obs.single", "batch": "bench.obs.batch",
                   "patches": "bench.patches", "patches2": "bench.patches.batch",
                   "forecasts": "bench.forecasts", "forecasts2": "bench.forecasts.lat", "obs_lat": "bench.obs.lat",
-                  "patches_lat": "bench.patches.lat", "alerts": "bench.alerts", "dlq": "bench.dlq"}
+                  "patches_lat": "bench.patches.lat", "obs_sat": "bench.obs.sat", "patches_sat": "bench.patches.sat",
+                  "forecasts_sat": "bench.forecasts.sat", "alerts": "bench.alerts", "dlq": "bench.dlq"}
         broker.create_topics({t: (1 if k in ("alerts", "dlq") else PARTITIONS) for k, t in topics.items()})
 
         def config(obs: str, patches: str, forecasts: str, prefix: str) -> ServiceConfig:
@@ -312,13 +325,16 @@ def main(argv: list[str] | None = None) -> int:
                         "model_path": args.model},
                 defaults={"frequency": "1min"})
 
+        def lat_config(obs, patches, forecasts, prefix):
+            c = config(topics[obs], topics[patches], topics[forecasts], prefix)
+            return ServiceConfig(**{**c.effective(mask_secrets=False),
+                                    "worker": {**c.worker.model_dump(), "batch_deadline_ms": 20}})
+
         if args.latency_only:
-            lat_cfg = config(topics["obs_lat"], topics["patches_lat"], topics["forecasts2"], "b3")
-            lat_cfg = ServiceConfig(**{**lat_cfg.effective(mask_secrets=False),
-                                       "worker": {**lat_cfg.worker.model_dump(), "batch_deadline_ms": 20}})
-            lat = run_latency(lat_cfg, workdir, rate=args.latency_only, seconds=args.latency_seconds,
-                              n_series=args.latency_series)
-            print(f"latency at {args.latency_only:,.0f} obs/s offered ({lat['offered_obs_per_s']:,.0f}), "
+            lat = run_latency(lat_config("obs_lat", "patches_lat", "forecasts2", "b3"), workdir,
+                              rate=args.latency_only, seconds=args.latency_seconds, n_series=args.latency_series)
+            print(f"latency at {args.latency_only:,.0f} obs/s offered ({lat['offered_obs_per_s']:,.0f}, "
+                  f"sustained {lat['sustained_obs_per_s']:,.0f}), "
                   f"{lat['patches']} patches, {lat['forecasts']} forecasts: p50 {lat['p50_ms']:.0f} ms, "
                   f"p99 {lat['p99_ms']:.0f} ms, max {lat['max_ms']:.0f} ms")
             print(f"logs: {workdir}")
@@ -357,18 +373,22 @@ def main(argv: list[str] | None = None) -> int:
         wcfg = config(topics["single"], topics["patches"], topics["forecasts"], "b1")
         wk = run_worker(wcfg, S * P)
         f = Forecaster.load(args.model).to(device=args.device)
+        torch.set_num_threads(wk["torch_threads"])        # the model alone with the worker's threads
         group = wcfg.resolve_group("s-000000")
         mb = max(1, int(round(wk["mean_batch"])))
         ceil_model = model_ceiling(f, group, mb, rounds=max(2, min(8, (S * P) // mb)), rng=rng)
 
         # -- 4: latency at half the maximum sustained rate
-        # Ingest and worker share this machine's cores: an observation costs both stages' time.
-        max_rate = 1.0 / (1.0 / ing_single["obs_per_s"] + 1.0 / (wk["forecasts_per_s"] * PATCH_LEN))
-        lat_cfg = config(topics["obs_lat"], topics["patches_lat"], topics["forecasts2"], "b3")
-        lat_cfg = ServiceConfig(**{**lat_cfg.effective(mask_secrets=False),
-                                   "worker": {**lat_cfg.worker.model_dump(), "batch_deadline_ms": 20}})
-        lat = run_latency(lat_cfg, workdir, rate=max_rate / 2, seconds=args.latency_seconds,
-                          n_series=args.latency_series)
+        # An estimate from stages 1 and 3 (ingest and worker share the cores: an observation
+        # costs both stages' time), then the rate the running pipeline (processes, broker and
+        # this load generator on the same cores) sustains when offered twice that estimate.
+        estimate = 1.0 / (1.0 / ing_single["obs_per_s"] + 1.0 / (wk["forecasts_per_s"] * PATCH_LEN))
+
+        sat = run_latency(lat_config("obs_sat", "patches_sat", "forecasts_sat", "b4"), workdir, rate=2 * estimate,
+                          seconds=args.latency_seconds, n_series=args.latency_series, tag="sat")
+        max_rate = sat["sustained_obs_per_s"]
+        lat = run_latency(lat_config("obs_lat", "patches_lat", "forecasts2", "b3"), workdir, rate=max_rate / 2,
+                          seconds=args.latency_seconds, n_series=args.latency_series)
     finally:
         broker.stop()
         redis_srv.stop()
@@ -382,9 +402,12 @@ def main(argv: list[str] | None = None) -> int:
     row("  (ceiling decoding with orjson)", ing_single["obs_per_s"], ceil_single_oj, "obs/s", 50)
     row("ingest, batch msgs", ing_batch["obs_per_s"], ceil_batch, "obs/s", 50)
     row("  (ceiling decoding with orjson)", ing_batch["obs_per_s"], ceil_batch_oj, "obs/s", 50)
-    row(f"worker end to end (batch ~{mb})", wk["forecasts_per_s"], ceil_model, "forecasts/s", 70)
+    row(f"worker end to end (batch ~{mb}, {wk['torch_threads']} thr)", wk["forecasts_per_s"], ceil_model,
+        "forecasts/s", 70)
     print(f"group join / first batch: ingest {ing_single['join_s']:.1f} s, worker {wk['startup_s']:.1f} s "
           f"(not in the rates); worker batches {wk['batches']}, mean size {wk['mean_batch']:.0f}")
+    print(f"max sustained rate: {max_rate:,.0f} obs/s (forecasts x 48 per second while offered "
+          f"{sat['offered_obs_per_s']:,.0f}; estimate from the stages above {estimate:,.0f})")
     print(f"latency at half the max sustained rate ({max_rate / 2:,.0f} obs/s offered "
           f"{lat['offered_obs_per_s']:,.0f}, {args.latency_series} series, {lat['patches']} patches, "
           f"{lat['forecasts']} forecasts): p50 {lat['p50_ms']:.0f} ms, p99 {lat['p99_ms']:.0f} ms, "
@@ -394,7 +417,7 @@ def main(argv: list[str] | None = None) -> int:
         "ingest_batch_obs_per_s": ing_batch["obs_per_s"], "ceiling_batch_obs_per_s": ceil_batch,
         "ceiling_single_orjson": ceil_single_oj, "ceiling_batch_orjson": ceil_batch_oj,
         "worker_forecasts_per_s": wk["forecasts_per_s"], "model_forecasts_per_s": ceil_model,
-        "p50_ms": lat["p50_ms"], "p99_ms": lat["p99_ms"]}.items()))
+        "max_sustained_obs_per_s": max_rate, "p50_ms": lat["p50_ms"], "p99_ms": lat["p99_ms"]}.items()))
     if args.keep:
         print(f"logs: {workdir}")
     else:

@@ -170,6 +170,9 @@ class Worker:
         device = cfg.worker.device
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
+        threads = cfg.worker.torch_threads or max(1, (os.cpu_count() or 1) - 1)
+        torch.set_num_threads(threads)      # OpenMP: for the calling thread, the one that runs the model
+        self.torch_threads = torch.get_num_threads()
         self.forecaster = Forecaster.load(cfg.worker.model_path).to(device)
         self.processor = BatchProcessor(self.forecaster, cfg)
         if self.reloader is not None:
@@ -181,7 +184,7 @@ class Worker:
         self.consumer = make_consumer(
             cfg, cfg.worker.group_id,
             max_poll_records=cfg.worker.batch_size,
-            fetch_max_wait_ms=max(10, min(100, cfg.worker.batch_deadline_ms)),
+            fetch_max_wait_ms=max(10, min(cfg.kafka.fetch_max_wait_ms, cfg.worker.batch_deadline_ms)),
         )
         worker = self
 
@@ -213,8 +216,8 @@ class Worker:
 
         self._listener = _Listener()
         self.consumer.subscribe([cfg.topics.patches], listener=self._listener)
-        log.info("worker.started", device=device, model_id=self.forecaster.model_id,
-                 group=cfg.worker.group_id, topic=cfg.topics.patches, batch_size=cfg.worker.batch_size,
+        log.info("worker.started", device=device, torch_threads=self.torch_threads,
+                 model_id=self.forecaster.model_id, group=cfg.worker.group_id, topic=cfg.topics.patches, batch_size=cfg.worker.batch_size,
                  batch_deadline_ms=cfg.worker.batch_deadline_ms, on_corrupt_state=cfg.worker.on_corrupt_state)
 
     def _mark_ready(self) -> None:
