@@ -81,3 +81,37 @@ def test_fast_enough_for_online_pretraining():
     t0 = time.perf_counter()
     generate(200, 4096, seed=5)
     assert time.perf_counter() - t0 < 20.0  # ~1,000 series/s on one idle core; allows for a loaded CI box
+
+
+def test_new_families_are_opt_in_deterministic_and_usable():
+    """Calendar and weather-like series enter only when a config asks; the default mix is the
+    stage-1 mix. Closed-hours calendar series are NaN outside opening hours, never all NaN."""
+    from streamflame.data.synthetic import DEFAULT
+    assert DEFAULT.calendar_fraction == 0 and DEFAULT.weather_fraction == 0
+    cfg = SynthConfig(calendar_fraction=0.5, weather_fraction=0.3, closed_hours_probability=0.5)
+    a = generate(120, 2048, seed=4, config=cfg)
+    np.testing.assert_array_equal(a, generate(120, 2048, seed=4, config=cfg))
+    assert not np.isinf(a).any()
+    assert (np.isfinite(a).sum(axis=1) > 200).all() and (np.nanstd(a, axis=1) > 0).all()
+    gappy = np.isnan(a).mean(axis=1)
+    assert (gappy > 0.3).sum() >= 10      # opening-hours-only series are common in this mix
+
+
+def test_calendar_series_have_a_weekly_cycle():
+    from streamflame.data.synthetic import calendar_like
+    per_week = 24 * 7
+    wk, day3 = [], []
+    for seed in range(30):
+        x = calendar_like(per_week * 12, np.random.default_rng(seed), step_minutes=60)
+        x = x - x.mean()
+        wk.append(np.corrcoef(x[per_week:], x[:-per_week])[0, 1])
+        day3.append(np.corrcoef(x[72:], x[:-72])[0, 1])
+    assert np.median(wk) > 0.5 and np.median(wk) > np.median(day3)
+
+
+def test_closed_hours_gaps_follow_the_clock():
+    from streamflame.data.synthetic import calendar_like
+    x = calendar_like(48 * 28, np.random.default_rng(3), step_minutes=30, closed_hours=True)
+    miss = np.isnan(x).reshape(28, 48)
+    assert 0.2 < miss.mean() < 0.9
+    assert miss.all(axis=0).any() and (~miss).any(axis=0).any()   # some times of day never observed

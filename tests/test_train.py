@@ -79,3 +79,14 @@ def test_loader_workers_draw_the_same_batches(tmp_path):
     assert len(got) == 5
     for i, g in enumerate(got):
         assert np.array_equal(g, s.batch(7 + i), equal_nan=True)
+
+
+def test_synthetic_mix_from_the_training_config(tmp_path):
+    cfg = TrainConfig(batch=64, seq_patches=8, real_fraction=0.0, seed=1,
+                      synthetic={"calendar_fraction": 1.0, "closed_hours_probability": 1.0})
+    x = SequenceSampler(cfg, 48).batch(0)
+    assert np.isnan(x).reshape(64, -1).mean(axis=1).min() > 0.1     # every series has closed hours
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("steps: 10\nsynthetic: {weekly: 0.3}\n")
+    assert main(["--config", str(bad)]) == 2
+    TrainConfig.from_yaml("configs/train/gpu_mix.yaml")

@@ -13,7 +13,19 @@ Two families, mixed half/half by :func:`generate` and :func:`stream`:
   spikes, slow sensor drift, AR(1) and multiplicative noise, and sometimes intermittent
   (zero-inflated counts) or clipped (saturating sensor) output.
 
-Either family may then get missing runs (NaN), and every series gets a random level and
+Two more families enter only when a config asks for them (``calendar_fraction``,
+``weather_fraction``; 0 in :data:`DEFAULT`, which stays the shipped stage-1 mix):
+
+* **Calendar series** (parking, call centres, traffic, footfall): a week is the main cycle,
+  with separate weekday and weekend day shapes, per-weekday levels, day-to-day variation,
+  holidays, often active only inside opening hours, often counts; sampled at 2 min to 3 h.
+  With ``closed_hours_probability`` such a series is *observed* only in its opening hours
+  (and sometimes weekdays only): NaN elsewhere, as a grid built from business-hours data.
+* **Weather-like series** (temperature, humidity): a daily cycle whose amplitude changes from
+  day to day, under synoptic swings of a few days that are larger than the daily cycle, and
+  a slow seasonal drift; the daily peak is often not the largest autocorrelation feature.
+
+Any family may then get missing runs (NaN), and every series gets a random level and
 scale. Series ``i`` of seed ``s`` depends only on ``(s, i)`` (``numpy.random.SeedSequence``),
 so ``generate(n, T, s)[i]`` equals the i-th item of ``stream(T, s)``, and workers can split
 indices without coordination.
@@ -27,6 +39,7 @@ from dataclasses import dataclass
 import numpy as np
 
 STEP_MINUTES = (1, 5, 10, 15, 30, 60)  # sensor sampling rates
+CALENDAR_STEP_MINUTES = (2, 5, 10, 15, 20, 30, 60, 120, 180)  # calendar-family sampling rates
 MINUTES_PER_DAY = 1440
 
 
@@ -38,6 +51,9 @@ class SynthConfig:
     missing_probability: float = 0.3   # share of series that get missing values
     missing_fraction: tuple[float, float] = (0.01, 0.25)  # NaN share of such a series
     max_kernels: int = 5               # base kernels per KernelSynth composition
+    calendar_fraction: float = 0.0     # share of calendar series (weekly main cycle), taken first
+    weather_fraction: float = 0.0      # share of weather-like series, taken next
+    closed_hours_probability: float = 0.0  # share of calendar series observed in opening hours only
 
 
 DEFAULT = SynthConfig()
@@ -196,6 +212,111 @@ def sensor_like(length: int, rng: np.random.Generator, step_minutes: int | None 
     return x
 
 
+# ---------------------------------------------------------------- calendar (weekly) series
+
+def _day_noise(n_days: int, rng: np.random.Generator, sd: float) -> np.ndarray:
+    """Per-day multiplicative factors: AR(1) over days around 1, shape (n_days,)."""
+    return np.exp(sd * ar1(max(n_days, 2), float(rng.uniform(0.0, 0.9)), rng)[:n_days])
+
+
+def calendar_like(length: int, rng: np.random.Generator, step_minutes: int | None = None,
+                  closed_hours: bool = False) -> np.ndarray:
+    """One calendar series of shape (length,): a weekly main cycle (see the module docstring).
+
+    With ``closed_hours`` the values outside the opening hours (and, half of the time, on
+    weekends) are NaN: the series is only ever observed while the place is open."""
+    step_minutes = int(rng.choice(CALENDAR_STEP_MINUTES)) if step_minutes is None else int(step_minutes)
+    per_day = max(1, MINUTES_PER_DAY // step_minutes)
+    t = np.arange(length)
+    offset = int(rng.integers(per_day * 7))            # series start: any time of any weekday
+    tt = t + offset
+    day = tt // per_day
+    n_days = int(day[-1]) + 1
+    dow = day % 7
+    hour = (tt % per_day) * 24.0 / per_day
+    weekend = dow >= 5
+    # Opening hours: activity rises after opening and ends at closing (parking, calls, shops).
+    openh = float(rng.uniform(5.0, 10.0))
+    closeh = float(rng.uniform(max(openh + 6.0, 15.0), 23.5))
+    business = rng.random() < 0.6 or closed_hours
+    weekday_shape = daily_profile(per_day, rng)
+    weekend_shape = daily_profile(per_day, rng) if rng.random() < 0.6 else np.roll(
+        weekday_shape, int(rng.integers(-per_day // 8, per_day // 8 + 1)))
+    if business:  # a bump confined to opening hours, optionally with a lunch dip / second peak
+        h = np.arange(per_day) * 24.0 / per_day
+        inside = (h >= openh) & (h < closeh)
+        u = np.clip((h - openh) / (closeh - openh), 0, 1)
+        bump = np.sin(np.pi * u) ** rng.uniform(0.5, 2.0)
+        if rng.random() < 0.4:
+            bump = bump * (1 - rng.uniform(0.1, 0.5) * np.exp(-0.5 * ((u - rng.uniform(0.3, 0.7)) / 0.08) ** 2))
+        weekday_shape = np.where(inside, bump * (1 + 0.15 * weekday_shape), 0.0)
+        weekend_shape = np.where(inside, bump * (1 + 0.15 * weekend_shape), 0.0)
+    dow_level = np.exp(rng.normal(0, 0.15, 7))
+    dow_level[5:] = rng.uniform(0.0, 0.9, 2) if rng.random() < 0.8 else rng.uniform(1.0, 1.8, 2)
+    holiday = rng.random(n_days) < rng.uniform(0.0, 0.03)
+    level_day = dow_level[dow] * _day_noise(n_days, rng, float(rng.uniform(0.02, 0.25)))[day]
+    use_weekend = (weekend | holiday[day]) & (rng.random() < 0.8)
+    shape = np.where(use_weekend, weekend_shape[tt % per_day], weekday_shape[tt % per_day])
+    if not business:
+        shape = shape - shape.min() if rng.random() < 0.5 else shape
+    x = level_day * shape
+    # Slow trend / seasonality over weeks.
+    if rng.random() < 0.5:
+        x = x * (1 + rng.uniform(0.0, 0.4) * np.sin(2 * np.pi * tt / (per_day * rng.uniform(30, 365))
+                                                    + rng.uniform(0, 2 * np.pi)))
+    if rng.random() < 0.3:
+        x = x + rng.normal(0, 0.3) * t / length * np.std(x)
+    sd = np.std(x) + 1e-9
+    r = rng.random()
+    if r < 0.45:  # counts (calls, footfall, cars entering): Poisson around the profile
+        rate = np.clip(x, 0, None) / (np.max(np.abs(x)) + 1e-9) * 10 ** rng.uniform(0.0, 2.5)
+        x = rng.poisson(rate).astype(np.float64)
+    elif r < 0.7:  # occupancy-like: smooth, bounded, AR noise
+        x = x + ar1(length, float(rng.uniform(0.5, 0.98)), rng) * rng.uniform(0.02, 0.15) * sd
+        x = np.clip(x, 0, None) if rng.random() < 0.5 else x
+    else:
+        x = x + ar1(length, float(rng.uniform(0.0, 0.9)), rng) * rng.uniform(0.05, 0.4) * sd
+    if closed_hours:
+        observed = (hour >= openh) & (hour < closeh)
+        if rng.random() < 0.5:
+            observed &= ~weekend
+        x = np.where(observed, x, np.nan)
+    return x
+
+
+# ---------------------------------------------------------------- weather-like series
+
+def weather_like(length: int, rng: np.random.Generator, step_minutes: int | None = None) -> np.ndarray:
+    """One weather-like series of shape (length,) (see the module docstring)."""
+    step_minutes = int(rng.choice((5, 10, 10, 30, 60, 60, 60))) if step_minutes is None else int(step_minutes)
+    per_day = max(2, MINUTES_PER_DAY // step_minutes)
+    t = np.arange(length)
+    tt = t + int(rng.integers(per_day))
+    day = tt // per_day
+    n_days = int(day[-1]) + 2
+    # Daily cycle: a smooth asymmetric shape, amplitude varying day to day (clear vs cloudy).
+    phase = (tt % per_day) / per_day
+    shape = np.cos(2 * np.pi * (phase - rng.uniform(0.5, 0.7)))
+    shape = shape + rng.uniform(0, 0.4) * np.cos(4 * np.pi * (phase - rng.uniform(0, 1)))
+    amp_days = np.exp(rng.uniform(0.1, 0.6) * ar1(n_days, float(rng.uniform(0.2, 0.8)), rng))
+    frac = (tt % per_day) / per_day
+    amp = amp_days[day] * (1 - frac) + amp_days[day + 1] * frac          # smooth across midnight
+    x = amp * shape
+    # Synoptic swings: a smooth process with a 1-6 day time scale, often larger than the cycle.
+    ell = per_day * rng.uniform(0.7, 4.0)
+    n_coarse = length // max(1, per_day // 8) + 4
+    coarse = sample_stationary(np.exp(-0.5 * (np.arange(n_coarse) * max(1, per_day // 8) / ell) ** 2), rng)
+    synoptic = np.interp(t, np.arange(n_coarse) * max(1, per_day // 8), coarse)
+    x = x + rng.uniform(0.5, 3.0) * synoptic
+    # Seasonal drift and small noise.
+    x = x + rng.normal(0, 1.0) * np.sin(2 * np.pi * tt / (per_day * 365) + rng.uniform(0, 2 * np.pi))
+    x = x + ar1(length, float(rng.uniform(0.3, 0.95)), rng) * rng.uniform(0.02, 0.2)
+    if rng.random() < 0.3:  # humidity-like: bounded, anti-correlated shape
+        x = -x
+        x = np.clip(x, None, np.quantile(x, rng.uniform(0.8, 1.0)))
+    return x
+
+
 # ---------------------------------------------------------------- missing values and scaling
 
 def add_missing(x: np.ndarray, fraction: float, rng: np.random.Generator) -> np.ndarray:
@@ -231,16 +352,22 @@ def generate_one(index: int, length: int, seed: int = 0, config: SynthConfig = D
     if length < 2:
         raise ValueError(f"length must be >= 2, got {length}")
     rng = _rng(seed, index)
-    if rng.random() < config.kernel_fraction:
+    family = rng.random() if config.calendar_fraction + config.weather_fraction > 0 else 1.0
+    if family < config.calendar_fraction:
+        x = calendar_like(length, rng, closed_hours=bool(rng.random() < config.closed_hours_probability))
+    elif family < config.calendar_fraction + config.weather_fraction:
+        x = weather_like(length, rng)
+    elif rng.random() < config.kernel_fraction:
         x = kernel_synth(length, rng, config.max_kernels)
     else:
         x = sensor_like(length, rng)
-    std = np.std(x)
-    x = (x - np.mean(x)) / (std if std > 0 else 1.0)
+    gaps = bool(np.isnan(x).any())               # only calendar series with closed hours
+    std = np.nanstd(x) if gaps else np.std(x)
+    x = (x - (np.nanmean(x) if gaps else np.mean(x))) / (std if std > 0 else 1.0)
     scale = 10 ** rng.uniform(-2, 3)
     level = rng.choice([0.0, rng.normal(0, 3), abs(rng.normal(0, 3)) + 3]) * scale
-    if np.all(x >= 0) or rng.random() < 0.2:  # counts and positive quantities keep 0 as the floor
-        x = x - x.min()
+    if np.all(x[~np.isnan(x)] >= 0) or rng.random() < 0.2:  # counts and positive quantities keep 0 as the floor
+        x = x - (np.nanmin(x) if gaps else x.min())
         level = 0.0
     x = x * scale + level
     if rng.random() < config.missing_probability:

@@ -46,6 +46,7 @@ class TrainConfig:
     future_per_step: int = 3                        # future patches scored per step (always the next one)
     real_fraction: float = 0.5                      # share of sequences from real packaged data
     synthetic_seed: int = 1
+    synthetic: dict = field(default_factory=dict)   # SynthConfig overrides (families, gaps)
     checkpoint_every: int = 250
     log_every: int = 25
     max_minutes: float | None = None                # stop (with a checkpoint) after this wall time
@@ -64,7 +65,20 @@ class TrainConfig:
             raise ValueError(f"{path}: unknown training config fields {sorted(unknown)}")
         cfg = cls(**raw)
         ModelConfig.from_dict(cfg.model)            # validate early, with the model's own message
+        synth_config(cfg.synthetic)
         return cfg
+
+
+def synth_config(overrides: dict):
+    """The generator's SynthConfig with a training config's `synthetic` overrides."""
+    from streamflame.data.synthetic import DEFAULT, SynthConfig
+    if not overrides:
+        return DEFAULT
+    known = {f.name for f in fields(SynthConfig)}
+    unknown = set(overrides) - known
+    if unknown:
+        raise ValueError(f"unknown synthetic config fields {sorted(unknown)}")
+    return SynthConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()})
 
 
 # ---- data -----------------------------------------------------------------------------------
@@ -78,6 +92,7 @@ class SequenceSampler:
                  real_series: list[np.ndarray] | dict[str, list[np.ndarray]] | None = None):
         self.cfg, self.p = cfg, patch_len
         self.length = cfg.seq_patches * patch_len
+        self.synth = synth_config(cfg.synthetic)
         if real_series is None:
             real_series = {} if cfg.real_fraction <= 0 else (
                 load_training_data(cfg.data) if cfg.data else load_real_training_values())
@@ -99,7 +114,8 @@ class SequenceSampler:
 
     def _synthetic(self, rng) -> np.ndarray:
         from streamflame.data.synthetic import generate_one
-        return generate_one(int(rng.integers(0, 2**31)), self.length, seed=self.cfg.synthetic_seed)
+        return generate_one(int(rng.integers(0, 2**31)), self.length, seed=self.cfg.synthetic_seed,
+                            config=self.synth)
 
     def _real(self, rng) -> np.ndarray:
         source = self.real[int(rng.integers(len(self.real)))]
