@@ -326,6 +326,11 @@ class WorkerSettings(_Section):
     batch_size: int = Field(512, ge=1, le=65_536)
     batch_deadline_ms: int = Field(50, ge=0, le=60_000)
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
+    commit_delay_ms: int = Field(
+        2000, ge=0, le=600_000,
+        description="Kafka offsets are committed only once the Redis state writes they rely on are this old "
+        "(Redis appendfsync everysec can lose its last second on a crash; a restarted worker then re-reads "
+        "those patches instead of leaving a series' last lost write undetected)")
     torch_threads: int | None = Field(
         None, ge=1, le=1024, description="CPU threads for the model (torch.set_num_threads); None = cores - 1, "
         "at least 1: the Kafka client's I/O thread and the processes beside the worker keep a core (on the "

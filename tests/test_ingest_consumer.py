@@ -308,7 +308,8 @@ class CrashingIngest(IngestConsumer):
             raise _Crash  # patches out, cursors not written
         super()._publish(patches, touched)
         if crash and self.crash_point == "after_cursors":
-            raise _Crash  # cursors written, offsets not committed
+            self.settle()
+            raise _Crash  # patches acknowledged, cursors written, offsets not committed
 
     def run(self, max_batches=None):
         try:
@@ -383,9 +384,16 @@ def test_sigkill_mid_stream_and_restart(service_config, redis_client, tmp_path):
         if sum(1 for c in store.load_many(list(expected)).values() if c is not None) >= 5:
             break
         time.sleep(0.05)
-    producer_thread = threading.Thread(target=produce, args=(cfg, stream.messages[half:]))
+    rest = stream.messages[half:]
+
+    def trickle():  # the second half in 10 parts, 0.1 s apart: the kill lands while it flows
+        for k in range(10):
+            produce(cfg, rest[k * len(rest) // 10:(k + 1) * len(rest) // 10])
+            time.sleep(0.1)
+
+    producer_thread = threading.Thread(target=trickle)
     producer_thread.start()
-    time.sleep(0.05)
+    time.sleep(0.15)
     proc.send_signal(signal.SIGKILL)
     assert proc.wait(timeout=10) == -signal.SIGKILL
     producer_thread.join()

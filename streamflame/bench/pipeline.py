@@ -106,6 +106,7 @@ def run_ingest(cfg, redis_client, n_obs: int, n_patches: int) -> dict:
     try:
         while ing.counters["patches"] < n_patches:
             ing.poll_once()
+        ing.settle()            # the last batch acknowledged and its cursors written
         t_end = time.perf_counter()
         ing._commit(final=True)
     finally:

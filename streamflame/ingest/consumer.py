@@ -11,13 +11,17 @@ SIGTERM/SIGINT. Per poll batch it
 3. feeds each series' :class:`~streamflame.ingest.assembler.SeriesAssembler`
    (grid, ordering and gap policy: see that module); rejected observations go to
    the DLQ with the index inside their message;
-4. produces the completed patches (key = series_id) and dead letters, and
-   ``flush()`` es the producer;
-5. writes the cursors of the series that completed a patch, in one pipelined
-   compare-and-set round trip (a cursor never goes backwards);
+4. produces the completed patches (key = series_id) and dead letters, without
+   waiting: the broker's acknowledgements arrive while the next poll fetches;
+5. after that next poll (or before anything that must not run ahead of them:
+   a spill, a commit, shutdown) *settles* the batch: ``flush()`` es the producer,
+   checks every send, then writes the cursors of the series that completed a
+   patch, in one pipelined compare-and-set round trip (a cursor never goes
+   backwards, and never ahead of the patches it covers);
 6. commits, per partition, the smallest offset still needed to rebuild what is
    held in memory: min(first offset of any open patch / inference buffer, next
-   offset to read) (at most every ``ingest.commit_interval_ms``).
+   offset to read) (at most every ``ingest.commit_interval_ms``), only for
+   settled batches.
 
 A crash anywhere therefore re-reads from the committed offset; observations
 already inside an emitted patch (at or before the cursor's position) are
@@ -171,6 +175,7 @@ class IngestConsumer:
         self._pending_commits: deque[tuple[float, dict[int, int]]] = deque()
         self._backoff = 0.0
         self._futures: list = []
+        self._unsettled: dict[str, SeriesAssembler] = {}  # series whose patches were sent, cursors not yet written
         self._reseek: dict[int, int] = {}  # revoked partition -> offset to re-read from if handed back
         self._closed = False
 
@@ -204,12 +209,18 @@ class IngestConsumer:
                         self.cfg = new
                 if self.poll_once():
                     done += 1
-            self._commit(final=True)
+            try:
+                self.settle()
+            except _RetryBatch as e:  # not delivered: nothing more is committed; the next owner re-reads
+                log.warning("ingest.final_settle_failed", error=str(e)[:500])
+            else:
+                self._commit(final=True)
         finally:
             self.close()
 
     def poll_once(self) -> bool:
-        """One poll + process + (maybe) commit. Returns True if records were handled."""
+        """One poll, settle the previous batch, (maybe) commit, process. Returns True if
+        records were handled."""
         try:
             records = self.consumer.poll(timeout_ms=POLL_TIMEOUT_MS)
         except Exception as e:  # noqa: BLE001 - the broker may be restarting; keep polling
@@ -217,11 +228,16 @@ class IngestConsumer:
             log.warning("ingest.poll_failed", error=repr(e))
             time.sleep(min(1.0, POLL_TIMEOUT_MS / 1000))
             return False
+        try:
+            self.settle()  # the previous batch's acks arrived during that poll
+        except _RetryBatch as e:
+            self._recover(e)
+            return True
         reread = self._apply_rebalance_events()
         if reread:  # fetched from the old position of a kept partition: read again from the rewind offset
             records = {tp: recs for tp, recs in records.items() if tp.partition not in reread}
+        self._commit()
         if not records:
-            self._commit()
             return False
         try:
             self._process(records)
@@ -229,8 +245,6 @@ class IngestConsumer:
             self._backoff = 0.0
         except _RetryBatch as e:
             self._recover(e)
-            return True
-        self._commit()
         return True
 
     def _apply_rebalance_events(self) -> set[int]:
@@ -308,6 +322,7 @@ class IngestConsumer:
                     chunk, n_obs = [], 0
                     if len(patches) >= self.cfg.ingest.max_buffered_patches:
                         self._publish(patches, touched)
+                        self.settle()
                         patches, touched = [], {}
             self.next_offset[p] = recs[-1].offset + 1
             c["records"] += len(recs)
@@ -456,13 +471,28 @@ class IngestConsumer:
             self.partition_series.setdefault(p, set()).add(sid)
 
     def _publish(self, patches: list, touched: dict[str, SeriesAssembler]) -> None:
-        """Produce patches, flush everything, then write the cursors that moved."""
+        """Send the patches (no waiting); their cursors are written by :meth:`settle`."""
         topic = self.cfg.topics.patches
         send = self.producer.send
         futures = self._futures
         try:
             for pt in patches:
                 futures.append(send(topic, key=pt.series_id.encode("utf-8"), value=_encode_patch(pt)))
+        except Exception as e:  # noqa: BLE001 - KafkaTimeoutError (buffer full) etc.
+            raise _RetryBatch(f"producing failed: {e!r}") from e
+        self.counters["patches"] += len(patches)
+        self._unsettled.update(touched)
+
+    def settle(self) -> None:
+        """Wait until every record sent so far (patches, dead letters) is acknowledged,
+        then write the cursors of the series whose patches they were. Cursors are read
+        from the assemblers now, so nothing may be assembled between the sends and this
+        call (the poll loop settles right after the next poll, before processing it).
+        Raises _RetryBatch when a send or the cursor write failed."""
+        futures, touched = self._futures, self._unsettled
+        if not futures and not touched:
+            return
+        try:
             self.producer.flush()
         except Exception as e:  # noqa: BLE001 - KafkaTimeoutError etc.
             raise _RetryBatch(f"producing failed: {e!r}") from e
@@ -470,7 +500,6 @@ class IngestConsumer:
         self._futures = []
         if failed:
             raise _RetryBatch(f"{len(failed)} records not delivered, first error: {failed[0].exception!r}")
-        self.counters["patches"] += len(patches)
         if not touched:
             return
         try:
@@ -479,6 +508,7 @@ class IngestConsumer:
             self.histograms.redis_seconds.labels("save").observe(time.perf_counter() - t_redis)
         except Exception as e:  # noqa: BLE001
             raise _RetryBatch(f"writing ingest cursors failed: {e!r}") from e
+        self._unsettled = {}
         self.counters["cursor_writes"] += res.written
         if res.refused:
             self.counters["cursor_refused"] += len(res.refused)
@@ -571,6 +601,7 @@ class IngestConsumer:
             self._evict(victims)
 
     def _evict(self, sids: list[str]) -> None:
+        self.settle()  # a spilled cursor must not run ahead of patches still in flight
         spill = [self.assemblers[s] for s in sids if not self.assemblers[s].is_clean]
         if spill:
             try:
@@ -599,6 +630,7 @@ class IngestConsumer:
         rewind = dict(self.rewind_to)
         self._drop_partitions(set(self.partition_series) | set(self.next_offset) | set(self.rewind_to))
         self._futures = []
+        self._unsettled = {}
         for p, off in rewind.items():
             if p in self.assigned:
                 try:

@@ -63,6 +63,7 @@ import signal
 import sys
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -127,6 +128,7 @@ class Worker:
         self._batch = _Batch()
         self._reseek: dict = {}  # TopicPartition -> first offset of a batch dropped on revoke
         self._backoff = 0.0
+        self._pending_commits: deque[tuple[float, dict]] = deque()  # (noted at, {tp: offset}), oldest first
         self.batches = 0  # batches handled (for tests and logs)
 
     # -- lifecycle ---------------------------------------------------------------
@@ -253,6 +255,11 @@ class Worker:
             else:
                 wait_ms = _IDLE_POLL_MS
             polled = self.consumer.poll(timeout_ms=wait_ms, max_records=max(1, wcfg.batch_size - len(b)))
+            if self._pending_commits and not polled:   # idle: commit what has become due
+                try:
+                    self._commit({})
+                except Exception as e:  # noqa: BLE001 - rebalance or broker away: the next batch retries
+                    log.warning("worker.commit_failed", error=repr(e))
             self._take(polled)
             b = self._batch
             if len(b) and (len(b) >= wcfg.batch_size or time.monotonic() - b.first_at >= deadline_s):
@@ -399,10 +406,25 @@ class Worker:
         self.metrics.alerts.inc(len(res.alerts))
 
     def _commit(self, offsets: dict) -> None:
+        """Note ``offsets`` (those of a batch whose state writes are done) and commit the
+        noted ones that are ``worker.commit_delay_ms`` old. A Redis crash that loses its
+        last second of writes (appendfsync everysec) thus leaves the committed offsets
+        before the lost patches: a restarted worker re-reads and re-applies them, even a
+        series' last patch (which no later patch would reveal as a gap)."""
         from kafka.structs import OffsetAndMetadata
 
+        now = time.monotonic()
         if offsets:
-            self.consumer.commit({tp: OffsetAndMetadata(off, "", -1) for tp, off in offsets.items()})
+            self._pending_commits.append((now, dict(offsets)))
+        due: dict = {}
+        limit = now - self.cfg.worker.commit_delay_ms / 1000
+        while self._pending_commits and self._pending_commits[0][0] <= limit:
+            due.update(self._pending_commits.popleft()[1])
+        if due:
+            assigned = self.consumer.assignment()
+            due = {tp: off for tp, off in due.items() if tp in assigned}   # revoked: the new owner re-reads
+        if due:
+            self.consumer.commit({tp: OffsetAndMetadata(off, "", -1) for tp, off in due.items()})
 
     def _rewind(self, offsets: dict) -> None:
         assigned = self.consumer.assignment()
