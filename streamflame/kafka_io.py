@@ -19,6 +19,7 @@ relies on:
 from __future__ import annotations
 
 import time
+from collections import deque
 from typing import TYPE_CHECKING, Any, Literal
 
 import structlog
@@ -78,6 +79,38 @@ def max_request_bytes(cfg: "ServiceConfig") -> int:
     """Producer request size limit: room for a dead letter quoting (base64) an
     observation message of ``ingest.max_message_bytes``."""
     return max(1_048_576, 2 * cfg.ingest.max_message_bytes)
+
+
+class DelayedOffsets:
+    """Kafka offsets to commit only once the Redis writes they rely on are ``delay_s``
+    old (Redis ``appendfsync everysec`` can lose its last second on a crash; offsets
+    committed before that second stays on disk would skip the records whose writes
+    were lost). Used by ingest (cursors) and the worker (states).
+
+    ``note(offsets)`` when the writes behind them are done; ``due(delay_s)`` returns
+    the newest noted offset per partition among those at least ``delay_s`` old."""
+
+    def __init__(self):
+        self._noted: deque[tuple[float, dict]] = deque()   # (noted at, {partition: offset}), oldest first
+
+    def __bool__(self) -> bool:
+        return bool(self._noted)
+
+    def note(self, offsets: dict, now: float | None = None) -> None:
+        self._noted.append((time.monotonic() if now is None else now, dict(offsets)))
+
+    def due(self, delay_s: float, now: float | None = None) -> dict:
+        limit = (time.monotonic() if now is None else now) - delay_s
+        out: dict = {}
+        while self._noted and self._noted[0][0] <= limit:
+            out.update(self._noted.popleft()[1])
+        return out
+
+    def forget(self, partitions) -> None:
+        """Drop what was noted for these partitions (revoked: the next owner re-reads)."""
+        for _, offsets in self._noted:
+            for p in partitions:
+                offsets.pop(p, None)
 
 
 def discard_producer(producer: "KafkaProducer", timeout_s: float = 1.0) -> None:

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import threading
 
 import orjson
@@ -14,7 +12,15 @@ import pytest
 
 from streamflame.config import ConfigError, HotReloader, ServiceConfig, dump_yaml, load_config
 from streamflame.schemas import decode_forecast
-from test_worker import make_patch, model_dir, read_all, send, values_for, wait_for  # noqa: F401 (fixture)
+from test_worker import (  # noqa: F401 (model_dir: fixture)
+    make_patch,
+    model_dir,
+    read_all,
+    send,
+    start_worker_process,
+    values_for,
+    wait_for,
+)
 
 H1, H2 = 60, 24
 Q1 = [0.05, 0.25, 0.5, 0.75, 0.95]
@@ -55,13 +61,16 @@ def test_worker_reloads_horizon_and_quantiles_and_refuses_invalid_file(cfg, tmp_
     ready = tmp_path / "ready"
     env = {**os.environ, "STREAMFLAME_READY_FILE": str(ready)}
     env.pop("STREAMFLAME_CONFIG", None)
-    proc = subprocess.Popen([sys.executable, "-m", "streamflame", "worker", "--config", str(conf)],
-                            env=env, stderr=subprocess.PIPE, text=True)
-    lines: list[dict] = []
-    reader = threading.Thread(target=lambda: [lines.append(orjson.loads(x)) for x in proc.stderr if x.startswith("{")],
-                              daemon=True)
-    reader.start()
+    proc, lines, reader = start_worker_process(conf, env)
     sid, v = "boiler-3", values_for(7, 3)
+
+    def change_config(text: str) -> None:
+        """SIGHUP after a rewrite a stat() cannot see, or a plain file change."""
+        if trigger == "signal":
+            _rewrite_unseen(conf, text)
+            proc.send_signal(signal.SIGHUP)
+        else:
+            conf.write_text(text)
 
     def events(name):
         return [x for x in lines if x["event"] == name]
@@ -78,11 +87,7 @@ def test_worker_reloads_horizon_and_quantiles_and_refuses_invalid_file(cfg, tmp_
 
         # New horizon and quantiles (+ a producer setting that needs a restart).
         new_text = _config_text(cfg, H2, Q2, linger_ms=7)
-        if trigger == "signal":
-            _rewrite_unseen(conf, new_text)
-            proc.send_signal(signal.SIGHUP)
-        else:
-            conf.write_text(new_text)
+        change_config(new_text)
         wait_for(lambda: events("config.reloaded"), 20, "config.reloaded")
         (ok,) = events("config.reloaded")
         assert ok["trigger"] == trigger and ok["component"] == "worker"
@@ -99,11 +104,7 @@ def test_worker_reloads_horizon_and_quantiles_and_refuses_invalid_file(cfg, tmp_
         # An invalid file: refused with the field named, the worker keeps H2.
         bad = new_text.replace("horizon: 24", "horizon: -5").replace("quantiles: [0.05, 0.1,", "quantiles: [0.1, 0.05,")
         assert bad != new_text
-        if trigger == "signal":
-            _rewrite_unseen(conf, bad)
-            proc.send_signal(signal.SIGHUP)
-        else:
-            conf.write_text(bad)
+        change_config(bad)
         wait_for(lambda: events("config.reload_failed"), 20, "config.reload_failed")
         (failed,) = events("config.reload_failed")
         assert failed["level"] == "error" and failed["trigger"] == trigger

@@ -266,8 +266,7 @@ def test_corrupt_state_policy(cfg, redis_client, ref_model, policy):
 def test_gap_after_lost_redis_writes_rewinds_and_recovers(cfg, redis_client, ref_model):
     store = StateStore(redis_client, cfg.redis.key_prefix)
     sid = "meter-9"
-    v = values_for(9, 5)
-    p = [make_patch(sid, k, v[k * 48:(k + 1) * 48]) for k in range(5)]
+    v, p = patches_for(sid, 9, 5)
     with running(cfg) as w:
         send(cfg, p[:2])
         wait_for(lambda: applied(w) >= 2, what="seq 0-1")
@@ -290,17 +289,30 @@ def test_gap_after_lost_redis_writes_rewinds_and_recovers(cfg, redis_client, ref
     assert read_all(cfg, cfg.topics.dlq, 0, timeout=1) == []
 
 
-def test_cli_ready_file_metrics_and_sigterm(cfg, tmp_path):
-    conf = tmp_path / "worker.yaml"
-    conf.write_text(dump_yaml(cfg.effective(mask_secrets=False)))
-    ready = tmp_path / "ready"
-    env = {**os.environ, "STREAMFLAME_READY_FILE": str(ready), "STREAMFLAME_METRICS_PORT": "0"}
+def start_worker_process(conf, env: dict) -> tuple[subprocess.Popen, list[dict], threading.Thread]:
+    """`python -m streamflame worker --config conf`; a thread appends its JSON log lines
+    (stderr) to the returned list."""
     proc = subprocess.Popen([sys.executable, "-m", "streamflame", "worker", "--config", str(conf)],
                             env=env, stderr=subprocess.PIPE, text=True)
     lines: list[dict] = []
     reader = threading.Thread(target=lambda: [lines.append(orjson.loads(x)) for x in proc.stderr if x.startswith("{")],
                               daemon=True)
     reader.start()
+    return proc, lines, reader
+
+
+def patches_for(sid: str, seed: int, n: int) -> tuple[np.ndarray, list[PatchMessage]]:
+    """``n`` patches (seq 0..n-1) of :func:`values_for` ``(seed, n)`` and the values."""
+    v = values_for(seed, n)
+    return v, [make_patch(sid, k, v[k * PATCH_LEN:(k + 1) * PATCH_LEN]) for k in range(n)]
+
+
+def test_cli_ready_file_metrics_and_sigterm(cfg, tmp_path):
+    conf = tmp_path / "worker.yaml"
+    conf.write_text(dump_yaml(cfg.effective(mask_secrets=False)))
+    ready = tmp_path / "ready"
+    env = {**os.environ, "STREAMFLAME_READY_FILE": str(ready), "STREAMFLAME_METRICS_PORT": "0"}
+    proc, lines, reader = start_worker_process(conf, env)
     try:
         wait_for(ready.exists, 60, "the ready file")
         (url,) = [x["url"] for x in lines if x["event"] == "worker.metrics"]
@@ -345,8 +357,7 @@ def test_gap_after_redis_lost_a_series_entirely_rewinds_to_the_partition_start(c
     stuck for good. The worker now re-reads the partition from its beginning."""
     store = StateStore(redis_client, cfg.redis.key_prefix)
     sid = "meter-10"
-    v = values_for(10, 4)
-    p = [make_patch(sid, k, v[k * 48:(k + 1) * 48]) for k in range(4)]
+    v, p = patches_for(sid, 10, 4)
     with running(cfg) as w:
         send(cfg, p[:2])
         wait_for(lambda: applied(w) >= 2, what="seq 0-1")
@@ -368,14 +379,15 @@ def test_a_lost_last_state_write_is_reapplied_after_restart(cfg, redis_client):
     test times out: the restarted worker never sees patch 2 again)."""
     delay_ms = 1000
     cfg = cfg.model_copy(update={"worker": cfg.worker.model_copy(update={"commit_delay_ms": delay_ms})})
-    sid, v = "lost-last", values_for(11, 3)
+    sid = "lost-last"
+    _, p = patches_for(sid, 11, 3)
     key = StateStore(redis_client, cfg.redis.key_prefix).key(sid)
-    send(cfg, [make_patch(sid, k, v[k * PATCH_LEN:(k + 1) * PATCH_LEN]) for k in range(2)])
+    send(cfg, p[:2])
     with running(cfg) as w:
         wait_for(lambda: applied(w) >= 2, what="patches 0-1 applied")
         time.sleep(delay_ms / 1000 + 0.5)                 # their offsets become due and are committed
         before = redis_client.hgetall(key)
-        send(cfg, [make_patch(sid, 2, v[2 * PATCH_LEN:])])
+        send(cfg, p[2:])
         wait_for(lambda: applied(w) >= 3, what="patch 2 applied")
     assert int(redis_client.hget(key, "seq")) == 2
     redis_client.delete(key)                              # Redis comes back without the last write

@@ -46,7 +46,7 @@ import signal
 import sys
 import threading
 import time
-from collections import Counter, deque
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -65,7 +65,14 @@ from streamflame.ingest.assembler import (
     SeriesAssembler,
 )
 from streamflame.ingest.cursors import CursorStore
-from streamflame.kafka_io import DeadLetterWriter, create_topics, discard_producer, make_consumer, make_producer
+from streamflame.kafka_io import (
+    DeadLetterWriter,
+    DelayedOffsets,
+    create_topics,
+    discard_producer,
+    make_consumer,
+    make_producer,
+)
 from streamflame.schemas import PATCH_LEN, RejectedMessage, decode_observation_run, iso_ms
 from streamflame.logs import configure_logging
 
@@ -172,7 +179,7 @@ class IngestConsumer:
         self._stop = threading.Event()
         self._ready = False
         self._last_commit = 0.0
-        self._pending_commits: deque[tuple[float, dict[int, int]]] = deque()
+        self._pending_commits = DelayedOffsets()  # {partition: offset} noted per commit interval
         self._backoff = 0.0
         self._futures: list = []
         self._unsettled: dict[str, SeriesAssembler] = {}  # series whose patches were sent, cursors not yet written
@@ -228,6 +235,7 @@ class IngestConsumer:
             log.warning("ingest.poll_failed", error=repr(e))
             time.sleep(min(1.0, POLL_TIMEOUT_MS / 1000))
             return False
+        before = self.counters.copy()  # the batch's log line also counts the settle of the one before
         try:
             self.settle()  # the previous batch's acks arrived during that poll
         except _RetryBatch as e:
@@ -240,7 +248,7 @@ class IngestConsumer:
         if not records:
             return False
         try:
-            self._process(records)
+            self._process(records, before)
             self._enforce_bounds()
             self._backoff = 0.0
         except _RetryBatch as e:
@@ -291,16 +299,16 @@ class IngestConsumer:
                 self.quarantined.pop(sid, None)
             self.next_offset.pop(p, None)
             self.rewind_to.pop(p, None)
-            for _, offsets in self._pending_commits:
-                offsets.pop(p, None)
+            self._pending_commits.forget([p])
             self.committed.pop(p, None)
 
     # ------------------------------------------------------------- a batch
 
-    def _process(self, records: dict) -> None:
+    def _process(self, records: dict, before: Counter) -> None:
+        """Handle one poll's records; ``before``: the counters when this poll cycle began
+        (its ``ingest.batch`` line counts the cursor writes that settled the previous batch)."""
         t0 = time.perf_counter()
         c = self.counters
-        before = c.copy()
         offsets = {str(tp.partition): [recs[0].offset, recs[-1].offset]
                    for tp, recs in sorted(records.items(), key=lambda kv: kv[0].partition) if recs}
         chunk: list = []
@@ -550,11 +558,8 @@ class IngestConsumer:
         now = time.monotonic()
         if final or (now - self._last_commit) * 1000 >= ing.commit_interval_ms:
             self._last_commit = now
-            self._pending_commits.append((now, self.commit_offsets()))
-        due: dict[int, int] = {}
-        limit = now - ing.commit_delay_ms / 1000
-        while self._pending_commits and self._pending_commits[0][0] <= limit:
-            due.update(self._pending_commits.popleft()[1])
+            self._pending_commits.note(self.commit_offsets(), now)
+        due = self._pending_commits.due(ing.commit_delay_ms / 1000, now)
         offsets = {p: o for p, o in due.items() if p in self.assigned and self.committed.get(p) != o}
         if not offsets:
             return

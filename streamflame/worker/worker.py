@@ -63,13 +63,13 @@ import signal
 import sys
 import threading
 import time
-from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import structlog
 
 from streamflame.config import CONFIG_ENV, ConfigError, ServiceConfig, load_config
+from streamflame.kafka_io import DelayedOffsets
 from streamflame.schemas import encode
 from streamflame.worker.accuracy import OnlineAccuracy
 from streamflame.worker.batch import BatchProcessor, BatchResult, PatchRecord
@@ -128,7 +128,7 @@ class Worker:
         self._batch = _Batch()
         self._reseek: dict = {}  # TopicPartition -> first offset of a batch dropped on revoke
         self._backoff = 0.0
-        self._pending_commits: deque[tuple[float, dict]] = deque()  # (noted at, {tp: offset}), oldest first
+        self._pending_commits = DelayedOffsets()  # {TopicPartition: offset} of batches whose writes are done
         self.batches = 0  # batches handled (for tests and logs)
 
     # -- lifecycle ---------------------------------------------------------------
@@ -413,13 +413,9 @@ class Worker:
         series' last patch (which no later patch would reveal as a gap)."""
         from kafka.structs import OffsetAndMetadata
 
-        now = time.monotonic()
         if offsets:
-            self._pending_commits.append((now, dict(offsets)))
-        due: dict = {}
-        limit = now - self.cfg.worker.commit_delay_ms / 1000
-        while self._pending_commits and self._pending_commits[0][0] <= limit:
-            due.update(self._pending_commits.popleft()[1])
+            self._pending_commits.note(offsets)
+        due = self._pending_commits.due(self.cfg.worker.commit_delay_ms / 1000)
         if due:
             assigned = self.consumer.assignment()
             due = {tp: off for tp, off in due.items() if tp in assigned}   # revoked: the new owner re-reads
