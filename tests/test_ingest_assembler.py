@@ -468,3 +468,57 @@ def test_bulk_path_is_taken_for_a_sensor_stream_and_skipped_otherwise():
     before = (a.cursor(include_open=True).to_json(), a.last_slot)
     assert a.add_run([T0 + F, T0 + 2 * F], [1.0, None], 0, 1, [])
     assert before != (a.cursor(include_open=True).to_json(), a.last_slot) and a.last_slot == 2
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data(), infer=st.booleans(), resume=st.booleans())
+def test_bulk_add_run_of_single_records_equals_one_by_one(data, infer, resume):
+    """add_run with one offset per element (consecutive single-observation records, as the
+    ingest fast path groups them) equals add of each record with index 0: same patches,
+    rejections and cursors (also resumed from a cursor whose skip region the run starts in)."""
+    obs, slot, off = [], 0, 0
+    for _ in range(data.draw(st.integers(1, 150))):
+        kind = data.draw(st.sampled_from(["next"] * 8 + ["gap", "back", "offgrid"]))
+        if kind == "gap":
+            slot += data.draw(st.integers(1, 60))
+        elif kind == "back":
+            slot = max(0, slot - data.draw(st.integers(1, 5)))
+        t = T0 + slot * F + (7_000 if kind == "offgrid" else 0)
+        obs.append((t, None if data.draw(st.integers(0, 9)) == 0 else float(slot % 13), off))
+        off += data.draw(st.integers(1, 3))
+        slot += 1
+    cuts = sorted(set(data.draw(st.lists(st.integers(1, max(1, len(obs) - 1)), max_size=12))))
+    runs = [obs[a:b] for a, b in zip([0, *cuts], [*cuts, len(obs)]) if obs[a:b]]
+    start = None
+    if resume:  # a cursor covering a prefix: the runs that start inside it must fall back
+        pre = new(None if infer else F)
+        k = data.draw(st.integers(0, len(obs)))
+        for t, v, o in obs[:k]:
+            pre.add(t, v, 0, o, 0, None, [], [])
+        start = pre.cursor()
+    out = []
+    for bulk in (True, False):
+        a = (SeriesAssembler.from_cursor(start, AssemblerSettings(), None if infer else F) if start is not None
+             else new(None if infer else F))
+        patches, rejects, cursors, used = [], [], [], 0
+        for run in runs:
+            ts, vs, offs = [r[0] for r in run], [r[1] for r in run], [r[2] for r in run]
+            if bulk and a.add_run(ts, vs, 0, offs, patches):
+                used += 1
+            else:
+                for t, v, o in run:
+                    a.add(t, v, 0, o, 0, ObsRef(b"m%d" % o, b"k", None), patches, rejects)
+            cursors.append((a.cursor().to_json(), a.cursor(include_open=True).to_json(), a.pin_offset))
+        out.append((patches, [(r.reason, r.timestamp_ms, r.offset, r.detail) for r in rejects], cursors))
+    assert out[0] == out[1]
+
+
+def test_bulk_single_records_take_the_fast_form_for_a_sensor_stream():
+    a = new(F)
+    patches: list = []
+    offs = list(range(0, 3 * N * 2, 2))
+    assert a.add_run([T0 + k * F for k in range(3 * N - 1)], [float(k) for k in range(3 * N - 1)], 0,
+                     offs[:-1], patches)
+    assert [p.seq for p in patches] == [0, 1] and a.pin_offset == offs[2 * N]
+    assert (patches[1].first_offset, patches[1].last_offset) == (offs[N], offs[2 * N - 1])
+    assert a.cursor().last_offset == offs[2 * N - 1] and a.cursor().last_index == 0

@@ -609,3 +609,124 @@ def test_metrics_endpoint_reports_counters(service_config, redis_client):
     assert values["streamflame_ingest_series"] == 1
     assert values["streamflame_ingest_buffered_observations"] == 3
     assert values["streamflame_ingest_assigned_partitions"] == cfg.kafka.partitions
+
+
+# ---------------------------------------------------------------- fast path == general path
+
+
+def _as_consumer_records(topic: str, recs, now_ms: int):
+    """Fuzz-generator records as kafka-python ConsumerRecords on 2 partitions, offsets in order."""
+    from kafka.consumer.fetcher import ConsumerRecord
+
+    nxt = [0, 0]
+    out = []
+    for r in recs:
+        p = (r.key[-1] if r.key else 0) % 2
+        out.append(ConsumerRecord(topic, p, -1, nxt[p], now_ms, 0, r.key, r.value, [], None,
+                                  -1 if r.key is None else len(r.key), -1 if r.value is None else len(r.value), -1))
+        nxt[p] += 1
+    return out
+
+
+def _hostile_singles(now_ms: int) -> list:
+    """Single-observation records that look like the fast path's shape but must not take it
+    (or must take it and be judged exactly as the general decoder would)."""
+    from streamflame.reliability_input import Rec
+
+    def rec(key, doc_bytes):
+        return Rec(key, doc_bytes, None, "crafted")
+
+    t = T0 + 10_000 * FREQ
+    j = lambda d: json.dumps(d, separators=(",", ":")).encode()  # noqa: E731
+    return [
+        rec(b"v-0", j({"series_id": "v-0", "timestamp": t, "value": 1.5})),            # valid, far ahead
+        rec(None, j({"series_id": "v-0", "timestamp": t + FREQ, "value": 1.5})),        # no key, known series
+        rec(None, j({"series_id": "never-seen", "timestamp": t, "value": 1.5})),        # no key, unknown series
+        rec(b"v-1", j({"series_id": "v-0", "timestamp": t + 2 * FREQ, "value": 1.5})),  # someone else's key
+        rec(b"v-0", j({"series_id": "v-0", "timestamp": t + 3 * FREQ, "value": 2})),    # int value
+        rec(b"v-0", j({"series_id": "v-0", "timestamp": t + 4 * FREQ, "value": None})),  # null
+        rec(b"v-0", j({"series_id": "v-0", "timestamp": t + 5 * FREQ, "value": 1.0, "x": 1})),  # extra field
+        rec(b"v-0", b'{"series_id":"v-0","timestamp":%d,"value":NaN}' % (t + 6 * FREQ)),
+        rec(b"v-0", b'{"series_id":"v-0","timestamp":%d,"value":1e999}' % (t + 7 * FREQ)),
+        rec(b"v-0", b'{"series_id":"v-0","timestamp":%d,"value":1.0%s}' % (t + 8 * FREQ, b" " * 250_000)),  # too large
+        rec(b"v-0", j({"series_id": "v-0", "timestamp": now_ms + 7_200_000, "value": 1.0})),  # future
+        rec(b"v-0", j({"series_id": "v-0", "timestamp": "2044-01-01T00:00:00Z", "value": 1.0})),
+        rec(b"v-0", j({"series_id": "v-0", "timestamp": t + 9 * FREQ, "value": True})),
+        rec(b"v-0", j({"series_id": "v-0", "timestamp": t + 9 * FREQ + 1, "value": 1.0})),  # snaps to its slot
+        rec(b"v-0", j({"series_id": "v-0", "timestamp": t + 9 * FREQ, "value": 3.0})),  # duplicate of that slot
+        rec(b"v-0", j({"series_id": "v-0", "timestamp": t + 5 * FREQ, "value": 3.0})),  # late
+        rec(b"v-0", j({"series_id": "v-0", "timestamp": 10**20, "value": 1.0})),         # out of range
+        rec(b"v-0", j(["v-0", t, 1.0])),
+        rec(b"v-0", j({"series_id": ["v-0"], "timestamp": t, "value": 1.0})),
+        rec(b"v-0", j({"series_id": "v-0", "timestamp": t + 10 * FREQ, "values": 1.0})),  # ambiguous
+        rec(b"v-0", j({"series_id": "v-0", "timestamp": t + 10 * FREQ, "value": 1.0, "values": [1.0]})),
+        rec(b"v-0", j({"series_id": "v-0", "timestamp": t + 11 * FREQ, "value": 1.0, "timestamps": []})),
+    ]
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_fast_path_gives_exactly_what_the_general_path_gives(service_config, redis_client, seed):
+    """The single-observation fast path of IngestConsumer._process against fast_path=False
+    (every record through the general decoder): the fuzz generator's traffic (valid series,
+    re-deliveries, off-grid, late, decode-level noise) plus crafted look-alikes, cut into
+    random poll batches, gives the same patches, dead letters, counters and cursors; and
+    the fast path is really taken for most valid records."""
+    from streamflame.reliability_input import build_traffic
+    from streamflame.schemas import decode_dead_letter
+
+    now_ms = int(time.time() * 1000)
+    tr = build_traffic(2500, seed, big_payloads=0)
+    recs = list(tr.records)
+    rng = random.Random(seed)
+    for r in _hostile_singles(now_ms):
+        recs.insert(rng.randrange(len(recs) // 2, len(recs)), r)
+    cfg = with_ingest(service_config)
+    data = cfg.effective(mask_secrets=False)
+    data["groups"].append({"name": "valid", "match": "v-*", "frequency": "1min"})
+    crs = _as_consumer_records(cfg.topics.observations, recs, now_ms)
+    cuts = sorted(rng.sample(range(1, len(crs)), 40))
+    batches = [crs[a:b] for a, b in zip([0, *cuts], [*cuts, len(crs)])]
+
+    outcomes = []
+    for fast in (True, False):
+        data["redis"]["key_prefix"] = f"{service_config.redis.key_prefix}-{fast}"
+        c = ServiceConfig(**data)
+        ing = IngestConsumer(c, redis_client=redis_client, create_missing_topics=True)
+        ing.fast_path = fast
+        sent = []
+        real_send = ing.producer.send
+
+        def send(topic, key=None, value=None, _real=real_send, **kw):
+            sent.append((topic, key, value))
+            return _real(topic, key=key, value=value, **kw)
+        ing.producer.send = send
+        try:
+            for b in batches:
+                by_tp: dict = {}
+                for r in b:
+                    by_tp.setdefault(TopicPartition(r.topic, r.partition), []).append(r)
+                ing._process(by_tp, Counter(ing.counters))
+                ing.settle()
+        finally:
+            ing.abandon()
+        patches = [(k, orjson.loads(v)) for t, k, v in sent if t == c.topics.patches]
+        letters = [decode_dead_letter(v) for t, _, v in sent if t == c.topics.dlq]
+        letters = [(d.reason, d.partition, d.offset, d.index, d.indices, d.original, d.series_id) for d in letters]
+        per_series: dict = {}
+        for k, pt in patches:
+            per_series.setdefault(k, []).append(pt)
+        sids = sorted({s for s in tr.valid} | set(tr.accepted_noise_series) | {"v-0"})
+        cursors = {s: (cur.to_json() if cur is not None else None)
+                   for s, cur in CursorStore(redis_client, c.redis.key_prefix).load_many(sids).items()}
+        counts = {k: v for k, v in ing.counters.items() if k not in ("fast_records",)}
+        outcomes.append((per_series, sorted(letters, key=repr), counts, cursors, ing.counters["fast_records"]))
+    (p1, l1, n1, c1, fast1), (p2, l2, n2, c2, fast2) = outcomes
+    assert sum(len(v) for v in p1.values()) > 50 and len(l1) > 100        # the traffic is not trivial
+    assert p1 == p2
+    assert l1 == l2
+    assert n1 == n2
+    assert c1 == c2
+    assert fast2 == 0
+    n_single_valid = sum(1 for r in recs if r.expect is None and r.value and b'"timestamp":' in r.value
+                         and b'"timestamps"' not in r.value)
+    assert fast1 > 0.5 * n_single_valid

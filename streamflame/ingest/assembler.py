@@ -358,20 +358,24 @@ class SeriesAssembler:
             return self._add_pending(ts_ms, value, partition, offset, index, ref, patches_out, rejects_out)
         return self._add_grid(ts_ms, value, partition, offset, index, ref, patches_out, rejects_out)
 
-    def add_run(self, ts_ms: list[int], values: list, partition: int, offset: int,
+    def add_run(self, ts_ms: list[int], values: list, partition: int, offset: int | list[int],
                 patches_out: list, limit_ms: int | None = None) -> bool:
-        """Bulk form of :meth:`add` for one batch message whose timestamps are exactly
-        the grid slots right after the last accepted one (the usual shape of a sensor's
-        batch). Returns False, having changed nothing, when that is not the case (or the
-        frequency is still being inferred, or the record lies in the region a resumed
+        """Bulk form of :meth:`add` for observations whose timestamps are exactly the
+        grid slots right after the last accepted one (the usual shape of a sensor's
+        stream). ``offset`` is either one record's offset (a batch message: element
+        ``i`` has index ``i``) or a list of offsets, one per element (consecutive
+        single-observation records of this series on ``partition``, each index 0).
+        Returns False, having changed nothing, when that is not the case (or the
+        frequency is still being inferred, or the records lie in the region a resumed
         cursor skips); the caller then feeds the observations one by one. When it
-        returns True the assembler is exactly as after ``add`` of each element with
-        index 0..n-1 (tests/test_ingest_assembler.py checks this), and nothing was
-        rejected.
+        returns True the assembler is exactly as after ``add`` of each element
+        (tests/test_ingest_assembler.py checks both forms), and nothing was rejected.
         """
         n_new = len(ts_ms)
-        if (n_new < 2 or self._pending is not None
-                or (offset <= self._skip_offset and partition == self._skip_partition)
+        per_record = type(offset) is list
+        first_offset = offset[0] if per_record and n_new else offset
+        if (n_new < 1 or self._pending is not None
+                or (first_offset <= self._skip_offset and partition == self._skip_partition)
                 or (limit_ms is not None and ts_ms[-1] > limit_ms)):
             return False
         freq = self.freq_ms
@@ -392,20 +396,25 @@ class SeriesAssembler:
         while pos < n_new:
             i = q0 + pos - self.seq * n                 # slot inside the open patch (0 <= i < n)
             take = min(n - i, n_new - pos)
+            if per_record:
+                o_first, o_last, last_index = offset[pos], offset[pos + take - 1], 0
+            else:
+                o_first = o_last = offset
+                last_index = pos + take - 1
             self._values[i:i + take] = values[pos:pos + take]
             self._seen[i:i + take] = b"\x01" * take
             if self._n_open == 0:
-                self._open_first, self._open_partition = offset, partition
+                self._open_first, self._open_partition = o_first, partition
             self._n_open += take
-            self._open_last = offset
-            self._open_last_index = pos + take - 1
+            self._open_last = o_last
+            self._open_last_index = last_index
             self.last_slot = q0 + pos + take - 1
             self.last_obs_ms = ts_ms[pos + take - 1]
             self.n_accepted += take
-            self._pin(partition, offset)
+            self._pin(partition, o_first)
             pos += take
             if i + take == n:
-                self._emit(patches_out, partition, offset)
+                self._emit(patches_out, partition, o_last)
         return True
 
     def _pin(self, partition: int, offset: int) -> None:

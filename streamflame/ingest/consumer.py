@@ -73,7 +73,14 @@ from streamflame.kafka_io import (
     make_consumer,
     make_producer,
 )
-from streamflame.schemas import PATCH_LEN, RejectedMessage, decode_observation_run, iso_ms
+from streamflame.schemas import (
+    MAX_EPOCH_MS,
+    MIN_EPOCH_MS,
+    PATCH_LEN,
+    RejectedMessage,
+    decode_observation_run,
+    iso_ms,
+)
 from streamflame.logs import configure_logging
 
 log = structlog.get_logger("streamflame.ingest")
@@ -83,6 +90,7 @@ POLL_TIMEOUT_MS = 200
 CHUNK_OBSERVATIONS = 50_000
 """Observations decoded and assembled at a time within one poll batch (bounds memory)."""
 MAX_BACKOFF_S = 5.0
+_UNKNOWN = object()  # equal to no record key
 
 
 class _RetryBatch(Exception):
@@ -127,7 +135,13 @@ class IngestConsumer:
     running totals (records, observations, accepted, rejected, rejected.<reason>,
     skipped, patches, dlq, cursor_writes, cursor_refused, commits, retries,
     batches) for metrics and tests.
+
+    ``fast_path`` (default True) lets common single-observation records skip the general
+    decoder (see :meth:`_process`); False sends every record through it (the reference
+    the fast path is tested against).
     """
+
+    fast_path = True
 
     def __init__(self, cfg: ServiceConfig, *, redis_client=None, ready_file: str | os.PathLike | None = None,
                  create_missing_topics: bool = True, consumer_overrides: dict[str, Any] | None = None,
@@ -185,6 +199,9 @@ class IngestConsumer:
         self._unsettled: dict[str, SeriesAssembler] = {}  # series whose patches were sent, cursors not yet written
         self._reseek: dict[int, int] = {}  # revoked partition -> offset to re-read from if handed back
         self._closed = False
+        # Series ids that passed full validation -> their record key (bytes): the fast path
+        # of _process takes a record only when its key equals this (bounded; cleared when large).
+        self._known_keys: dict[str, bytes] = {}
 
     # ------------------------------------------------------------------ loop
 
@@ -306,13 +323,30 @@ class IngestConsumer:
 
     def _process(self, records: dict, before: Counter) -> None:
         """Handle one poll's records; ``before``: the counters when this poll cycle began
-        (its ``ingest.batch`` line counts the cursor writes that settled the previous batch)."""
+        (its ``ingest.batch`` line counts the cursor writes that settled the previous batch).
+
+        Records are grouped by series (each series keeps its Kafka order; series are
+        independent, so their relative order does not matter). A single-observation
+        record of a series already validated, in the exact common shape (three fields,
+        int epoch-ms timestamp in range, finite float value, key = series_id, small
+        enough, not past the future limit), is appended to the series' run without
+        building per-record objects; consecutive such records are then assembled in one
+        :meth:`SeriesAssembler.add_run` call. Every other record takes the general path
+        (:meth:`_decode`), which applies the same rules and names the reason of a
+        rejection; both paths accept exactly the same records (tests/test_ingest_consumer.py)."""
         t0 = time.perf_counter()
         c = self.counters
         offsets = {str(tp.partition): [recs[0].offset, recs[-1].offset]
                    for tp, recs in sorted(records.items(), key=lambda kv: kv[0].partition) if recs}
-        chunk: list = []
-        n_obs = 0
+        ing = self.cfg.ingest
+        max_bytes, tol = ing.max_message_bytes, ing.future_tolerance_ms
+        known, fast = self._known_keys, self.fast_path
+        if len(known) > 2 * ing.max_series_in_memory:
+            known.clear()
+        loads, decode_error = orjson.loads, orjson.JSONDecodeError
+        lo_ms, hi_ms = MIN_EPOCH_MS, MAX_EPOCH_MS
+        chunk: dict[str, list] = {}  # series_id -> entries in Kafka order (see _assemble)
+        n_obs = n_fast = 0
         patches: list = []
         touched: dict[str, SeriesAssembler] = {}
         for tp, recs in records.items():
@@ -320,20 +354,52 @@ class IngestConsumer:
                 continue
             p = tp.partition
             self.rewind_to.setdefault(p, recs[0].offset)
+            runs: dict[str, tuple] = {}  # series -> its open run of fast records on this partition
             for rec in recs:
-                entry = self._decode(rec, p)
-                if entry is not None:
-                    chunk.append(entry)
-                    n_obs += len(entry[4].values)
+                raw = rec.value
+                try:
+                    doc = loads(raw)
+                    sid, t, v = doc["series_id"], doc["timestamp"], doc["value"]
+                except (decode_error, TypeError, KeyError, IndexError):
+                    sid = None
+                if (fast and type(sid) is str and type(t) is int and type(v) is float and v - v == 0.0
+                        and lo_ms <= t <= hi_ms and type(doc) is dict and len(doc) == 3
+                        and rec.key == known.get(sid, _UNKNOWN) and len(raw) <= max_bytes
+                        and (tol is None or rec.timestamp is None or rec.timestamp < 0 or t <= rec.timestamp + tol)):
+                    run = runs.get(sid)
+                    if run is None:
+                        run = runs[sid] = (p, [], [], [], [])  # partition, offsets, records, ts, values
+                        entries = chunk.get(sid)
+                        if entries is None:
+                            chunk[sid] = [run]
+                        else:
+                            entries.append(run)
+                    run[1].append(rec.offset)
+                    run[2].append(rec)
+                    run[3].append(t)
+                    run[4].append(v)
+                    n_fast += 1
+                    n_obs += 1
+                else:
+                    entry = self._decode(rec, p)
+                    if entry is not None:
+                        sid = entry[4].series_id
+                        runs.pop(sid, None)  # a later fast record starts a new run after this entry
+                        chunk.setdefault(sid, []).append(entry)
+                        n_obs += len(entry[4].values)
                 if n_obs >= CHUNK_OBSERVATIONS:
+                    c["observations"] += n_fast
+                    c["fast_records"] += n_fast
                     self._assemble(chunk, patches, touched)
-                    chunk, n_obs = [], 0
-                    if len(patches) >= self.cfg.ingest.max_buffered_patches:
+                    chunk, runs, n_obs, n_fast = {}, {}, 0, 0
+                    if len(patches) >= ing.max_buffered_patches:
                         self._publish(patches, touched)
                         self.settle()
                         patches, touched = [], {}
             self.next_offset[p] = recs[-1].offset + 1
             c["records"] += len(recs)
+        c["observations"] += n_fast
+        c["fast_records"] += n_fast
         self._assemble(chunk, patches, touched)
         self._publish(patches, touched)
         c["batches"] += 1
@@ -370,6 +436,7 @@ class IngestConsumer:
                 "a series stays in one partition", p, rec.offset, rec.key, raw, sid)
             return None
         self.counters["observations"] += len(obs.values)
+        self._known_keys[sid] = rec.key  # a valid id with its key: its next records may take the fast path
         limit = None
         if ing.future_tolerance_ms is not None and rec.timestamp is not None and rec.timestamp >= 0:
             limit = rec.timestamp + ing.future_tolerance_ms
@@ -384,41 +451,62 @@ class IngestConsumer:
             series_id=sid))
         self.counters["dead_letters"] += 1
 
-    def _assemble(self, chunk: list, patches: list, touched: dict) -> None:
+    def _assemble(self, chunk: dict[str, list], patches: list, touched: dict) -> None:
+        """Feed each series' entries, in their Kafka order, to its assembler. An entry is
+        either a decoded record ``(partition, offset, key, raw, ObservationRun, ts_limit)``
+        or a run of fast single-observation records ``(partition, [offsets], [records],
+        [timestamps], [values])``."""
         if not chunk:
             return
-        self._load_series({e[4].series_id: e[0] for e in chunk})
+        self._load_series({sid: entries[0][0] for sid, entries in chunk.items()})
         rejects: list[Rejection] = []
         c = self.counters
         accepted = skipped = 0
-        for p, offset, key, raw, (sid, ts, vs), limit in chunk:
+        future_tol = self.cfg.ingest.future_tolerance_ms
+        for sid, entries in chunk.items():
             a = self.assemblers.pop(sid, None)
-            if a is not None:
-                self.assemblers[sid] = a  # most recently seen last (eviction order)
-            else:  # quarantined: its cursor in Redis is unreadable
-                self._reject_message("corrupt_state", self.quarantined.get(sid, "unreadable ingest cursor"),
-                                     p, offset, key, raw, sid)
+            if a is None:  # quarantined: its cursor in Redis is unreadable
+                why = self.quarantined.get(sid, "unreadable ingest cursor")
+                for e in entries:
+                    if len(e) == 5:
+                        for rec in e[2]:
+                            self._reject_message("corrupt_state", why, e[0], rec.offset, rec.key, rec.value, sid)
+                    else:
+                        self._reject_message("corrupt_state", why, e[0], e[1], e[2], e[3], sid)
                 continue
+            self.assemblers[sid] = a  # most recently seen last (eviction order)
             n_before, r_before = len(patches), len(rejects)
-            multi = len(vs) > 1
-            if multi and a.add_run(ts, vs, p, offset, patches, limit):
-                accepted += len(vs)
-                if len(patches) > n_before:
-                    touched[sid] = a
-                continue
-            for i, (t, v) in enumerate(zip(ts, vs)):
-                ref = ObsRef(raw, key, i if multi else None)
-                if limit is not None and t > limit:
-                    rejects.append(Rejection(
-                        "future_timestamp", f"timestamp {iso_ms(t)} is more than "
-                        f"{self.cfg.ingest.future_tolerance_ms} ms after the record's produce time "
-                        f"{iso_ms(limit - self.cfg.ingest.future_tolerance_ms)}", t, p, offset, ref))
+            for e in entries:
+                if len(e) == 5:  # consecutive single-observation records
+                    p, offs, recs, ts, vs = e
+                    if a.add_run(ts, vs, p, offs, patches):
+                        accepted += len(vs)
+                        continue
+                    for t, v, o, rec in zip(ts, vs, offs, recs):
+                        r = a.add(t, v, p, o, 0, ObsRef(rec.value, rec.key, None), patches, rejects)
+                        if r == ACCEPTED:
+                            accepted += 1
+                        elif r != REJECTED:
+                            skipped += 1
                     continue
-                r = a.add(t, v, p, offset, i, ref, patches, rejects)
-                if r == ACCEPTED:
-                    accepted += 1
-                elif r != REJECTED:
-                    skipped += 1
+                p, offset, key, raw, (_, ts, vs), limit = e
+                multi = len(vs) > 1
+                if multi and a.add_run(ts, vs, p, offset, patches, limit):
+                    accepted += len(vs)
+                    continue
+                for i, (t, v) in enumerate(zip(ts, vs)):
+                    ref = ObsRef(raw, key, i if multi else None)
+                    if limit is not None and t > limit:
+                        rejects.append(Rejection(
+                            "future_timestamp", f"timestamp {iso_ms(t)} is more than "
+                            f"{future_tol} ms after the record's produce time "
+                            f"{iso_ms(limit - future_tol)}", t, p, offset, ref))
+                        continue
+                    r = a.add(t, v, p, offset, i, ref, patches, rejects)
+                    if r == ACCEPTED:
+                        accepted += 1
+                    elif r != REJECTED:
+                        skipped += 1
             if len(patches) > n_before:
                 touched[sid] = a
             if len(rejects) > r_before:
