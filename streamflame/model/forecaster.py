@@ -44,6 +44,7 @@ CPU_FORECAST_CHUNK = 128
 def _padded(n: int) -> int:
     return max(MIN_ROWS, -(-n // MIN_ROWS) * MIN_ROWS)
 _TORCH = {"float32": torch.float32, "float64": torch.float64}
+_DTYPE_NAMES = {v: k for k, v in _TORCH.items()}
 
 
 @dataclass
@@ -65,6 +66,10 @@ class Forecaster:
     def __init__(self, model: Flame, model_id: str):
         self.model = model.eval()
         self.model_id = model_id
+        # Module.to() converts parameters in place, so this one tensor always shows the
+        # model's device and dtype (next(model.parameters()) walks every module: ~10 us,
+        # and the batched calls ask several times per series).
+        self._p0 = next(model.parameters())
 
     # ---- construction --------------------------------------------------------------------
     @classmethod
@@ -114,11 +119,12 @@ class Forecaster:
 
     @property
     def device(self) -> torch.device:
-        return next(self.model.parameters()).device
+        return self._p0.device
 
     @property
     def dtype(self) -> str:
-        return str(next(self.model.parameters()).dtype).removeprefix("torch.")
+        d = self._p0.dtype
+        return _DTYPE_NAMES.get(d) or str(d).removeprefix("torch.")
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.model.parameters())
