@@ -337,7 +337,6 @@ class WorkerSettings(_Section):
         "2-core machine, 2 threads under that load made a 4-series forecast 2x slower: measured in docs/benchmarks.md)")
     model_path: str | None = Field(None, description="checkpoint; None = the shipped default")
     seed: int = Field(0, ge=0, lt=2**63, description="global forecast seed")
-    max_inflight: int = Field(2, ge=1, le=64, description="batches computed ahead of their Redis/Kafka writes")
     on_corrupt_state: Literal["reinit", "quarantine"] = "reinit"
     accuracy_halflife_patches: float = Field(
         1000, gt=0, le=1e9, description="online accuracy gauges: half-life in scored patches per group")
