@@ -23,6 +23,8 @@ from collections import deque
 from typing import TYPE_CHECKING, Any, Literal
 
 import structlog
+from kafka.partitioner import Partitioner
+from kafka.partitioner.default import DefaultPartitioner, murmur2
 
 from streamflame.schemas import DeadLetter, encode
 
@@ -37,6 +39,31 @@ log = structlog.get_logger("streamflame.kafka_io")
 RECONNECT_BACKOFF_MAX_MS = 2_000
 """Cap of the reconnect backoff (kafka-python's default of 30 s makes a broker
 restart look like a long outage)."""
+
+
+class KeyHashPartitioner(Partitioner):
+    """kafka-python's ``DefaultPartitioner`` assignment (murmur2 of the key bytes, as the
+    Java client: so every producer puts a series in the same partition) with each key's
+    hash remembered: the pure-Python murmur2 and the set/list building around it were
+    half the cost of sending a small record (34 -> 20 us measured against the embedded
+    broker), and a worker or ingest process sends the same series keys over and over.
+    At most ``max_keys`` hashes are kept (then the memory starts afresh)."""
+
+    def __init__(self, max_keys: int = 1_000_000):
+        self._default = DefaultPartitioner()
+        self._hashes: dict[bytes, int] = {}
+        self._max = max_keys
+
+    def partition(self, topic, key, serialized_key, value, serialized_value, cluster):
+        parts = cluster.partitions_for_topic(topic) if serialized_key is not None else None
+        if not parts:  # no key (random), or a topic unknown to the metadata (the default's error)
+            return self._default.partition(topic, key, serialized_key, value, serialized_value, cluster)
+        h = self._hashes.get(serialized_key)
+        if h is None:
+            if len(self._hashes) >= self._max:
+                self._hashes.clear()
+            h = self._hashes[serialized_key] = murmur2(serialized_key) & 0x7FFFFFFF
+        return sorted(parts)[h % len(parts)]
 
 
 def make_producer(cfg: "ServiceConfig", **overrides: Any) -> "KafkaProducer":
@@ -58,6 +85,7 @@ def make_producer(cfg: "ServiceConfig", **overrides: Any) -> "KafkaProducer":
         max_block_ms=60_000,
         reconnect_backoff_max_ms=RECONNECT_BACKOFF_MAX_MS,
         max_request_size=max_request_bytes(cfg),
+        partitioner=KeyHashPartitioner(),
     )
     if not cfg.kafka.idempotent_producer:
         # Tansu (measured, durable s3 storage): with idempotence, records in flight when

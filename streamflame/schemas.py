@@ -18,6 +18,7 @@ See docs/schemas.md for examples and the reject-reason table.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import json
 import math
@@ -410,6 +411,7 @@ def forecast_seed(global_seed: int, series_id: str, seq: int) -> int:
 # ---------------------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=4096)
 def format_level(q: float) -> str:
     """Quantile level -> its key in ``quantiles``: 0.1 -> "0.1", 0.05 -> "0.05", 0.975 -> "0.975".
 

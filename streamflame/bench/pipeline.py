@@ -1,6 +1,6 @@
 """The pipeline on the embedded stack, each figure beside its own ceiling from the same run.
 
-    streamflame bench pipeline [--series 2000] [--patches 2] [--device cpu] [--latency-seconds 20]
+    streamflame bench pipeline [--series 2000] [--patches 2] [--device cpu] [--latency-seconds 20] [--repeats 3]
 
 One run starts a Tansu broker and a redis-server in a temporary directory and measures:
 
@@ -20,6 +20,9 @@ One run starts a Tansu broker and a redis-server in a temporary directory and me
    out), else the larger of that and the estimate. Series are staggered so their patches
    complete spread over time, not all in the same instant.
 
+Stages 1-3 run ``--repeats`` rounds (default 3); in each round a figure is measured right
+after its ceiling, so a ratio compares neighbours (this machine's speed drifts by 10-30 %
+over minutes), and the round with the median ratio is shown beside all rounds' ratios.
 Rates (1-3) are steady-state: the clock starts at the first record handled, so the consumer
 group join (about 1 s against Tansu with the fast settings) is left out and printed apart.
 Every series uses the `defaults` group (horizon 96, 100 samples, 11 quantiles) and the shipped
@@ -284,6 +287,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--latency-series", type=int, default=200)
     ap.add_argument("--latency-only", type=float, metavar="OBS_PER_S",
                     help="skip stages 1-3 and measure latency at this offered rate (diagnosis)")
+    ap.add_argument("--repeats", type=int, default=3,
+                    help="rounds of stages 1-3, each figure beside its own ceiling; the median round is shown")
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory (logs)")
     args = ap.parse_args(argv)
 
@@ -310,11 +315,15 @@ def main(argv: list[str] | None = None) -> int:
 
         rc = redis_lib.Redis.from_url(redis_srv.url)
         topics = {"single": "bench.obs.single", "batch": "bench.obs.batch",
-                  "patches": "bench.patches", "patches2": "bench.patches.batch",
                   "forecasts": "bench.forecasts", "forecasts2": "bench.forecasts.lat", "obs_lat": "bench.obs.lat",
                   "patches_lat": "bench.patches.lat", "obs_sat": "bench.obs.sat", "patches_sat": "bench.patches.sat",
                   "forecasts_sat": "bench.forecasts.sat", "alerts": "bench.alerts", "dlq": "bench.dlq"}
+        for r in range(args.repeats):           # each ingest round writes its own patches topic
+            topics.update({f"patches-r{r}": f"bench.patches.r{r}", f"patches2-r{r}": f"bench.patches.batch.r{r}"})
         broker.create_topics({t: (1 if k in ("alerts", "dlq") else PARTITIONS) for k, t in topics.items()})
+
+        def patch_topic(kind: str, r: int) -> str:
+            return topics[f"{kind}-r{r}"]
 
         def config(obs: str, patches: str, forecasts: str, prefix: str) -> ServiceConfig:
             return ServiceConfig(
@@ -359,32 +368,60 @@ def main(argv: list[str] | None = None) -> int:
         print(f"produced: {n_obs:,} single messages at {rate_single:,.0f} msg/s; "
               f"{n_batch_msgs:,} batch messages ({B} values) at {rate_batch:,.0f} msg/s", flush=True)
 
-        # -- 1, 2: ingest vs bare consumer
+        # -- 1, 2: ingest vs bare consumer; each pair measured back to back, R times (the
+        # machine's speed drifts within a run: a ratio compares neighbours, the median is kept)
         import orjson
-        ceil_single, _ = bare_ceiling(broker.bootstrap, topics["single"], n_obs, lambda m: 1)
-        ceil_single_oj, _ = bare_ceiling(broker.bootstrap, topics["single"], n_obs, lambda m: 1, orjson.loads)
-        ing_single = run_ingest(config(topics["single"], topics["patches"], topics["forecasts"], "b1"),
-                                rc, n_obs, S * P)
-        ceil_batch, _ = bare_ceiling(broker.bootstrap, topics["batch"], n_batch_msgs, lambda m: len(m["values"]))
-        ceil_batch_oj, _ = bare_ceiling(broker.bootstrap, topics["batch"], n_batch_msgs,
-                                        lambda m: len(m["values"]), orjson.loads)
-        ing_batch = run_ingest(config(topics["batch"], topics["patches2"], topics["forecasts"], "b2"),
-                               rc, n_obs, S * P)
+        R = args.repeats
+        reps: dict[str, list] = {k: [] for k in ("ceil_single", "ceil_single_oj", "ing_single",
+                                                 "ceil_batch", "ceil_batch_oj", "ing_batch")}
+        for r in range(R):
+            reps["ceil_single"].append(bare_ceiling(broker.bootstrap, topics["single"], n_obs, lambda m: 1)[0])
+            reps["ceil_single_oj"].append(
+                bare_ceiling(broker.bootstrap, topics["single"], n_obs, lambda m: 1, orjson.loads)[0])
+            reps["ing_single"].append(run_ingest(config(topics["single"], patch_topic("patches", r), topics["forecasts"],
+                                                        f"b1r{r}"), rc, n_obs, S * P))
+            reps["ceil_batch"].append(bare_ceiling(broker.bootstrap, topics["batch"], n_batch_msgs,
+                                                   lambda m: len(m["values"]))[0])
+            reps["ceil_batch_oj"].append(bare_ceiling(broker.bootstrap, topics["batch"], n_batch_msgs,
+                                                      lambda m: len(m["values"]), orjson.loads)[0])
+            reps["ing_batch"].append(run_ingest(config(topics["batch"], patch_topic("patches2", r), topics["forecasts"],
+                                                       f"b2r{r}"), rc, n_obs, S * P))
+            print(f"ingest round {r + 1}/{R}: single {reps['ing_single'][-1]['obs_per_s']:,.0f} vs "
+                  f"{reps['ceil_single'][-1]:,.0f}, batch {reps['ing_batch'][-1]['obs_per_s']:,.0f} vs "
+                  f"{reps['ceil_batch'][-1]:,.0f} obs/s", flush=True)
 
-        # -- 3: worker vs model alone
-        wcfg = config(topics["single"], topics["patches"], topics["forecasts"], "b1")
-        wk = run_worker(wcfg, S * P)
+        # -- 3: worker vs model alone, alternating (each worker run: its own group and key prefix
+        # over the patches of the first single-message ingest run)
         f = Forecaster.load(args.model).to(device=args.device)
-        torch.set_num_threads(wk["torch_threads"])        # the model alone with the worker's threads
-        group = wcfg.resolve_group("s-000000")
+        reps["worker"], reps["model"] = [], []
+        for r in range(R):
+            wcfg = config(topics["single"], patch_topic("patches", 0), topics["forecasts"], f"b1w{r}")
+            wk = run_worker(wcfg, S * P)
+            torch.set_num_threads(wk["torch_threads"])        # the model alone with the worker's threads
+            group = wcfg.resolve_group("s-000000")
+            mb = max(1, int(round(wk["mean_batch"])))
+            reps["model"].append(model_ceiling(f, group, mb, rounds=max(2, min(8, (S * P) // mb)), rng=rng))
+            reps["worker"].append(wk)
+            print(f"worker round {r + 1}/{R}: {wk['forecasts_per_s']:,.1f} forecasts/s (batch ~{mb}) vs model "
+                  f"{reps['model'][-1]:,.1f}", flush=True)
+
+        def pick(name: str, ceiling: str, key: str | None = None):
+            """The round with the (lower) median ratio: (value, ceiling, [ratios of all rounds])."""
+            vs = [x[key] if key else x for x in reps[name]]
+            ratios = [v / c for v, c in zip(vs, reps[ceiling])]
+            k = sorted(range(len(ratios)), key=ratios.__getitem__)[(len(ratios) - 1) // 2]   # lower median
+            return vs[k], reps[ceiling][k], ratios
+        ing_single = reps["ing_single"][0]
+        wk = reps["worker"][0]
         mb = max(1, int(round(wk["mean_batch"])))
-        ceil_model = model_ceiling(f, group, mb, rounds=max(2, min(8, (S * P) // mb)), rng=rng)
 
         # -- 4: latency at half the maximum sustained rate
         # An estimate from stages 1 and 3 (ingest and worker share the cores: an observation
         # costs both stages' time), then the rate the running pipeline (processes, broker and
         # this load generator on the same cores) sustains when offered twice that estimate.
-        estimate = 1.0 / (1.0 / ing_single["obs_per_s"] + 1.0 / (wk["forecasts_per_s"] * PATCH_LEN))
+        ing_rate = float(np.median([x["obs_per_s"] for x in reps["ing_single"]]))
+        wk_rate = float(np.median([x["forecasts_per_s"] for x in reps["worker"]]))
+        estimate = 1.0 / (1.0 / ing_rate + 1.0 / (wk_rate * PATCH_LEN))
 
         sat = run_latency(lat_config("obs_sat", "patches_sat", "forecasts_sat", "b4"), workdir, rate=2 * estimate,
                           seconds=args.latency_seconds, n_series=args.latency_series, tag="sat")
@@ -398,17 +435,22 @@ def main(argv: list[str] | None = None) -> int:
         broker.stop()
         redis_srv.stop()
 
-    def row(name, value, ceiling, unit, target):
-        pct = 100 * value / ceiling
-        print(f"{name:<34} {value:>12,.0f} {unit:<12} {ceiling:>12,.0f} {pct:>7.1f}%   target >= {target}%")
+    def row(name, picked, unit, target):
+        value, ceiling, ratios = picked
+        spread = " / ".join(f"{100 * x:.1f}" for x in ratios)
+        print(f"{name:<34} {value:>12,.0f} {unit:<12} {ceiling:>12,.0f} {100 * value / ceiling:>7.1f}%   "
+              f"target >= {target}%   (each round: {spread} %)")
 
-    print(f"\n{'figure':<34} {'measured':>12} {'':<12} {'ceiling':>12} {'ratio':>8}")
-    row("ingest, single-observation msgs", ing_single["obs_per_s"], ceil_single, "obs/s", 50)
-    row("  (ceiling decoding with orjson)", ing_single["obs_per_s"], ceil_single_oj, "obs/s", 50)
-    row("ingest, batch msgs", ing_batch["obs_per_s"], ceil_batch, "obs/s", 50)
-    row("  (ceiling decoding with orjson)", ing_batch["obs_per_s"], ceil_batch_oj, "obs/s", 50)
-    row(f"worker end to end (batch ~{mb}, {wk['torch_threads']} thr)", wk["forecasts_per_s"], ceil_model,
-        "forecasts/s", 70)
+    single, single_oj = pick("ing_single", "ceil_single", "obs_per_s"), pick("ing_single", "ceil_single_oj", "obs_per_s")
+    batch, batch_oj = pick("ing_batch", "ceil_batch", "obs_per_s"), pick("ing_batch", "ceil_batch_oj", "obs_per_s")
+    worker = pick("worker", "model", "forecasts_per_s")
+    print(f"\n{'figure':<34} {'measured':>12} {'':<12} {'ceiling':>12} {'ratio':>8}   "
+          f"(median of {args.repeats} rounds, each measured beside its own ceiling)")
+    row("ingest, single-observation msgs", single, "obs/s", 50)
+    row("  (ceiling decoding with orjson)", single_oj, "obs/s", 50)
+    row("ingest, batch msgs", batch, "obs/s", 50)
+    row("  (ceiling decoding with orjson)", batch_oj, "obs/s", 50)
+    row(f"worker end to end (batch ~{mb}, {wk['torch_threads']} thr)", worker, "forecasts/s", 70)
     print(f"group join / first batch: ingest {ing_single['join_s']:.1f} s, worker {wk['startup_s']:.1f} s "
           f"(not in the rates); worker batches {wk['batches']}, mean size {wk['mean_batch']:.0f}")
     print(f"max sustained rate: {max_rate:,.0f} obs/s (offered {sat['offered_obs_per_s']:,.0f}, the pipeline "
@@ -420,10 +462,10 @@ def main(argv: list[str] | None = None) -> int:
           f"{lat['forecasts']} forecasts): p50 {lat['p50_ms']:.0f} ms, p99 {lat['p99_ms']:.0f} ms, "
           f"max {lat['max_ms']:.0f} ms   target p99 <= 500 ms")
     print("SUMMARY " + " ".join(f"{k}={v:.0f}" for k, v in {
-        "ingest_single_obs_per_s": ing_single["obs_per_s"], "ceiling_single_obs_per_s": ceil_single,
-        "ingest_batch_obs_per_s": ing_batch["obs_per_s"], "ceiling_batch_obs_per_s": ceil_batch,
-        "ceiling_single_orjson": ceil_single_oj, "ceiling_batch_orjson": ceil_batch_oj,
-        "worker_forecasts_per_s": wk["forecasts_per_s"], "model_forecasts_per_s": ceil_model,
+        "ingest_single_obs_per_s": single[0], "ceiling_single_obs_per_s": single[1],
+        "ingest_batch_obs_per_s": batch[0], "ceiling_batch_obs_per_s": batch[1],
+        "ceiling_single_orjson": single_oj[1], "ceiling_batch_orjson": batch_oj[1],
+        "worker_forecasts_per_s": worker[0], "model_forecasts_per_s": worker[1],
         "max_sustained_obs_per_s": max_rate, "p50_ms": lat["p50_ms"], "p99_ms": lat["p99_ms"]}.items()))
     if args.keep:
         print(f"logs: {workdir}")

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Iterable, Mapping
 
 import numpy as np
@@ -252,10 +253,15 @@ class StateRecord:
     state: bytes
     meta: StateMeta
 
+    @cached_property
+    def meta_json(self) -> bytes:
+        """``meta`` as stored (encoded once, for the write and for :attr:`nbytes`)."""
+        return self.meta.to_json()
+
     @property
     def nbytes(self) -> int:
         """Approximate stored size (state + meta + seq), bytes."""
-        return len(self.state) + len(self.meta.to_json()) + len(str(self.seq))
+        return len(self.state) + len(self.meta_json) + len(str(self.seq))
 
 
 @dataclass(frozen=True)
@@ -360,7 +366,7 @@ class StateStore:
             return SaveResult()
         t0 = time.perf_counter()
         args = {
-            sid: (records[sid].seq, expected[sid], records[sid].state, records[sid].meta.to_json(),
+            sid: (records[sid].seq, expected[sid], records[sid].state, records[sid].meta_json,
                   "1" if sid in replace else "0")
             for sid in sids
         }

@@ -93,18 +93,25 @@ class WorkerMetrics:
     def observe_scores(self, scores, accuracy) -> None:
         """Add applied patches' :class:`~streamflame.worker.accuracy.PatchScore` s to the
         counters and to ``accuracy`` (an ``OnlineAccuracy``), then refresh the gauges."""
-        groups = set()
+        groups: dict[str, tuple] = {}  # group -> its labelled counters (looked up once per batch)
+        inside: dict[tuple, object] = {}
         for s in scores:
             g = s.group
-            groups.add(g)
-            self.acc_patches.labels(g).inc()
-            self.acc_points.labels(g).inc(s.points)
-            self.acc_ql.labels(g).inc(s.ql)
-            self.acc_abs.labels(g).inc(s.abs_y)
-            self.acc_scaled.labels(g).inc(s.scaled_err)
-            self.acc_scaled_points.labels(g).inc(s.scaled_points)
+            c = groups.get(g)
+            if c is None:
+                c = groups[g] = tuple(m.labels(g) for m in (self.acc_patches, self.acc_points, self.acc_ql,
+                                                            self.acc_abs, self.acc_scaled, self.acc_scaled_points))
+            c[0].inc()
+            c[1].inc(s.points)
+            c[2].inc(s.ql)
+            c[3].inc(s.abs_y)
+            c[4].inc(s.scaled_err)
+            c[5].inc(s.scaled_points)
             for level, n in s.inside.items():
-                self.acc_inside.labels(g, level).inc(n)
+                child = inside.get((g, level))
+                if child is None:
+                    child = inside[(g, level)] = self.acc_inside.labels(g, level)
+                child.inc(n)
             accuracy.add(s)
         for g in groups:
             snap = accuracy.snapshot(g)
