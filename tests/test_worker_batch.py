@@ -278,3 +278,40 @@ def test_online_mase_overflow_leaves_the_patch_unscaled():
     assert (big.scaled_err, big.scaled_points) == (0.0, 0) and big.points == 4
     assert math.isfinite(big.ql) and math.isfinite(big.abs_y)
     assert (normal.scaled_err, normal.scaled_points) == (1.0, 4)   # |2| / (4 / 2)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_alerts_are_exactly_the_values_outside_the_interval(seed):
+    """The vectorised pre-selection of BatchProcessor._alerts against the definition, value by
+    value with schemas.alert_score: bounds themselves (float32 quantiles read as doubles) are
+    inside, missing values never alert, n < 48 steps are judged only up to n."""
+    from types import SimpleNamespace
+
+    from streamflame.schemas import alert_score, iso_ms
+    from streamflame.state.store import LastForecast
+    from streamflame.worker.batch import BatchResult
+
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, PATCH_LEN + 1))
+    lo = rng.normal(0, 1, n).astype(np.float32)
+    hi = (lo + np.abs(rng.normal(0, 1, n))).astype(np.float32)
+    collapsed = rng.random(n) < 0.1
+    hi[collapsed] = lo[collapsed]
+    mid = np.stack([lo, (lo + hi) / 2, hi]).astype(np.float32)
+    fc = LastForecast(seq=3, start_ms=T0, quantile_levels=(0.01, 0.5, 0.99), quantiles=mid,
+                      alert_levels=(0.01, 0.99))
+    x = rng.normal(0.5, 1.5, PATCH_LEN)
+    on_bound = rng.random(PATCH_LEN) < 0.2
+    x[:n][on_bound[:n]] = np.where(rng.random(on_bound[:n].sum()) < 0.5, lo[on_bound[:n]], hi[on_bound[:n]])
+    x[rng.random(PATCH_LEN) < 0.15] = np.nan
+    rec = patch("a-1", 4, x)
+    res = BatchResult()
+    BatchProcessor._alerts(SimpleNamespace(sid="a-1"), fc, rec.patch, res)
+    want = []
+    for i, v in enumerate(rec.patch.values[:n]):
+        hit = None if v is None else alert_score(v, float(lo[i]), float(hi[i]))
+        if hit is not None:
+            want.append((i + 1, hit[0], hit[1], v, iso_ms(rec.patch.start_ms + i * FREQ)))
+    got = [(a.step, a.direction, a.score, a.value, a.timestamp) for a in res.alerts]
+    assert got == want
+    assert any(on_bound[:n]) or n < 5

@@ -306,9 +306,13 @@ class BatchProcessor:
     @staticmethod
     def _alerts(w: _Series, a: LastForecast, p: PatchMessage, res: BatchResult) -> None:
         lo_row, hi_row = a.lo, a.hi
-        for i, v in enumerate(p.values[: a.n]):
-            if v is None:
-                continue
+        n = a.n
+        x = p.values_array()[:n]
+        with np.errstate(invalid="ignore"):  # NaN (missing) compares False: never an alert
+            outside = np.flatnonzero((x < lo_row[:n].astype(np.float64)) | (x > hi_row[:n].astype(np.float64)))
+        values = p.values
+        for i in outside.tolist():
+            v = values[i]
             lo, hi = float(lo_row[i]), float(hi_row[i])
             hit = alert_score(v, lo, hi)
             if hit is None:
