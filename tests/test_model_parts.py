@@ -155,7 +155,7 @@ def test_flow_is_invertible_and_logdet_matches_numerical_jacobian(seed):
     c = torch.randn(cfg.d_cond, dtype=torch.float64)
     hint = torch.randn(16, dtype=torch.float64)
     z = torch.randn(8, dtype=torch.float64)
-    fwd = lambda z_: flow.sample(c, hint, z_[None])[0]
+    fwd = lambda z_: flow.sample(c[None], hint[None], z_[None, None])[0, 0]   # one series, one sample
     y = fwd(z)
     J = torch.autograd.functional.jacobian(fwd, z)
     assert torch.allclose(torch.triu(J, 1), torch.zeros_like(J)), "output j must depend on noise dims <= j only"

@@ -115,14 +115,15 @@ class Flame(nn.Module):
         return c, torch.cat([hint, last], -1)
 
     def sample(self, state, K, noise):
-        """Sample K future patches for each series from its state.
-        noise (b, S, K, p) -> samples (b, S, K*p) in raw units (float64)."""
+        """Sample K future patches for the first n series of the state's b (n <= b: the
+        per-series layers see all b rows, the flow over samples only n).
+        noise (n, S, K, p) -> samples (n, S, K*p) in raw units (float64)."""
         mean, std = mean_std(state["stats"], state["ref"])
         period = dominant_period(state["window"], self.cfg.min_period)
         c, hint = self.condition(state["h"], state["window"], period, mean, std, K)
-        y = self.flow.sample(c, hint, noise.transpose(1, 2)).transpose(1, 2)      # (b, S, K, p)
-        b, S = noise.shape[:2]
-        return mean[:, None, None] + std[:, None, None] * y.double().reshape(b, S, -1)
+        y = self.flow.sample(c, hint, noise.transpose(1, 2)).transpose(1, 2)      # (n, S, K, p)
+        n, S = noise.shape[:2]
+        return mean[:n, None, None] + std[:n, None, None] * y.double().reshape(n, S, -1)
 
     def loss(self, patches, scale=None, future=None):
         """Mean flow NLL (nats per observed value) of the next K patches from every boundary.

@@ -87,11 +87,13 @@ class FlowHead(nn.Module):
         return mu + alpha * hint[..., :p] + beta * hint[..., p:], sig
 
     def sample(self, c, hint, z):
-        """c (..., d_cond), hint (..., 2p) = (seasonal, last) normalised, z (..., S, p) -> y (..., S, p)."""
+        """c (b, ..., d_cond), hint (b, ..., 2p) = (seasonal, last) normalised, z (n, ..., S, p)
+        -> y (n, ..., S, p) for the first n <= b rows (the condition terms are computed on all b)."""
+        n = z.shape[0]
         loc, sig = self._loc(c, hint)
-        y = loc.unsqueeze(-2) + torch.exp(sig).unsqueeze(-2) * z
+        y = loc[:n].unsqueeze(-2) + torch.exp(sig[:n]).unsqueeze(-2) * z
         for layer, (hc, ec) in zip(self.layers, self._cond(c)):
-            y, _ = layer(y, hc.unsqueeze(-2), ec.unsqueeze(-2))
+            y, _ = layer(y, hc[:n].unsqueeze(-2), ec[:n].unsqueeze(-2))
         return y
 
     def log_prob(self, y, c, hint):

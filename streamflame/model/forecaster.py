@@ -29,7 +29,8 @@ MAX_BLOCK = 256          # patches per parallel block in state_from_history / lo
 # CPU GEMM kernels pick a different reduction order for very small row counts and for the
 # tail rows of a batch, so one series could get last-bit different numbers depending on the
 # batch it lands in. The batched calls pad every batch to a multiple of MIN_ROWS series
-# (repeating the first), which makes their results independent of batch composition on CPU:
+# (repeating the first) -- the flow head over samples to a multiple of MIN_ROWS sample rows
+# (_flow_rows) -- which makes their results independent of batch composition on CPU:
 # replays and retried worker batches publish bit-identical forecasts and states. Single-series
 # `forecast` and one-patch `update` calls are padded the same way, so they equal the batched
 # calls bit for bit; multi-patch updates take the parallel scan (equal to float precision).
@@ -43,6 +44,16 @@ CPU_FORECAST_CHUNK = 128
 
 def _padded(n: int) -> int:
     return max(MIN_ROWS, -(-n // MIN_ROWS) * MIN_ROWS)
+
+
+def _flow_rows(n: int, rows_per_series: int) -> int:
+    """Series to run through the flow head for ``n`` real ones: the least m >= n whose
+    m * rows_per_series sample rows are a multiple of MIN_ROWS (at most _padded(n)); e.g. with
+    100 samples x 2 patches a lone series takes 2 rows of samples instead of 16."""
+    m = n
+    while (m * rows_per_series) % MIN_ROWS:
+        m += 1
+    return m
 _TORCH = {"float32": torch.float32, "float64": torch.float64}
 _DTYPE_NAMES = {v: k for k, v in _TORCH.items()}
 
@@ -211,7 +222,10 @@ class Forecaster:
             K = -(-(horizon + skip) // cfg.patch_len)
             noise = [_noise(seeds[i], (num_samples, K, cfg.patch_len), dt) for i in idx]
             extra = _padded(len(idx)) - len(idx) if pad else 0
-            noise = torch.stack(noise + [noise[0]] * extra)
+            # The per-series layers run on the padded rows; the flow over samples (most of the
+            # cost) only on as many rows as make its matrices a multiple of MIN_ROWS tall.
+            n_flow = _flow_rows(len(idx), K * num_samples) if pad else len(idx)
+            noise = torch.stack(noise + [noise[0]] * (n_flow - len(idx)))
             stacked = self._stack([states[i] for i in idx], extra)
             samples = self.model.sample(stacked, K, noise.to(self.device))[:len(idx), :, skip:skip + horizon].cpu()
             means = samples.mean(1)
