@@ -145,8 +145,10 @@ def iso_ms(ms: int) -> str:
     ms = int(ms)
     milli = ms % 1000
     if MIN_EPOCH_MS <= ms <= MAX_EPOCH_MS:
-        d = _EPOCH + timedelta(milliseconds=ms)
-        base = f"{d.year:04d}-{d.month:02d}-{d.day:02d}T{d.hour:02d}:{d.minute:02d}:{d.second:02d}"
+        day, rest = divmod(ms // 1000, 86_400)
+        hh, rest = divmod(rest, 3600)
+        mm, ss = divmod(rest, 60)
+        base = f"{_iso_day(day)}T{hh:02d}:{mm:02d}:{ss:02d}"
     else:
         days, rest = divmod(ms // 1000, 86_400)
         y, m, dd = _civil_from_days(days)
@@ -155,6 +157,13 @@ def iso_ms(ms: int) -> str:
         year = f"+{y:05d}" if y > 9999 else f"-{-y:04d}" if y < 0 else f"{y:04d}"
         base = f"{year}-{m:02d}-{dd:02d}T{hh:02d}:{mm:02d}:{ss:02d}"
     return f"{base}.{milli:03d}Z" if milli else f"{base}Z"
+
+
+@functools.lru_cache(maxsize=4096)
+def _iso_day(days: int) -> str:
+    """YYYY-MM-DD of a day number since 1970-01-01 (years 1..9999)."""
+    d = _EPOCH + timedelta(days=days)
+    return f"{d.year:04d}-{d.month:02d}-{d.day:02d}"
 
 
 def _civil_from_days(z: int) -> tuple[int, int, int]:
