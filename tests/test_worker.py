@@ -395,24 +395,3 @@ def test_a_lost_last_state_write_is_reapplied_after_restart(cfg, redis_client):
     with running(cfg) as w2:
         wait_for(lambda: applied(w2) >= 1, what="the restarted worker re-applying patch 2")
     assert int(redis_client.hget(key, "seq")) == 2
-
-
-def test_a_patch_that_waited_in_kafka_does_not_wait_the_deadline_again(cfg):
-    """The batch deadline counts from a patch's Kafka timestamp (when ingest sent it), so a
-    patch that already waited, e.g. while the previous batch was computed, runs at once; a
-    fresh patch waits for the deadline as before."""
-    slow = cfg.model_copy(update={"worker": cfg.worker.model_copy(update={"batch_deadline_ms": 8000,
-                                                                          "batch_size": 1000})})
-    v = values_for(6, 1)
-    prod = KafkaProducer(bootstrap_servers=slow.kafka.bootstrap)
-    with running(slow) as w:
-        now_ms = int(time.time() * 1000)
-        prod.send(slow.topics.patches, key=b"old", value=encode(make_patch("old", 0, v)), timestamp_ms=now_ms - 60_000)
-        prod.flush()
-        wait_for(lambda: applied(w) >= 1, 5, what="the old patch applied well before the 8 s deadline")
-        prod.send(slow.topics.patches, key=b"new", value=encode(make_patch("new", 0, v)))
-        prod.flush()
-        time.sleep(3)
-        assert applied(w) == 1, "a fresh patch waits for the deadline"
-        wait_for(lambda: applied(w) >= 2, 15, what="the fresh patch after its deadline")
-    prod.close()

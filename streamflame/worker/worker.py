@@ -4,8 +4,7 @@
 
 Loop: a consumer-group member on the patches topic collects patches until
 ``worker.batch_size`` patches or ``worker.batch_deadline_ms`` after the first
-one was produced (its Kafka timestamp, counted at most from when the worker saw
-it), then handles the batch in this order (the crash-consistency design)::
+one, then handles the batch in this order (the crash-consistency design)::
 
     1. load      every series' record from Redis      (one pipelined HMGET round trip)
     2. compute   update_many per round + forecast_many (streamflame.worker.batch)
@@ -91,18 +90,13 @@ class _Batch:
     start: dict = field(default_factory=dict)        # TopicPartition -> first offset seen
     end: dict = field(default_factory=dict)          # TopicPartition -> last offset + 1
     first_at: float = 0.0                            # monotonic time of the first record
-    produced_at: float = 0.0                         # ... minus how long it had waited in Kafka
 
     def __len__(self) -> int:
         return len(self.records) + len(self.bad)
 
-    def add(self, tp, offset: int, timestamp_ms: int | None, deadline_s: float) -> None:
+    def add(self, tp, offset: int) -> None:
         if not self.start and not self.end:
             self.first_at = time.monotonic()
-            # The record's timestamp (ingest's send time, another host's clock) may only
-            # shorten the wait: its age counts at most up to the deadline.
-            age = 0.0 if timestamp_ms is None or timestamp_ms < 0 else time.time() - timestamp_ms / 1000
-            self.produced_at = self.first_at - min(max(age, 0.0), deadline_s)
         self.start.setdefault(tp, offset)
         self.end[tp] = offset + 1
 
@@ -257,7 +251,7 @@ class Worker:
             deadline_s = wcfg.batch_deadline_ms / 1000
             b = self._batch
             if len(b):
-                wait_ms = int(max(0.0, b.produced_at + deadline_s - time.monotonic()) * 1000)
+                wait_ms = int(max(0.0, b.first_at + deadline_s - time.monotonic()) * 1000)
             else:
                 wait_ms = _IDLE_POLL_MS
             polled = self.consumer.poll(timeout_ms=wait_ms, max_records=max(1, wcfg.batch_size - len(b)))
@@ -268,12 +262,7 @@ class Worker:
                     log.warning("worker.commit_failed", error=repr(e))
             self._take(polled)
             b = self._batch
-            # A batch runs when full, or once its first patch is batch_deadline_ms old: counted
-            # from when it was produced (a patch that waited in Kafka while the previous batch
-            # was computed does not wait again) as long as polls still bring more patches,
-            # and from when this worker first saw it at the latest.
-            if len(b) and (len(b) >= wcfg.batch_size or time.monotonic() - b.first_at >= deadline_s
-                           or (not polled and time.monotonic() - b.produced_at >= deadline_s)):
+            if len(b) and (len(b) >= wcfg.batch_size or time.monotonic() - b.first_at >= deadline_s):
                 self._handle()
         if len(self._batch):  # graceful stop: finish what we hold
             self._handle()
@@ -282,10 +271,9 @@ class Worker:
         from streamflame.schemas import decode_patch
 
         b = self._batch
-        deadline_s = self.cfg.worker.batch_deadline_ms / 1000
         for tp, msgs in polled.items():
             for m in msgs:
-                b.add(tp, m.offset, m.timestamp, deadline_s)
+                b.add(tp, m.offset)
                 try:
                     patch = decode_patch(m.value)
                 except ValueError as e:
