@@ -7,7 +7,7 @@ One run starts a Tansu broker and a redis-server in a temporary directory and me
 1. ingest, single-observation JSON messages: `IngestConsumer` observations/s, beside a bare
    kafka-python consumer that only polls and `json.loads` the same topic (the ceiling); a
    second, stricter ceiling decodes with orjson (the parser ingest itself uses);
-2. ingest, batch messages (`--batch-values` values each): the same pair;
+2. ingest, batch messages (`--batch-values` values each, `--batch-patches` patches per series): the same pair;
 3. worker: forecasts/s end to end (`Worker`: Redis load, update_many, forecast_many, publish,
    Redis CAS write, commit), beside the model alone (`update_many` + `forecast_many` on the
    same device at the worker's measured mean batch size; no Kafka, no Redis);
@@ -287,6 +287,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--series", type=int, default=2000, help="series in the throughput stages")
     ap.add_argument("--patches", type=int, default=2, help="complete patches per series")
     ap.add_argument("--batch-values", type=int, default=48, help="values per batch message")
+    ap.add_argument("--batch-patches", type=int, default=10,
+                    help="complete patches per series in the batch-message stage (it runs ~10x faster per "
+                    "observation than single messages: more of them make it last seconds, not a fraction of one)")
     ap.add_argument("--worker-batch", type=int, default=512, help="worker.batch_size")
     ap.add_argument("--device", default="cpu", help="worker and model-ceiling device (cpu, cuda)")
     ap.add_argument("--model", default=None, help="checkpoint dir (default: the shipped one)")
@@ -364,16 +367,19 @@ def main(argv: list[str] | None = None) -> int:
         order = [(i, k) for k in range(P * PATCH_LEN) for i in range(S)]        # time-major interleave
         single = ((sids[i].encode(), json.dumps({"series_id": sids[i], "timestamp": T0_MS + k * FREQ_MS,
                                                   "value": float(vals[i][k])}).encode()) for i, k in order)
-        B = args.batch_values
+        B, PB = args.batch_values, args.batch_patches
+        vals_b = [series_values(i, PB * PATCH_LEN, rng) for i in range(S)]
         batched = ((sids[i].encode(), json.dumps({
             "series_id": sids[i], "timestamps": [T0_MS + k * FREQ_MS for k in range(a, a + B)],
-            "values": [float(v) for v in vals[i][a:a + B]]}).encode())
-            for a in range(0, P * PATCH_LEN, B) for i in range(S))
-        n_batch_msgs = S * -(-(P * PATCH_LEN) // B)
+            "values": [float(v) for v in vals_b[i][a:a + B]]}).encode())
+            for a in range(0, PB * PATCH_LEN, B) for i in range(S))
+        n_batch_msgs = S * -(-(PB * PATCH_LEN) // B)
+        n_obs_b = S * PB * PATCH_LEN
         rate_single = produce(broker.bootstrap, topics["single"], single)
         rate_batch = produce(broker.bootstrap, topics["batch"], batched)
         print(f"produced: {n_obs:,} single messages at {rate_single:,.0f} msg/s; "
-              f"{n_batch_msgs:,} batch messages ({B} values) at {rate_batch:,.0f} msg/s", flush=True)
+              f"{n_batch_msgs:,} batch messages ({B} values, {n_obs_b:,} observations) at {rate_batch:,.0f} msg/s",
+              flush=True)
 
         # -- 1, 2: ingest vs bare consumer; each pair measured back to back, R times (the
         # machine's speed drifts within a run: a ratio compares neighbours, the median is kept)
@@ -392,7 +398,7 @@ def main(argv: list[str] | None = None) -> int:
             reps["ceil_batch_oj"].append(bare_ceiling(broker.bootstrap, topics["batch"], n_batch_msgs,
                                                       lambda m: len(m["values"]), orjson.loads)[0])
             reps["ing_batch"].append(run_ingest(config(topics["batch"], patch_topic("patches2", r), topics["forecasts"],
-                                                       f"b2r{r}"), rc, n_obs, S * P))
+                                                       f"b2r{r}"), rc, n_obs_b, S * PB))
             print(f"ingest round {r + 1}/{R}: single {reps['ing_single'][-1]['obs_per_s']:,.0f} vs "
                   f"{reps['ceil_single'][-1]:,.0f}, batch {reps['ing_batch'][-1]['obs_per_s']:,.0f} vs "
                   f"{reps['ceil_batch'][-1]:,.0f} obs/s", flush=True)
