@@ -196,8 +196,11 @@ def test_metrics_logs_accuracy_and_status_of_real_ingest_and_worker(cfg, redis_c
         w_after = wait_for(lambda: (lambda m: m if m.get('streamflame_worker_online_scored_patches_total{group="default"}')
                                     == len(others) and m.get('streamflame_worker_online_scored_patches_total{group="pumps"}') == 2
                                     else None)(scrape(worker.url)), 20, "the scores of the applied patches")
+        # Ingest writes a batch's cursors after its next poll (IngestConsumer.settle), which can come
+        # after the forecasts: wait for that write too, not only for the rejection.
         i_after = wait_for(lambda: (lambda m: m if m.get('streamflame_ingest_rejected_total{reason="invalid_json"}') == 1
-                                    else None)(scrape(ingest.url)), 20, "the rejected message to be counted")
+                                    and m.get('streamflame_ingest_redis_seconds_count{op="save"}', 0) >= 1
+                                    else None)(scrape(ingest.url)), 20, "the rejection counted and the cursors written")
 
         # The metric list is all there, and the counters moved.
         assert set(INGEST_METRICS) <= names(i_after), set(INGEST_METRICS) - names(i_after)
