@@ -306,7 +306,7 @@ def test_alerts_are_exactly_the_values_outside_the_interval(seed):
     x[rng.random(PATCH_LEN) < 0.15] = np.nan
     rec = patch("a-1", 4, x)
     res = BatchResult()
-    BatchProcessor._alerts(SimpleNamespace(sid="a-1"), fc, rec.patch, res)
+    BatchProcessor._alerts(SimpleNamespace(sid="a-1"), fc, rec.patch, rec.patch.values_array(), res)
     want = []
     for i, v in enumerate(rec.patch.values[:n]):
         hit = None if v is None else alert_score(v, float(lo[i]), float(hi[i]))

@@ -346,7 +346,7 @@ class IngestConsumer:
         loads, decode_error = orjson.loads, orjson.JSONDecodeError
         lo_ms, hi_ms = MIN_EPOCH_MS, MAX_EPOCH_MS
         chunk: dict[str, list] = {}  # series_id -> entries in Kafka order (see _assemble)
-        n_obs = n_fast = 0
+        n_obs = 0
         patches: list = []
         touched: dict[str, SeriesAssembler] = {}
         for tp, recs in records.items():
@@ -378,7 +378,6 @@ class IngestConsumer:
                     run[2].append(rec)
                     run[3].append(t)
                     run[4].append(v)
-                    n_fast += 1
                     n_obs += 1
                 else:
                     entry = self._decode(rec, p)
@@ -388,18 +387,14 @@ class IngestConsumer:
                         chunk.setdefault(sid, []).append(entry)
                         n_obs += len(entry[4].values)
                 if n_obs >= CHUNK_OBSERVATIONS:
-                    c["observations"] += n_fast
-                    c["fast_records"] += n_fast
                     self._assemble(chunk, patches, touched)
-                    chunk, runs, n_obs, n_fast = {}, {}, 0, 0
+                    chunk, runs, n_obs = {}, {}, 0
                     if len(patches) >= ing.max_buffered_patches:
                         self._publish(patches, touched)
                         self.settle()
                         patches, touched = [], {}
             self.next_offset[p] = recs[-1].offset + 1
             c["records"] += len(recs)
-        c["observations"] += n_fast
-        c["fast_records"] += n_fast
         self._assemble(chunk, patches, touched)
         self._publish(patches, touched)
         c["batches"] += 1
@@ -469,6 +464,8 @@ class IngestConsumer:
                 why = self.quarantined.get(sid, "unreadable ingest cursor")
                 for e in entries:
                     if len(e) == 5:
+                        c["observations"] += len(e[2])
+                        c["fast_records"] += len(e[2])
                         for rec in e[2]:
                             self._reject_message("corrupt_state", why, e[0], rec.offset, rec.key, rec.value, sid)
                     else:
@@ -477,32 +474,32 @@ class IngestConsumer:
             self.assemblers[sid] = a  # most recently seen last (eviction order)
             n_before, r_before = len(patches), len(rejects)
             for e in entries:
-                if len(e) == 5:  # consecutive single-observation records
+                if len(e) == 5:  # consecutive single-observation records (checked against the future limit)
                     p, offs, recs, ts, vs = e
+                    c["observations"] += len(vs)
+                    c["fast_records"] += len(vs)
                     if a.add_run(ts, vs, p, offs, patches):
                         accepted += len(vs)
                         continue
-                    for t, v, o, rec in zip(ts, vs, offs, recs):
-                        r = a.add(t, v, p, o, 0, ObsRef(rec.value, rec.key, None), patches, rejects)
-                        if r == ACCEPTED:
-                            accepted += 1
-                        elif r != REJECTED:
-                            skipped += 1
-                    continue
-                p, offset, key, raw, (_, ts, vs), limit = e
-                multi = len(vs) > 1
-                if multi and a.add_run(ts, vs, p, offset, patches, limit):
-                    accepted += len(vs)
-                    continue
-                for i, (t, v) in enumerate(zip(ts, vs)):
-                    ref = ObsRef(raw, key, i if multi else None)
+                    # one by one: (timestamp, value, offset, index, ref, future limit)
+                    items = ((t, v, o, 0, ObsRef(rec.value, rec.key, None), None)
+                             for t, v, o, rec in zip(ts, vs, offs, recs))
+                else:
+                    p, offset, key, raw, (_, ts, vs), limit = e
+                    multi = len(vs) > 1
+                    if multi and a.add_run(ts, vs, p, offset, patches, limit):
+                        accepted += len(vs)
+                        continue
+                    items = ((t, v, offset, i, ObsRef(raw, key, i if multi else None), limit)
+                             for i, (t, v) in enumerate(zip(ts, vs)))
+                for t, v, o, i, ref, limit in items:
                     if limit is not None and t > limit:
                         rejects.append(Rejection(
                             "future_timestamp", f"timestamp {iso_ms(t)} is more than "
                             f"{future_tol} ms after the record's produce time "
-                            f"{iso_ms(limit - future_tol)}", t, p, offset, ref))
+                            f"{iso_ms(limit - future_tol)}", t, p, o, ref))
                         continue
-                    r = a.add(t, v, p, offset, i, ref, patches, rejects)
+                    r = a.add(t, v, p, o, i, ref, patches, rejects)
                     if r == ACCEPTED:
                         accepted += 1
                     elif r != REJECTED:

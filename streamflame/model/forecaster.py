@@ -54,6 +54,8 @@ def _flow_rows(n: int, rows_per_series: int) -> int:
     while (m * rows_per_series) % MIN_ROWS:
         m += 1
     return m
+
+
 _TORCH = {"float32": torch.float32, "float64": torch.float64}
 _DTYPE_NAMES = {v: k for k, v in _TORCH.items()}
 

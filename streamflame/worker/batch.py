@@ -300,19 +300,20 @@ class BatchProcessor:
         if f is not None and f.seq == p.seq - 1 and f.start_ms == p.start_ms:
             to_score.append((w.sid, w.group.name, f, values, w.naive))
             if f.alert_levels is not None and w.group.alert_levels is not None:
-                self._alerts(w, f, p, res)
+                self._alerts(w, f, p, values, res)
         w.naive = update_naive(w.naive, values)
 
     @staticmethod
-    def _alerts(w: _Series, a: LastForecast, p: PatchMessage, res: BatchResult) -> None:
+    def _alerts(w: _Series, a: LastForecast, p: PatchMessage, values: np.ndarray, res: BatchResult) -> None:
+        """``values``: ``p.values_array()`` (the caller has it already)."""
         lo_row, hi_row = a.lo, a.hi
         n = a.n
-        x = p.values_array()[:n]
+        x = values[:n]
         with np.errstate(invalid="ignore"):  # NaN (missing) compares False: never an alert
             outside = np.flatnonzero((x < lo_row[:n].astype(np.float64)) | (x > hi_row[:n].astype(np.float64)))
-        values = p.values
+        raw = p.values
         for i in outside.tolist():
-            v = values[i]
+            v = raw[i]
             lo, hi = float(lo_row[i]), float(hi_row[i])
             hit = alert_score(v, lo, hi)
             if hit is None:
