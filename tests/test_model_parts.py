@@ -316,3 +316,30 @@ def test_state_codec_reads_and_writes_the_documented_format(seed):
         assert got.shape == v.shape and got.dtype == v.dtype.newbyteorder("=")
         np.testing.assert_array_equal(got, v)
     assert back.to_bytes() == blob
+
+
+@pytest.mark.parametrize("shape", [(128, 100, 96), (3, 7, 5), (1, 1, 4), (2, 2, 3), (5, 1000, 3)])
+def test_sample_quantiles_equal_torch_quantile(shape):
+    """The forecaster's quantiles (numpy sort + torch's rank/gather/lerp) equal
+    torch.quantile's bit for bit: any scale and offset, ties, a NaN in a row."""
+    from streamflame.model.forecaster import sample_quantiles
+
+    rng = np.random.default_rng(sum(shape))
+    levels = [(0.01, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.99), (0.5,), (0.025, 0.975),
+              tuple(rng.uniform(0.001, 0.999, 7))]
+    for rep in range(3):
+        x = (rng.standard_normal(shape) * 10 ** rng.uniform(-5, 5, size=(shape[0], 1, 1))
+             + rng.uniform(-1e6, 1e6, size=(shape[0], 1, 1)))
+        if shape[1] > 3:
+            x[:, 1] = x[:, 2]                       # ties
+        if rep == 1:
+            x[0, 0, 0] = np.nan                     # that (series, step) row -> NaN
+        xt = torch.from_numpy(x)
+        for lv in levels:
+            q = torch.tensor(lv, dtype=torch.float64)
+            got, ref = sample_quantiles(xt, q), torch.quantile(xt, q, dim=1)
+            assert got.shape == ref.shape == (len(lv), shape[0], shape[2])
+            assert torch.equal(got.isnan(), ref.isnan())
+            assert torch.equal(got.nan_to_num(), ref.nan_to_num())
+            if rep == 1:
+                assert got[:, 0, 0].isnan().all() and not got[:, 1:].isnan().any()

@@ -231,7 +231,7 @@ class Forecaster:
             stacked = self._stack([states[i] for i in idx], extra)
             samples = self.model.sample(stacked, K, noise.to(self.device))[:len(idx), :, skip:skip + horizon].cpu()
             means = samples.mean(1)
-            qs = torch.quantile(samples, q, dim=1)                          # (Q, b, H)
+            qs = sample_quantiles(samples, q)                               # (Q, b, H)
             for j, i in enumerate(idx):
                 out[i] = Forecast(means[j].numpy(), qs[:, j].numpy(), samples[j].numpy(), levels)
         return out
@@ -269,6 +269,23 @@ def _as_values(values, dtype: str) -> np.ndarray:
     if np.isinf(v).any():
         raise ValueError("values must be finite or NaN (missing); got +-inf")
     return v.astype(dtype)
+
+
+def sample_quantiles(samples: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """``torch.quantile(samples, q, dim=1)`` (linear interpolation, NaN rows -> NaN), bit
+    for bit, with the sort done by numpy: (b, S, H) CPU samples, (Q,) float64 levels ->
+    (Q, b, H). torch's own sort is the cost there (60 of 68 ms for 128 series x 100
+    samples x 96 steps on the 2-core machine, ~10 ms this way); the rank, gather and
+    lerp steps below are torch.quantile's. Reference check:
+    tests/test_model_parts.py::test_sample_quantiles_equal_torch_quantile."""
+    b, n, h = samples.shape
+    srt = torch.from_numpy(np.sort(samples.numpy(), axis=1)).permute(0, 2, 1)   # (b, H, S), NaN last
+    ranks = (q * (n - 1)).expand(b, h, len(q)).contiguous()                   # (b, H, Q)
+    ranks = ranks.masked_fill(srt[..., -1:].isnan(), n - 1)                    # NaN in a row -> NaN
+    below = ranks.long()
+    lo = srt.gather(-1, below)
+    hi = srt.gather(-1, ranks.ceil().long())
+    return lo.lerp_(hi, ranks - below).permute(2, 0, 1)
 
 
 def _noise(seed: int | None, shape, dtype) -> torch.Tensor:
