@@ -1,6 +1,6 @@
 """The pipeline on the embedded stack, each figure beside its own ceiling from the same run.
 
-    streamflame bench pipeline [--series 2000] [--patches 2] [--device cpu] [--latency-seconds 20] [--repeats 3]
+    streamflame bench pipeline [--series 2000] [--patches 2] [--device cpu] [--latency-seconds 20] [--repeats 5]
 
 One run starts a Tansu broker and a redis-server in a temporary directory and measures:
 
@@ -21,9 +21,11 @@ One run starts a Tansu broker and a redis-server in a temporary directory and me
    measured at half of it. Series are staggered so their patches complete spread over time,
    not all in the same instant.
 
-Stages 1-3 run ``--repeats`` rounds (default 3); in each round a figure is measured right
-after its ceiling, so a ratio compares neighbours (this machine's speed drifts by 10-30 %
-over minutes), and the round with the median ratio is shown beside all rounds' ratios.
+Stages 1-3 run ``--repeats`` rounds (default 5); in each round a figure is measured right
+beside its ceiling (after it in the first, third, ... round, before it in the others, so a
+drift moves as many ratios up as down), so a ratio compares neighbours (this machine's speed
+drifts by 10-30 % over minutes), and the round with the median ratio is shown beside all
+rounds' ratios.
 Rates (1-3) are steady-state: the clock starts at the first record handled, so the consumer
 group join (about 1 s against Tansu with the fast settings) is left out and printed apart.
 Every series uses the `defaults` group (horizon 96, 100 samples, 11 quantiles) and the shipped
@@ -297,8 +299,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--latency-series", type=int, default=200)
     ap.add_argument("--latency-only", type=float, metavar="OBS_PER_S",
                     help="skip stages 1-3 and measure latency at this offered rate (diagnosis)")
-    ap.add_argument("--repeats", type=int, default=3,
-                    help="rounds of stages 1-3, each figure beside its own ceiling; the median round is shown")
+    ap.add_argument("--repeats", type=int, default=5,
+                    help="rounds of stages 1-3, each figure beside its own ceiling (after it in rounds 1, 3, ..., "
+                    "before it in rounds 2, 4, ...); the median round is shown")
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory (logs)")
     args = ap.parse_args(argv)
 
@@ -387,18 +390,32 @@ def main(argv: list[str] | None = None) -> int:
         R = args.repeats
         reps: dict[str, list] = {k: [] for k in ("ceil_single", "ceil_single_oj", "ing_single",
                                                  "ceil_batch", "ceil_batch_oj", "ing_batch")}
-        for r in range(R):
+        def ceil_single(r):
             reps["ceil_single"].append(bare_ceiling(broker.bootstrap, topics["single"], n_obs, lambda m: 1)[0])
             reps["ceil_single_oj"].append(
                 bare_ceiling(broker.bootstrap, topics["single"], n_obs, lambda m: 1, orjson.loads)[0])
-            reps["ing_single"].append(run_ingest(config(topics["single"], patch_topic("patches", r), topics["forecasts"],
-                                                        f"b1r{r}"), rc, n_obs, S * P))
-            reps["ceil_batch"].append(bare_ceiling(broker.bootstrap, topics["batch"], n_batch_msgs,
-                                                   lambda m: len(m["values"]))[0])
-            reps["ceil_batch_oj"].append(bare_ceiling(broker.bootstrap, topics["batch"], n_batch_msgs,
-                                                      lambda m: len(m["values"]), orjson.loads)[0])
-            reps["ing_batch"].append(run_ingest(config(topics["batch"], patch_topic("patches2", r), topics["forecasts"],
-                                                       f"b2r{r}"), rc, n_obs_b, S * PB))
+
+        def ing_single(r):
+            reps["ing_single"].append(run_ingest(config(topics["single"], patch_topic("patches", r),
+                                                        topics["forecasts"], f"b1r{r}"), rc, n_obs, S * P))
+
+        def ceil_batch(r):
+            def count(m):
+                return len(m["values"])
+            reps["ceil_batch"].append(bare_ceiling(broker.bootstrap, topics["batch"], n_batch_msgs, count)[0])
+            reps["ceil_batch_oj"].append(
+                bare_ceiling(broker.bootstrap, topics["batch"], n_batch_msgs, count, orjson.loads)[0])
+
+        def ing_batch(r):
+            reps["ing_batch"].append(run_ingest(config(topics["batch"], patch_topic("patches2", r),
+                                                       topics["forecasts"], f"b2r{r}"), rc, n_obs_b, S * PB))
+
+        for r in range(R):
+            # Rounds 1, 3, ... measure each figure after its ceiling, rounds 2, 4, ... before it:
+            # a drift of the machine's speed during the run moves as many ratios up as down.
+            for ceiling, figure in ((ceil_single, ing_single), (ceil_batch, ing_batch)):
+                for stage in ((ceiling, figure) if r % 2 == 0 else (figure, ceiling)):
+                    stage(r)
             print(f"ingest round {r + 1}/{R}: single {reps['ing_single'][-1]['obs_per_s']:,.0f} vs "
                   f"{reps['ceil_single'][-1]:,.0f}, batch {reps['ing_batch'][-1]['obs_per_s']:,.0f} vs "
                   f"{reps['ceil_batch'][-1]:,.0f} obs/s", flush=True)
@@ -407,13 +424,20 @@ def main(argv: list[str] | None = None) -> int:
         # over the patches of the first single-message ingest run)
         f = Forecaster.load(args.model).to(device=args.device)
         reps["worker"], reps["model"] = [], []
+        group = config(topics["single"], topics["single"], topics["forecasts"], "-").resolve_group("s-000000")
+
+        def model_alone(batch: int) -> float:
+            return model_ceiling(f, group, batch, rounds=max(2, min(8, (S * P) // batch)), rng=rng)
+
         for r in range(R):
             wcfg = config(topics["single"], patch_topic("patches", 0), topics["forecasts"], f"b1w{r}")
+            if r % 2:      # rounds 2, 4, ...: the model first, at the previous round's batch and threads
+                reps["model"].append(model_alone(mb))
             wk = run_worker(wcfg, S * P)
             torch.set_num_threads(wk["torch_threads"])        # the model alone with the worker's threads
-            group = wcfg.resolve_group("s-000000")
             mb = max(1, int(round(wk["mean_batch"])))
-            reps["model"].append(model_ceiling(f, group, mb, rounds=max(2, min(8, (S * P) // mb)), rng=rng))
+            if r % 2 == 0:
+                reps["model"].append(model_alone(mb))
             reps["worker"].append(wk)
             print(f"worker round {r + 1}/{R}: {wk['forecasts_per_s']:,.1f} forecasts/s (batch ~{mb}) vs model "
                   f"{reps['model'][-1]:,.1f}", flush=True)
