@@ -339,6 +339,7 @@ def test_sample_quantiles_equal_torch_quantile(shape):
             q = torch.tensor(lv, dtype=torch.float64)
             got, ref = sample_quantiles(xt, q), torch.quantile(xt, q, dim=1)
             assert got.shape == ref.shape == (len(lv), shape[0], shape[2])
+            assert got.is_contiguous()              # each (level, series) row encodes without a copy
             assert torch.equal(got.isnan(), ref.isnan())
             assert torch.equal(got.nan_to_num(), ref.nan_to_num())
             if rep == 1:

@@ -285,7 +285,7 @@ def sample_quantiles(samples: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     below = ranks.long()
     lo = srt.gather(-1, below)
     hi = srt.gather(-1, ranks.ceil().long())
-    return lo.lerp_(hi, ranks - below).permute(2, 0, 1)
+    return lo.lerp_(hi, ranks - below).permute(2, 0, 1).contiguous()     # rows contiguous: see encode
 
 
 def _noise(seed: int | None, shape, dtype) -> torch.Tensor:
