@@ -344,3 +344,22 @@ def test_sample_quantiles_equal_torch_quantile(shape):
             assert torch.equal(got.nan_to_num(), ref.nan_to_num())
             if rep == 1:
                 assert got[:, 0, 0].isnan().all() and not got[:, 1:].isnan().any()
+
+
+def test_fresh_states_share_nothing_writable_and_follow_the_dtype():
+    """init_state's arrays are built once and shared read-only: advancing one fresh
+    state leaves the next one fresh, and a dtype change gets arrays of that dtype."""
+    f = Forecaster.from_config(tiny_config(), seed=0)
+    ref = f.model.empty_state(1, "cpu", torch.float32)
+    a = f.init_state()
+    f.update(a, np.arange(96.0))
+    b = f.init_state(scale=2.0)
+    assert b.scale == 2.0 and a.scale == 1.0
+    for k, v in ref.items():
+        np.testing.assert_array_equal(b.tensors[k], v[0].numpy())
+        with pytest.raises(ValueError):
+            b.tensors[k][...] = 0
+    f.to(dtype=torch.float64)
+    c = f.init_state()
+    assert c.dtype == "float64" and c.tensors["h"].dtype == np.float64
+    assert f.forecast(f.update(c, np.arange(96.0)), 5, seed=0).mean.shape == (5,)
