@@ -22,9 +22,9 @@ One run starts a Tansu broker and a redis-server in a temporary directory and me
    not all in the same instant.
 
 Stages 1-3 run ``--repeats`` rounds (default 5); in each round a figure is measured right
-beside its ceiling (after it in the first, third, ... round, before it in the others, so a
-drift moves as many ratios up as down), so a ratio compares neighbours (this machine's speed
-drifts by 10-30 % over minutes), and the round with the median ratio is shown beside all
+beside its own ceiling, so a ratio compares neighbours (this machine's speed drifts by 10-30 %
+over minutes): after it in rounds 1, 3, 5, before it in rounds 2 and 4, so a drift during the
+run moves as many ratios up as down. The round with the median ratio is shown beside all
 rounds' ratios.
 Rates (1-3) are steady-state: the clock starts at the first record handled, so the consumer
 group join (about 1 s against Tansu with the fast settings) is left out and printed apart.

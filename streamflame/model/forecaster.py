@@ -290,7 +290,8 @@ def sample_quantiles(samples: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     below = ranks.long()
     lo = srt.gather(-1, below)
     hi = srt.gather(-1, ranks.ceil().long())
-    return lo.lerp_(hi, ranks - below).permute(2, 0, 1).contiguous()     # rows contiguous: see encode
+    # contiguous: each (level, series) row is then written by orjson without a tolist() copy
+    return lo.lerp_(hi, ranks - below).permute(2, 0, 1).contiguous()
 
 
 def _noise(seed: int | None, shape, dtype) -> torch.Tensor:
