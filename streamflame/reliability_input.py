@@ -44,7 +44,7 @@ from typing import Any
 
 import numpy as np
 
-from streamflame.schemas import MAX_EPOCH_MS, MIN_EPOCH_MS, PATCH_LEN, iso_ms
+from streamflame.schemas import MAX_ABS_VALUE, MAX_EPOCH_MS, MIN_EPOCH_MS, PATCH_LEN, iso_ms
 
 T0 = 1_704_067_200_000          # 2024-01-01, anchor of the valid series
 FREQ_MS = 60_000                # valid series' configured grid step ("v-*" group)
@@ -138,6 +138,10 @@ def _decode_noise(rng: np.random.Generator, i: int, big_every: int) -> tuple[byt
                                    "non_finite_value")),
         ("value_1e400", lambda: (b'{"series_id":"%s","timestamp":%d,"value":1e400}' % (sid.encode(), T0),
                                  "non_finite_value")),
+        ("value_1e39", lambda: (_j({"series_id": sid, "timestamp": T0, "value": 1e39}), "value_out_of_range")),
+        ("value_neg_1e308", lambda: (_j({"series_id": sid, "timestamp": T0, "value": -1e308}), "value_out_of_range")),
+        ("batch_one_1e300", lambda: (_j({"series_id": sid, "timestamps": [T0, T0 + FREQ_MS], "values": [1.0, 1e300]}),
+                                     "value_out_of_range")),
         ("batch_one_nan", lambda: (b'{"series_id":"%s","timestamps":[%d,%d],"values":[1.0,NaN]}'
                                    % (sid.encode(), T0, T0 + FREQ_MS), "non_finite_value")),
         ("batch_mismatch", lambda: (_j({"series_id": sid, "timestamps": [T0, T0 + 1], "values": [1.0]}),
@@ -171,7 +175,7 @@ def build_traffic(n_messages: int, seed: int = 0, *, n_valid_series: int | None 
       re-deliveries and reorderings, ``off_grid``, ``timestamp_too_far``, far
       past/future timestamps) sit inside their own stream with the reason the
       policy gives at that point;
-    * accepted-but-extreme series ``w-*`` (values of +-1e308 and 5e-324, anchors
+    * accepted-but-extreme series ``w-*`` (values of +-MAX_ABS_VALUE and 5e-324, anchors
       in year 1 and at the end of year 9999, a 200-year inferred step) that go
       through the worker and must not crash it;
     * decode-level hostile records (key ``noise-<i>``) at random places, and
@@ -243,8 +247,8 @@ def build_traffic(n_messages: int, seed: int = 0, *, n_valid_series: int | None 
                     "late", "far_past"
             else:                                            # extreme but finite value at an old slot
                 s = int(rng.integers(0, last + 1))
-                doc, reason, name = {"series_id": sid, "timestamp": T0 + s * FREQ_MS, "value": 1e308}, \
-                    old_slot_reason(s), "old_1e308"
+                doc, reason, name = {"series_id": sid, "timestamp": T0 + s * FREQ_MS, "value": MAX_ABS_VALUE}, \
+                    old_slot_reason(s), "old_extreme"
             doc["nonce"] = n
             msgs.append(Rec(key, _j(doc), reason, name))
 
@@ -304,9 +308,10 @@ def build_traffic(n_messages: int, seed: int = 0, *, n_valid_series: int | None 
         extreme.append(sid)
 
     n_ext = 3 * PATCH_LEN + 3  # three patches: alerts of patch k+1 are checked against forecast k
-    extreme_series("w-huge", T0, FREQ_MS, [1e308 if j % 2 else -1e308 for j in range(n_ext)])
+    big = MAX_ABS_VALUE  # the largest accepted magnitude (float32's maximum)
+    extreme_series("w-huge", T0, FREQ_MS, [big if j % 2 else -big for j in range(n_ext)])
     extreme_series("w-tiny", T0, FREQ_MS, [5e-324 * (j % 3) for j in range(n_ext)])
-    extreme_series("w-mixed", T0, FREQ_MS, [1e308 if j == 7 else (None if j % 5 == 0 else float(j)) for j in range(n_ext)])
+    extreme_series("w-mixed", T0, FREQ_MS, [big if j == 7 else (None if j % 5 == 0 else float(j)) for j in range(n_ext)])
     extreme_series("w-year1", MIN_EPOCH_MS, FREQ_MS, [float(j) for j in range(n_ext)])
     end = MAX_EPOCH_MS - MAX_EPOCH_MS % FREQ_MS
     extreme_series("w-year9999", end - (2 * PATCH_LEN - 1) * FREQ_MS, FREQ_MS, [float(j) for j in range(2 * PATCH_LEN)])
@@ -539,6 +544,12 @@ def run_fuzz(cfg, traffic: Traffic, *, timeout_s: float = 600.0, log=print) -> d
     for sid in ("w-huge", "w-year9999", "w-centuries"):
         if sid in ext and not isinstance(extreme[sid], StateRecord):
             problems.append(f"extreme series {sid} has no state ({ext[sid]})")
+    for sid, rec in extreme.items():   # accepted values never leave a state that forecasts NaN for good
+        if isinstance(rec, StateRecord):
+            st = SeriesState.from_bytes(rec.state)
+            dead = [k for k, a in st.tensors.items() if k not in ("ref", "window") and not np.isfinite(a).all()]
+            if dead:
+                problems.append(f"extreme series {sid}: state fields {dead} are not finite")
 
     c = ingest.counters
     return {

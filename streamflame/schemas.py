@@ -34,6 +34,10 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 PATCH_LEN = 48
 """Observations per patch; equals the model's ``config.patch_len``."""
 
+MAX_ABS_VALUE = 3.4028234663852886e38
+"""Largest accepted |value|: float32's maximum. The model computes in float32; a larger
+finite value would become +-inf there and leave the series' state non-finite for good."""
+
 # Datetime range Python can represent: 0001-01-01 .. 9999-12-31T23:59:59.999Z.
 MIN_EPOCH_MS = -62_135_596_800_000
 MAX_EPOCH_MS = 253_402_300_799_999
@@ -56,6 +60,7 @@ REJECT_REASONS: dict[str, str] = {
     "bad_timestamp": "a timestamp is not ISO-8601 or epoch milliseconds (or is out of range)",
     "bad_value": "a value is not a number or null (strings and booleans are not numbers)",
     "non_finite_value": "a value is NaN or +/-Infinity (send null for a missing value)",
+    "value_out_of_range": "a finite value with |value| above 3.4028234663852886e38 (float32's maximum, the model's precision)",
     "length_mismatch": "timestamps and values have different lengths, or are not arrays",
     "key_mismatch": "the record key is not the series_id (a series must stay in one partition)",
     # ingest, per observation (series grid and ordering)
@@ -241,15 +246,18 @@ _BAD_ID_CHARS = re.compile(r"[\x00-\x1f\x7f\ud800-\udfff]")
 
 def _check_value(v: Any, where: str) -> float | None:
     t = type(v)
+    if t is int:
+        try:
+            v, t = float(v), float
+        except OverflowError:  # an integer literal beyond the double range (stdlib fallback only)
+            raise RejectedMessage("non_finite_value", f"{where} overflows a double") from None
     if t is float:
         if v - v != 0.0:  # NaN or +/-inf
             raise RejectedMessage("non_finite_value", f"{where} is {v!r}; send null for a missing value")
+        if not -MAX_ABS_VALUE <= v <= MAX_ABS_VALUE:
+            raise RejectedMessage("value_out_of_range", f"{where} is {v!r}; |value| must be at most "
+                                  f"{MAX_ABS_VALUE!r} (float32's maximum, the model's precision)")
         return v
-    if t is int:
-        try:
-            return float(v)
-        except OverflowError:  # an integer literal beyond the double range (stdlib fallback only)
-            raise RejectedMessage("non_finite_value", f"{where} overflows a double") from None
     if v is None:
         return None
     raise RejectedMessage("bad_value", f"{where} must be a number or null, got {_type_name(v)}")
@@ -298,7 +306,8 @@ def _validate_doc(doc: Any, max_series_id_len: int, max_batch: int) -> Observati
             return ObservationRun(sid, [], [])
         # Fast path, loops in C: every timestamp an int epoch-ms in range, every value a
         # number whose sum is finite (a NaN/inf element makes the sum non-finite; a sum
-        # that overflows only sends the message to the exact checks below).
+        # that overflows only sends the message to the exact checks below) and within
+        # +-MAX_ABS_VALUE.
         if set(map(type, ts)) == {int} and MIN_EPOCH_MS <= min(ts) and max(ts) <= MAX_EPOCH_MS:
             kinds = set(map(type, vs))
             if kinds <= _NUMBERS:
@@ -306,13 +315,14 @@ def _validate_doc(doc: Any, max_series_id_len: int, max_batch: int) -> Observati
                     total = sum(vs)
                 except OverflowError:
                     total = math.inf
-                if total - total == 0.0:
+                if total - total == 0.0 and -MAX_ABS_VALUE <= min(vs) and max(vs) <= MAX_ABS_VALUE:
                     return ObservationRun(sid, ts, vs if kinds == _FLOAT_ONLY else list(map(float, vs)))
         # The exact checks, which name the element. Error texts are built only on error.
         out_t: list[int] = []
         out_v: list[float | None] = []
         for i, (t, v) in enumerate(zip(ts, vs)):
-            if type(t) is not int or type(v) is not float or v - v != 0.0 or not MIN_EPOCH_MS <= t <= MAX_EPOCH_MS:
+            if (type(t) is not int or type(v) is not float or not -MAX_ABS_VALUE <= v <= MAX_ABS_VALUE
+                    or not MIN_EPOCH_MS <= t <= MAX_EPOCH_MS):
                 t, v = _check_ts(t, f"timestamps[{i}]"), _check_value(v, f"values[{i}]")
             out_t.append(t)
             out_v.append(v)
@@ -322,7 +332,8 @@ def _validate_doc(doc: Any, max_series_id_len: int, max_batch: int) -> Observati
         t, v = doc["timestamp"], doc["value"]
     except KeyError:
         raise RejectedMessage("missing_field", f"{'timestamp' if 'timestamp' not in doc else 'value'} is missing") from None
-    if type(t) is not int or type(v) is not float or v - v != 0.0 or not MIN_EPOCH_MS <= t <= MAX_EPOCH_MS:
+    if (type(t) is not int or type(v) is not float or not -MAX_ABS_VALUE <= v <= MAX_ABS_VALUE
+            or not MIN_EPOCH_MS <= t <= MAX_EPOCH_MS):
         t, v = _check_ts(t, "timestamp"), _check_value(v, "value")
     return ObservationRun(sid, [t], [v])
 
@@ -459,7 +470,10 @@ class PatchMessage(_Msg):
         if len(v) != PATCH_LEN:
             raise ValueError(f"must have {PATCH_LEN} entries, got {len(v)}")
         # NaN is accepted in-process and travels as null (orjson writes NaN as null).
-        return [None if x is None or x != x else x for x in v]
+        v = [None if x is None or x != x else x for x in v]
+        if any(x is not None and not -MAX_ABS_VALUE <= x <= MAX_ABS_VALUE for x in v):
+            raise ValueError(f"values must be finite with |value| <= {MAX_ABS_VALUE!r} (float32's maximum)")
+        return v
 
     @model_validator(mode="after")
     def _check_counts(self) -> "PatchMessage":

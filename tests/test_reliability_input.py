@@ -70,13 +70,14 @@ from hypothesis import strategies as st  # noqa: E402
 
 from streamflame.ingest.assembler import REJECTED, AssemblerSettings, SeriesAssembler  # noqa: E402
 from streamflame.reliability_input import FREQ_MS, build_traffic  # noqa: E402
-from streamflame.schemas import REJECT_REASONS, RejectedMessage, decode_observation_message  # noqa: E402
+from streamflame.schemas import MAX_ABS_VALUE, REJECT_REASONS, RejectedMessage, decode_observation_message  # noqa: E402
 
 valid_sid = st.text(st.characters(blacklist_categories=("Cc", "Cs")), min_size=1, max_size=256)
 valid_ts = (st.integers(MIN_EPOCH_MS, MAX_EPOCH_MS).map(lambda ms: (ms, ms))
             | st.integers(MIN_EPOCH_MS, MAX_EPOCH_MS).map(lambda ms: (iso_ms(ms), ms))
             | st.integers(MIN_EPOCH_MS // 1000, MAX_EPOCH_MS // 1000).map(lambda s: (s * 1000 + 0.25, s * 1000)))
-valid_value = st.none() | st.floats(allow_nan=False, allow_infinity=False) | st.sampled_from([1e308, -1e308, 5e-324])
+valid_value = (st.none() | st.floats(-MAX_ABS_VALUE, MAX_ABS_VALUE)
+               | st.sampled_from([MAX_ABS_VALUE, -MAX_ABS_VALUE, 5e-324, 0.0, -0.0]))
 
 
 @st.composite
@@ -103,6 +104,8 @@ HOSTILE = [
     ("value", float("nan"), "non_finite_value"), ("value", float("inf"), "non_finite_value"),
     ("value", float("-inf"), "non_finite_value"), ("value", "1.5", "bad_value"), ("value", True, "bad_value"),
     ("value", [1.0], "bad_value"), ("value", {"v": 1}, "bad_value"),
+    ("value", 1e39, "value_out_of_range"), ("value", -1e308, "value_out_of_range"),
+    ("value", 10**39, "value_out_of_range"), ("value", float(np.nextafter(MAX_ABS_VALUE, np.inf)), "value_out_of_range"),
     ("timestamp", "1704067200000", "bad_timestamp"), ("timestamp", False, "bad_timestamp"),
     ("timestamp", MAX_EPOCH_MS + 1, "bad_timestamp"), ("timestamp", MIN_EPOCH_MS - 1, "bad_timestamp"),
     ("timestamp", 1e308, "bad_timestamp"), ("timestamp", "10000-01-01", "bad_timestamp"),

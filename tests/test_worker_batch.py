@@ -315,3 +315,19 @@ def test_alerts_are_exactly_the_values_outside_the_interval(seed):
     got = [(a.step, a.direction, a.score, a.value, a.timestamp) for a in res.alerts]
     assert got == want
     assert any(on_bound[:n]) or n < 5
+
+
+def test_kept_forecast_of_a_series_near_float32_max_stays_finite():
+    """A forecast of values near float32's maximum may pass it; the interval kept in
+    the state meta (float32) is held at the maximum instead of becoming +-inf."""
+    from types import SimpleNamespace
+
+    from streamflame.schemas import MAX_ABS_VALUE
+
+    top = MAX_ABS_VALUE * 1.5
+    fc = SimpleNamespace(horizon=60, quantile_levels=(0.1, 0.9), mean=np.full(60, top),
+                         quantiles=np.stack([np.full(60, -top), np.full(60, top)]))
+    kept = BatchProcessor._last_forecast(make_cfg().resolve_group("s"), 3, 0, fc)
+    assert kept.quantiles.shape == (2, 48) and kept.mean.shape == (48,)
+    assert np.isfinite(kept.quantiles).all() and np.isfinite(kept.mean).all()
+    assert kept.quantiles[1, 0] == np.float32(MAX_ABS_VALUE) and kept.quantiles[0, 0] == -np.float32(MAX_ABS_VALUE)

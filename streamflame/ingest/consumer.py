@@ -74,6 +74,7 @@ from streamflame.kafka_io import (
     make_producer,
 )
 from streamflame.schemas import (
+    MAX_ABS_VALUE,
     MAX_EPOCH_MS,
     MIN_EPOCH_MS,
     PATCH_LEN,
@@ -344,7 +345,7 @@ class IngestConsumer:
         if len(known) > 2 * ing.max_series_in_memory:
             known.clear()
         loads, decode_error = orjson.loads, orjson.JSONDecodeError
-        lo_ms, hi_ms = MIN_EPOCH_MS, MAX_EPOCH_MS
+        lo_ms, hi_ms, lo_v, hi_v = MIN_EPOCH_MS, MAX_EPOCH_MS, -MAX_ABS_VALUE, MAX_ABS_VALUE
         chunk: dict[str, list] = {}  # series_id -> entries in Kafka order (see _assemble)
         n_obs = 0
         patches: list = []
@@ -362,7 +363,7 @@ class IngestConsumer:
                     sid, t, v = doc["series_id"], doc["timestamp"], doc["value"]
                 except (decode_error, TypeError, KeyError, IndexError):
                     sid = None
-                if (fast and type(sid) is str and type(t) is int and type(v) is float and v - v == 0.0
+                if (fast and type(sid) is str and type(t) is int and type(v) is float and lo_v <= v <= hi_v
                         and lo_ms <= t <= hi_ms and type(doc) is dict and len(doc) == 3
                         and rec.key == known.get(sid, _UNKNOWN) and len(raw) <= max_bytes
                         and (tol is None or rec.timestamp is None or rec.timestamp < 0 or t <= rec.timestamp + tol)):

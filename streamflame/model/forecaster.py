@@ -185,8 +185,7 @@ class Forecaster:
         patches = np.asarray(patches, dtype=np.float64)
         if patches.shape != (len(states), p):
             raise ValueError(f"patches must have shape ({len(states)}, {p}), got {patches.shape}")
-        if np.isinf(patches).any():
-            raise ValueError("patch values must be finite or NaN (missing)")
+        _check_range(patches, self.dtype)
         for s in states:
             self._check(s)
             if len(s.buffer):
@@ -271,9 +270,18 @@ def _as_values(values, dtype: str) -> np.ndarray:
     v = np.asarray(values, dtype=np.float64)
     if v.ndim != 1:
         raise ValueError(f"values must be a 1-D array of observations, got shape {v.shape}")
-    if np.isinf(v).any():
-        raise ValueError("values must be finite or NaN (missing); got +-inf")
+    _check_range(v, dtype)
     return v.astype(dtype)
+
+
+def _check_range(v: np.ndarray, dtype: str) -> None:
+    """Values must be NaN (missing) or finite in the model's dtype: a float64 value beyond
+    float32's range would become +-inf in the cast and leave the state non-finite for good."""
+    top = float(np.finfo(dtype).max)
+    with np.errstate(invalid="ignore"):
+        if (np.abs(v) > top).any():
+            raise ValueError(f"values must be finite or NaN (missing), with |value| <= {top!r} ({dtype}); "
+                             f"got {float(v[np.abs(v) > top].flat[0])!r}")
 
 
 def sample_quantiles(samples: torch.Tensor, q: torch.Tensor) -> torch.Tensor:

@@ -43,6 +43,7 @@ import numpy as np
 from streamflame import SeriesState, StateDecodeError
 from streamflame.config import GroupSettings, ServiceConfig, format_frequency
 from streamflame.schemas import (
+    MAX_ABS_VALUE,
     PATCH_LEN,
     AlertMessage,
     ForecastMessage,
@@ -351,9 +352,11 @@ class BatchProcessor:
     @staticmethod
     def _last_forecast(g: GroupSettings, seq: int, start_ms: int, fc) -> LastForecast:
         n = min(PATCH_LEN, fc.horizon)
+
+        def f32(a):   # a forecast of a series near float32's maximum may pass it: kept at the maximum
+            return np.ascontiguousarray(np.clip(a[..., :n], -MAX_ABS_VALUE, MAX_ABS_VALUE), np.float32)
         return LastForecast(seq=seq, start_ms=start_ms, quantile_levels=tuple(float(q) for q in fc.quantile_levels),
-                            quantiles=np.ascontiguousarray(fc.quantiles[:, :n], np.float32),
-                            mean=np.ascontiguousarray(fc.mean[:n], np.float32),
+                            quantiles=f32(fc.quantiles), mean=f32(fc.mean),
                             alert_levels=None if g.alert_levels is None else tuple(g.alert_levels))
 
     def _frequency(self, freq_ms: int) -> str:
