@@ -60,7 +60,7 @@ REJECT_REASONS: dict[str, str] = {
     "bad_timestamp": "a timestamp is not ISO-8601 or epoch milliseconds (or is out of range)",
     "bad_value": "a value is not a number or null (strings and booleans are not numbers)",
     "non_finite_value": "a value is NaN or +/-Infinity (send null for a missing value)",
-    "value_out_of_range": "a finite value with |value| above 3.4028234663852886e38 (float32's maximum, the model's precision)",
+    "value_out_of_range": "a finite value with |value| above 3.4028234663852886e38 (float32's maximum: the model computes in float32)",
     "length_mismatch": "timestamps and values have different lengths, or are not arrays",
     "key_mismatch": "the record key is not the series_id (a series must stay in one partition)",
     # ingest, per observation (series grid and ordering)
@@ -256,7 +256,7 @@ def _check_value(v: Any, where: str) -> float | None:
             raise RejectedMessage("non_finite_value", f"{where} is {v!r}; send null for a missing value")
         if not -MAX_ABS_VALUE <= v <= MAX_ABS_VALUE:
             raise RejectedMessage("value_out_of_range", f"{where} is {v!r}; |value| must be at most "
-                                  f"{MAX_ABS_VALUE!r} (float32's maximum, the model's precision)")
+                                  f"{MAX_ABS_VALUE!r} (float32's maximum: the model computes in float32)")
         return v
     if v is None:
         return None
