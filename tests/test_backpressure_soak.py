@@ -28,8 +28,11 @@ from streamflame.schemas import PATCH_LEN
 T0 = 1_704_067_200_000
 FREQ = 60_000
 PAD = 16_000           # bytes of an ignored field per patch record (PatchMessage ignores unknown keys)
-BACKLOG = 5_000        # padded patches produced at once: ~80 MB
-RSS_BOUND_MIB = 32     # worker RSS growth allowed while that backlog waits (< half the backlog)
+BACKLOG = 8_000        # padded patches produced at once: ~130 MB
+# Worker RSS growth allowed while that backlog waits (< half the backlog). Measured growth of a
+# worker that pauses fetching: 15-34 MiB (2-core machine, 2026-12-01; with 5,000 patches and a
+# 32 MiB bound one CI run in several failed at 34); one that buffered the backlog would grow by ~130.
+RSS_BOUND_MIB = 48
 
 
 def _patch(sid: str, seq: int, pad: int = 0) -> bytes:
