@@ -470,10 +470,15 @@ class PatchMessage(_Msg):
         if len(v) != PATCH_LEN:
             raise ValueError(f"must have {PATCH_LEN} entries, got {len(v)}")
         # NaN is accepted in-process and travels as null (orjson writes NaN as null).
-        v = [None if x is None or x != x else x for x in v]
-        if any(x is not None and not -MAX_ABS_VALUE <= x <= MAX_ABS_VALUE for x in v):
-            raise ValueError(f"values must be finite with |value| <= {MAX_ABS_VALUE!r} (float32's maximum)")
-        return v
+        out: list[float | None] = []
+        for x in v:
+            if x is None or x != x:
+                out.append(None)
+            elif -MAX_ABS_VALUE <= x <= MAX_ABS_VALUE:
+                out.append(x)
+            else:
+                raise ValueError(f"values must be finite with |value| <= {MAX_ABS_VALUE!r} (float32's maximum)")
+        return out
 
     @model_validator(mode="after")
     def _check_counts(self) -> "PatchMessage":

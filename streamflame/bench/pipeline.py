@@ -424,13 +424,13 @@ def main(argv: list[str] | None = None) -> int:
         # over the patches of the first single-message ingest run)
         f = Forecaster.load(args.model).to(device=args.device)
         reps["worker"], reps["model"] = [], []
-        group = config(topics["single"], topics["single"], topics["forecasts"], "-").resolve_group("s-000000")
+        wcfgs = [config(topics["single"], patch_topic("patches", 0), topics["forecasts"], f"b1w{r}") for r in range(R)]
+        group = wcfgs[0].resolve_group("s-000000")
 
         def model_alone(batch: int) -> float:
             return model_ceiling(f, group, batch, rounds=max(2, min(8, (S * P) // batch)), rng=rng)
 
-        for r in range(R):
-            wcfg = config(topics["single"], patch_topic("patches", 0), topics["forecasts"], f"b1w{r}")
+        for r, wcfg in enumerate(wcfgs):
             if r % 2:      # rounds 2, 4, ...: the model first, at the previous round's batch and threads
                 reps["model"].append(model_alone(mb))
             wk = run_worker(wcfg, S * P)
