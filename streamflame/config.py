@@ -335,6 +335,11 @@ class WorkerSettings(_Section):
         None, ge=1, le=1024, description="CPU threads for the model (torch.set_num_threads); None = cores - 1, "
         "at least 1: the Kafka client's I/O thread and the processes beside the worker keep a core (on the "
         "2-core machine, 2 threads under that load made a 4-series forecast 2x slower: measured in docs/benchmarks.md)")
+    state_cache_series: int = Field(
+        10_000, ge=0, le=10_000_000, description="series whose last written state the worker keeps in memory "
+        "(decoded, ~30 KB each with the default model), so their next patch needs no Redis read; the write is "
+        "still compare-and-set against Redis, which stays the truth (docs/architecture.md, \"State cache\"). "
+        "0 = off")
     model_path: str | None = Field(None, description="checkpoint; None = the shipped default")
     seed: int = Field(0, ge=0, lt=2**63, description="global forecast seed")
     on_corrupt_state: Literal["reinit", "quarantine"] = "reinit"

@@ -233,7 +233,10 @@ def test_alert_for_outlier_against_previous_forecast(cfg, redis_client, ref_mode
 
 @pytest.mark.parametrize("policy", ["reinit", "quarantine"])
 def test_corrupt_state_policy(cfg, redis_client, ref_model, policy):
-    cfg = cfg.model_copy(update={"worker": cfg.worker.model_copy(update={"on_corrupt_state": policy})})
+    """A record that cannot be used when it is read from Redis (here: a worker without
+    its state cache, as after a restart or rebalance; with it, see the next test)."""
+    cfg = cfg.model_copy(update={"worker": cfg.worker.model_copy(update={"on_corrupt_state": policy,
+                                                                         "state_cache_series": 0})})
     store = StateStore(redis_client, cfg.redis.key_prefix)
     sid = "pump-1"
     v = values_for(5, 3)
@@ -263,7 +266,32 @@ def test_corrupt_state_policy(cfg, redis_client, ref_model, policy):
         assert fcs == {0}
 
 
-def test_gap_after_lost_redis_writes_rewinds_and_recovers(cfg, redis_client, ref_model):
+def test_a_record_corrupted_behind_a_caching_worker_is_replaced_by_its_own_copy(cfg, redis_client, ref_model):
+    """The worker keeps the record it wrote; a record overwritten in Redis behind its back
+    at the same seq is not read again: the next patch is computed from the worker's copy
+    (what Redis held before the damage) and its write replaces the damaged record."""
+    store = StateStore(redis_client, cfg.redis.key_prefix)
+    sid = "pump-2"
+    v = values_for(6, 3)
+    with running(cfg) as w:
+        send(cfg, [make_patch(sid, 0, v[:48])])
+        wait_for(lambda: applied(w) >= 1, what="first patch")
+        redis_client.hset(store.key(sid), "state", b"SFST\x01\x00 definitely not a state")
+        send(cfg, [make_patch(sid, 1, v[48:96]), make_patch(sid, 2, v[96:])])
+        wait_for(lambda: applied(w) >= 3, what="patches 1-2")
+        assert sample(w, "streamflame_worker_state_cache_lookups_total", result="hit") >= 1
+    assert store.load(sid).state == in_process(ref_model, cfg.defaults, sid, v)[-1][0].to_bytes()
+    assert read_all(cfg, cfg.topics.dlq, 0, timeout=1) == []
+    assert sorted(decode_forecast(r.value).seq for r in read_all(cfg, cfg.topics.forecasts, 3)) == [0, 1, 2]
+
+
+@pytest.mark.parametrize("cache", [0, 100], ids=["no-cache", "cache"])
+def test_gap_after_lost_redis_writes_rewinds_and_recovers(cfg, redis_client, ref_model, cache):
+    """Without the state cache the gap shows when seq 4 is loaded (one rewind, to seq 2).
+    With it, seq 4 is computed from the worker's copy of seq 3 and published; its write is
+    refused (Redis is behind: ``gap``), the patch re-read, and the load then shows the gap
+    (second rewind): one more identical duplicate of forecast 4, the same final state."""
+    cfg = cfg.model_copy(update={"worker": cfg.worker.model_copy(update={"state_cache_series": cache})})
     store = StateStore(redis_client, cfg.redis.key_prefix)
     sid = "meter-9"
     v, p = patches_for(sid, 9, 5)
@@ -278,12 +306,13 @@ def test_gap_after_lost_redis_writes_rewinds_and_recovers(cfg, redis_client, ref
         redis_client.hset(store.key(sid), mapping=snapshot)
         send(cfg, p[4:])
         wait_for(lambda: store.load(sid).seq == 4, what="recovery to seq 4")
-        assert sample(w, "streamflame_worker_rewinds_total") == 1
+        assert sample(w, "streamflame_worker_rewinds_total") == (2 if cache else 1)
+        assert sample(w, "streamflame_worker_state_writes_total", result="gap") == (1 if cache else 0)
     rec = store.load(sid)
     assert rec.state == in_process(ref_model, cfg.defaults, sid, v)[-1][0].to_bytes()
-    fcs = [decode_forecast(r.value) for r in read_all(cfg, cfg.topics.forecasts, 7)]
-    assert sorted(f.seq for f in fcs) == [0, 1, 2, 2, 3, 3, 4]
-    for k in (2, 3):
+    fcs = [decode_forecast(r.value) for r in read_all(cfg, cfg.topics.forecasts, 8 if cache else 7)]
+    assert sorted(f.seq for f in fcs) == [0, 1, 2, 2, 3, 3, 4] + ([4] if cache else [])
+    for k in (2, 3, 4) if cache else (2, 3):
         a, b = [f for f in fcs if f.seq == k]
         assert a.model_dump(exclude={"produced_at"}) == b.model_dump(exclude={"produced_at"})
     assert read_all(cfg, cfg.topics.dlq, 0, timeout=1) == []
@@ -350,11 +379,14 @@ def test_rebalance_drops_the_lag_of_revoked_partitions(cfg):
             assert lag_partitions(w1) <= owned, (lag_partitions(w1), owned)
 
 
-def test_gap_after_redis_lost_a_series_entirely_rewinds_to_the_partition_start(cfg, redis_client, ref_model):
+@pytest.mark.parametrize("cache", [0, 100], ids=["no-cache", "cache"])
+def test_gap_after_redis_lost_a_series_entirely_rewinds_to_the_partition_start(cfg, redis_client, ref_model, cache):
     """Regression (found by `streamflame chaos redis` at 100k observations): Redis
     lost every write of a young series (its key is gone, no meta says where seq 0
     sits); the next patch was a patch_gap without a rewind and the series stayed
-    stuck for good. The worker now re-reads the partition from its beginning."""
+    stuck for good. The worker now re-reads the partition from its beginning (with the
+    state cache: after the refused write of seq 2 has sent it back to re-read the patch)."""
+    cfg = cfg.model_copy(update={"worker": cfg.worker.model_copy(update={"state_cache_series": cache})})
     store = StateStore(redis_client, cfg.redis.key_prefix)
     sid = "meter-10"
     v, p = patches_for(sid, 10, 4)
@@ -365,7 +397,7 @@ def test_gap_after_redis_lost_a_series_entirely_rewinds_to_the_partition_start(c
         send(cfg, p[2:])
         wait_for(lambda: (store.load(sid) or None) is not None and store.load(sid).seq == 3,
                  what="recovery to seq 3")
-        assert sample(w, "streamflame_worker_rewinds_total") == 1
+        assert sample(w, "streamflame_worker_rewinds_total") == (2 if cache else 1)
     rec = store.load(sid)
     assert rec.state == in_process(ref_model, cfg.defaults, sid, v)[-1][0].to_bytes()
     assert read_all(cfg, cfg.topics.dlq, 0, timeout=1) == []

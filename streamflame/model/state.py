@@ -123,6 +123,13 @@ class SeriesState:
         except (KeyError, TypeError, ValueError, orjson.JSONDecodeError) as e:
             raise StateDecodeError(f"malformed state header: {e}") from e
 
+    def detached(self) -> "SeriesState":
+        """The same state with arrays of its own: a state from ``update_many`` views one
+        row of the batch's arrays, which a long-kept copy (the worker's state cache)
+        would otherwise keep alive whole."""
+        return SeriesState(self.model_id, self.dtype, {k: v.copy() for k, v in self.tensors.items()},
+                           self.buffer.copy(), self.n_obs, self.n_patches, self.scale, dict(self.meta))
+
     @property
     def nbytes(self) -> int:
         return len(self.to_bytes())

@@ -247,11 +247,17 @@ class StateMeta:
 
 @dataclass(frozen=True)
 class StateRecord:
-    """One series' stored state: last applied patch ``seq``, model state bytes, meta."""
+    """One series' stored state: last applied patch ``seq``, model state bytes, meta.
+
+    ``decoded``: the same state as a ``SeriesState`` when the worker has it at hand
+    (the records it computes, and its cache of them: :mod:`streamflame.state.cache`,
+    where ``state`` is left empty to halve the memory); never stored, not compared.
+    """
 
     seq: int
     state: bytes
     meta: StateMeta
+    decoded: Any = field(default=None, compare=False, repr=False)
 
     @cached_property
     def meta_json(self) -> bytes:

@@ -172,7 +172,7 @@ class BatchProcessor:
                     if rec.meta.model_id != self.f.model_id:
                         raise StateDecodeError(f"state was written by model {rec.meta.model_id}, "
                                                f"this worker runs {self.f.model_id}")
-                    state = SeriesState.from_bytes(rec.state)
+                    state = rec.decoded if rec.decoded is not None else SeriesState.from_bytes(rec.state)
                     if state.model_id != self.f.model_id:
                         raise StateDecodeError(f"state bytes belong to model {state.model_id}, "
                                                f"this worker runs {self.f.model_id}")
@@ -287,7 +287,7 @@ class BatchProcessor:
                              last_slot_ms=p.start_ms + (PATCH_LEN - 1) * p.freq_ms,
                              src_partition=last.partition, src_offset=last.offset, forecast=w.forecast,
                              naive=w.naive)
-            res.records[w.sid] = StateRecord(p.seq, w.state.to_bytes(), meta)
+            res.records[w.sid] = StateRecord(p.seq, w.state.to_bytes(), meta, decoded=w.state)
             res.expected[w.sid] = w.expected
             if w.replace_broken:
                 res.replace_broken.add(w.sid)

@@ -48,6 +48,9 @@ class WorkerMetrics:
         self.dead_letters = Counter(p + "dead_letters", "Messages sent to the DLQ, by reason", ["reason"], registry=r)
         self.state_writes = Counter(p + "state_writes", "State CAS writes by result (applied, stale, conflict, gap, blocked)",
                                     ["result"], registry=r)
+        self.state_cache = Counter(p + "state_cache_lookups", "Series records looked up in the worker's cache of its "
+                                   "own applied writes, by result (hit: no Redis read; miss: read from Redis)",
+                                   ["result"], registry=r)
         self.rewinds = Counter(p + "rewinds", "Partition rewinds to re-read patches (gap or write conflict)", registry=r)
         self.batch_size = Histogram(p + "batch_size", "Patches per batch",
                                     buckets=(1, 4, 16, 64, 128, 256, 512, 1024, 2048, 4096, 8192), registry=r)

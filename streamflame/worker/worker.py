@@ -6,7 +6,8 @@ Loop: a consumer-group member on the patches topic collects patches until
 ``worker.batch_size`` patches or ``worker.batch_deadline_ms`` after the first
 one, then handles the batch in this order (the crash-consistency design)::
 
-    1. load      every series' record from Redis      (one pipelined HMGET round trip)
+    1. load      every series' record: from the worker's cache of its own applied
+                 writes, the others from Redis          (one pipelined HMGET round trip)
     2. compute   update_many per round + forecast_many (streamflame.worker.batch)
     3. publish   forecasts, alerts, dead letters; producer.flush(), every send checked
     4. write     states by Lua compare-and-set         (one pipelined EVALSHA round trip)
@@ -71,6 +72,7 @@ import structlog
 from streamflame.config import CONFIG_ENV, ConfigError, ServiceConfig, load_config
 from streamflame.kafka_io import DelayedOffsets
 from streamflame.schemas import encode
+from streamflame.state.cache import StateCache
 from streamflame.worker.accuracy import OnlineAccuracy
 from streamflame.worker.batch import BatchProcessor, BatchResult, PatchRecord
 from streamflame.worker.metrics import LIVE_WINDOW_S, WorkerMetrics
@@ -151,6 +153,7 @@ class Worker:
             configure_logging(new.log_level)
         self.cfg = new
         self.processor.cfg = new
+        self.cache = StateCache(new.worker.state_cache_series)   # groups may have moved: start afresh
 
     def run(self) -> None:
         self._open()
@@ -181,6 +184,7 @@ class Worker:
             max_horizon = self.forecaster.config.max_horizon
             self.reloader.validate = lambda c: c.check_horizons(max_horizon)
         self.store = StateStore(connect(cfg.redis), cfg.redis.key_prefix)
+        self.cache = StateCache(cfg.worker.state_cache_series)
         self.producer = make_producer(cfg)
         self.dlq = DeadLetterWriter(self.producer, cfg.topics.dlq, "worker")
         self.consumer = make_consumer(
@@ -201,6 +205,7 @@ class Worker:
                     for tp, off in worker._batch.start.items():
                         worker._reseek[tp] = min(off, worker._reseek.get(tp, off))
                 worker._batch = _Batch()
+                worker.cache.clear()   # ownership changes: records of series we keep are re-read once
                 for tp in revoked:  # the new owner reports their lag; a stale value would add up twice
                     try:
                         worker.metrics.lag.remove(str(tp.partition))
@@ -300,6 +305,7 @@ class Worker:
         except (RedisError, KafkaError, OSError) as e:
             self._backoff = min(_MAX_BACKOFF_S, max(0.1, 2 * self._backoff))
             log.error("worker.batch_failed", error=repr(e), patches=len(b), retry_in_s=self._backoff)
+            self.cache.clear()   # writes of the batch may or may not have landed
             self._rewind({tp: off for tp, off in b.start.items()})
             self._stop.wait(self._backoff)
 
@@ -307,8 +313,9 @@ class Worker:
         m = self.metrics
         t_start = time.perf_counter()
         sids = list(dict.fromkeys(r.patch.series_id for r in b.records))
-        loaded = self.store.load_many(sids)
-        redis_load_s = self.store.last_round_trip_s if sids else 0.0
+        loaded, misses = self.cache.split(sids)
+        loaded.update(self.store.load_many(misses))
+        redis_load_s = self.store.last_round_trip_s if misses else 0.0
         now_ms = int(time.time() * 1000)
         res = self.processor.process(b.records, loaded, produced_at_ms=now_ms)
 
@@ -321,6 +328,9 @@ class Worker:
             log.error("worker.series_quarantined", series_id=sid, reason=reason)
         save = self.store.save_many(res.records, res.expected, res.replace_broken)
         redis_save_s = self.store.last_round_trip_s if res.records else 0.0
+        # Keep what was applied; anything refused or quarantined is re-read from Redis.
+        self.cache.put_many({sid: res.records[sid] for sid in save.applied})
+        self.cache.evict((*save.stale, *save.conflict, *save.gap, *save.blocked, *res.quarantine))
 
         # Write refusals that leave patches of this batch unapplied -> re-read them.
         rewind = dict(res.rewind)
@@ -369,7 +379,10 @@ class Worker:
             lag = done_s - r.patch.last_obs_ms / 1000
             if 0.0 <= lag <= LIVE_WINDOW_S:
                 m.e2e_latency.observe(lag)
+        m.state_cache.labels("hit").inc(len(sids) - len(misses))
+        m.state_cache.labels("miss").inc(len(misses))
         log.info("worker.batch", size=len(b), offsets=_offsets(b.start, b.end), series=len(sids),
+                 cached=len(sids) - len(misses),
                  rounds=res.rounds, applied=res.applied, scored=sum(len(v) for v in res.scores.values()),
                  skipped=res.skipped, refused=save.refused, rejected=len(res.rejected) + len(b.bad),
                  forecasts=len(res.forecasts), alerts=len(res.alerts), reinitialised=res.reinitialised,
