@@ -506,8 +506,8 @@ class ForecastMessage(_Msg):
 
     Step ``k`` (1-based, k = 1..horizon) is at ``origin_ms + k * freq_ms``;
     ``start`` is step 1. ``mean[k-1]`` and ``quantiles[level][k-1]`` belong to
-    step k. Arrays are JSON numbers at the precision the worker computed them
-    (float32 values round-trip exactly when read back as float32).
+    step k. Array values are what ``Forecaster.forecast`` gives: float64 on a decimal grid
+    of 1e-7 of the series' scale, the float32 model's resolution (docs/schemas.md).
     """
 
     series_id: str

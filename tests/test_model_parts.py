@@ -388,3 +388,63 @@ def test_values_beyond_float32_are_refused_and_the_largest_ones_keep_the_state_f
         assert np.isfinite(a if k not in ("ref", "window") else a[~np.isnan(a)]).all(), k
     fc = f.forecast(s, 20, seed=0)
     assert np.isfinite(fc.mean).all() and np.isfinite(fc.quantiles).all()
+
+
+def test_round_to_scale_keeps_values_within_half_a_step_on_a_short_decimal():
+    """Forecast values are published on the grid 10**(floor(log10(std)) - 7) of their series:
+    each moves by at most half a step (below the float32 model's resolution), lies on the grid,
+    and prints with at most 9 significant digits beyond the series' own magnitude; NaN, inf and
+    values the grid cannot hold stay as they are. Fails if the grid is coarser or finer, if the
+    rounding is not per series, or if a value moves by more than half a step."""
+    import math
+
+    from streamflame.model.forecaster import round_to_scale
+
+    rng = np.random.default_rng(7)
+    b = 64
+    std = 10 ** rng.uniform(-5, 12, b)
+    mean = rng.uniform(-1e3, 1e3, b) * std * rng.choice([1, 100, 1e4], b)
+    x = mean[:, None, None] + std[:, None, None] * rng.standard_normal((b, 5, 40)) * 3
+    x[0, 0, :3] = (np.nan, np.inf, -np.inf)
+    y = round_to_scale(torch.from_numpy(x), torch.from_numpy(std)).numpy()
+    assert y.shape == x.shape and y.dtype == np.float64
+    assert np.isnan(y[0, 0, 0]) and y[0, 0, 1] == np.inf and y[0, 0, 2] == -np.inf
+    for i in range(b):
+        e = math.floor(math.log10(std[i])) - 7
+        step = 10.0 ** e
+        xi, yi = x[i][np.isfinite(x[i])], y[i][np.isfinite(x[i])]
+        assert np.all(np.abs(yi - xi) <= step / 2 * (1 + 1e-9) + np.abs(xi) * 2.3e-16)
+        k = yi / step
+        assert np.all(np.abs(k - np.round(k)) <= 1e-6 * np.maximum(1, np.abs(k)) + 1e-6)
+        for v in yi[:5]:
+            digits = len(repr(float(v)).lstrip("-").split("e")[0].replace(".", "").strip("0"))
+            assert digits <= max(1, math.floor(math.log10(abs(v))) - e + 1), (v, step)
+    # per series along another dim (the quantiles' (Q, b, H) layout)
+    q = torch.from_numpy(np.stack([x, x]).transpose(0, 1, 3, 2)[:, :, :, 0])   # (2, b, 40)
+    np.testing.assert_array_equal(round_to_scale(q, torch.from_numpy(std), dim=1)[1].numpy(), y[:, 0, :])
+    # too many steps for the grid (|x| >= 2**52 steps): unchanged
+    big = torch.tensor([[3e9, -4.1e11 + 0.123]], dtype=torch.float64)
+    assert torch.equal(round_to_scale(big, torch.tensor([1e-3], dtype=torch.float64)), big)
+
+
+def test_forecasts_are_published_on_their_series_grid():
+    """Forecaster.forecast's mean, quantiles and samples lie on the grid of the series' std
+    (what the worker publishes is exactly this), for a float32 model; float64 models keep
+    every digit."""
+    import math
+
+    f = Forecaster.from_config(tiny_config(), seed=1)
+    rng = np.random.default_rng(3)
+    for offset, amp in ((20.0, 5.0), (1e6, 0.01), (-3e-3, 1e-4)):
+        v = offset + amp * np.sin(np.arange(96) / 7) + amp * 0.1 * rng.standard_normal(96)
+        s = f.update(f.init_state(), v)
+        fc = f.forecast(s, 30, (0.1, 0.5, 0.9), 20, seed=5)
+        std = float(mean_std(torch.as_tensor(s.tensors["stats"]), torch.as_tensor(s.tensors["ref"]))[1])
+        step = 10.0 ** (math.floor(math.log10(std)) - 7)
+        for arr in (fc.mean, fc.quantiles, fc.samples):
+            k = arr / step
+            assert np.all(np.abs(k - np.round(k)) <= 1e-6 * np.abs(k) + 1e-6), (offset, step)
+    f64 = Forecaster.from_config(tiny_config(), seed=1).to(dtype=torch.float64)
+    s = f64.update(f64.init_state(), 20 + np.sin(np.arange(96) / 7))
+    m = f64.forecast(s, 30, (0.5,), 20, seed=5).mean
+    assert max(len(repr(float(x))) for x in m) > 12      # full float64 digits, no grid
