@@ -239,8 +239,7 @@ class Forecaster:
             qs = sample_quantiles(samples, q)                               # (Q, b, H)
             if self.dtype == "float32":                 # published at the float32 model's resolution
                 std = mean_std(stacked["stats"][:len(idx)], stacked["ref"][:len(idx)])[1].cpu()
-                samples, means, qs = (round_to_scale(samples, std), round_to_scale(means, std),
-                                      round_to_scale(qs, std, dim=1))
+                means, qs = round_to_scale(means, std), round_to_scale(qs, std, dim=1)
             for j, i in enumerate(idx):
                 out[i] = Forecast(means[j].numpy(), qs[:, j].numpy(), samples[j].numpy(), levels)
         return out

@@ -127,8 +127,8 @@ class SeriesState:
         """The same state with arrays of its own: a state from ``update_many`` views one
         row of the batch's arrays, which a long-kept copy (the worker's state cache)
         would otherwise keep alive whole."""
-        return SeriesState(self.model_id, self.dtype, {k: v.copy() for k, v in self.tensors.items()},
-                           self.buffer.copy(), self.n_obs, self.n_patches, self.scale, dict(self.meta))
+        return SeriesState(self.model_id, self.dtype, {k: np.array(v) for k, v in self.tensors.items()},
+                           np.array(self.buffer), self.n_obs, self.n_patches, self.scale, dict(self.meta))
 
     @property
     def nbytes(self) -> int:
