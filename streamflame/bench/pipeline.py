@@ -23,9 +23,10 @@ One run starts a Tansu broker and a redis-server in a temporary directory and me
 
 Stages 1-3 run ``--repeats`` rounds (default 5); in each round a figure is measured right
 beside its own ceiling, so a ratio compares neighbours (this machine's speed drifts by 10-30 %
-over minutes): after it in rounds 1, 3, 5, before it in rounds 2 and 4, so a drift during the
-run moves as many ratios up as down. The round with the median ratio is shown beside all
-rounds' ratios.
+over minutes). Ingest: the ceiling after the figure in rounds 1, 3, 5, before it in rounds 2
+and 4, so a drift during the run moves as many ratios up as down. Worker: each run is
+bracketed by its ceiling, half of the model's passes right before it and half right after.
+The round with the median ratio is shown beside all rounds' ratios.
 Rates (1-3) are steady-state: the clock starts at the first record handled, so the consumer
 group join (about 1 s against Tansu with the fast settings) is left out and printed apart.
 Every series uses the `defaults` group (horizon 96, 100 samples, 11 quantiles) and the shipped
@@ -428,16 +429,22 @@ def main(argv: list[str] | None = None) -> int:
         group = wcfgs[0].resolve_group("s-000000")
 
         def model_alone(batch: int) -> float:
-            return model_ceiling(f, group, batch, rounds=max(2, min(8, (S * P) // batch)), rng=rng)
+            """Half of the ceiling's passes (the same number of forecasts each half)."""
+            return model_ceiling(f, group, batch, rounds=max(1, min(4, (S * P) // (2 * batch))), rng=rng)
 
+        # Each worker run is bracketed by its ceiling: half of the model's passes right before
+        # it, half right after (at the batch the worker ran; the first round's "before" half
+        # at worker.batch_size), so a drift of the machine's speed during the round cancels
+        # to first order instead of landing on one side of the ratio.
+        mb = min(args.worker_batch, S * P)
+        torch.set_num_threads(wcfgs[0].worker.torch_threads or max(1, (os.cpu_count() or 1) - 1))
         for r, wcfg in enumerate(wcfgs):
-            if r % 2:      # rounds 2, 4, ...: the model first, at the previous round's batch and threads
-                reps["model"].append(model_alone(mb))
+            before = model_alone(mb)
             wk = run_worker(wcfg, S * P)
             torch.set_num_threads(wk["torch_threads"])        # the model alone with the worker's threads
             mb = max(1, int(round(wk["mean_batch"])))
-            if r % 2 == 0:
-                reps["model"].append(model_alone(mb))
+            after = model_alone(mb)
+            reps["model"].append(2 / (1 / before + 1 / after))  # equal forecasts each half: total / time
             reps["worker"].append(wk)
             print(f"worker round {r + 1}/{R}: {wk['forecasts_per_s']:,.1f} forecasts/s (batch ~{mb}) vs model "
                   f"{reps['model'][-1]:,.1f}", flush=True)
