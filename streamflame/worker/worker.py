@@ -27,6 +27,11 @@ Why this is safe to interrupt anywhere (SIGKILL included):
   write is refused (``stale``) or, when it raced ahead of a half-written
   history, the partition is re-read from the first patch concerned.
 
+* the state cache is process memory holding only states whose write step 4 saw
+  applied, dropped on every rebalance and failed batch; a hit whose record moved
+  in Redis meanwhile has its write refused in step 4 and is re-read
+  (docs/architecture.md, "State cache").
+
 * a rebalance drops the open batch (nothing of it is committed); a partition
   this worker is assigned again is sought back to the batch's first offset
   (kafka-python keeps its fetch position), the others are re-read by their
