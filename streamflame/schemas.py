@@ -703,9 +703,18 @@ class DeadLetter(_Msg):
 _ENCODE_OPTS = orjson.OPT_SERIALIZE_NUMPY
 
 
+def _fields(model: BaseModel) -> dict[str, Any]:
+    """The fields to write: the model's own field dict (pydantic keeps them in declaration
+    order; every message ignores extra fields), without an unset optional array."""
+    d = model.__dict__
+    if any(d.get(k, 0) is None for k in _OMIT_NONE):
+        return {k: v for k, v in d.items() if not (v is None and k in _OMIT_NONE)}
+    return d
+
+
 def _default(obj: Any) -> Any:
     if isinstance(obj, BaseModel):
-        return {k: v for k, v in obj.__dict__.items() if not (v is None and k in _OMIT_NONE)}
+        return _fields(obj)
     if hasattr(obj, "tolist"):  # numpy scalars / non-contiguous arrays
         return obj.tolist()
     if isinstance(obj, tuple):
@@ -719,15 +728,9 @@ _OMIT_NONE = frozenset({"samples"})  # optional arrays are left out rather than 
 def encode(model: BaseModel) -> bytes:
     """Model -> compact JSON bytes (orjson; numpy arrays written directly, NaN -> null).
 
-    The model's own field dict is written directly (a pydantic model's ``__dict__`` holds
-    its fields in declaration order; extra fields are ignored by every message): the same
-    bytes as handing orjson the model, ~5 us less per message."""
-    d = model.__dict__
-    for k in _OMIT_NONE:
-        if k in d and d[k] is None:
-            d = {k: v for k, v in d.items() if not (v is None and k in _OMIT_NONE)}
-            break
-    return orjson.dumps(d, default=_default, option=_ENCODE_OPTS)
+    The top-level fields go to orjson as a dict (``_fields``), not through the default hook:
+    the same bytes, ~5 us less per message."""
+    return orjson.dumps(_fields(model), default=_default, option=_ENCODE_OPTS)
 
 
 def _decode(cls, raw: bytes | str):

@@ -438,7 +438,9 @@ def main(argv: list[str] | None = None) -> int:
         # at worker.batch_size), so a drift of the machine's speed during the round cancels
         # to first order instead of landing on one side of the ratio.
         mb = min(args.worker_batch, S * P)
-        torch.set_num_threads(wcfgs[0].worker.torch_threads or max(1, (os.cpu_count() or 1) - 1))
+        from streamflame.worker.worker import model_threads
+
+        torch.set_num_threads(model_threads(wcfgs[0]))   # as the worker will, until it has run once
         for r, wcfg in enumerate(wcfgs):
             before = model_alone(mb)
             wk = run_worker(wcfg, S * P)

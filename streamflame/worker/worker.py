@@ -180,8 +180,7 @@ class Worker:
         device = cfg.worker.device
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
-        threads = cfg.worker.torch_threads or max(1, (os.cpu_count() or 1) - 1)
-        torch.set_num_threads(threads)      # OpenMP: for the calling thread, the one that runs the model
+        torch.set_num_threads(model_threads(cfg))   # OpenMP: for the calling thread, the one that runs the model
         self.torch_threads = torch.get_num_threads()
         self.forecaster = Forecaster.load(cfg.worker.model_path).to(device)
         self.processor = BatchProcessor(self.forecaster, cfg)
@@ -448,6 +447,11 @@ class Worker:
         for tp, off in offsets.items():
             if tp in assigned:
                 self.consumer.seek(tp, off)
+
+
+def model_threads(cfg: ServiceConfig) -> int:
+    """CPU threads for the model: ``worker.torch_threads``, else cores - 1, at least 1."""
+    return cfg.worker.torch_threads or max(1, (os.cpu_count() or 1) - 1)
 
 
 def _offsets(start: dict, end: dict) -> dict[str, list[int]]:
