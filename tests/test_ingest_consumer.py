@@ -45,8 +45,11 @@ def with_ingest(cfg: ServiceConfig, **ingest) -> ServiceConfig:
     return ServiceConfig(**data)
 
 
-def read_topic(cfg: ServiceConfig, topic: str, want: int, timeout_s: float = 15.0, settle_s: float = 1.0) -> list:
-    """All records of `topic` once at least `want` arrived (then `settle_s` more, to see extras)."""
+def read_topic(cfg: ServiceConfig, topic: str, want: int, timeout_s: float = 15.0, settle_s: float = 1.0,
+               distinct=None) -> list:
+    """All records of `topic` once at least `want` arrived (then `settle_s` more, to see extras).
+    With ``distinct`` (record -> identity), `want` counts distinct identities, so that
+    duplicates (allowed after a rewind) do not end the wait early."""
     c = make_consumer(cfg, None)
     try:
         parts = c.partitions_for_topic(topic) or set()
@@ -56,13 +59,15 @@ def read_topic(cfg: ServiceConfig, topic: str, want: int, timeout_s: float = 15.
             parts = c.partitions_for_topic(topic) or set()
         c.assign([TopicPartition(topic, p) for p in sorted(parts)])
         c.seek_to_beginning()
-        out = []
+        out, ids = [], set()
         deadline = time.monotonic() + timeout_s
         settle_until = None
         while time.monotonic() < deadline:
             for recs in c.poll(timeout_ms=200).values():
                 out += recs
-            if len(out) >= want:
+                if distinct is not None:
+                    ids.update(map(distinct, recs))
+            if (len(out) if distinct is None else len(ids)) >= want:
                 settle_until = settle_until or time.monotonic() + settle_s
                 if time.monotonic() >= settle_until:
                     break
@@ -217,6 +222,11 @@ def produce(cfg: ServiceConfig, messages) -> None:
         p.close()
 
 
+def patch_id(record) -> tuple[bytes, int]:
+    """(key, patch seq) of a patches-topic record: `read_topic`'s ``distinct`` when duplicates may come."""
+    return record.key, decode_patch(record.value).seq
+
+
 def patches_by_key(records) -> dict[tuple[str, int], list]:
     """{(series_id, seq): [PatchMessage, ...]} (all copies)."""
     out: dict[tuple[str, int], list] = {}
@@ -336,7 +346,7 @@ def test_crash_in_process_loses_nothing_and_duplicates_are_identical(service_con
     second = IngestConsumer(cfg, redis_client=redis_client)
     th = run_in_thread(second)
     try:
-        got = patches_by_key(read_topic(cfg, cfg.topics.patches, n_expected, timeout_s=20))
+        got = patches_by_key(read_topic(cfg, cfg.topics.patches, n_expected, timeout_s=20, distinct=patch_id))
     finally:
         second.stop()
         th.join(timeout=15)
@@ -404,7 +414,7 @@ def test_sigkill_mid_stream_and_restart(service_config, redis_client, tmp_path):
 
     proc2, log2 = start("second")
     try:
-        got = patches_by_key(read_topic(cfg, cfg.topics.patches, n_expected, timeout_s=20))
+        got = patches_by_key(read_topic(cfg, cfg.topics.patches, n_expected, timeout_s=20, distinct=patch_id))
     finally:
         proc2.send_signal(signal.SIGTERM)
         rc = proc2.wait(timeout=15)
@@ -570,7 +580,7 @@ def test_redis_outage_is_survived_by_rewinding(service_config, tmp_path):
                 time.sleep(0.05)
             assert ing.counters["retries"] > 0
             server = RedisServer(tmp_path / "redis", port=port, appendonly=True).start()
-            got = patches_by_key(read_topic(cfg, cfg.topics.patches, n_expected, timeout_s=25))
+            got = patches_by_key(read_topic(cfg, cfg.topics.patches, n_expected, timeout_s=25, distinct=patch_id))
         finally:
             ing.stop()
             th.join(timeout=15)

@@ -254,6 +254,7 @@ class IngestConsumer:
             time.sleep(min(1.0, POLL_TIMEOUT_MS / 1000))
             return False
         before = self.counters.copy()  # the batch's log line also counts the settle of the one before
+        self._note_read(records)  # before the settle: if it fails, these partitions are sought back too
         try:
             self.settle()  # the previous batch's acks arrived during that poll
         except _RetryBatch as e:
@@ -272,6 +273,15 @@ class IngestConsumer:
         except _RetryBatch as e:
             self._recover(e)
         return True
+
+    def _note_read(self, records: dict) -> None:
+        """Remember where each partition of a poll was first read from (unless an
+        earlier rewind offset is kept): a batch that fails before or while these records
+        are handled seeks back there. A partition read for the first time has no commit
+        to fall back on, and its fetch position is already past these records."""
+        for tp, recs in records.items():
+            if recs:
+                self.rewind_to.setdefault(tp.partition, recs[0].offset)
 
     def _apply_rebalance_events(self) -> set[int]:
         """Apply revocations/assignments; returns the partitions sought back.
@@ -350,11 +360,11 @@ class IngestConsumer:
         n_obs = 0
         patches: list = []
         touched: dict[str, SeriesAssembler] = {}
+        self._note_read(records)  # (poll_once did; for a direct call) a chunk may fail before later partitions
         for tp, recs in records.items():
             if not recs:
                 continue
             p = tp.partition
-            self.rewind_to.setdefault(p, recs[0].offset)
             runs: dict[str, tuple] = {}  # series -> its open run of fast records on this partition
             for rec in recs:
                 raw = rec.value
