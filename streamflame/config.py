@@ -340,6 +340,11 @@ class WorkerSettings(_Section):
         "(decoded, ~30 KB each with the default model), so their next patch needs no Redis read; the write is "
         "still compare-and-set against Redis, which stays the truth (docs/architecture.md, \"State cache\"). "
         "0 = off")
+    publisher: Literal["process", "inline"] = Field(
+        "process", description="where a batch is published and its states written: process = a publisher "
+        "process of the worker's own, while the model computes the next batch (which is published only once "
+        "every write of the one before is seen applied); inline = in the worker process, one batch after "
+        "the other (streamflame/worker/sink.py)")
     model_path: str | None = Field(None, description="checkpoint; None = the shipped default")
     seed: int = Field(0, ge=0, lt=2**63, description="global forecast seed")
     on_corrupt_state: Literal["reinit", "quarantine"] = "reinit"

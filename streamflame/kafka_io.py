@@ -298,6 +298,25 @@ class DeadLetterWriter:
         index: int | None = None,
         indices: list[int] | None = None,
     ) -> "FutureRecordMetadata":
+        key, value = self.record(reason, detail, source_topic=source_topic, partition=partition, offset=offset,
+                                 key=key, original=original, series_id=series_id, index=index, indices=indices)
+        return self.producer.send(self.topic, key=key, value=value)
+
+    def record(
+        self,
+        reason: str,
+        detail: str,
+        *,
+        source_topic: str,
+        partition: int,
+        offset: int,
+        key: bytes | None,
+        original: bytes | None,
+        series_id: str | None = None,
+        index: int | None = None,
+        indices: list[int] | None = None,
+    ) -> tuple[bytes | None, bytes]:
+        """The dead letter's (key, value) bytes, as :meth:`write` sends them to ``topic``."""
         if original is not None and len(original) > self.max_original_bytes:
             detail += f" (original truncated: kept {self.max_original_bytes} of {len(original)} bytes)"
             original = bytes(original[: self.max_original_bytes])
@@ -312,4 +331,4 @@ class DeadLetterWriter:
             indices=indices,
         )
         self.written += 1
-        return self.producer.send(self.topic, key=key, value=encode(letter))
+        return key, encode(letter)

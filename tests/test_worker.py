@@ -151,7 +151,13 @@ def state_hashes(cfg: ServiceConfig, redis_client, sids) -> dict:
     return {sid: redis_client.hgetall(store.key(sid)) for sid in sids}
 
 
-def test_forecasts_once_per_patch_equal_in_process_and_replays(cfg, redis_client, ref_model):
+def with_worker(cfg: ServiceConfig, **settings) -> ServiceConfig:
+    return cfg.model_copy(update={"worker": cfg.worker.model_copy(update=settings)})
+
+
+@pytest.mark.parametrize("publisher", ["process", "inline"])
+def test_forecasts_once_per_patch_equal_in_process_and_replays(cfg, redis_client, ref_model, publisher):
+    cfg = with_worker(cfg, publisher=publisher)
     g = cfg.defaults
     data = {f"plant-{i}/temp": values_for(i, 3) for i in range(8)}
     patches = [make_patch(sid, k, v[k * 48:(k + 1) * 48]) for k in range(3) for sid, v in data.items()]
@@ -427,3 +433,86 @@ def test_a_lost_last_state_write_is_reapplied_after_restart(cfg, redis_client):
     with running(cfg) as w2:
         wait_for(lambda: applied(w2) >= 1, what="the restarted worker re-applying patch 2")
     assert int(redis_client.hget(key, "seq")) == 2
+
+
+def test_a_killed_publisher_is_replaced_and_no_forecast_is_lost(cfg, redis_client, ref_model):
+    """SIGKILL of the worker's publisher process: the batch in hand fails, is re-read,
+    and a new publisher sends it; every forecast arrives, duplicates are identical and
+    the states equal the in-process ones."""
+    g = cfg.defaults
+    data = {f"kp-{i}": values_for(20 + i, 4) for i in range(6)}
+    with running(cfg) as w:
+        send(cfg, [make_patch(sid, 0, v[:48]) for sid, v in data.items()])
+        wait_for(lambda: applied(w) >= 6, what="patch 0 of every series")
+        first_pid = w.sink.pid
+        os.kill(first_pid, signal.SIGKILL)
+        send(cfg, [make_patch(sid, k, v[k * 48:(k + 1) * 48]) for k in range(1, 4) for sid, v in data.items()])
+        wait_for(lambda: applied(w) >= 24, 60, "every patch applied")
+        assert w.sink.alive and w.sink.pid != first_pid
+    fcs = [decode_forecast(r.value) for r in read_all(cfg, cfg.topics.forecasts, 24)]
+    by_key: dict = {}
+    for f in fcs:
+        by_key.setdefault((f.series_id, f.seq), []).append(f)
+    assert sorted(by_key) == sorted((sid, k) for sid in data for k in range(4))
+    store = StateStore(redis_client, cfg.redis.key_prefix)
+    for sid, v in data.items():
+        ref = in_process(ref_model, g, sid, v)
+        for k, (_, fc) in enumerate(ref):
+            copies = by_key[(sid, k)]
+            np.testing.assert_array_equal(np.asarray(copies[0].mean), fc.mean)
+            assert all(c.model_dump(exclude={"produced_at"}) == copies[0].model_dump(exclude={"produced_at"})
+                       for c in copies)
+        assert store.load(sid).state == ref[-1][0].to_bytes()
+
+
+def test_a_batch_computed_on_a_refused_write_is_read_again(cfg, redis_client, ref_model):
+    """With the publisher process, batch k+1 is computed from the records batch k is
+    writing. When k's write is refused (another writer got there first), k+1 is not
+    published: it is read again and computed from what Redis holds. Driven step by step
+    (one patch per batch) so that k+1 is computed while k is in the publisher's hands."""
+    cfg = with_worker(cfg, publisher="process", batch_size=1)
+    g = cfg.defaults
+    sid = "pipe-0"
+    v, theirs = values_for(5, 2), values_for(6, 1)
+    their_state = in_process(ref_model, g, sid, theirs)[0][0]
+    store = StateStore(redis_client, cfg.redis.key_prefix)
+    send(cfg, [make_patch(sid, 0, v[:48]), make_patch(sid, 1, v[48:])])
+    w = Worker(cfg)
+    w._open()
+    try:
+        def take_one(seq: int) -> None:
+            deadline = time.monotonic() + 30
+            while not len(w._batch):
+                assert time.monotonic() < deadline, f"patch {seq} not read"
+                w._take(w.consumer.poll(timeout_ms=200, max_records=1))
+            assert [r.patch.seq for r in w._batch.records] == [seq]
+
+        submit = w.sink.submit
+
+        def another_writer_first(job):   # seq 0 of someone else lands between our load and our write
+            w.sink.submit = submit
+            _, _, _, meta_json, _ = job.cas[sid]
+            assert store.save_args({sid: (0, -1, their_state.to_bytes(), meta_json, "0")}).applied == [sid]
+            submit(job)
+
+        w.sink.submit = another_writer_first
+        take_one(0)
+        w._handle()
+        assert w._inflight is not None          # batch 0 is being written
+        take_one(1)
+        w._handle()                              # batch 1 computed on batch 0's record; then 0 is refused
+        assert w._inflight is None and sample(w, "streamflame_worker_state_writes_total", result="stale") == 1
+        take_one(1)                              # read again
+        w._handle()
+        w._settle_inflight()
+        assert sample(w, "streamflame_worker_state_writes_total", result="applied") == 1
+    finally:
+        w._close()
+    mine = ref_model.update(their_state, v[48:])
+    rec = store.load(sid)
+    assert rec.seq == 1 and rec.state == mine.to_bytes()
+    fcs = [decode_forecast(r.value) for r in read_all(cfg, cfg.topics.forecasts, 2)]
+    assert sorted(f.seq for f in fcs) == [0, 1]            # batch 1's first result was never published
+    (f1,) = [f for f in fcs if f.seq == 1]
+    ref = ref_model.forecast(mine, g.horizon, g.quantiles, g.num_samples, seed=forecast_seed(0, sid, 1))
+    np.testing.assert_array_equal(np.asarray(f1.mean), ref.mean)

@@ -308,6 +308,18 @@ class SaveResult:
         return len(self.stale) + len(self.conflict) + len(self.gap) + len(self.blocked)
 
 
+def cas_args(records: Mapping[str, StateRecord], expected: Mapping[str, int],
+             replace_broken: Iterable[str] = ()) -> dict[str, tuple]:
+    """The compare-and-set arguments of :meth:`StateStore.save_many`, per series:
+    ``(seq, expected seq, state bytes, meta JSON, "1" | "0" replace broken)``."""
+    missing = [s for s in records if s not in expected]
+    if missing:
+        raise ValueError(f"save_many: no expected seq for {missing[:5]}")
+    replace = set(replace_broken)
+    return {sid: (r.seq, expected[sid], r.state, r.meta_json, "1" if sid in replace else "0")
+            for sid, r in records.items()}
+
+
 class StateStore:
     """Batched, compare-and-set access to worker states.
 
@@ -363,19 +375,15 @@ class StateStore:
         unreadable record may be overwritten (re-initialisation after
         corruption); a readable record is never overwritten that way.
         """
-        sids = list(records)
-        missing = [s for s in sids if s not in expected]
-        if missing:
-            raise ValueError(f"save_many: no expected seq for {missing[:5]}")
-        replace = set(replace_broken)
+        return self.save_args(cas_args(records, expected, replace_broken))
+
+    def save_args(self, args: dict[str, tuple]) -> SaveResult:
+        """:meth:`save_many` of :func:`cas_args` built earlier (plain data: the worker's
+        publisher process writes what the model process computed)."""
+        sids = list(args)
         if not sids:
             return SaveResult()
         t0 = time.perf_counter()
-        args = {
-            sid: (records[sid].seq, expected[sid], records[sid].state, records[sid].meta_json,
-                  "1" if sid in replace else "0")
-            for sid in sids
-        }
         replies = self._evalsha_many(self._cas_sha, CAS_SCRIPT, {sid: [self.key(sid)] for sid in sids}, args)
         self.last_round_trip_s = time.perf_counter() - t0
         result = SaveResult()

@@ -94,6 +94,7 @@ class BatchResult:
     # Where each written series' first applied patch of this batch sits (partition, offset).
     first_applied: dict[str, tuple[int, int]] = field(default_factory=dict)
     rewind: dict[int, int] = field(default_factory=dict)  # partition -> offset to re-read from
+    rewound: list[tuple[str, int]] = field(default_factory=list)  # gaps this batch rewinds for (see forget)
     applied: int = 0
     skipped: int = 0
     rounds: int = 0
@@ -129,6 +130,11 @@ class BatchProcessor:
         self._rewound: set[tuple[str, int]] = set()
         self._freq_names: dict[int, str] = {}
         cfg.check_horizons(forecaster.config.max_horizon)
+
+    def forget(self, res: BatchResult) -> None:
+        """Undo what ``process`` remembered for a result that is dropped unpublished
+        (its batch is re-read): its gaps get their one rewind again."""
+        self._rewound.difference_update(res.rewound)
 
     # -- decisions -------------------------------------------------------------
 
@@ -249,6 +255,7 @@ class BatchProcessor:
             if len(self._rewound) > 100_000:
                 self._rewound.clear()
             self._rewound.add((sid, stored))
+            res.rewound.append((sid, stored))
             res.rewind[first.partition] = min(res.rewind.get(first.partition, target), target)
             return
         for r in leftover:

@@ -13,6 +13,14 @@ one, then handles the batch in this order (the crash-consistency design)::
     4. write     states by Lua compare-and-set         (one pipelined EVALSHA round trip)
     5. commit    Kafka offsets of the batch
 
+Steps 3-4 are the publisher's (streamflame.worker.sink): by default a process of
+the worker's own, which publishes and writes batch k while this process computes
+batch k+1. Batch k+1 loads the records batch k is writing (they are what Redis
+holds once k's outcome shows them applied), and nothing of k+1 is published before
+that outcome is seen: if a write of k was refused or k rewound, k+1 is dropped
+unpublished and read again. So the order per batch stays 1-2-3-4-5 and the
+arguments below hold unchanged (``worker.publisher: inline`` runs 3-4 in-process).
+
 Why this is safe to interrupt anywhere (SIGKILL included):
 
 * before 3 completes: nothing durable happened; the patches are re-read.
@@ -87,6 +95,7 @@ log = structlog.get_logger("streamflame.worker")
 
 READY_FILE_ENV = "STREAMFLAME_READY_FILE"
 _IDLE_POLL_MS = 200
+_INFLIGHT_POLL_MS = 20   # poll wait while the publisher holds a batch, to commit it soon after
 _MAX_BACKOFF_S = 5.0
 
 
@@ -106,6 +115,20 @@ class _Batch:
             self.first_at = time.monotonic()
         self.start.setdefault(tp, offset)
         self.end[tp] = offset + 1
+
+
+@dataclass
+class _Computed:
+    """A batch after steps 1-2: what the publisher is to do, and what the outcome needs."""
+    batch: _Batch
+    res: BatchResult
+    n_series: int
+    n_misses: int
+    redis_load_s: float
+    t_start: float
+    compute_s: float         # steps 1-2 and the job's encoding, in this process
+    job: object              # streamflame.worker.sink.Job
+    pipelinable: bool        # no rewind or quarantine decided: the next batch may be computed on it
 
 
 class Worker:
@@ -136,6 +159,7 @@ class Worker:
         self._reseek: dict = {}  # TopicPartition -> first offset of a batch dropped on revoke
         self._backoff = 0.0
         self._pending_commits = DelayedOffsets()  # {TopicPartition: offset} of batches whose writes are done
+        self._inflight: _Computed | None = None   # submitted to the publisher, outcome not yet seen
         self.batches = 0  # batches handled (for tests and logs)
 
     # -- lifecycle ---------------------------------------------------------------
@@ -156,6 +180,7 @@ class Worker:
             return
         if new.log_level != self.cfg.log_level:
             configure_logging(new.log_level)
+        self._settle_inflight()   # its batch was computed with the old settings
         self.cfg = new
         self.processor.cfg = new
         self.cache = StateCache(new.worker.state_cache_series)   # groups may have moved: start afresh
@@ -170,9 +195,11 @@ class Worker:
     def _open(self) -> None:
         import torch
         from kafka import ConsumerRebalanceListener
+        from kafka.errors import KafkaError
+        from redis.exceptions import RedisError
 
         from streamflame import Forecaster
-        from streamflame.kafka_io import DeadLetterWriter, make_consumer, make_producer
+        from streamflame.kafka_io import DeadLetterWriter, make_consumer
         from streamflame.state.client import connect
         from streamflame.state.store import StateStore
 
@@ -189,8 +216,9 @@ class Worker:
             self.reloader.validate = lambda c: c.check_horizons(max_horizon)
         self.store = StateStore(connect(cfg.redis), cfg.redis.key_prefix)
         self.cache = StateCache(cfg.worker.state_cache_series)
-        self.producer = make_producer(cfg)
-        self.dlq = DeadLetterWriter(self.producer, cfg.topics.dlq, "worker")
+        self._errors = (RedisError, KafkaError, OSError)
+        self.dlq = DeadLetterWriter(None, cfg.topics.dlq, "worker")   # builds the records; the sink sends them
+        self.sink = self._start_sink()
         self.consumer = make_consumer(
             cfg, cfg.worker.group_id,
             max_poll_records=cfg.worker.batch_size,
@@ -204,6 +232,10 @@ class Worker:
                 # it from the committed offsets; a partition this worker keeps keeps its
                 # fetch position (kafka-python 3 preserves it across a rebalance), so it
                 # is sought back to the dropped batch's first offset on assignment.
+                # (A batch in the publisher's hands is settled after this poll, in the worker's
+                # thread: this runs on kafka-python's I/O thread, which must not block. It
+                # commits only offsets of partitions still assigned; a new owner that re-reads
+                # its patches meanwhile meets the compare-and-set like any second writer.)
                 if len(worker._batch):
                     log.info("worker.batch_dropped_on_rebalance", patches=len(worker._batch))
                     for tp, off in worker._batch.start.items():
@@ -239,13 +271,37 @@ class Worker:
             self.ready_file.touch()
         self.ready.set()
 
+    def _start_sink(self):
+        """The publisher of steps 3-4 (``worker.publisher``), see streamflame.worker.sink."""
+        from streamflame.worker.sink import InlineSink, ProcessSink
+
+        if self.cfg.worker.publisher == "inline":
+            from streamflame.kafka_io import make_producer
+
+            return InlineSink(make_producer(self.cfg), self.store)
+        sink = ProcessSink(self.cfg)
+        log.info("worker.publisher_started", pid=sink.pid)
+        return sink
+
+    def _restart_sink(self) -> None:
+        old = self.sink
+        log.warning("worker.publisher_restarting", exit_code=getattr(old, "proc", None) and old.proc.poll())
+        try:
+            old.close(timeout_s=1)
+        except Exception as e:  # noqa: BLE001 - it is gone anyway
+            log.warning("worker.close_failed", client="publisher", error=repr(e))
+        try:
+            self.sink = self._start_sink()
+        except OSError as e:   # e.g. Redis away: the old one answers every job with OSError; next failure retries
+            log.error("worker.publisher_start_failed", error=repr(e))
+
     def _close(self) -> None:
-        for name in ("consumer", "producer"):
+        for name in ("consumer", "sink"):
             client = getattr(self, name, None)
             if client is None:
                 continue
             try:
-                client.close(timeout_ms=5000) if name == "consumer" else client.close(timeout=5)
+                client.close(timeout_ms=5000) if name == "consumer" else client.close()
             except Exception as e:  # closing must not mask the reason we stop
                 log.warning("worker.close_failed", client=name, error=repr(e))
         log.info("worker.stopped", batches=self.batches)
@@ -263,7 +319,11 @@ class Worker:
                 wait_ms = int(max(0.0, b.first_at + deadline_s - time.monotonic()) * 1000)
             else:
                 wait_ms = _IDLE_POLL_MS
+            if self._inflight is not None:   # the batch in the publisher's hands is finished before long
+                wait_ms = min(wait_ms, _INFLIGHT_POLL_MS)
             polled = self.consumer.poll(timeout_ms=wait_ms, max_records=max(1, wcfg.batch_size - len(b)))
+            if self._inflight is not None and (not polled or self.sink.ready()):
+                self._settle_inflight()
             if self._pending_commits and not polled:   # idle: commit what has become due
                 try:
                     self._commit({})
@@ -275,6 +335,7 @@ class Worker:
                 self._handle()
         if len(self._batch):  # graceful stop: finish what we hold
             self._handle()
+        self._settle_inflight()
 
     def _take(self, polled) -> None:
         from streamflame.schemas import decode_patch
@@ -295,43 +356,118 @@ class Worker:
                     self.metrics.lag.labels(str(tp.partition)).set(max(0, hw - msgs[-1].offset - 1))
 
     def _handle(self) -> None:
-        """Steps 1-5 for the open batch; on a Redis/Kafka failure the batch is
-        abandoned and its partitions re-read after a backoff."""
-        from kafka.errors import KafkaError
-        from redis.exceptions import RedisError
-
+        """Steps 1-5 for the open batch. Steps 1-2 run here; steps 3-4 are the
+        publisher's job (:mod:`streamflame.worker.sink`), and with a publisher process
+        they run while the next batch is computed: that batch loads the states the
+        job is writing, and is published only once the job's outcome shows every
+        write applied (otherwise it is dropped and re-read). Step 5 follows each
+        outcome. On a Redis/Kafka failure the batches concerned are abandoned and
+        their partitions re-read after a backoff."""
         b, self._batch = self._batch, _Batch()
         try:
-            self._process(b)
-            self._backoff = 0.0
-            if self.cfg.worker.throttle_ms:  # test/ops knob: a deliberately slow worker
-                self._stop.wait(self.cfg.worker.throttle_ms / 1000)
-        except (RedisError, KafkaError, OSError) as e:
-            self._backoff = min(_MAX_BACKOFF_S, max(0.1, 2 * self._backoff))
-            log.error("worker.batch_failed", error=repr(e), patches=len(b), retry_in_s=self._backoff)
-            self.cache.clear()   # writes of the batch may or may not have landed
-            self._rewind({tp: off for tp, off in b.start.items()})
-            self._stop.wait(self._backoff)
+            cur = self._compute(b)
+        except self._errors as e:
+            self._settle_inflight()   # the job in flight stands on its own
+            self._fail(e, [b])
+            return
+        if self._inflight is not None:
+            prev = self._inflight
+            try:
+                rewound = self._finish_inflight()
+            except self._errors as e:
+                self.processor.forget(cur.res)
+                self._fail(e, [prev.batch, b])
+                return
+            if rewound is not None:   # a write of prev was refused: cur may rest on it; re-read cur
+                self.processor.forget(cur.res)
+                self._rewind({tp: min(off, rewound.get(tp.partition, off)) for tp, off in b.start.items()})
+                log.warning("worker.batch_reread", patches=len(b), why="a state write of the batch before "
+                            "was refused or rewound, and this batch was computed from it")
+                return
+        try:
+            self._inflight = cur
+            self.sink.submit(cur.job)
+            if not (self.sink.concurrent and cur.pipelinable):
+                self._finish_inflight()
+        except self._errors as e:
+            self._inflight = None
+            self._fail(e, [b])
+            return
+        self._backoff = 0.0
+        if self.cfg.worker.throttle_ms:  # test/ops knob: a deliberately slow worker
+            self._stop.wait(self.cfg.worker.throttle_ms / 1000)
 
-    def _process(self, b: _Batch) -> None:
-        m = self.metrics
+    def _settle_inflight(self) -> None:
+        """Finish the job in flight, if any (a failure rewinds its batch)."""
+        if self._inflight is None:
+            return
+        prev = self._inflight
+        try:
+            self._finish_inflight()
+        except self._errors as e:
+            self._fail(e, [prev.batch])
+
+    def _fail(self, e: Exception, batches: list[_Batch]) -> None:
+        self._backoff = min(_MAX_BACKOFF_S, max(0.1, 2 * self._backoff))
+        log.error("worker.batch_failed", error=repr(e), patches=sum(len(b) for b in batches),
+                  retry_in_s=self._backoff)
+        self.cache.clear()   # writes of the batch may or may not have landed
+        start: dict = {}
+        for b in batches:
+            for tp, off in b.start.items():
+                start[tp] = min(off, start.get(tp, off))
+        self._rewind(start)
+        if not self.sink.alive:
+            self._restart_sink()
+        self._stop.wait(self._backoff)
+
+    def _compute(self, b: _Batch) -> "_Computed":
+        """Steps 1-2, and the publisher's job: every message encoded, the CAS arguments."""
+        from streamflame.state.store import cas_args
+        from streamflame.worker.sink import Job
+
         t_start = time.perf_counter()
         sids = list(dict.fromkeys(r.patch.series_id for r in b.records))
-        loaded, misses = self.cache.split(sids)
+        # The records being written by the job in flight come first: they are what
+        # Redis holds once its outcome is checked, before this batch is published.
+        writing = self._inflight.res.records if self._inflight is not None else {}
+        loaded = {sid: writing[sid] for sid in sids if sid in writing}
+        hits, misses = self.cache.split([sid for sid in sids if sid not in loaded])
+        loaded.update(hits)
         loaded.update(self.store.load_many(misses))
         redis_load_s = self.store.last_round_trip_s if misses else 0.0
-        now_ms = int(time.time() * 1000)
-        res = self.processor.process(b.records, loaded, produced_at_ms=now_ms)
+        res = self.processor.process(b.records, loaded, produced_at_ms=int(time.time() * 1000))
 
-        t_pub = time.perf_counter()
-        self._publish(b, res)
-        publish_s = time.perf_counter() - t_pub
+        t = self.cfg.topics
+        # Alerts first: their small records are appended while the producer's I/O thread
+        # is still idle, not while it sends the forecasts' megabytes (publish 5-10 % less,
+        # measured with 1.75 alerts per forecast).
+        msgs = [(t.alerts, al.series_id.encode(), encode(al)) for al in res.alerts]
+        msgs += [(t.forecasts, fc.series_id.encode(), encode(fc)) for fc in res.forecasts]
+        for rej in res.rejected:
+            r = rej.record
+            msgs.append((t.dlq, *self.dlq.record(rej.reason, rej.detail, source_topic=t.patches,
+                                                 partition=r.partition, offset=r.offset, key=r.key,
+                                                 original=r.raw, series_id=r.patch.series_id)))
+        for msg, detail in b.bad:
+            msgs.append((t.dlq, *self.dlq.record("bad_patch", detail, source_topic=t.patches,
+                                                 partition=msg.partition, offset=msg.offset, key=msg.key,
+                                                 original=msg.value)))
+        job = Job(msgs, list(res.quarantine.items()), cas_args(res.records, res.expected, res.replace_broken))
+        return _Computed(b, res, len(sids), len(misses), redis_load_s, t_start, time.perf_counter() - t_start, job,
+                         pipelinable=not res.rewind and not res.quarantine)
 
+    def _finish_inflight(self) -> dict[int, int] | None:
+        """The outcome of the job in flight: cache, rewinds, commit, metrics, the
+        batch's log line. Returns None when every write was applied as computed,
+        else the partitions sought back ({partition: offset}, maybe empty).
+        Raises what the job raised."""
+        cur, self._inflight = self._inflight, None
+        out = self.sink.result()
+        b, res, save = cur.batch, cur.res, out.save
+        m = self.metrics
         for sid, reason in res.quarantine.items():
-            self.store.quarantine(sid, reason)
             log.error("worker.series_quarantined", series_id=sid, reason=reason)
-        save = self.store.save_many(res.records, res.expected, res.replace_broken)
-        redis_save_s = self.store.last_round_trip_s if res.records else 0.0
         # Keep what was applied; anything refused or quarantined is re-read from Redis.
         self.cache.put_many({sid: res.records[sid] for sid in save.applied})
         self.cache.evict((*save.stale, *save.conflict, *save.gap, *save.blocked, *res.quarantine))
@@ -352,13 +488,19 @@ class Worker:
             log.warning("worker.rewind", partitions=rewind)
 
         # Metrics and the one log line per batch.
-        total_s = time.perf_counter() - t_start
+        total_s = time.perf_counter() - cur.t_start
         self.batches += 1
         m.batch_size.observe(len(b))
         m.step_seconds.observe(res.step_s + res.forecast_s)
-        m.redis_seconds.labels("load").observe(redis_load_s)
-        m.redis_seconds.labels("save").observe(redis_save_s)
-        m.publish_seconds.observe(publish_s)
+        m.redis_seconds.labels("load").observe(cur.redis_load_s)
+        m.redis_seconds.labels("save").observe(out.save_s)
+        m.publish_seconds.observe(out.publish_s)
+        m.forecasts.inc(len(res.forecasts))
+        m.alerts.inc(len(res.alerts))
+        for rej in res.rejected:
+            m.dead_letters.labels(rej.reason).inc()
+        if b.bad:
+            m.dead_letters.labels("bad_patch").inc(len(b.bad))
         m.patches.labels("applied").inc(res.applied)
         m.patches.labels("skipped").inc(res.skipped)
         m.patches.labels("bad").inc(len(b.bad))
@@ -383,47 +525,19 @@ class Worker:
             lag = done_s - r.patch.last_obs_ms / 1000
             if 0.0 <= lag <= LIVE_WINDOW_S:
                 m.e2e_latency.observe(lag)
-        m.state_cache.labels("hit").inc(len(sids) - len(misses))
-        m.state_cache.labels("miss").inc(len(misses))
-        log.info("worker.batch", size=len(b), offsets=_offsets(b.start, b.end), series=len(sids),
-                 cached=len(sids) - len(misses),
+        m.state_cache.labels("hit").inc(cur.n_series - cur.n_misses)
+        m.state_cache.labels("miss").inc(cur.n_misses)
+        log.info("worker.batch", size=len(b), offsets=_offsets(b.start, b.end), series=cur.n_series,
+                 cached=cur.n_series - cur.n_misses,
                  rounds=res.rounds, applied=res.applied, scored=sum(len(v) for v in res.scores.values()),
                  skipped=res.skipped, refused=save.refused, rejected=len(res.rejected) + len(b.bad),
                  forecasts=len(res.forecasts), alerts=len(res.alerts), reinitialised=res.reinitialised,
                  step_ms=round(res.step_s * 1000, 2), forecast_ms=round(res.forecast_s * 1000, 2),
-                 redis_ms=round((redis_load_s + redis_save_s) * 1000, 2), publish_ms=round(publish_s * 1000, 2),
-                 total_ms=round(total_s * 1000, 2))
+                 redis_ms=round((cur.redis_load_s + out.save_s) * 1000, 2), publish_ms=round(out.publish_s * 1000, 2),
+                 compute_ms=round(cur.compute_s * 1000, 2), total_ms=round(total_s * 1000, 2))
+        clean = not (rewind or res.quarantine or save.refused)
+        return None if clean else rewind
 
-    def _publish(self, b: _Batch, res: BatchResult) -> None:
-        """Send everything of the batch, flush, and make sure every send landed."""
-        from kafka.errors import KafkaError
-
-        t = self.cfg.topics
-        send = self.producer.send
-        futures = []
-        # Alerts first: their small records are appended while the producer's I/O thread
-        # is still idle, not while it sends the forecasts' megabytes (publish 5-10 % less,
-        # measured with 1.75 alerts per forecast).
-        for al in res.alerts:
-            futures.append(send(t.alerts, key=al.series_id.encode(), value=encode(al)))
-        for fc in res.forecasts:
-            futures.append(send(t.forecasts, key=fc.series_id.encode(), value=encode(fc)))
-        for rej in res.rejected:
-            r = rej.record
-            futures.append(self.dlq.write(rej.reason, rej.detail, source_topic=t.patches, partition=r.partition,
-                                          offset=r.offset, key=r.key, original=r.raw, series_id=r.patch.series_id))
-            self.metrics.dead_letters.labels(rej.reason).inc()
-        for msg, detail in b.bad:
-            futures.append(self.dlq.write("bad_patch", detail, source_topic=t.patches, partition=msg.partition,
-                                          offset=msg.offset, key=msg.key, original=msg.value))
-            self.metrics.dead_letters.labels("bad_patch").inc()
-        self.producer.flush()
-        for f in futures:
-            if f.failed():
-                err = f.exception
-                raise err if isinstance(err, KafkaError) else KafkaError(repr(err))
-        self.metrics.forecasts.inc(len(res.forecasts))
-        self.metrics.alerts.inc(len(res.alerts))
 
     def _commit(self, offsets: dict) -> None:
         """Note ``offsets`` (those of a batch whose state writes are done) and commit the
