@@ -321,8 +321,10 @@ class Worker:
                 wait_ms = _IDLE_POLL_MS
             if self._inflight is not None:   # the batch in the publisher's hands is finished before long
                 wait_ms = min(wait_ms, _INFLIGHT_POLL_MS)
+                if self.sink.ready():   # settled before the poll: a rewind it makes applies to this poll
+                    self._settle_inflight()
             polled = self.consumer.poll(timeout_ms=wait_ms, max_records=max(1, wcfg.batch_size - len(b)))
-            if self._inflight is not None and (not polled or self.sink.ready()):
+            if self._inflight is not None and not polled:   # idle: settle (and commit) now
                 self._settle_inflight()
             if self._pending_commits and not polled:   # idle: commit what has become due
                 try:
@@ -398,14 +400,20 @@ class Worker:
             self._stop.wait(self.cfg.worker.throttle_ms / 1000)
 
     def _settle_inflight(self) -> None:
-        """Finish the job in flight, if any (a failure rewinds its batch)."""
+        """Finish the job in flight, if any. A failure rewinds its batch; a failure or a
+        rewind also drops the open batch (it may hold patches read past the rewind)."""
         if self._inflight is None:
             return
-        prev = self._inflight
+        prev, b = self._inflight, self._batch
         try:
-            self._finish_inflight()
+            rewound = self._finish_inflight()
         except self._errors as e:
-            self._fail(e, [prev.batch])
+            self._batch = _Batch()
+            self._fail(e, [prev.batch, b])
+            return
+        if rewound and len(b):
+            self._batch = _Batch()
+            self._rewind({tp: min(off, rewound.get(tp.partition, off)) for tp, off in b.start.items()})
 
     def _fail(self, e: Exception, batches: list[_Batch]) -> None:
         self._backoff = min(_MAX_BACKOFF_S, max(0.1, 2 * self._backoff))
