@@ -284,22 +284,9 @@ class DeadLetterWriter:
         # base64 is 4/3 of the bytes, plus the JSON around it
         return cls(producer, cfg.topics.dlq, component, max_original_bytes=int(max_request_bytes(cfg) * 0.7))
 
-    def write(
-        self,
-        reason: str,
-        detail: str,
-        *,
-        source_topic: str,
-        partition: int,
-        offset: int,
-        key: bytes | None,
-        original: bytes | None,
-        series_id: str | None = None,
-        index: int | None = None,
-        indices: list[int] | None = None,
-    ) -> "FutureRecordMetadata":
-        key, value = self.record(reason, detail, source_topic=source_topic, partition=partition, offset=offset,
-                                 key=key, original=original, series_id=series_id, index=index, indices=indices)
+    def write(self, reason: str, detail: str, **where: Any) -> "FutureRecordMetadata":
+        """Send the dead letter :meth:`record` builds from the same arguments (no waiting)."""
+        key, value = self.record(reason, detail, **where)
         return self.producer.send(self.topic, key=key, value=value)
 
     def record(

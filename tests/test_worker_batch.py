@@ -119,6 +119,20 @@ def test_gap_rewinds_once_to_the_patch_after_the_stored_one(forecaster):
     assert res.rewind == {} and [r.reason for r in res.rejected] == ["patch_gap"]
 
 
+def test_a_dropped_result_gives_its_gap_the_one_rewind_again(forecaster):
+    """The worker drops a result unpublished when the batch it was computed on had a
+    write refused (its publisher process): `forget` undoes the gap's rewind memory."""
+    proc = BatchProcessor(forecaster, make_cfg())
+    v = series_values(5, 4)
+    p = [patch("s", k, v[k * PATCH_LEN:(k + 1) * PATCH_LEN], offset=100 + 7 * k, partition=2) for k in range(4)]
+    stored = proc.process(p[:1], {"s": None}).records["s"]
+    dropped = proc.process([p[3]], {"s": stored})
+    assert dropped.rewind == {2: 101} and dropped.rewound == [("s", 0)]
+    proc.forget(dropped)
+    res = proc.process([p[3]], {"s": stored})
+    assert res.rewind == {2: 101} and not res.rejected
+
+
 def test_alert_fires_for_outlier_and_not_inside_previous_interval(forecaster):
     cfg = make_cfg()
     proc = BatchProcessor(forecaster, cfg)
