@@ -319,6 +319,11 @@ class IngestSettings(_Section):
     max_pin_lag: int = Field(
         1_000_000, ge=1, description="a series whose open patch began more than this many records behind its "
         "partition's read position has the open patch written to Redis, so it no longer holds the commit back")
+    publisher: Literal["process", "inline"] = Field(
+        "process", description="where a batch's patches and dead letters are sent and its cursors written: "
+        "process = a publisher process of the consumer's own, while the consumer polls and assembles the next "
+        "batch; inline = in the consumer process (sends at once, flush and cursor writes after the next poll). "
+        "Read at start (streamflame/sink.py)")
 
 
 class WorkerSettings(_Section):
@@ -344,7 +349,7 @@ class WorkerSettings(_Section):
         "process", description="where a batch is published and its states written: process = a publisher "
         "process of the worker's own, while the model computes the next batch (which is published only once "
         "every write of the one before is seen applied); inline = in the worker process, one batch after "
-        "the other (streamflame/worker/sink.py)")
+        "the other (streamflame/sink.py)")
     model_path: str | None = Field(None, description="checkpoint; None = the shipped default")
     seed: int = Field(0, ge=0, lt=2**63, description="global forecast seed")
     on_corrupt_state: Literal["reinit", "quarantine"] = "reinit"

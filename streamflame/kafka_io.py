@@ -13,8 +13,8 @@ relies on:
   caller once its results are durable) with the session/heartbeat timeouts of
   the config (Tansu needs short ones, e.g. 2000/600 ms, for fast joins);
 * :func:`create_topics` creates the five StreamFlame topics;
-* :class:`DeadLetterWriter` produces :class:`streamflame.schemas.DeadLetter`
-  records to the DLQ topic.
+* :class:`DeadLetterWriter` builds :class:`streamflame.schemas.DeadLetter`
+  records for the DLQ topic (a publisher, streamflame.sink, sends them).
 """
 from __future__ import annotations
 
@@ -30,7 +30,6 @@ from streamflame.schemas import DeadLetter, encode
 
 if TYPE_CHECKING:  # pragma: no cover
     from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
-    from kafka.producer.future import FutureRecordMetadata
 
     from streamflame.config import ServiceConfig
 
@@ -256,12 +255,13 @@ def _partition_counts(admin: "KafkaAdminClient", names: list[str]) -> dict[str, 
 
 
 class DeadLetterWriter:
-    """Produces :class:`~streamflame.schemas.DeadLetter` records to the DLQ topic.
+    """Builds :class:`~streamflame.schemas.DeadLetter` records for the DLQ topic.
 
     The DLQ record key is the source record's key (the series_id, when the
-    producer followed the contract). ``write`` does not wait: the caller flushes
-    the shared producer before it commits the source offsets, so a dead letter
-    is never lost, though it may be written twice after a crash.
+    producer followed the contract). The caller's publisher sends a batch's dead
+    letters with its other records and checks every send before the source offsets
+    are committed, so a dead letter is never lost, though it may be written twice
+    after a crash.
 
     A dead letter must fit in one Kafka request: original bytes beyond
     ``max_original_bytes`` and keys beyond ``max_key_bytes`` are cut, and the
@@ -269,25 +269,17 @@ class DeadLetterWriter:
     :meth:`for_config` for a limit that fits the producer's request size.
     """
 
-    def __init__(self, producer: "KafkaProducer", topic: str, component: Literal["ingest", "worker"],
+    def __init__(self, topic: str, component: Literal["ingest", "worker"],
                  max_original_bytes: int = 700_000, max_key_bytes: int = 4096):
-        self.producer = producer
         self.topic = topic
         self.component = component
         self.max_original_bytes = max_original_bytes
         self.max_key_bytes = max_key_bytes
-        self.written = 0
 
     @classmethod
-    def for_config(cls, producer: "KafkaProducer", cfg: "ServiceConfig",
-                   component: Literal["ingest", "worker"]) -> "DeadLetterWriter":
+    def for_config(cls, cfg: "ServiceConfig", component: Literal["ingest", "worker"]) -> "DeadLetterWriter":
         # base64 is 4/3 of the bytes, plus the JSON around it
-        return cls(producer, cfg.topics.dlq, component, max_original_bytes=int(max_request_bytes(cfg) * 0.7))
-
-    def write(self, reason: str, detail: str, **where: Any) -> "FutureRecordMetadata":
-        """Send the dead letter :meth:`record` builds from the same arguments (no waiting)."""
-        key, value = self.record(reason, detail, **where)
-        return self.producer.send(self.topic, key=key, value=value)
+        return cls(cfg.topics.dlq, component, max_original_bytes=int(max_request_bytes(cfg) * 0.7))
 
     def record(
         self,
@@ -303,7 +295,7 @@ class DeadLetterWriter:
         index: int | None = None,
         indices: list[int] | None = None,
     ) -> tuple[bytes | None, bytes]:
-        """The dead letter's (key, value) bytes, as :meth:`write` sends them to ``topic``."""
+        """The dead letter's (key, value) bytes, to be sent to ``topic``."""
         if original is not None and len(original) > self.max_original_bytes:
             detail += f" (original truncated: kept {self.max_original_bytes} of {len(original)} bytes)"
             original = bytes(original[: self.max_original_bytes])
@@ -317,5 +309,4 @@ class DeadLetterWriter:
             key=key, original=original, component=self.component, series_id=series_id, index=index,
             indices=indices,
         )
-        self.written += 1
         return key, encode(letter)

@@ -253,8 +253,9 @@ def check_patches(got: dict, expected: dict[str, dict[int, list]], *, exactly_on
 # ---------------------------------------------------------------- tests
 
 
-def test_end_to_end_patches_exactly_once_and_bad_input_in_dlq(service_config, redis_client):
-    cfg = with_ingest(service_config, max_poll_records=300)
+@pytest.mark.parametrize("publisher", ["process", "inline"])
+def test_end_to_end_patches_exactly_once_and_bad_input_in_dlq(service_config, redis_client, publisher):
+    cfg = with_ingest(service_config, max_poll_records=300, publisher=publisher)
     stream, expected = build_stream(seed=1)
     n_expected = sum(len(p) for p in expected.values())
     assert n_expected >= 80 and sum(stream.dead.values()) >= 40
@@ -292,6 +293,47 @@ def test_end_to_end_patches_exactly_once_and_bad_input_in_dlq(service_config, re
     assert c["cursor_refused"] == 0 and c["retries"] == 0
 
 
+def test_a_killed_publisher_fails_the_next_batch_which_is_read_again(service_config, redis_client):
+    """SIGKILL of the ingest consumer's publisher process, between batches: handing it
+    the next batch fails, nothing of that batch is committed, the partitions are read
+    again and a new publisher sends them. Every patch arrives exactly once (the killed
+    one had finished its batch; the failed one sent nothing) and the cursors count them."""
+    cfg = with_ingest(service_config, commit_interval_ms=0, commit_delay_ms=0, publisher="process")
+    sids = [f"fix-k{i}" for i in range(6)]
+
+    def observations(slots):
+        return [(sid.encode(), orjson.dumps({"series_id": sid, "timestamp": T0 + k * FREQ, "value": float(k + i)}))
+                for k in slots for i, sid in enumerate(sids)]
+
+    def poll_until(cond, what):
+        deadline = time.monotonic() + 30
+        while not cond():
+            assert time.monotonic() < deadline, (what, dict(ing.counters))
+            ing.poll_once()
+
+    ing = IngestConsumer(cfg, redis_client=redis_client)
+    try:
+        produce(cfg, observations(range(N + 1)))
+        poll_until(lambda: ing.counters["cursor_writes"] >= len(sids), "patch 0 of every series settled")
+        first = ing.sink.pid
+        os.kill(first, signal.SIGKILL)
+        ing.sink.proc.wait(timeout=10)
+        produce(cfg, observations(range(N + 1, 2 * N + 1)))
+        poll_until(lambda: ing.counters["retries"] >= 1, "the batch handed to the dead publisher failed")
+        assert ing.counters["patches"] == 2 * len(sids)   # assembled once, then dropped with the batch
+        poll_until(lambda: ing.counters["cursor_writes"] >= 2 * len(sids), "patch 1 settled")
+        ing.settle()
+        assert ing.sink.alive and ing.sink.pid != first
+    finally:
+        ing.close()
+    got = patches_by_key(read_topic(cfg, cfg.topics.patches, 2 * len(sids)))
+    want = {sid: {seq: [float(k + i) for k in range(seq * N, (seq + 1) * N)] for seq in (0, 1)}
+            for i, sid in enumerate(sids)}
+    check_patches(got, want, exactly_once=True)
+    cursors = CursorStore(redis_client, cfg.redis.key_prefix).load_many(sids)
+    assert {sid: c.next_seq for sid, c in cursors.items()} == {sid: 2 for sid in sids}
+
+
 class _Crash(Exception):
     pass
 
@@ -311,10 +353,12 @@ class CrashingIngest(IngestConsumer):
         if crash and self.crash_point == "before_flush":
             raise _Crash
         if crash and self.crash_point == "after_flush":
+            self.settle()   # the batches before: their cursors are written
+            prod = make_producer(self.cfg)
             for pt in patches:
-                self.producer.send(self.cfg.topics.patches, key=pt.series_id.encode(),
-                                   value=orjson.dumps(pt._asdict()))
-            self.producer.flush()
+                prod.send(self.cfg.topics.patches, key=pt.series_id.encode(), value=orjson.dumps(pt._asdict()))
+            prod.flush()
+            prod.close()
             raise _Crash  # patches out, cursors not written
         super()._publish(patches, touched)
         if crash and self.crash_point == "after_cursors":
@@ -704,18 +748,18 @@ def test_fast_path_gives_exactly_what_the_general_path_gives(service_config, red
         ing = IngestConsumer(c, redis_client=redis_client, create_missing_topics=True)
         ing.fast_path = fast
         sent = []
-        real_send = ing.producer.send
+        real_submit = ing.sink.submit
 
-        def send(topic, key=None, value=None, _real=real_send, **kw):
-            sent.append((topic, key, value))
-            return _real(topic, key=key, value=value, **kw)
-        ing.producer.send = send
+        def submit(job, _real=real_submit):
+            sent.extend(job.messages)
+            return _real(job)
+        ing.sink.submit = submit
         try:
             for b in batches:
                 by_tp: dict = {}
                 for r in b:
                     by_tp.setdefault(TopicPartition(r.topic, r.partition), []).append(r)
-                ing._process(by_tp, Counter(ing.counters))
+                ing._process(by_tp)
                 ing.settle()
         finally:
             ing.abandon()

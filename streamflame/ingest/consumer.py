@@ -11,17 +11,22 @@ SIGTERM/SIGINT. Per poll batch it
 3. feeds each series' :class:`~streamflame.ingest.assembler.SeriesAssembler`
    (grid, ordering and gap policy: see that module); rejected observations go to
    the DLQ with the index inside their message;
-4. produces the completed patches (key = series_id) and dead letters, without
-   waiting: the broker's acknowledgements arrive while the next poll fetches;
-5. after that next poll (or before anything that must not run ahead of them:
-   a spill, a commit, shutdown) *settles* the batch: ``flush()`` es the producer,
-   checks every send, then writes the cursors of the series that completed a
-   patch, in one pipelined compare-and-set round trip (a cursor never goes
-   backwards, and never ahead of the patches it covers);
+4. hands the batch's *job* to the publisher (:mod:`streamflame.sink`): the
+   completed patches (key = series_id), the dead letters, and the cursors of the
+   series that completed a patch, taken when the job is handed over. The
+   publisher sends every record, flushes, checks every send, then writes the
+   cursors in one pipelined compare-and-set round trip (a cursor never goes
+   backwards, and never ahead of the patches it covers). With
+   ``ingest.publisher: process`` (the default) that runs in a process of its own
+   while this one polls and assembles the next batch; ``inline`` sends here and
+   flushes and writes after the next poll;
+5. *settles* the batch: waits for the job's outcome, after the next poll and its
+   assembly (or before anything that must not run ahead of it: a spill, a cursor
+   load, shutdown), and before the next batch's job is handed over;
 6. commits, per partition, the smallest offset still needed to rebuild what is
    held in memory: min(first offset of any open patch / inference buffer, next
-   offset to read) (at most every ``ingest.commit_interval_ms``), only for
-   settled batches.
+   offset to read) (at most every ``ingest.commit_interval_ms``), only as it was
+   before the next batch was assembled, and only once the batch before is settled.
 
 A crash anywhere therefore re-reads from the committed offset; observations
 already inside an emitted patch (at or before the cursor's position) are
@@ -64,12 +69,11 @@ from streamflame.ingest.assembler import (
     Rejection,
     SeriesAssembler,
 )
-from streamflame.ingest.cursors import CursorStore
+from streamflame.ingest.cursors import CursorStore, cursor_args
 from streamflame.kafka_io import (
     DeadLetterWriter,
     DelayedOffsets,
     create_topics,
-    discard_producer,
     make_consumer,
     make_producer,
 )
@@ -170,8 +174,8 @@ class IngestConsumer:
             create_topics(cfg)
         self.topic = cfg.topics.observations
         self._consumer_overrides = dict(consumer_overrides or {})
-        self.producer = make_producer(cfg)
-        self.dlq = DeadLetterWriter.for_config(self.producer, cfg, "ingest")
+        self.dlq = DeadLetterWriter.for_config(cfg, "ingest")  # builds the records; the sink sends them
+        self.sink = self._start_sink()
         self.listener = _Listener()
         self.consumer = make_consumer(cfg, ing.group_id, max_poll_records=ing.max_poll_records,
                                       **self._consumer_overrides)
@@ -196,8 +200,9 @@ class IngestConsumer:
         self._last_commit = 0.0
         self._pending_commits = DelayedOffsets()  # {partition: offset} noted per commit interval
         self._backoff = 0.0
-        self._futures: list = []
-        self._unsettled: dict[str, SeriesAssembler] = {}  # series whose patches were sent, cursors not yet written
+        self._outbox: list[tuple[str, bytes | None, bytes]] = []  # (topic, key, value) of the next job
+        self._unsettled: dict[str, SeriesAssembler] = {}  # series with a patch in the outbox
+        self._in_flight = False  # the sink holds a job whose outcome has not been seen
         self._reseek: dict[int, int] = {}  # revoked partition -> offset to re-read from if handed back
         self._closed = False
         # Series ids that passed full validation -> their record key (bytes): the fast path
@@ -239,13 +244,13 @@ class IngestConsumer:
             except _RetryBatch as e:  # not delivered: nothing more is committed; the next owner re-reads
                 log.warning("ingest.final_settle_failed", error=str(e)[:500])
             else:
-                self._commit(final=True)
+                self._commit(final=True)  # everything is settled: what is in memory now
         finally:
             self.close()
 
     def poll_once(self) -> bool:
-        """One poll, settle the previous batch, (maybe) commit, process. Returns True if
-        records were handled."""
+        """One poll; assemble it; settle the batch before; (maybe) commit; hand this
+        batch to the publisher. Returns True if records were handled."""
         try:
             records = self.consumer.poll(timeout_ms=POLL_TIMEOUT_MS)
         except Exception as e:  # noqa: BLE001 - the broker may be restarting; keep polling
@@ -254,24 +259,30 @@ class IngestConsumer:
             time.sleep(min(1.0, POLL_TIMEOUT_MS / 1000))
             return False
         before = self.counters.copy()  # the batch's log line also counts the settle of the one before
-        self._note_read(records)  # before the settle: if it fails, these partitions are sought back too
-        try:
-            self.settle()  # the previous batch's acks arrived during that poll
-        except _RetryBatch as e:
-            self._recover(e)
-            return True
+        t0 = time.perf_counter()
+        self._note_read(records)  # before anything fails: these partitions are sought back too
         reread = self._apply_rebalance_events()
         if reread:  # fetched from the old position of a kept partition: read again from the rewind offset
             records = {tp: recs for tp, recs in records.items() if tp.partition not in reread}
-        self._commit()
+        safe = self.commit_offsets()  # covers the batches handed over so far, none of this poll's
+        try:
+            if records:
+                self._process(records)
+            self._await_job()  # the batch before: its records were sent during this poll and assembly
+        except _RetryBatch as e:
+            self._recover(e)
+            return True
+        self._commit(safe)
         if not records:
             return False
         try:
-            self._process(records, before)
+            self._submit()
             self._enforce_bounds()
             self._backoff = 0.0
         except _RetryBatch as e:
             self._recover(e)
+            return True
+        self._log_batch(records, before, time.perf_counter() - t0)
         return True
 
     def _note_read(self, records: dict) -> None:
@@ -332,9 +343,9 @@ class IngestConsumer:
 
     # ------------------------------------------------------------- a batch
 
-    def _process(self, records: dict, before: Counter) -> None:
-        """Handle one poll's records; ``before``: the counters when this poll cycle began
-        (its ``ingest.batch`` line counts the cursor writes that settled the previous batch).
+    def _process(self, records: dict) -> None:
+        """Decode and assemble one poll's records into the next job (nothing is sent:
+        :meth:`settle` or the poll loop hands it over).
 
         Records are grouped by series (each series keeps its Kafka order; series are
         independent, so their relative order does not matter). A single-observation
@@ -345,10 +356,7 @@ class IngestConsumer:
         :meth:`SeriesAssembler.add_run` call. Every other record takes the general path
         (:meth:`_decode`), which applies the same rules and names the reason of a
         rejection; both paths accept exactly the same records (tests/test_ingest_consumer.py)."""
-        t0 = time.perf_counter()
         c = self.counters
-        offsets = {str(tp.partition): [recs[0].offset, recs[-1].offset]
-                   for tp, recs in sorted(records.items(), key=lambda kv: kv[0].partition) if recs}
         ing = self.cfg.ingest
         max_bytes, tol = ing.max_message_bytes, ing.future_tolerance_ms
         known, fast = self._known_keys, self.fast_path
@@ -402,16 +410,22 @@ class IngestConsumer:
                     chunk, runs, n_obs = {}, {}, 0
                     if len(patches) >= ing.max_buffered_patches:
                         self._publish(patches, touched)
-                        self.settle()
+                        self.settle()  # bounds the memory a poll of many patches takes
                         patches, touched = [], {}
             self.next_offset[p] = recs[-1].offset + 1
             c["records"] += len(recs)
         self._assemble(chunk, patches, touched)
         self._publish(patches, touched)
         c["batches"] += 1
+
+    def _log_batch(self, records: dict, before: Counter, elapsed: float) -> None:
+        """The one ``ingest.batch`` line of a poll cycle (its cursor writes are the
+        batch before's, settled in this cycle)."""
+        c = self.counters
+        offsets = {str(tp.partition): [recs[0].offset, recs[-1].offset]
+                   for tp, recs in sorted(records.items(), key=lambda kv: kv[0].partition) if recs}
         d = {k: c[k] - before.get(k, 0) for k in c if c[k] != before.get(k, 0)}
         rejected = {k.split(".", 1)[1]: v for k, v in d.items() if k.startswith("rejected.")}
-        elapsed = time.perf_counter() - t0
         self.histograms.batch_records.observe(d.get("records", 0))
         self.histograms.batch_seconds.observe(elapsed)
         log.info(
@@ -451,10 +465,10 @@ class IngestConsumer:
     def _reject_message(self, reason: str, detail: str, p: int, offset: int, key, raw, sid) -> None:
         self.counters["rejected"] += 1
         self.counters["rejected." + reason] += 1
-        self._futures.append(self.dlq.write(
+        self._outbox.append((self.dlq.topic, *self.dlq.record(
             reason, detail, source_topic=self.topic, partition=p, offset=offset,
             key=None if key is None else bytes(key), original=None if raw is None else bytes(raw),
-            series_id=sid))
+            series_id=sid)))
         self.counters["dead_letters"] += 1
 
     def _assemble(self, chunk: dict[str, list], patches: list, touched: dict) -> None:
@@ -540,11 +554,11 @@ class IngestConsumer:
                 indices = [r.ref.index for r in rs if r.ref is not None and r.ref.index is not None]
                 shown = ", ".join(map(str, indices[:20])) + (", ..." if len(indices) > 20 else "")
                 detail = f"{len(rs)} elements rejected as {reason} (indices {shown}); first: {first.detail}"
-            self._futures.append(self.dlq.write(
+            self._outbox.append((self.dlq.topic, *self.dlq.record(
                 reason, detail, source_topic=self.topic, partition=p, offset=offset,
                 key=None if ref is None or ref.key is None else bytes(ref.key),
                 original=None if ref is None or ref.raw is None else bytes(ref.raw),
-                series_id=sid, index=None if ref is None else ref.index, indices=indices))
+                series_id=sid, index=None if ref is None else ref.index, indices=indices)))
             c["dead_letters"] += 1
 
     def _load_series(self, seen: dict[str, int]) -> None:
@@ -552,6 +566,9 @@ class IngestConsumer:
         missing = [sid for sid in seen if sid not in self.assemblers and sid not in self.quarantined]
         if not missing:
             return
+        # A series dropped on a revocation and handed back may have its cursor in the
+        # job in flight: read cursors only once that job's writes are done.
+        self._await_job()
         try:
             t_redis = time.perf_counter()
             loaded = self.store.load_many(missing)
@@ -575,49 +592,84 @@ class IngestConsumer:
             self.partition_series.setdefault(p, set()).add(sid)
 
     def _publish(self, patches: list, touched: dict[str, SeriesAssembler]) -> None:
-        """Send the patches (no waiting); their cursors are written by :meth:`settle`."""
+        """Add the patches to the next job; their series' cursors are taken at :meth:`_submit`."""
         topic = self.cfg.topics.patches
-        send = self.producer.send
-        futures = self._futures
-        try:
-            for pt in patches:
-                futures.append(send(topic, key=pt.series_id.encode("utf-8"), value=_encode_patch(pt)))
-        except Exception as e:  # noqa: BLE001 - KafkaTimeoutError (buffer full) etc.
-            raise _RetryBatch(f"producing failed: {e!r}") from e
+        self._outbox += [(topic, pt.series_id.encode("utf-8"), _encode_patch(pt)) for pt in patches]
         self.counters["patches"] += len(patches)
         self._unsettled.update(touched)
 
-    def settle(self) -> None:
-        """Wait until every record sent so far (patches, dead letters) is acknowledged,
-        then write the cursors of the series whose patches they were. Cursors are read
-        from the assemblers now, so nothing may be assembled between the sends and this
-        call (the poll loop settles right after the next poll, before processing it).
-        Raises _RetryBatch when a send or the cursor write failed."""
-        futures, touched = self._futures, self._unsettled
-        if not futures and not touched:
+    def _submit(self) -> None:
+        """Hand the job built so far to the publisher: the outbox, and the cursors of
+        the series with a patch in it, taken now (they cover exactly the patches sent
+        so far, so nothing may be assembled between :meth:`_publish` and this call
+        without being published with it). Waits for the job in flight first: one job
+        at a time, in order, so a cursor is written only after its patches and every
+        patch before them are acknowledged."""
+        if not self._outbox and not self._unsettled:
             return
+        self._await_job()
+        from streamflame.sink import Job
+
+        job = Job(self._outbox, cursors=cursor_args(a.cursor() for a in self._unsettled.values()))
+        self._outbox, self._unsettled = [], {}
+        if self.sink is None:
+            self.sink = self._start_sink_or_retry()
         try:
-            self.producer.flush()
-        except Exception as e:  # noqa: BLE001 - KafkaTimeoutError etc.
-            raise _RetryBatch(f"producing failed: {e!r}") from e
-        failed = [f for f in futures if f.failed()]
-        self._futures = []
-        if failed:
-            raise _RetryBatch(f"{len(failed)} records not delivered, first error: {failed[0].exception!r}")
-        if not touched:
+            self.sink.submit(job)
+        except Exception as e:  # noqa: BLE001 - OSError: the publisher process is gone
+            raise _RetryBatch(f"handing the batch to the publisher failed: {e!r}") from e
+        self._in_flight = True
+
+    def _await_job(self) -> None:
+        """The outcome of the job in flight, if any: every record delivered, the
+        cursors written (or refused as stale). Raises _RetryBatch when not."""
+        if not self._in_flight:
             return
+        self._in_flight = False
         try:
-            t_redis = time.perf_counter()
-            res = self.store.save_many([a.cursor() for a in touched.values()])
-            self.histograms.redis_seconds.labels("save").observe(time.perf_counter() - t_redis)
-        except Exception as e:  # noqa: BLE001
-            raise _RetryBatch(f"writing ingest cursors failed: {e!r}") from e
-        self._unsettled = {}
+            out = self.sink.result()
+        except Exception as e:  # noqa: BLE001 - KafkaError, RedisError, OSError (publisher gone)
+            raise _RetryBatch(f"publishing the batch or writing its cursors failed: {e!r}") from e
+        res = out.cursors
+        if res.written or res.refused:
+            self.histograms.redis_seconds.labels("save").observe(out.save_s)
         self.counters["cursor_writes"] += res.written
         if res.refused:
             self.counters["cursor_refused"] += len(res.refused)
             log.warning("ingest.cursor_refused", count=len(res.refused), example=res.refused[0][:200],
                         why="a newer cursor is stored (another consumer owns or owned the series)")
+
+    def settle(self) -> None:
+        """Hand over what is built and wait until every record of every batch so far
+        (patches, dead letters) is acknowledged and their cursors are written.
+        Raises _RetryBatch when a send or a cursor write failed."""
+        self._submit()
+        self._await_job()
+
+    def _start_sink(self):
+        """The publisher of each batch's job (``ingest.publisher``), see streamflame.sink."""
+        from streamflame.sink import InlineSink, ProcessSink
+
+        if self.cfg.ingest.publisher == "inline":
+            return InlineSink(make_producer(self.cfg), cursors=self.store)
+        sink = ProcessSink(self.cfg, "ingest")
+        log.info("ingest.publisher_started", pid=sink.pid)
+        return sink
+
+    def _start_sink_or_retry(self):
+        try:
+            return self._start_sink()
+        except Exception as e:  # noqa: BLE001 - OSError: Redis or the broker away; the batch is retried
+            raise _RetryBatch(f"starting the publisher failed: {e!r}") from e
+
+    def _close_sink(self, timeout_s: float) -> None:
+        sink, self.sink, self._in_flight = self.sink, None, False
+        if sink is None:
+            return
+        try:
+            sink.close(timeout_s=timeout_s)
+        except Exception as e:  # noqa: BLE001 - closing must not mask the reason we stop
+            log.warning("ingest.close_failed", client="publisher", error=repr(e))
 
     def highwaters(self) -> dict[int, int]:
         """High-water mark per assigned partition, as last seen with fetched data."""
@@ -646,15 +698,16 @@ class IngestConsumer:
             out[p] = low
         return out
 
-    def _commit(self, final: bool = False) -> None:
-        """Every ``commit_interval_ms``: note the offsets that are safe now, and
-        commit the newest noted ones that are ``commit_delay_ms`` old (the Redis
+    def _commit(self, safe: dict[int, int] | None = None, final: bool = False) -> None:
+        """Every ``commit_interval_ms``: note the offsets that are safe now (``safe``:
+        :meth:`commit_offsets` as it was before the batch not yet settled was read),
+        and commit the newest noted ones that are ``commit_delay_ms`` old (the Redis
         cursor writes they rely on are then on disk even with AOF everysec)."""
         ing = self.cfg.ingest
         now = time.monotonic()
         if final or (now - self._last_commit) * 1000 >= ing.commit_interval_ms:
             self._last_commit = now
-            self._pending_commits.note(self.commit_offsets(), now)
+            self._pending_commits.note(self.commit_offsets() if safe is None else safe, now)
         due = self._pending_commits.due(ing.commit_delay_ms / 1000, now)
         offsets = {p: o for p, o in due.items() if p in self.assigned and self.committed.get(p) != o}
         if not offsets:
@@ -730,8 +783,11 @@ class IngestConsumer:
 
         rewind = dict(self.rewind_to)
         self._drop_partitions(set(self.partition_series) | set(self.next_offset) | set(self.rewind_to))
-        self._futures = []
-        self._unsettled = {}
+        self._outbox, self._unsettled = [], {}
+        # A producer that timed out may be unusable (idempotence epoch), and a job in
+        # flight may wait on a broker that is away: drop the publisher (its job may still
+        # land, which is as safe as a crash after the sends) and start a fresh one.
+        self._close_sink(timeout_s=0.5)
         for p, off in rewind.items():
             if p in self.assigned:
                 try:
@@ -740,11 +796,11 @@ class IngestConsumer:
                     log.warning("ingest.seek_failed", partition=p, error=repr(e))
         self.rewind_to.update({p: o for p, o in rewind.items() if p in self.assigned})
         self.committed.update({p: o for p, o in rewind.items() if p in self.assigned})
-        # A producer that timed out may be unusable (idempotence epoch): start a fresh one.
-        discard_producer(self.producer, timeout_s=0.5)
         self._stop.wait(self._backoff)
-        self.producer = make_producer(self.cfg)
-        self.dlq.producer = self.producer
+        try:
+            self.sink = self._start_sink()
+        except Exception as e:  # noqa: BLE001 - e.g. Redis away: the next batch tries again
+            log.warning("ingest.publisher_start_failed", error=repr(e)[:500])
 
     def close(self) -> None:
         if self._closed:
@@ -753,13 +809,14 @@ class IngestConsumer:
         try:
             self.consumer.close(autocommit=False)
         finally:
-            discard_producer(self.producer, timeout_s=10)
+            self._close_sink(timeout_s=10)
         log.info("ingest.stop", **{k: v for k, v in self.counters.items() if "." not in k})
 
     def abandon(self) -> None:
-        """Close the sockets without flushing, persisting or committing (for crash tests)."""
+        """Close the sockets without flushing, persisting or committing (for crash tests):
+        the publisher is stopped at once, its job in hand cut short."""
         self._closed = True
-        discard_producer(self.producer, timeout_s=0)
+        self._close_sink(timeout_s=0)
         self.consumer.close(autocommit=False, timeout_ms=0)
 
 

@@ -83,17 +83,20 @@ class CursorStore:
 
     def save_many(self, cursors: Iterable[IngestCursor]) -> CursorSaveResult:
         """Compare-and-set every cursor in one pipelined round trip."""
-        cursors = list(cursors)
+        return self.save_args(cursor_args(cursors))
+
+    def save_args(self, args: list[tuple[str, int, int, bytes]]) -> CursorSaveResult:
+        """:meth:`save_many` of :func:`cursor_args` taken earlier (plain data: ingest's
+        publisher process writes the cursors its consumer took after assembling)."""
         result = CursorSaveResult()
-        if not cursors:
+        if not args:
             return result
         for attempt in (0, 1):
             pipe = self.redis.pipeline(transaction=False)
-            for c in cursors:
+            for sid, seq, n, raw in args:
                 # execute_command: redis-py's ClusterPipeline refuses .evalsha() but routes
                 # EVALSHA by its key (as StateStore does).
-                pipe.execute_command("EVALSHA", self._sha, 1, self.key(c.series_id), c.next_seq, c.n_covered,
-                                     c.to_json())
+                pipe.execute_command("EVALSHA", self._sha, 1, self.key(sid), seq, n, raw)
             try:
                 replies = pipe.execute()
                 break
@@ -101,9 +104,15 @@ class CursorStore:
                 if attempt:
                     raise
                 self._sha = self.redis.script_load(CURSOR_CAS_SCRIPT)
-        for c, r in zip(cursors, replies):
+        for (sid, _, _, _), r in zip(args, replies):
             if int(r) == 1:
                 result.written += 1
             else:
-                result.refused.append(c.series_id)
+                result.refused.append(sid)
         return result
+
+
+def cursor_args(cursors: Iterable[IngestCursor]) -> list[tuple[str, int, int, bytes]]:
+    """The compare-and-set arguments of :meth:`CursorStore.save_many`:
+    ``(series_id, next_seq, n_covered, cursor JSON)`` per cursor."""
+    return [(c.series_id, c.next_seq, c.n_covered, c.to_json()) for c in cursors]

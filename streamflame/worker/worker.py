@@ -13,7 +13,7 @@ one, then handles the batch in this order (the crash-consistency design)::
     4. write     states by Lua compare-and-set         (one pipelined EVALSHA round trip)
     5. commit    Kafka offsets of the batch
 
-Steps 3-4 are the publisher's (streamflame.worker.sink): by default a process of
+Steps 3-4 are the publisher's (streamflame.sink): by default a process of
 the worker's own, which publishes and writes batch k while this process computes
 batch k+1. Batch k+1 loads the records batch k is writing (they are what Redis
 holds once k's outcome shows them applied), and nothing of k+1 is published before
@@ -127,7 +127,7 @@ class _Computed:
     redis_load_s: float
     t_start: float
     compute_s: float         # steps 1-2 and the job's encoding, in this process
-    job: object              # streamflame.worker.sink.Job
+    job: object              # streamflame.sink.Job
     pipelinable: bool        # no rewind or quarantine decided: the next batch may be computed on it
 
 
@@ -217,7 +217,7 @@ class Worker:
         self.store = StateStore(connect(cfg.redis), cfg.redis.key_prefix)
         self.cache = StateCache(cfg.worker.state_cache_series)
         self._errors = (RedisError, KafkaError, OSError)
-        self.dlq = DeadLetterWriter(None, cfg.topics.dlq, "worker")   # builds the records; the sink sends them
+        self.dlq = DeadLetterWriter.for_config(cfg, "worker")   # builds the records; the sink sends them
         self.sink = self._start_sink()
         self.consumer = make_consumer(
             cfg, cfg.worker.group_id,
@@ -272,14 +272,14 @@ class Worker:
         self.ready.set()
 
     def _start_sink(self):
-        """The publisher of steps 3-4 (``worker.publisher``), see streamflame.worker.sink."""
-        from streamflame.worker.sink import InlineSink, ProcessSink
+        """The publisher of steps 3-4 (``worker.publisher``), see streamflame.sink."""
+        from streamflame.sink import InlineSink, ProcessSink
 
         if self.cfg.worker.publisher == "inline":
             from streamflame.kafka_io import make_producer
 
             return InlineSink(make_producer(self.cfg), self.store)
-        sink = ProcessSink(self.cfg)
+        sink = ProcessSink(self.cfg, "worker")
         log.info("worker.publisher_started", pid=sink.pid)
         return sink
 
@@ -359,7 +359,7 @@ class Worker:
 
     def _handle(self) -> None:
         """Steps 1-5 for the open batch. Steps 1-2 run here; steps 3-4 are the
-        publisher's job (:mod:`streamflame.worker.sink`), and with a publisher process
+        publisher's job (:mod:`streamflame.sink`), and with a publisher process
         they run while the next batch is computed: that batch loads the states the
         job is writing, and is published only once the job's outcome shows every
         write applied (otherwise it is dropped and re-read). Step 5 follows each
@@ -432,7 +432,7 @@ class Worker:
     def _compute(self, b: _Batch) -> "_Computed":
         """Steps 1-2, and the publisher's job: every message encoded, the CAS arguments."""
         from streamflame.state.store import cas_args
-        from streamflame.worker.sink import Job
+        from streamflame.sink import Job
 
         t_start = time.perf_counter()
         sids = list(dict.fromkeys(r.patch.series_id for r in b.records))

@@ -1,25 +1,31 @@
-"""Steps 3 and 4 of a worker batch, in one place: publish (send, flush, check every
-send), then quarantine and compare-and-set the states. See worker.py for the order.
+"""A batch's sends and Redis writes, in one place, for the worker and for ingest:
+publish (send, flush, check every send), then write: the worker's quarantines and
+state compare-and-sets, ingest's cursor compare-and-sets. Nothing is written to
+Redis unless every message of the job landed. See worker.py and ingest/consumer.py
+for each one's order.
 
-A :class:`Job` is plain data (the encoded messages and the CAS arguments), built by
-the model process once a batch is computed. Two sinks run it:
+A :class:`Job` is plain data (the encoded messages and the write arguments), built by
+the process that computed the batch. Two sinks run it:
 
-* :class:`ProcessSink` (``worker.publisher: process``, the default) hands it to a
-  publisher process of its own (``python -m streamflame.worker.sink``), so that
-  kafka-python's per-record work and the Redis round trip of batch k run on another
-  core while the model computes batch k+1. A thread would not do: that work holds
-  the GIL the model's Python code needs (measured, docs/benchmarks.md).
-* :class:`InlineSink` (``inline``) runs it in the worker's own process.
+* :class:`ProcessSink` (``worker.publisher`` / ``ingest.publisher: process``, the
+  default) hands it to a publisher process of its own (``python -m streamflame.sink``),
+  so that kafka-python's per-record work and the Redis round trip of batch k run on
+  another core while batch k+1 is computed (the worker's model) or read and assembled
+  (ingest). A thread would not do: that work holds the GIL the caller's Python code
+  needs (measured, docs/benchmarks.md).
+* :class:`InlineSink` (``inline``) runs it in the caller's own process: the sends at
+  :meth:`~InlineSink.submit` (the producer's I/O thread delivers them meanwhile), the
+  flush, the checks and the writes at :meth:`~InlineSink.result`.
 
-Both run :func:`complete`, so the records on the topics and in Redis are the same.
-The worker looks at a job's :class:`Outcome` (which writes were applied) before it
-publishes anything of the next batch, and commits a batch's offsets only then.
+Both run :func:`send` then :func:`finish`, so the records on the topics and in Redis
+are the same. The caller looks at a job's :class:`Outcome` (which writes were applied)
+before it sends anything of the next batch, and commits a batch's offsets only then.
 
 The publisher process reads jobs from a pipe and answers each with its outcome. It
-ignores SIGINT/SIGTERM and stops at the end of its input: when the worker closes
+ignores SIGINT/SIGTERM and stops at the end of its input: when its caller closes
 the pipe, or dies (even by SIGKILL) — after finishing the job in hand, which is as
-safe as a worker crash between steps 3 and 4. A publisher that died is seen as a
-failed batch (``OSError``): the worker re-reads the batch and starts a new one.
+safe as a crash between the sends and the writes. A publisher that died is seen as
+a failed batch (``OSError``): the caller re-reads the batch and starts a new one.
 """
 from __future__ import annotations
 
@@ -34,23 +40,26 @@ from multiprocessing.connection import Connection
 
 import orjson
 
+from streamflame.ingest.cursors import CursorSaveResult
 from streamflame.state.store import SaveResult
 
-__all__ = ["Job", "Outcome", "complete", "InlineSink", "ProcessSink"]
+__all__ = ["Job", "Outcome", "send", "finish", "InlineSink", "ProcessSink"]
 
 
 @dataclass
 class Job:
     messages: list[tuple[str, bytes | None, bytes]] = field(default_factory=list)  # (topic, key, value), send order
-    quarantine: list[tuple[str, str]] = field(default_factory=list)   # (series_id, reason), before the writes
-    cas: dict[str, tuple] = field(default_factory=dict)               # StateStore.save_args arguments
+    quarantine: list[tuple[str, str]] = field(default_factory=list)   # worker: (series_id, reason), before the writes
+    cas: dict[str, tuple] = field(default_factory=dict)               # worker: StateStore.save_args arguments
+    cursors: list[tuple[str, int, int, bytes]] = field(default_factory=list)   # ingest: CursorStore.save_args
 
 
 @dataclass
 class Outcome:
     save: SaveResult
     publish_s: float   # sends + flush
-    save_s: float      # the CAS round trip (0 when nothing was written)
+    save_s: float      # the Redis round trip (0 when nothing was written)
+    cursors: CursorSaveResult = field(default_factory=CursorSaveResult)
 
 
 # -- the pipe's wire format (no pickle in this package: tests/test_reliability_input.py) --
@@ -58,7 +67,8 @@ class Outcome:
 # job     = u32 header length | header (JSON) | the blobs, in header order
 # header  = {"topics": [..], "msgs": [[topic index, key length or -1, value length], ..],
 #            "quarantine": [[series_id, reason], ..],
-#            "cas": [[series_id, seq, expected, state length, meta length, flag], ..]}
+#            "cas": [[series_id, seq, expected, state length, meta length, flag], ..],
+#            "cursors": [[series_id, seq, n, cursor length], ..]}
 # outcome = JSON: {"kind": "ok"|"ready"|"kafka"|"redis"|"os"|"bug", ...}
 
 
@@ -70,6 +80,7 @@ def encode_job(job: Job) -> bytes:
         "msgs": [[index[t], -1 if k is None else len(k), len(v)] for t, k, v in job.messages],
         "quarantine": job.quarantine,
         "cas": [[sid, seq, exp, len(state), len(meta), flag] for sid, (seq, exp, state, meta, flag) in job.cas.items()],
+        "cursors": [[sid, seq, n, len(c)] for sid, seq, n, c in job.cursors],
     })
     parts = [struct.pack("<I", len(head)), head]
     for _, k, v in job.messages:
@@ -78,6 +89,7 @@ def encode_job(job: Job) -> bytes:
         parts.append(v)
     for _, _, state, meta, _ in job.cas.values():
         parts += (state, meta)
+    parts += [c for _, _, _, c in job.cursors]
     return b"".join(parts)
 
 
@@ -97,91 +109,114 @@ def decode_job(buf: bytes) -> Job:
     topics = head["topics"]
     msgs = [(topics[ti], None if kl < 0 else take(kl), take(vl)) for ti, kl, vl in head["msgs"]]
     cas = {sid: (seq, exp, take(sl), take(ml), flag) for sid, seq, exp, sl, ml, flag in head["cas"]}
+    cursors = [(sid, seq, n, take(cl)) for sid, seq, n, cl in head["cursors"]]
     if pos != len(buf):
         raise ValueError(f"job has {len(buf) - pos} bytes past its end")
-    return Job(msgs, [(sid, reason) for sid, reason in head["quarantine"]], cas)
+    return Job(msgs, [(sid, reason) for sid, reason in head["quarantine"]], cas, cursors)
 
 
 def encode_outcome(out: Outcome) -> bytes:
-    return orjson.dumps({"kind": "ok", "save": asdict(out.save), "publish_s": out.publish_s, "save_s": out.save_s})
+    return orjson.dumps({"kind": "ok", "save": asdict(out.save), "publish_s": out.publish_s, "save_s": out.save_s,
+                         "cursors": asdict(out.cursors)})
 
 
 def decode_outcome(d: dict) -> Outcome:
-    return Outcome(SaveResult(**d["save"]), d["publish_s"], d["save_s"])
+    return Outcome(SaveResult(**d["save"]), d["publish_s"], d["save_s"], CursorSaveResult(**d["cursors"]))
 
 
-def complete(producer, store, job: Job) -> Outcome:
-    """Publish every message, flush, check each send; then quarantine and write.
+def send(producer, job: Job) -> tuple[list, float]:
+    """Send every message of the job, without waiting: ``(futures, start time)``."""
+    t0 = time.perf_counter()
+    send_one = producer.send
+    return [send_one(topic, key=key, value=value) for topic, key, value in job.messages], t0
+
+
+def finish(producer, sent: tuple[list, float], job: Job, states=None, cursors=None) -> Outcome:
+    """Flush, check each send; then quarantine and write (``states``: a StateStore,
+    ``cursors``: a CursorStore, each needed only when the job has such writes).
     Raises KafkaError (a send failed), RedisError or OSError; nothing is written to
     Redis unless every message landed."""
     from kafka.errors import KafkaError
 
-    t0 = time.perf_counter()
-    send = producer.send
-    futures = [send(topic, key=key, value=value) for topic, key, value in job.messages]
+    futures, t0 = sent
     producer.flush()
     for f in futures:
         if f.failed():
             err = f.exception
             raise err if isinstance(err, KafkaError) else KafkaError(repr(err))
     publish_s = time.perf_counter() - t0
+    save, save_s = SaveResult(), 0.0
     for sid, reason in job.quarantine:
-        store.quarantine(sid, reason)
-    save = store.save_args(job.cas)
-    return Outcome(save, publish_s, store.last_round_trip_s if job.cas else 0.0)
+        states.quarantine(sid, reason)
+    if job.cas:
+        save = states.save_args(job.cas)
+        save_s = states.last_round_trip_s
+    written = CursorSaveResult()
+    if job.cursors:
+        t1 = time.perf_counter()
+        written = cursors.save_args(job.cursors)
+        save_s += time.perf_counter() - t1
+    return Outcome(save, publish_s, save_s, written)
 
 
 class InlineSink:
-    """Runs each job at :meth:`submit`, in this process."""
+    """Runs each job in this process: its sends at :meth:`submit`, the rest at :meth:`result`."""
 
     concurrent = False
 
-    def __init__(self, producer, store):
-        self.producer, self.store = producer, store
-        self._done: tuple[Outcome | None, BaseException | None] | None = None
+    def __init__(self, producer, states=None, cursors=None):
+        self.producer, self.states, self.cursors = producer, states, cursors
+        self._job: tuple[Job, tuple | None, BaseException | None] | None = None
 
     def submit(self, job: Job) -> None:
+        if self._job is not None:
+            raise RuntimeError("InlineSink.submit with a job in flight")
         try:
-            self._done = (complete(self.producer, self.store, job), None)
+            self._job = (job, send(self.producer, job), None)
         except Exception as e:  # noqa: BLE001 - raised again by result()
-            self._done = (None, e)
+            self._job = (job, None, e)
 
     def ready(self) -> bool:
         return True
 
     def result(self) -> Outcome:
-        done, self._done = self._done, None
-        if done is None:
+        held, self._job = self._job, None
+        if held is None:
             raise RuntimeError("InlineSink.result without a job")
-        outcome, err = done
+        job, sent, err = held
         if err is not None:
             raise err
-        return outcome
+        return finish(self.producer, sent, job, self.states, self.cursors)
 
     @property
     def alive(self) -> bool:
         return True
 
-    def close(self) -> None:
-        self.producer.close(timeout=5)
+    def close(self, timeout_s: float = 5.0) -> None:
+        """Close the producer, giving up on sends not delivered within ``timeout_s``."""
+        from streamflame.kafka_io import discard_producer
+
+        self._job = None
+        discard_producer(self.producer, timeout_s=timeout_s)
 
 
 class ProcessSink:
     """Runs jobs in a publisher process; one job in flight at a time.
 
     ``cfg``: the service config (sent through the pipe, secrets included, never
-    on a command line). Raises OSError if the process does not come up (e.g. Redis
-    or the broker unreachable) within ``start_timeout_s``.
+    on a command line); ``component``: "worker" or "ingest" (the writes it makes, its
+    log lines). Raises OSError if the process does not come up (e.g. Redis or the
+    broker unreachable) within ``start_timeout_s``.
     """
 
     concurrent = True
 
-    def __init__(self, cfg, start_timeout_s: float = 60.0):
+    def __init__(self, cfg, component: str = "worker", start_timeout_s: float = 60.0):
         job_r, job_w = os.pipe()
         out_r, out_w = os.pipe()
         try:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "streamflame.worker.sink", str(job_r), str(out_w)],
+                [sys.executable, "-m", "streamflame.sink", str(job_r), str(out_w)],
                 pass_fds=(job_r, out_w), stdin=subprocess.DEVNULL, close_fds=True)
         finally:
             os.close(job_r)
@@ -190,7 +225,7 @@ class ProcessSink:
         self._outcomes = Connection(out_r, writable=False)
         self._in_flight = False
         try:
-            self._jobs.send_bytes(orjson.dumps(cfg.effective(mask_secrets=False)))
+            self._jobs.send_bytes(orjson.dumps({"component": component, "config": cfg.effective(mask_secrets=False)}))
             if not self._outcomes.poll(start_timeout_s):
                 raise OSError(f"publisher process not ready after {start_timeout_s:.0f} s")
             self._receive()
@@ -262,29 +297,33 @@ class ProcessSink:
 
 
 def _serve(job_fd: int, out_fd: int) -> int:
-    """The publisher process: config, then jobs, until the pipe ends."""
+    """The publisher process: its config, then jobs, until the pipe ends."""
     from kafka.errors import KafkaError
     from redis.exceptions import RedisError
 
     from streamflame.config import ServiceConfig
-    from streamflame.kafka_io import make_producer
+    from streamflame.ingest.cursors import CursorStore
+    from streamflame.kafka_io import discard_producer, make_producer
     from streamflame.logs import configure_logging
     from streamflame.state.client import connect
     from streamflame.state.store import StateStore
 
     import structlog
 
-    signal.signal(signal.SIGINT, signal.SIG_IGN)   # the worker decides when we stop: it closes the pipe
+    signal.signal(signal.SIGINT, signal.SIG_IGN)   # the caller decides when we stop: it closes the pipe
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     jobs, out = Connection(job_fd, writable=False), Connection(out_fd, readable=False)
     try:
-        cfg = ServiceConfig(**orjson.loads(jobs.recv_bytes()))
+        first = orjson.loads(jobs.recv_bytes())
     except EOFError:
         return 0
+    cfg, component = ServiceConfig(**first["config"]), first["component"]
     configure_logging(cfg.log_level)
-    log = structlog.get_logger("streamflame.worker.publisher")
+    log = structlog.get_logger(f"streamflame.{component}.publisher")
     producer = make_producer(cfg)
-    store = StateStore(connect(cfg.redis), cfg.redis.key_prefix)
+    redis = connect(cfg.redis)
+    states = StateStore(redis, cfg.redis.key_prefix) if component == "worker" else None
+    cursors = CursorStore(redis, cfg.redis.key_prefix) if component == "ingest" else None
     out.send_bytes(orjson.dumps({"kind": "ready"}))
     try:
         while True:
@@ -293,22 +332,23 @@ def _serve(job_fd: int, out_fd: int) -> int:
             except EOFError:
                 return 0
             try:
-                reply = encode_outcome(complete(producer, store, decode_job(buf)))
-            except Exception as e:  # noqa: BLE001 - reported to the worker, which decides
+                job = decode_job(buf)
+                reply = encode_outcome(finish(producer, send(producer, job), job, states, cursors))
+            except Exception as e:  # noqa: BLE001 - reported to the caller, which decides
                 kind = ("kafka" if isinstance(e, KafkaError) else "redis" if isinstance(e, RedisError)
                         else "os" if isinstance(e, OSError) else "bug")
                 if kind == "bug":
-                    log.exception("worker.publisher_failed")
+                    log.exception(f"{component}.publisher_failed")
                 reply = orjson.dumps({"kind": kind, "error": repr(e)})
             try:
                 out.send_bytes(reply)
-            except OSError:  # the worker is gone
+            except OSError:  # the caller is gone
                 return 0
     finally:
-        producer.close(timeout=5)
+        discard_producer(producer, timeout_s=5)
 
 
 if __name__ == "__main__":
-    from streamflame.worker.sink import _serve as serve   # the package's module, not a second copy
+    from streamflame.sink import _serve as serve   # the package's module, not a second copy
 
     sys.exit(serve(int(sys.argv[1]), int(sys.argv[2])))

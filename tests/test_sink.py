@@ -1,7 +1,8 @@
-"""The worker's publisher (streamflame.worker.sink) on a real Tansu broker and real
-redis-servers: the publisher process writes exactly what the inline one writes, reports
-Redis failures and survives them, and is seen as gone (OSError) when killed; it exits
-when the worker that started it dies."""
+"""The publisher (streamflame.sink) of the worker and of ingest, on a real Tansu broker
+and real redis-servers: the publisher process writes exactly what the inline one
+writes (states, quarantines, cursors), writes nothing to Redis when a send fails,
+reports Redis failures and survives them, and is seen as gone (OSError) when killed;
+it exits when the process that started it dies."""
 from __future__ import annotations
 
 import os
@@ -11,15 +12,19 @@ import sys
 import time
 
 import pytest
+import orjson
 from kafka import KafkaConsumer, TopicPartition
+from kafka.errors import KafkaError
 from redis.exceptions import RedisError
 
 from streamflame.config import ServiceConfig
 from streamflame.embedded import RedisServer
+from streamflame.ingest.assembler import AssemblerSettings, SeriesAssembler
+from streamflame.ingest.cursors import CursorStore, cursor_args
 from streamflame.kafka_io import make_producer
 from streamflame.state.client import connect
 from streamflame.state.store import StateStore
-from streamflame.worker.sink import InlineSink, Job, ProcessSink, decode_job, encode_job
+from streamflame.sink import InlineSink, Job, ProcessSink, decode_job, encode_job
 
 
 def read_records(cfg: ServiceConfig, topic: str, want: int, timeout_s: float = 15.0) -> list[tuple]:
@@ -59,6 +64,7 @@ def test_the_job_codec_round_trips_and_refuses_a_cut_job(service_config):
     job = a_job(service_config, "codec")
     job.messages += [("t", b"", b""), ("t\u00e9", None, b"\x00" * 3)]
     job.cas["\u00fcber/x"] = (7, 6, b"", b"{}", "1")
+    job.cursors = [("c-1", 3, 144, b'{"c": 1}'), ("\u00fcber/c", 0, 0, b"")]
     buf = encode_job(job)
     assert decode_job(buf) == job
     for cut in (buf[:-1], buf + b"x"):
@@ -94,6 +100,69 @@ def test_the_publisher_process_writes_what_the_inline_sink_writes(service_config
         quarantined = {p: redis_client.hgetall(StateStore(redis_client, p).quarantine_key(sid)) for p in ("in", "pr")}
         assert quarantined["in"] == quarantined["pr"]
     assert redis_client.exists(StateStore(redis_client, "pr").quarantine_key("s-q"))
+
+
+def ingest_job(cfg: ServiceConfig, n_series: int = 5, patches: int = 2) -> tuple[Job, list]:
+    """An ingest consumer's job: the patch records and the cursors of real assemblers."""
+    msgs, cursors = [], []
+    for i in range(n_series):
+        a = SeriesAssembler(f"c-{i}", AssemblerSettings(), 60_000)
+        out, rejects = [], []
+        for k in range(patches * 48):
+            a.add(1_704_067_200_000 + k * 60_000, float(k + i), 0, k, 0, None, out, rejects)
+        assert len(out) == patches and not rejects
+        msgs += [(cfg.topics.patches, f"c-{i}".encode(), orjson.dumps(pt._asdict())) for pt in out]
+        cursors.append(a.cursor())
+    return Job(msgs, cursors=cursor_args(cursors)), cursors
+
+
+def test_an_ingest_job_writes_its_cursors_as_the_cursor_store_does(service_config, make_topics, redis_client):
+    cfgs = {"inline": with_prefix(service_config, "ci"), "process": with_prefix(service_config, "cp", make_topics())}
+    sinks = {"inline": InlineSink(make_producer(cfgs["inline"]), cursors=CursorStore(redis_client, "ci")),
+             "process": ProcessSink(cfgs["process"], "ingest")}
+    outcomes = {}
+    try:
+        for name, sink in sinks.items():
+            job, _ = ingest_job(cfgs[name])
+            sink.submit(job)
+            first = sink.result()
+            sink.submit(ingest_job(cfgs[name], patches=1)[0])   # an older cursor: refused
+            outcomes[name] = (first.cursors, sink.result().cursors)
+    finally:
+        for sink in sinks.values():
+            sink.close()
+    assert outcomes["inline"] == outcomes["process"]
+    first, older = outcomes["process"]
+    assert first.written == 5 and not first.refused
+    assert older.written == 0 and sorted(older.refused) == [f"c-{i}" for i in range(5)]
+    _, cursors = ingest_job(cfgs["process"])
+    CursorStore(redis_client, "cd").save_many(cursors)   # the consumer's own write path
+    for c in cursors:
+        got = {p: redis_client.hgetall(CursorStore(redis_client, p).key(c.series_id)) for p in ("ci", "cp", "cd")}
+        assert got["ci"] == got["cp"] == got["cd"] and got["cd"][b"cursor"] == c.to_json()
+        assert CursorStore(redis_client, "cp").load_many([c.series_id])[c.series_id].next_seq == 2
+    for name in ("inline", "process"):
+        got = read_records(cfgs[name], cfgs[name].topics.patches, 15)
+        assert len(got) == 15   # 10 + 5: the refused job's records were sent before its cursors
+
+
+@pytest.mark.parametrize("kind", ["inline", "process"])
+def test_no_cursor_is_written_when_a_send_of_its_job_fails(service_config, redis_client, kind):
+    """A record the broker cannot take (over the producer's request size) fails the job
+    before any Redis write: a cursor never runs ahead of its patches."""
+    cfg = with_prefix(service_config, f"cf{kind}")
+    job, _ = ingest_job(cfg)
+    job.messages.insert(3, (cfg.topics.patches, b"c-0", b"x" * (cfg.ingest.max_message_bytes * 4)))
+    store = CursorStore(redis_client, f"cf{kind}")
+    sink = (InlineSink(make_producer(cfg), cursors=store) if kind == "inline" else ProcessSink(cfg, "ingest"))
+    try:
+        sink.submit(job)
+        with pytest.raises(KafkaError):
+            sink.result()
+        assert store.load_many([f"c-{i}" for i in range(5)]) == {f"c-{i}": None for i in range(5)}
+        assert sink.alive
+    finally:
+        sink.close()
 
 
 def test_the_publisher_reports_a_redis_outage_and_carries_on(service_config, tmp_path):
@@ -137,7 +206,7 @@ def test_the_publisher_exits_when_its_worker_is_killed(service_config, tmp_path)
     cfg_file = tmp_path / "c.json"
     cfg_file.write_text(service_config.model_dump_json())
     script = ("import sys, time; from streamflame.config import ServiceConfig; "
-              "from streamflame.worker.sink import ProcessSink; "
+              "from streamflame.sink import ProcessSink; "
               f"s = ProcessSink(ServiceConfig.model_validate_json(open({str(cfg_file)!r}).read())); "
               "print(s.pid, flush=True); time.sleep(600)")
     parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
