@@ -10,8 +10,10 @@ from streamflame.bench import pipeline
 
 def test_bench_pipeline_runs_every_stage_and_prints_its_summary(capsys):
     assert pipeline.main(["--series", "60", "--patches", "3", "--worker-batch", "32", "--latency-seconds", "3",
-                          "--latency-series", "30", "--repeats", "2", "--batch-patches", "3"]) == 0
+                          "--latency-series", "30", "--repeats", "2", "--batch-patches", "3",
+                          "--ingest-publisher", "inline"]) == 0
     out = capsys.readouterr().out
+    assert "publishers: ingest inline, worker process" in out.splitlines()[0]
     (line,) = [ln for ln in out.splitlines() if ln.startswith("SUMMARY ")]
     figures = {k: float(v) for k, v in (kv.split("=") for kv in line.split()[1:])}
     assert set(figures) == {

@@ -1,6 +1,7 @@
 """The pipeline on the embedded stack, each figure beside its own ceiling from the same run.
 
     streamflame bench pipeline [--series 2000] [--patches 2] [--device cpu] [--latency-seconds 20] [--repeats 5]
+                               [--ingest-publisher process|inline] [--worker-publisher process|inline]
 
 One run starts a Tansu broker and a redis-server in a temporary directory and measures:
 
@@ -297,6 +298,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--worker-batch", type=int, default=512, help="worker.batch_size")
     ap.add_argument("--device", default="cpu", help="worker and model-ceiling device (cpu, cuda)")
     ap.add_argument("--model", default=None, help="checkpoint dir (default: the shipped one)")
+    ap.add_argument("--ingest-publisher", choices=["process", "inline"], default="process",
+                    help="ingest.publisher (docs/architecture.md, \"Publisher process\")")
+    ap.add_argument("--worker-publisher", choices=["process", "inline"], default="process",
+                    help="worker.publisher")
     ap.add_argument("--latency-seconds", type=float, default=20.0)
     ap.add_argument("--latency-series", type=int, default=200)
     ap.add_argument("--latency-only", type=float, metavar="OBS_PER_S",
@@ -321,7 +326,8 @@ def main(argv: list[str] | None = None) -> int:
     cores = os.cpu_count()
     print(f"# streamflame bench pipeline | {time.strftime('%Y-%m-%d %H:%M')} | {platform.machine()} "
           f"{cores} cores, torch threads {torch.get_num_threads()}, load {os.getloadavg()[0]:.2f} | "
-          f"device {args.device} | {S} series x {P} patches = {n_obs:,} observations", flush=True)
+          f"device {args.device} | {S} series x {P} patches = {n_obs:,} observations | publishers: "
+          f"ingest {args.ingest_publisher}, worker {args.worker_publisher}", flush=True)
     broker, redis_srv = Broker(workdir / "broker"), RedisServer(workdir / "redis")
     broker.start()
     redis_srv.start()
@@ -346,9 +352,9 @@ def main(argv: list[str] | None = None) -> int:
                 redis={"url": redis_srv.url, "key_prefix": prefix},
                 topics={"observations": obs, "patches": patches, "forecasts": forecasts,
                         "alerts": topics["alerts"], "dlq": topics["dlq"]},
-                ingest={"group_id": f"ingest-{prefix}"},
+                ingest={"group_id": f"ingest-{prefix}", "publisher": args.ingest_publisher},
                 worker={"group_id": f"worker-{prefix}", "batch_size": args.worker_batch, "device": args.device,
-                        "model_path": args.model},
+                        "model_path": args.model, "publisher": args.worker_publisher},
                 defaults={"frequency": "1min"})
 
         def lat_config(obs, patches, forecasts, prefix):
