@@ -786,7 +786,9 @@ class IngestConsumer:
         self._outbox, self._unsettled = [], {}
         # A producer that timed out may be unusable (idempotence epoch), and a job in
         # flight may wait on a broker that is away: drop the publisher (its job may still
-        # land, which is as safe as a crash after the sends) and start a fresh one.
+        # land, which is as safe as a crash after the sends). The next batch starts a fresh
+        # one (_submit): not here, where a broker that is away would hold the loop (and a
+        # stop) for kafka-python's ~30 s bootstrap timeout.
         self._close_sink(timeout_s=0.5)
         for p, off in rewind.items():
             if p in self.assigned:
@@ -797,10 +799,6 @@ class IngestConsumer:
         self.rewind_to.update({p: o for p, o in rewind.items() if p in self.assigned})
         self.committed.update({p: o for p, o in rewind.items() if p in self.assigned})
         self._stop.wait(self._backoff)
-        try:
-            self.sink = self._start_sink()
-        except Exception as e:  # noqa: BLE001 - e.g. Redis away: the next batch tries again
-            log.warning("ingest.publisher_start_failed", error=repr(e)[:500])
 
     def close(self) -> None:
         if self._closed:
