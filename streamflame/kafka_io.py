@@ -281,7 +281,7 @@ class DeadLetterWriter:
         # base64 is 4/3 of the bytes, plus the JSON around it
         return cls(cfg.topics.dlq, component, max_original_bytes=int(max_request_bytes(cfg) * 0.7))
 
-    def record(
+    def message(
         self,
         reason: str,
         detail: str,
@@ -294,8 +294,8 @@ class DeadLetterWriter:
         series_id: str | None = None,
         index: int | None = None,
         indices: list[int] | None = None,
-    ) -> tuple[bytes | None, bytes]:
-        """The dead letter's (key, value) bytes, to be sent to ``topic``."""
+    ) -> tuple[str, bytes | None, bytes]:
+        """The dead letter as a ``(topic, key, value)`` message of a publisher's job."""
         if original is not None and len(original) > self.max_original_bytes:
             detail += f" (original truncated: kept {self.max_original_bytes} of {len(original)} bytes)"
             original = bytes(original[: self.max_original_bytes])
@@ -309,4 +309,4 @@ class DeadLetterWriter:
             key=key, original=original, component=self.component, series_id=series_id, index=index,
             indices=indices,
         )
-        return key, encode(letter)
+        return self.topic, key, encode(letter)

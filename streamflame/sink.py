@@ -43,7 +43,7 @@ import orjson
 from streamflame.ingest.cursors import CursorSaveResult
 from streamflame.state.store import SaveResult
 
-__all__ = ["Job", "Outcome", "send", "finish", "InlineSink", "ProcessSink"]
+__all__ = ["Job", "Outcome", "send", "finish", "start", "InlineSink", "ProcessSink"]
 
 
 @dataclass
@@ -157,6 +157,21 @@ def finish(producer, sent: tuple[list, float], job: Job, states=None, cursors=No
         written = cursors.save_args(job.cursors)
         save_s += time.perf_counter() - t1
     return Outcome(save, publish_s, save_s, written)
+
+
+def start(cfg, component: str, *, states=None, cursors=None, log=None):
+    """The publisher ``cfg.<component>.publisher`` names, for the worker or ingest:
+    an :class:`InlineSink` on a new producer (``states`` / ``cursors``: the caller's
+    StateStore / CursorStore) or a :class:`ProcessSink` (logged with its pid).
+    Raises what starting it raises (OSError for a process that does not come up)."""
+    if getattr(cfg, component).publisher == "inline":
+        from streamflame.kafka_io import make_producer
+
+        return InlineSink(make_producer(cfg), states, cursors)
+    sink = ProcessSink(cfg, component)
+    if log is not None:
+        log.info(f"{component}.publisher_started", pid=sink.pid)
+    return sink
 
 
 class InlineSink:

@@ -75,7 +75,6 @@ from streamflame.kafka_io import (
     DelayedOffsets,
     create_topics,
     make_consumer,
-    make_producer,
 )
 from streamflame.schemas import (
     MAX_ABS_VALUE,
@@ -465,10 +464,10 @@ class IngestConsumer:
     def _reject_message(self, reason: str, detail: str, p: int, offset: int, key, raw, sid) -> None:
         self.counters["rejected"] += 1
         self.counters["rejected." + reason] += 1
-        self._outbox.append((self.dlq.topic, *self.dlq.record(
+        self._outbox.append(self.dlq.message(
             reason, detail, source_topic=self.topic, partition=p, offset=offset,
             key=None if key is None else bytes(key), original=None if raw is None else bytes(raw),
-            series_id=sid)))
+            series_id=sid))
         self.counters["dead_letters"] += 1
 
     def _assemble(self, chunk: dict[str, list], patches: list, touched: dict) -> None:
@@ -554,11 +553,11 @@ class IngestConsumer:
                 indices = [r.ref.index for r in rs if r.ref is not None and r.ref.index is not None]
                 shown = ", ".join(map(str, indices[:20])) + (", ..." if len(indices) > 20 else "")
                 detail = f"{len(rs)} elements rejected as {reason} (indices {shown}); first: {first.detail}"
-            self._outbox.append((self.dlq.topic, *self.dlq.record(
+            self._outbox.append(self.dlq.message(
                 reason, detail, source_topic=self.topic, partition=p, offset=offset,
                 key=None if ref is None or ref.key is None else bytes(ref.key),
                 original=None if ref is None or ref.raw is None else bytes(ref.raw),
-                series_id=sid, index=None if ref is None else ref.index, indices=indices)))
+                series_id=sid, index=None if ref is None else ref.index, indices=indices))
             c["dead_letters"] += 1
 
     def _load_series(self, seen: dict[str, int]) -> None:
@@ -612,11 +611,11 @@ class IngestConsumer:
 
         job = Job(self._outbox, cursors=cursor_args(a.cursor() for a in self._unsettled.values()))
         self._outbox, self._unsettled = [], {}
-        if self.sink is None:
-            self.sink = self._start_sink_or_retry()
         try:
+            if self.sink is None:
+                self.sink = self._start_sink()
             self.sink.submit(job)
-        except Exception as e:  # noqa: BLE001 - OSError: the publisher process is gone
+        except Exception as e:  # noqa: BLE001 - OSError: the publisher gone, or not started (Redis/broker away)
             raise _RetryBatch(f"handing the batch to the publisher failed: {e!r}") from e
         self._in_flight = True
 
@@ -648,19 +647,9 @@ class IngestConsumer:
 
     def _start_sink(self):
         """The publisher of each batch's job (``ingest.publisher``), see streamflame.sink."""
-        from streamflame.sink import InlineSink, ProcessSink
+        from streamflame.sink import start
 
-        if self.cfg.ingest.publisher == "inline":
-            return InlineSink(make_producer(self.cfg), cursors=self.store)
-        sink = ProcessSink(self.cfg, "ingest")
-        log.info("ingest.publisher_started", pid=sink.pid)
-        return sink
-
-    def _start_sink_or_retry(self):
-        try:
-            return self._start_sink()
-        except Exception as e:  # noqa: BLE001 - OSError: Redis or the broker away; the batch is retried
-            raise _RetryBatch(f"starting the publisher failed: {e!r}") from e
+        return start(self.cfg, "ingest", cursors=self.store, log=log)
 
     def _close_sink(self, timeout_s: float) -> None:
         sink, self.sink, self._in_flight = self.sink, None, False

@@ -273,15 +273,9 @@ class Worker:
 
     def _start_sink(self):
         """The publisher of steps 3-4 (``worker.publisher``), see streamflame.sink."""
-        from streamflame.sink import InlineSink, ProcessSink
+        from streamflame.sink import start
 
-        if self.cfg.worker.publisher == "inline":
-            from streamflame.kafka_io import make_producer
-
-            return InlineSink(make_producer(self.cfg), self.store)
-        sink = ProcessSink(self.cfg, "worker")
-        log.info("worker.publisher_started", pid=sink.pid)
-        return sink
+        return start(self.cfg, "worker", states=self.store, log=log)
 
     def _restart_sink(self) -> None:
         old = self.sink
@@ -382,7 +376,7 @@ class Worker:
                 return
             if rewound is not None:   # a write of prev was refused: cur may rest on it; re-read cur
                 self.processor.forget(cur.res)
-                self._rewind({tp: min(off, rewound.get(tp.partition, off)) for tp, off in b.start.items()})
+                self._reread(b, rewound)
                 log.warning("worker.batch_reread", patches=len(b), why="a state write of the batch before "
                             "was refused or rewound, and this batch was computed from it")
                 return
@@ -413,7 +407,7 @@ class Worker:
             return
         if rewound and len(b):
             self._batch = _Batch()
-            self._rewind({tp: min(off, rewound.get(tp.partition, off)) for tp, off in b.start.items()})
+            self._reread(b, rewound)
 
     def _fail(self, e: Exception, batches: list[_Batch]) -> None:
         self._backoff = min(_MAX_BACKOFF_S, max(0.1, 2 * self._backoff))
@@ -454,13 +448,13 @@ class Worker:
         msgs += [(t.forecasts, fc.series_id.encode(), encode(fc)) for fc in res.forecasts]
         for rej in res.rejected:
             r = rej.record
-            msgs.append((t.dlq, *self.dlq.record(rej.reason, rej.detail, source_topic=t.patches,
-                                                 partition=r.partition, offset=r.offset, key=r.key,
-                                                 original=r.raw, series_id=r.patch.series_id)))
+            msgs.append(self.dlq.message(rej.reason, rej.detail, source_topic=t.patches,
+                                         partition=r.partition, offset=r.offset, key=r.key,
+                                         original=r.raw, series_id=r.patch.series_id))
         for msg, detail in b.bad:
-            msgs.append((t.dlq, *self.dlq.record("bad_patch", detail, source_topic=t.patches,
-                                                 partition=msg.partition, offset=msg.offset, key=msg.key,
-                                                 original=msg.value)))
+            msgs.append(self.dlq.message("bad_patch", detail, source_topic=t.patches,
+                                         partition=msg.partition, offset=msg.offset, key=msg.key,
+                                         original=msg.value))
         job = Job(msgs, list(res.quarantine.items()), cas_args(res.records, res.expected, res.replace_broken))
         return _Computed(b, res, len(sids), len(misses), redis_load_s, t_start, time.perf_counter() - t_start, job,
                          pipelinable=not res.rewind and not res.quarantine)
@@ -569,6 +563,11 @@ class Worker:
         for tp, off in offsets.items():
             if tp in assigned:
                 self.consumer.seek(tp, off)
+
+    def _reread(self, b: _Batch, rewound: dict[int, int]) -> None:
+        """Seek batch ``b``'s partitions back to its start, or further where the job
+        before rewound them (``rewound``: {partition: offset})."""
+        self._rewind({tp: min(off, rewound.get(tp.partition, off)) for tp, off in b.start.items()})
 
 
 def model_threads(cfg: ServiceConfig) -> int:
