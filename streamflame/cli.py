@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "tail": ("streamflame.tools.tail:main", "print forecasts and alerts as they arrive, one line each"),
     "plot": ("streamflame.tools.plot:main", "fan chart PNG of a series: live stack or an eval forecast file"),
     "config": ("streamflame.config:main", "configuration tools: `config check FILE`"),
+    "data": ("streamflame.data.registry:main", "packaged real datasets: `data sources`, `data export-validation FILE`"),
     "train": ("streamflame.train.loop:main", "train a model from a YAML training config"),
     "eval": ("streamflame.eval.run:main", "score forecasts on a CSV/Parquet file (the eval file contract)"),
     "chaos": ("streamflame.chaos:main", "fault injection on the embedded stack: `chaos crash|redis|broker|rebalance`"),

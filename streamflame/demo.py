@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
-    from streamflame.data.packaged import demo_series
+    from streamflame.data.registry import demo_series
     from streamflame.embedded.stack import EmbeddedStack
     from streamflame.schemas import decode_forecast
 
