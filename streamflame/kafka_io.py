@@ -40,6 +40,19 @@ RECONNECT_BACKOFF_MAX_MS = 2_000
 restart look like a long outage)."""
 
 
+def key_hash(key: bytes) -> int:
+    """murmur2 of the key bytes, positive: the hash of the Java client, kafka-python and
+    librdkafka's ``murmur2_random`` partitioner."""
+    return murmur2(key) & 0x7FFFFFFF
+
+
+def key_partition(key: bytes, partitions: int) -> int:
+    """The partition of a keyed record among ``partitions`` (numbered 0..n-1). StreamFlame's
+    own producers use it (:class:`KeyHashPartitioner`), so a reader finds a series' patches
+    and forecasts in that one partition."""
+    return key_hash(key) % partitions
+
+
 class KeyHashPartitioner(Partitioner):
     """kafka-python's ``DefaultPartitioner`` assignment (murmur2 of the key bytes, as the
     Java client: so every producer puts a series in the same partition) with each key's
@@ -61,7 +74,7 @@ class KeyHashPartitioner(Partitioner):
         if h is None:
             if len(self._hashes) >= self._max:
                 self._hashes.clear()
-            h = self._hashes[serialized_key] = murmur2(serialized_key) & 0x7FFFFFFF
+            h = self._hashes[serialized_key] = key_hash(serialized_key)
         return sorted(parts)[h % len(parts)]
 
 

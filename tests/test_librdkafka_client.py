@@ -24,11 +24,11 @@ from pathlib import Path
 
 import numpy as np
 from confluent_kafka import Consumer, Producer, libversion
-from kafka.partitioner.default import murmur2
 
 from streamflame import Forecaster
 from streamflame.config import ServiceConfig
 from streamflame.ingest.consumer import IngestConsumer
+from streamflame.kafka_io import key_partition
 from streamflame.model import tiny_config
 from streamflame.schemas import PATCH_LEN, decode_forecast, forecast_seed
 from streamflame.worker.worker import Worker
@@ -100,12 +100,12 @@ def test_confluent_kafka_produces_observations_and_consumes_forecasts(service_co
         assert producer.flush(30) == 0 and not errors, errors
         assert len(delivered) == len(msgs)
 
-        # murmur2_random puts each series where kafka-python's partitioner does.
+        # murmur2_random puts each series where StreamFlame's own producers would.
         parts = {p for _, p in delivered}
         n_parts = cfg.kafka.partitions
         assert len(parts) > 1
         for key, p in set(delivered):
-            assert (murmur2(key) & 0x7FFFFFFF) % n_parts == p, key
+            assert key_partition(key, n_parts) == p, key
 
         consumer.subscribe([cfg.topics.forecasts])
         got = _consume(consumer, want=2 * N_SERIES, timeout_s=60)

@@ -2,8 +2,10 @@
 
 Two sources:
 
-* a live stack (default): the latest forecast of SERIES from the forecasts topic and
-  its history from the observations topic (both read from the beginning);
+* a live stack (default): the latest forecast of SERIES from the forecasts topic and the
+  observations ingest accepted (its completed patches, from the patches topic: what went to
+  the DLQ is not drawn, nor the open patch), both read backwards from the end of the
+  series' partition only as far as needed; time (UTC) on the x-axis, gaps as breaks;
 * an evaluation run: `--eval FORECASTS.csv --data DATA` (the forecast file contract of
   docs/evaluation.md and the data it was made from); the latest origin of SERIES unless
   `--origin`. What was observed after the origin is drawn in grey.
@@ -13,12 +15,12 @@ from __future__ import annotations
 import argparse
 import re
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from streamflame.schemas import PATCH_LEN
 from streamflame.tools import UsageError, add_connection_args, connection, fail
 
 
@@ -75,64 +77,63 @@ def from_eval(series_id: str, forecasts: str, data: str, origin: str | None, his
                 title=f"{series_id}: forecast from {win.origin.iloc[0]} ({Path(forecasts).name}), {h} steps")
 
 
-def read_topic(cfg, topic: str, key: bytes, timeout_s: float = 60.0) -> list:
-    """Every record of ``topic`` with this key, from the beginning to the current end."""
-    from kafka import KafkaConsumer, TopicPartition
+def _consumer(cfg):
+    from kafka import KafkaConsumer
 
     kw = cfg.kafka.client_kwargs("consumer")
     for k in ("session_timeout_ms", "heartbeat_interval_ms"):
         kw.pop(k, None)
-    consumer = KafkaConsumer(enable_auto_commit=False, **kw)
-    try:
-        parts = consumer.partitions_for_topic(topic)
-        if not parts:
-            raise UsageError(f"topic {topic} does not exist on {cfg.kafka.bootstrap}")
-        tps = [TopicPartition(topic, p) for p in sorted(parts)]
-        consumer.assign(tps)
-        consumer.seek_to_beginning(*tps)
-        out = []
-        deadline = time.monotonic() + timeout_s
-        # Up to the high-water mark each partition's last fetch reported (Tansu's
-        # end_offsets() is not the true end).
-        while True:
-            for tp, records in consumer.poll(timeout_ms=300).items():
-                out += [r for r in records if r.key == key]
-            if all(consumer.highwater(tp) is not None and consumer.position(tp) >= consumer.highwater(tp)
-                   for tp in tps):
-                break
-            if time.monotonic() > deadline:
-                raise UsageError(f"reading {topic} timed out")
-        return out
-    finally:
-        consumer.close()
+    return KafkaConsumer(enable_auto_commit=False, **kw)
+
+
+def accepted_history(patches: list, since_ms: int) -> tuple[np.ndarray, np.ndarray]:
+    """(epoch ms, value) of every grid slot after ``since_ms`` in these patches of one
+    series, in time order: the observations ingest accepted, NaN where a slot had none.
+    A patch seen twice (re-emitted after a restart) counts once."""
+    by_seq = {p.seq: p for p in patches}
+    if not by_seq:
+        return np.array([], dtype=np.int64), np.array([], dtype=float)
+    ordered = [by_seq[k] for k in sorted(by_seq)]
+    t = np.concatenate([p.start_ms + p.freq_ms * np.arange(PATCH_LEN, dtype=np.int64) for p in ordered])
+    v = np.concatenate([p.values_array() for p in ordered])
+    keep = t > since_ms
+    return t[keep], v[keep]
+
+
+def _utc(ms: np.ndarray) -> np.ndarray:
+    return np.asarray(ms, dtype=np.int64).astype("datetime64[ms]")
 
 
 def from_stack(cfg, series_id: str, history: int) -> dict:
-    """Fan chart arguments for the latest forecast of a series on a live stack."""
-    from streamflame.schemas import RejectedMessage, decode_forecast, decode_observation_message
+    """Fan chart arguments for the latest forecast of a series on a live stack.
+
+    History is what ingest accepted: the completed patches of the patches topic (late,
+    duplicate and invalid observations went to the DLQ and are not there; the open patch
+    is not drawn), read from the end of the series' partition backwards as far as
+    ``history`` grid steps need; the forecast likewise from the forecasts topic."""
+    from streamflame.schemas import decode_forecast, decode_patch
+    from streamflame.tools.keytail import read_key_tail
 
     key = series_id.encode()
-    fcs = [decode_forecast(r.value) for r in read_topic(cfg, cfg.topics.forecasts, key)]
-    fcs = [f for f in fcs if f.series_id == series_id]
-    if not fcs:
-        raise UsageError(f"no forecast for series {series_id!r} in {cfg.topics.forecasts}")
-    fc = max(fcs, key=lambda f: f.seq)
-    obs: dict[int, float] = {}
-    ing = cfg.ingest
-    for r in read_topic(cfg, cfg.topics.observations, key):
-        try:
-            batch = decode_observation_message(r.value, max_series_id_len=ing.max_series_id_len,
-                                               max_message_bytes=ing.max_message_bytes, max_batch=ing.max_batch)
-        except RejectedMessage:
-            continue
-        obs.update({o.timestamp_ms: o.value for o in batch if o.series_id == series_id and o.value is not None})
-    t = np.array(sorted(obs), dtype=np.int64)
-    t = t[t > fc.origin_ms - history * fc.freq_ms]
-    past, after = t[t <= fc.origin_ms], t[t > fc.origin_ms]
-    as_dt = lambda ms: pd.to_datetime(ms, unit="ms", utc=True)  # noqa: E731
-    return dict(hist_x=as_dt(past), hist_y=[obs[x] for x in past], fc_x=as_dt(np.array(fc.step_timestamps_ms())),
-                mean=fc.mean, quantiles=fc.quantiles, actual_x=as_dt(after), actual_y=[obs[x] for x in after],
-                title=f"{series_id}: forecast after patch {fc.seq}, origin {fc.origin}, {fc.horizon} x {fc.frequency}")
+    consumer = _consumer(cfg)
+    try:
+        tail = read_key_tail(consumer, cfg.topics.forecasts, key, enough=bool)
+        fcs = [f for f in (decode_forecast(r.value) for r in tail.records) if f.series_id == series_id]
+        if not fcs:
+            raise UsageError(f"no forecast for series {series_id!r} in {cfg.topics.forecasts}")
+        fc = max(fcs, key=lambda f: f.seq)
+        since = fc.origin_ms - history * fc.freq_ms
+        tail = read_key_tail(consumer, cfg.topics.patches, key,
+                             enough=lambda recs: bool(recs) and decode_patch(recs[0].value).start_ms <= since)
+    finally:
+        consumer.close()
+    patches = [p for p in (decode_patch(r.value) for r in tail.records) if p.series_id == series_id]
+    t, v = accepted_history(patches, since)
+    past = t <= fc.origin_ms
+    return dict(hist_x=_utc(t[past]), hist_y=v[past], fc_x=_utc(np.array(fc.step_timestamps_ms())),
+                mean=fc.mean, quantiles=fc.quantiles, actual_x=_utc(t[~past]), actual_y=v[~past],
+                title=f"{series_id}: accepted observations and the forecast after patch {fc.seq} "
+                      f"(origin {fc.origin}, {fc.horizon} x {fc.frequency}), UTC")
 
 
 def main(argv: list[str] | None = None) -> int:
