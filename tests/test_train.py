@@ -90,3 +90,83 @@ def test_synthetic_mix_from_the_training_config(tmp_path):
     bad.write_text("steps: 10\nsynthetic: {weekly: 0.3}\n")
     assert main(["--config", str(bad)]) == 2
     TrainConfig.from_yaml("configs/train/gpu_mix.yaml")
+
+
+def test_resume_continues_bit_for_bit_like_an_uninterrupted_run(tmp_path):
+    """Weights, AdamW moments and the data position: 6 steps in one go == 3 steps, stop, resume 3.
+    The run directory records each segment (steps, observations, device) and the total."""
+    import torch
+    from safetensors.torch import load_file
+
+    def cfg_for(name: str, steps: int) -> TrainConfig:
+        cfg = TrainConfig.from_yaml("configs/train/smoke.yaml")
+        cfg.out_dir, cfg.steps, cfg.checkpoint_every = str(tmp_path / name), steps, 1000
+        cfg.real_fraction, cfg.augment = 0.0, {"spikes": 0.5, "censor": 0.3, "amplitude_modulation": 0.5}
+        return cfg
+
+    train(cfg_for("straight", 6), progress=lambda m: None)
+    train(cfg_for("split", 3), progress=lambda m: None)
+    assert main(["--resume", str(tmp_path / "split"), "--steps", "6"]) == 0
+    a = load_file(str(tmp_path / "straight" / "train_state.safetensors"))
+    b = load_file(str(tmp_path / "split" / "train_state.safetensors"))
+    assert a.keys() == b.keys() and any(k.startswith("opt.") for k in a)
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    meta = json.loads((tmp_path / "split" / "train_state.json").read_text())
+    assert meta["step"] == 6 and [(s["start_step"], s["end_step"]) for s in meta["lineage"]] == [(0, 3), (3, 6)]
+    per_step = 8 * 12 * 48                                     # smoke.yaml: batch 8 x 12 patches x 48
+    assert [s["observations"] for s in meta["lineage"]] == [3 * per_step, 3 * per_step]
+    assert meta["observations_seen"] == 6 * per_step
+    assert all(s["device"] == "cpu" and s["device_name"] for s in meta["lineage"])
+    final = json.loads((tmp_path / "split" / "final" / "config.json").read_text())
+    assert final["observations_seen"] == 6 * per_step
+    # a different data position gives different weights: the comparison above can fail
+    cfg = cfg_for("other", 6)
+    cfg.seed = 1
+    train(cfg, progress=lambda m: None)
+    c = load_file(str(tmp_path / "other" / "train_state.safetensors"))
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+
+
+def test_resume_of_a_directory_that_is_not_a_run_is_a_clear_error(tmp_path, capsys):
+    assert main(["--resume", str(tmp_path)]) == 2
+    assert "train_state.json" in capsys.readouterr().err
+
+
+def test_sampler_draws_sources_by_registry_weight_and_mixes():
+    cfg = TrainConfig(batch=2000, seq_patches=2, real_fraction=1.0, seed=5)
+    data = {"heavy": [np.arange(2000.0)], "light": [np.full(2000, 1.0)]}
+    rows = SequenceSampler(cfg, 48, real_series=data, weights={"heavy": 0.9, "light": 0.1}).batch(0)
+    ramps = int(np.sum(np.ptp(rows.reshape(2000, -1), axis=1) > 0))
+    assert 1700 < ramps < 1900, ramps                          # ~90 %, not 50 %
+    # TSMixup only: every row is a convex mix of standardised series (never a plain constant)
+    mix = TrainConfig(batch=200, seq_patches=2, real_fraction=0.0, tsmixup_fraction=1.0, seed=2)
+    data = {"a": [np.sin(np.arange(3000.0) / 7)], "b": [np.arange(3000.0) % 48]}
+    x = SequenceSampler(mix, 48, real_series=data).batch(0).reshape(200, -1)
+    assert np.isfinite(x).all() and np.all(np.ptp(x, axis=1) > 0)
+
+
+def test_augmentations_change_what_they_say_and_nothing_else():
+    from streamflame.train import mix
+
+    rng = np.random.default_rng(0)
+    x = np.sin(np.arange(960) / 10.0) + 5
+    x[100:110] = np.nan
+    c = mix.censor(x, np.random.default_rng(1))
+    assert np.array_equal(np.isnan(c), np.isnan(x))
+    assert np.nanmax(c) < np.nanmax(x) or np.nanmin(c) > np.nanmin(x)
+    s = mix.spikes(x, rng)
+    changed = np.flatnonzero(np.nan_to_num(s - x) != 0)
+    assert 1 <= len(changed) <= 5 and np.all(np.abs((s - x)[changed]) > 3 * np.std(np.diff(x[:100])))
+    a = mix.amplitude_modulation(x, rng)
+    assert np.array_equal(np.isnan(a), np.isnan(x)) and not np.allclose(a[~np.isnan(x)], x[~np.isnan(x)])
+    assert abs(np.nanmean(a) - np.nanmean(x)) < 1.0               # the level stays, the amplitude moves
+    m = mix.tsmixup([x, np.arange(960.0)], rng, 1.5)
+    assert np.isnan(m[105]) and abs(np.nanmean(m)) < 0.05           # standardised parts: mean ~0
+    cfg = TrainConfig(augment={"nope": 1})
+    try:
+        SequenceSampler(cfg, 48, real_series={})
+    except ValueError as e:
+        assert "nope" in str(e)
+    else:
+        raise AssertionError("unknown augment field accepted")

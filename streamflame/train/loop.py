@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 import time
 import warnings
@@ -28,6 +29,7 @@ import yaml
 from streamflame.model.config import ModelConfig
 from streamflame.model.flame import Flame
 from streamflame.model.forecaster import Forecaster, _model_id
+from streamflame.train.mix import AugmentConfig, augment, tsmixup
 
 
 @dataclass
@@ -45,6 +47,9 @@ class TrainConfig:
     clip: float = 1.0
     future_per_step: int = 3                        # future patches scored per step (always the next one)
     real_fraction: float = 0.5                      # share of sequences from real packaged data
+    tsmixup_fraction: float = 0.0                   # share of TSMixup sequences (mixes of real ones)
+    source_weights: bool = True                     # draw real sources by their registry weight (else uniformly)
+    augment: dict = field(default_factory=dict)     # AugmentConfig overrides (streamflame/train/mix.py)
     synthetic_seed: int = 1
     synthetic: dict = field(default_factory=dict)   # SynthConfig overrides (families, gaps)
     checkpoint_every: int = 250
@@ -57,8 +62,19 @@ class TrainConfig:
     init_from: str | None = None                    # start from these weights (fresh optimizer/schedule)
 
     @classmethod
+    def from_run_dir(cls, run_dir: str | Path) -> "TrainConfig":
+        """The training config a run directory's last checkpoint was written with."""
+        state = Path(run_dir) / "train_state.json"
+        if not state.is_file():
+            raise ValueError(f"{run_dir}: no train_state.json (not a training run directory)")
+        return cls.from_dict(json.loads(state.read_text())["train_config"], str(state))
+
+    @classmethod
     def from_yaml(cls, path: str | Path) -> "TrainConfig":
-        raw = yaml.safe_load(Path(path).read_text()) or {}
+        return cls.from_dict(yaml.safe_load(Path(path).read_text()) or {}, str(path))
+
+    @classmethod
+    def from_dict(cls, raw: dict, path: str = "config") -> "TrainConfig":
         known = {f.name for f in fields(cls)}
         unknown = set(raw) - known
         if unknown:
@@ -66,6 +82,9 @@ class TrainConfig:
         cfg = cls(**raw)
         ModelConfig.from_dict(cfg.model)            # validate early, with the model's own message
         synth_config(cfg.synthetic)
+        augment_config(cfg.augment)
+        if not 0 <= cfg.real_fraction + cfg.tsmixup_fraction <= 1:
+            raise ValueError(f"{path}: real_fraction + tsmixup_fraction must be in [0, 1]")
         return cfg
 
 
@@ -81,35 +100,61 @@ def synth_config(overrides: dict):
     return SynthConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()})
 
 
+def augment_config(overrides: dict) -> AugmentConfig:
+    known = {f.name for f in fields(AugmentConfig)}
+    unknown = set(overrides) - known
+    if unknown:
+        raise ValueError(f"unknown augment config fields {sorted(unknown)}")
+    return AugmentConfig(**overrides)
+
+
 # ---- data -----------------------------------------------------------------------------------
 class SequenceSampler:
     """Draws (batch, seq_patches, 48) float32 arrays; deterministic for a seed and step.
 
-    Real sequences pick a source (dataset) uniformly first, then a series within it, so a
-    dataset with a thousand files weighs as much as one with two."""
+    A sequence is plain real (``real_fraction``), a TSMixup of real ones (``tsmixup_fraction``)
+    or synthetic (the rest); then augmented (``augment``). Real sequences pick a source first -
+    by its weight in the registry (``source_weights``), or uniformly - then a series within it,
+    so a source with a thousand files weighs no more than its weight says."""
 
     def __init__(self, cfg: TrainConfig, patch_len: int,
-                 real_series: list[np.ndarray] | dict[str, list[np.ndarray]] | None = None):
+                 real_series: list[np.ndarray] | dict[str, list[np.ndarray]] | None = None,
+                 weights: dict[str, float] | None = None):
         self.cfg, self.p = cfg, patch_len
         self.length = cfg.seq_patches * patch_len
         self.synth = synth_config(cfg.synthetic)
+        self.aug = augment_config(cfg.augment)
+        needs_real = cfg.real_fraction + cfg.tsmixup_fraction > 0
         if real_series is None:
-            real_series = {} if cfg.real_fraction <= 0 else (
+            real_series = {} if not needs_real else (
                 load_training_data(cfg.data) if cfg.data else load_real_training_values())
+            if weights is None and cfg.source_weights:
+                weights = training_source_weights()
         if not isinstance(real_series, dict):
             real_series = {"real": list(real_series)} if len(real_series) else {}
-        self.real = [v for _, v in sorted(real_series.items()) if v]
-        if cfg.real_fraction > 0 and not self.real:
-            raise RuntimeError("real_fraction > 0 but no packaged training data is installed")
+        names = [k for k, v in sorted(real_series.items()) if v]
+        self.real = [real_series[k] for k in names]
+        w = np.array([(weights or {}).get(k, 1.0) if cfg.source_weights else 1.0 for k in names], dtype=np.float64)
+        self.source_p = w / w.sum() if len(w) and w.sum() > 0 else None
+        if needs_real and not self.real:
+            raise RuntimeError("real_fraction or tsmixup_fraction > 0 but no packaged training data is installed")
 
     def batch(self, step: int) -> np.ndarray:
         rng = np.random.default_rng([self.cfg.seed, step])
         out = np.empty((self.cfg.batch, self.length), dtype=np.float32)
+        mixing = self.cfg.tsmixup_fraction > 0
+        augmenting = self.aug != AugmentConfig(tsmixup_k=self.aug.tsmixup_k, tsmixup_alpha=self.aug.tsmixup_alpha)
         for i in range(self.cfg.batch):
-            if self.real and rng.random() < self.cfg.real_fraction:
-                out[i] = self._real(rng)
+            u = rng.random() if self.real else 1.0      # no draw without real data (the old stream)
+            if self.real and u < self.cfg.real_fraction:
+                x = self._real(rng)
+            elif self.real and mixing and u < self.cfg.real_fraction + self.cfg.tsmixup_fraction:
+                k = int(rng.integers(1, self.aug.tsmixup_k + 1))
+                x = tsmixup([self._real(rng, rescale=False) for _ in range(k)], rng, self.aug.tsmixup_alpha)
+                x = self._rescale(x, rng)
             else:
-                out[i] = self._synthetic(rng)
+                x = self._synthetic(rng)
+            out[i] = augment(x, rng, self.aug) if augmenting else x
         return out.reshape(self.cfg.batch, self.cfg.seq_patches, self.p)
 
     def _synthetic(self, rng) -> np.ndarray:
@@ -117,8 +162,11 @@ class SequenceSampler:
         return generate_one(int(rng.integers(0, 2**31)), self.length, seed=self.cfg.synthetic_seed,
                             config=self.synth)
 
-    def _real(self, rng) -> np.ndarray:
-        source = self.real[int(rng.integers(len(self.real)))]
+    def _real(self, rng, rescale: bool = True) -> np.ndarray:
+        if self.source_p is None:
+            source = self.real[int(rng.integers(len(self.real)))]
+        else:
+            source = self.real[int(rng.choice(len(self.real), p=self.source_p))]
         x = source[int(rng.integers(len(source)))]
         factor = int(rng.choice([1, 1, 1, 2, 3, 4]))           # aggregate to coarser sampling rates
         if factor > 1 and len(x) >= factor * self.length // 2:
@@ -132,6 +180,10 @@ class SequenceSampler:
             seg = x[a:a + L]
         else:                                                   # a young series: missing past
             seg = np.concatenate([np.full(L - len(x), np.nan), x])
+        return self._rescale(seg, rng) if rescale else seg
+
+    @staticmethod
+    def _rescale(seg: np.ndarray, rng) -> np.ndarray:
         scale = 10 ** rng.uniform(-2, 3) * rng.choice([-1.0, 1.0]) if rng.random() < 0.3 else 1.0
         return (seg * scale + (rng.normal(0, 100) if rng.random() < 0.2 else 0.0)).astype(np.float32)
 
@@ -149,22 +201,32 @@ class _Batches(torch.utils.data.Dataset):
         return self.sampler.batch(self.start + i)
 
 
-def load_real_training_values(min_len: int = 4 * 48, per_source: int = 64) -> dict[str, list[np.ndarray]]:
-    """Values of every training-split series, by source; a source with many series (the
-    1,000+ weather files) is sub-sampled to `per_source` series (seeded)."""
-    from streamflame.data.packaged import training_series
+def load_real_training_values(min_len: int = 3 * 48, per_source: int | None = None) -> dict[str, list[np.ndarray]]:
+    """Values of every training-split series with at least `min_len` observations, by registry
+    source; `per_source` caps the series of a source (seeded sub-sample; None = all of them)."""
+    from streamflame.data.registry import training_series
     by_source: dict[str, list[np.ndarray]] = {}
     for s in training_series():
         v = np.asarray(s.values, dtype=np.float64)
         if np.sum(~np.isnan(v)) >= min_len and np.nanstd(v) > 0:
-            by_source.setdefault(s.source, []).append(v)
+            by_source.setdefault(_source_name(s), []).append(v)
     rng = np.random.default_rng(0)
     out = {}
     for src in sorted(by_source):
         vs = by_source[src]
-        idx = rng.permutation(len(vs))[:per_source]
+        idx = rng.permutation(len(vs))[:per_source] if per_source else range(len(vs))
         out[src] = [vs[i] for i in sorted(idx)]
     return out
+
+
+def _source_name(series) -> str:
+    """The registry source a series belongs to (DIBS series carry the short source 'dibs')."""
+    return "dibs/weather" if series.source == "dibs" else series.source
+
+
+def training_source_weights() -> dict[str, float]:
+    from streamflame.data.registry import training_sources
+    return {s.name: s.weight for s in training_sources(skip_missing=False)}
 
 
 def export_training_data(path: str | Path, max_len: int = 200_000) -> dict:
@@ -192,7 +254,7 @@ def load_training_data(path: str | Path) -> dict[str, list[np.ndarray]]:
 
 # ---- checkpoints (safetensors + JSON, no pickle) ------------------------------------------------
 def save_checkpoint(path: Path, model: Flame, opt: torch.optim.Optimizer, step: int, cfg: TrainConfig,
-                    history: list[dict]) -> None:
+                    history: list[dict], lineage: list[dict] | None = None) -> None:
     from safetensors.torch import save_file
     path.mkdir(parents=True, exist_ok=True)
     tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
@@ -207,12 +269,13 @@ def save_checkpoint(path: Path, model: Flame, opt: torch.optim.Optimizer, step: 
     save_file(tensors, str(tmp))
     tmp.replace(path / "train_state.safetensors")
     meta = {"step": step, "train_config": asdict(cfg), "model_config": json.loads(model.cfg.to_json()),
-            "adam_steps": steps, "history": history[-200:]}
+            "adam_steps": steps, "history": history[-200:], "lineage": lineage or [],
+            "observations_seen": int(sum(seg["observations"] for seg in lineage or []))}
     (path / "train_state.json.tmp").write_text(json.dumps(meta, indent=1))
     (path / "train_state.json.tmp").replace(path / "train_state.json")
 
 
-def load_checkpoint(path: Path, model: Flame, opt: torch.optim.Optimizer) -> tuple[int, list[dict]]:
+def load_checkpoint(path: Path, model: Flame, opt: torch.optim.Optimizer) -> tuple[int, list[dict], list[dict]]:
     from safetensors.torch import load_file
     meta = json.loads((path / "train_state.json").read_text())
     tensors = load_file(str(path / "train_state.safetensors"))
@@ -222,7 +285,7 @@ def load_checkpoint(path: Path, model: Flame, opt: torch.optim.Optimizer) -> tup
         p = params[n]
         opt.state[p] = {"step": torch.tensor(s), "exp_avg": tensors[f"opt.{n}.exp_avg"].to(p.device),
                         "exp_avg_sq": tensors[f"opt.{n}.exp_avg_sq"].to(p.device)}
-    return int(meta["step"]), list(meta.get("history", []))
+    return int(meta["step"]), list(meta.get("history", [])), list(meta.get("lineage", []))
 
 
 # ---- loop ---------------------------------------------------------------------------------------
@@ -252,10 +315,11 @@ def train(cfg: TrainConfig, resume: bool = False, sampler: SequenceSampler | Non
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.98))
     out = Path(cfg.out_dir)
-    step, history = 0, []
+    step, history, lineage = 0, [], []
     if resume and (out / "train_state.json").is_file():
-        step, history = load_checkpoint(out, model, opt)
-        progress(f"resumed from {out} at step {step}")
+        step, history, lineage = load_checkpoint(out, model, opt)
+        progress(f"resumed from {out} at step {step} "
+                 f"({sum(seg['observations'] for seg in lineage):,} observations seen in {len(lineage)} segments)")
     elif cfg.init_from:
         src = Forecaster.load(cfg.init_from)
         if src.config != mcfg:
@@ -265,6 +329,15 @@ def train(cfg: TrainConfig, resume: bool = False, sampler: SequenceSampler | Non
     sampler = sampler or SequenceSampler(cfg, mcfg.patch_len)
     amp = cfg.amp and device.type == "cuda"
     t0, obs_seen, started = time.time(), 0, step
+    segment = {"started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "start_step": step,
+               "end_step": step, "device": device.type, "device_name": _device_name(device),
+               "threads": torch.get_num_threads(), "wall_s": 0.0, "observations": 0}
+    lineage.append(segment)
+
+    def checkpoint() -> None:
+        segment.update(end_step=step, wall_s=round(time.time() - t0, 1), observations=int(obs_seen))
+        save_checkpoint(out, model, opt, step, cfg, history, lineage)
+
     first = None
     model.train()
     batches = iter(torch.utils.data.DataLoader(
@@ -302,21 +375,31 @@ def train(cfg: TrainConfig, resume: bool = False, sampler: SequenceSampler | Non
             progress(f"step {step}/{cfg.steps} loss {recent:.4f} lr {lr:.2e} "
                      f"gnorm {float(gnorm):.2f} {obs_seen / el:,.0f} obs/s {(step - started) / el:.2f} it/s")
         if step % cfg.checkpoint_every == 0:
-            save_checkpoint(out, model, opt, step, cfg, history)
-    save_checkpoint(out, model, opt, step, cfg, history)
+            checkpoint()
+    checkpoint()
     model.eval()
     f = Forecaster(model.float().cpu(), "")
     f.model_id = _model_id(f.model)
-    f.save(out / "final", extra={"trained_steps": step, "train_config": asdict(cfg)})
+    f.save(out / "final", extra={"trained_steps": step, "train_config": asdict(cfg), "lineage": lineage,
+                                 "observations_seen": int(sum(seg["observations"] for seg in lineage))})
     return {"step": step, "loss_first": first, "loss_last": float(np.mean([h["loss"] for h in history[-10:]])),
             "out_dir": str(out)}
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    import platform
+    return f"{platform.machine()} CPU ({os.cpu_count()} cores)"
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="streamflame train", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", help="training YAML (see configs/train/)")
-    ap.add_argument("--resume", action="store_true", help="continue from out_dir's last checkpoint")
+    ap.add_argument("--resume", nargs="?", const=True, metavar="RUN_DIR",
+                    help="continue from the last checkpoint (weights, optimiser, data position) of RUN_DIR, "
+                         "with the training config stored there, or of --config's out_dir")
     ap.add_argument("--steps", type=int, help="override total steps")
     ap.add_argument("--minutes", type=float, help="override the wall-time budget")
     ap.add_argument("--out-dir", help="override out_dir")
@@ -329,13 +412,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.export_data:
         print(json.dumps(export_training_data(args.export_data)))
         return 0
-    if not args.config:
-        ap.error("--config is required")
+    run_dir = args.resume if isinstance(args.resume, str) else None
+    if not args.config and not run_dir:
+        ap.error("--config (or --resume RUN_DIR) is required")
     try:
-        cfg = TrainConfig.from_yaml(args.config)
+        cfg = TrainConfig.from_yaml(args.config) if args.config else TrainConfig.from_run_dir(run_dir)
     except (OSError, ValueError, TypeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if run_dir:
+        cfg.out_dir = run_dir
     if args.steps is not None:
         cfg.steps = args.steps
     if args.minutes is not None:
@@ -347,6 +433,6 @@ def main(argv: list[str] | None = None) -> int:
             setattr(cfg, name, getattr(args, name))
     if args.workers is not None:
         cfg.loader_workers = args.workers
-    res = train(cfg, resume=args.resume, progress=lambda m: print(m, flush=True))
+    res = train(cfg, resume=bool(args.resume), progress=lambda m: print(m, flush=True))
     print(json.dumps(res))
     return 0
