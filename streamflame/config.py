@@ -42,6 +42,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from streamflame.alerts.settings import AlertSettings
 from streamflame.schemas import format_level
 
 ENV_PREFIX = "STREAMFLAME_"
@@ -378,7 +379,7 @@ class MetricsSettings(_Section):
 
 _GROUP_SETTING_FIELDS = (
     "frequency", "horizon", "quantiles", "num_samples", "scale",
-    "alert_levels", "min_history_patches", "include_samples",
+    "alert_levels", "min_history_patches", "include_samples", "alerts",
 )
 
 
@@ -403,6 +404,7 @@ class GroupSettings(_Base):
         "for an alerting consumer (and ~10 alert messages per patch)")
     min_history_patches: int = Field(1, ge=1, le=100_000)
     include_samples: bool = False
+    alerts: AlertSettings = Field(AlertSettings(), description="alert episodes judged in ingest (streamflame/alerts/)")
 
     @field_validator("name")
     @classmethod

@@ -625,6 +625,37 @@ class AlertMessage(_Msg):
     direction: Literal["above", "below"]
 
 
+class AlertEpisode(_Msg):
+    """An event of an alert episode (topic ``streamflame.alerts``, key = series_id),
+    published by ingest as the observation that causes it is read
+    (``streamflame.alerts.episodes``; docs/schemas.md)."""
+
+    event: Literal["open", "update", "resolve"]
+    alert_id: str = Field(description="<series_id>/<kind>/<started_ms>: the same for every event of an episode")
+    series_id: str
+    kind: Literal["deviation", "flatline", "dropout", "out_of_range"]
+    timestamp: str = Field(description="ISO-8601 of the observation (grid slot) that caused the event")
+    timestamp_ms: int
+    started_at: str = Field(description="ISO-8601 of the first anomalous slot of the episode")
+    started_ms: int
+    severity: Literal["minor", "major", "critical"]
+    score: float = Field(ge=0, description="how far past the opening threshold (>= 1 when it opened)")
+    value: float | None = Field(description="the observation (null for a missing one)")
+    expected: float | None = None
+    p_value: float | None = Field(None, description="deviation: tail probability, adjusted over the windows")
+    direction: Literal["above", "below"] | None = None
+    observations: int = Field(ge=1, description="observations in the episode so far")
+    group: str | None = None
+
+
+def decode_alert_any(raw: bytes | str) -> "AlertMessage | AlertEpisode":
+    """A record of ``streamflame.alerts``: an episode event (it has ``event``) or a
+    worker's per-point alert."""
+    if (b'"event"' if isinstance(raw, (bytes, bytearray)) else '"event"') in raw:
+        return _decode(AlertEpisode, raw)
+    return _decode(AlertMessage, raw)
+
+
 class DeadLetter(_Msg):
     """A rejected input (topic ``streamflame.dlq``).
 

@@ -1,0 +1,1 @@
+"""Real-time alert episodes: per-observation judgement in ingest (see judge.py, episodes.py)."""

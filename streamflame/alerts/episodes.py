@@ -1,0 +1,236 @@
+"""Alert episodes of one series: the detectors and the open/update/resolve life cycle.
+
+:class:`SeriesAlerts` is fed every grid slot of its series in order (by the ingest
+assembler, which owns the grid) and returns :class:`AlertEvent` s. It is a pure
+function of the slots fed to it and its persisted form (``to_list``/``from_list``),
+so ingest replaying a series from its cursor produces the same events again.
+
+Kinds
+    ``deviation``     the judge's statistic (judge.py) reaches the opening threshold
+                      derived from the false-alarm budget (settings.py); stays open
+                      while any window is above ``z_close``; resolves after
+                      ``resolve_after`` quiet observations.
+    ``flatline``      the same value ``flatline_window`` times in a row, and more times
+                      than the series ever repeated a value before; resolves at the
+                      first different value.
+    ``dropout``       ``dropout_slots`` grid slots in a row without a value: explicit
+                      nulls open it at the null that completes the run (live), a gap in
+                      the timestamps opens and resolves it when the next observation
+                      reveals the gap (event time: no wall clock).
+    ``out_of_range``  a value outside the group's ``range``; resolves after
+                      ``resolve_after`` values inside.
+
+Every episode has ``alert_id = "<series_id>/<kind>/<started_ms>"`` (stable over its
+life and over replays). A kind that resolved opens again only ``min_gap``
+observations later. ``update`` is published when an open episode's severity rises.
+Deviation and flatline judgement start after ``suppress_patches`` patches of a new
+series (the tracker still learns from them).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from streamflame.alerts.judge import JudgeState, TrackerParams, observe, skip
+from streamflame.alerts.settings import SEVERITIES, AlertSettings, Thresholds, tail_probability
+
+__all__ = ["AlertEvent", "SeriesAlerts", "KINDS"]
+
+KINDS = ("deviation", "flatline", "dropout", "out_of_range")
+_KIND_SEVERITY = {"flatline": "major", "dropout": "major", "out_of_range": "critical"}
+_PARAMS = TrackerParams()
+
+
+@dataclass(frozen=True)
+class AlertEvent:
+    """One episode event (field meanings: schemas.AlertEpisode)."""
+
+    event: str          # open, update, resolve
+    kind: str
+    slot: int           # grid slot of the observation that caused it
+    timestamp_ms: int
+    started_ms: int
+    severity: str
+    score: float
+    value: float | None
+    expected: float | None = None
+    p_value: float | None = None
+    direction: str | None = None
+    observations: int = 1
+
+
+@dataclass
+class _Episode:
+    started_ms: int
+    severity: str
+    score: float
+    quiet: int = 0
+    observations: int = 1
+
+    def to_list(self) -> list:
+        return [self.started_ms, self.severity, self.score, self.quiet, self.observations]
+
+
+@dataclass
+class SeriesAlerts:
+    """Detector and episode state of one series (persisted in its ingest cursor)."""
+
+    judge: JudgeState = field(default_factory=JudgeState)
+    last_slot: int | None = None
+    last_value: float | None = None
+    run: int = 0            # identical values in a row, ending at last_value
+    max_run: int = 1        # longest such run before (outside flatline episodes)
+    nulls: int = 0          # explicit nulls in a row
+    null_start_ms: int | None = None
+    open: dict = field(default_factory=dict)        # kind -> _Episode
+    resolved_at: dict = field(default_factory=dict)  # kind -> slot of its last resolve
+
+    # ---------------------------------------------------------------- persisted form
+
+    def to_list(self) -> list:
+        return [self.judge.to_list(), self.last_slot, self.last_value, self.run, self.max_run, self.nulls,
+                self.null_start_ms, {k: e.to_list() for k, e in self.open.items()}, dict(self.resolved_at)]
+
+    @classmethod
+    def from_list(cls, d: list) -> "SeriesAlerts":
+        j, last_slot, last_value, run, max_run, nulls, null_start, opened, resolved = d
+        return cls(JudgeState.from_list(j), last_slot, last_value, int(run), int(max_run), int(nulls), null_start,
+                   {k: _Episode(int(a), str(b), float(c), int(q), int(o)) for k, (a, b, c, q, o) in opened.items()},
+                   {k: int(v) for k, v in resolved.items()})
+
+    # ---------------------------------------------------------------- input
+
+    def feed(self, slot: int, ts_ms: int, value: float | None, freq_ms: int, s: AlertSettings,
+             thr: Thresholds, out: list[AlertEvent]) -> None:
+        """Judge one grid slot (``value`` None = explicit null) and append its events to ``out``."""
+        gap = 0 if self.last_slot is None else slot - self.last_slot - 1
+        self.last_slot = slot
+        if gap > 0:
+            skip(self.judge, gap)
+            if s.dropout_slots is not None and gap + self.nulls >= s.dropout_slots and "dropout" not in self.open:
+                start = self.null_start_ms if self.nulls else ts_ms - gap * freq_ms
+                if self._may_open("dropout", slot, s):
+                    self._open("dropout", slot, ts_ms, start, float(gap + self.nulls) / s.dropout_slots,
+                               value, out, severity=_KIND_SEVERITY["dropout"])
+            self.run = 0
+            self.last_value = None
+        if value is None:
+            skip(self.judge, 1)
+            if self.nulls == 0:
+                self.null_start_ms = ts_ms
+            self.nulls += 1
+            if (s.dropout_slots is not None and self.nulls + max(gap, 0) >= s.dropout_slots
+                    and "dropout" not in self.open and self._may_open("dropout", slot, s)):
+                self._open("dropout", slot, ts_ms, self.null_start_ms, self.nulls / s.dropout_slots, None, out,
+                           severity=_KIND_SEVERITY["dropout"])
+            elif "dropout" in self.open:
+                self.open["dropout"].observations += 1
+            self._quiet_others(slot, ts_ms, None, s, out, keep=("dropout",))
+            self.run = 0
+            self.last_value = None
+            return
+        self.nulls = 0
+        if "dropout" in self.open:
+            self._resolve("dropout", slot, ts_ms, value, out)
+        judging = slot >= s.suppress_patches * 48
+        # flatline
+        if value == self.last_value:
+            self.run += 1
+        else:
+            if "flatline" in self.open:
+                self._resolve("flatline", slot, ts_ms, value, out)
+            elif self.run > self.max_run:
+                self.max_run = self.run
+            self.run = 1
+            self.last_value = value
+        if s.flatline_window is not None and judging:
+            need = max(s.flatline_window, self.max_run + 1)
+            ep = self.open.get("flatline")
+            if ep is not None:
+                ep.observations += 1
+                ep.score = self.run / need
+            elif self.run >= need and self._may_open("flatline", slot, s):
+                self._open("flatline", slot, ts_ms, ts_ms - (self.run - 1) * freq_ms, self.run / need, value, out,
+                           severity=_KIND_SEVERITY["flatline"])
+        # out of range
+        if s.range is not None:
+            lo, hi = s.range
+            ep = self.open.get("out_of_range")
+            if value < lo or value > hi:
+                dist = (lo - value if value < lo else value - hi) / (hi - lo)
+                if ep is not None:
+                    ep.quiet = 0
+                    ep.observations += 1
+                    ep.score = max(ep.score, 1.0 + dist)
+                elif self._may_open("out_of_range", slot, s):
+                    self._open("out_of_range", slot, ts_ms, ts_ms, 1.0 + dist, value, out,
+                               severity=_KIND_SEVERITY["out_of_range"],
+                               direction="below" if value < lo else "above")
+            elif ep is not None:
+                ep.quiet += 1
+                ep.observations += 1
+                if ep.quiet >= s.resolve_after:
+                    self._resolve("out_of_range", slot, ts_ms, value, out)
+        # deviation
+        j = observe(self.judge, value, s.windows, _PARAMS)
+        az = abs(j.z)
+        ep = self.open.get("deviation")
+        if ep is not None:
+            ep.observations += 1
+            if az >= thr.z_close:
+                ep.quiet = 0
+                sev = _severity(az, thr)
+                if SEVERITIES.index(sev) > SEVERITIES.index(ep.severity):
+                    ep.severity, ep.score = sev, az / thr.z_open
+                    out.append(AlertEvent("update", "deviation", slot, ts_ms, ep.started_ms, sev, az / thr.z_open,
+                                          value, j.expected, tail_probability(j.z, thr.n_windows),
+                                          "above" if j.z > 0 else "below", ep.observations))
+                else:
+                    ep.score = max(ep.score, az / thr.z_open)
+            else:
+                ep.quiet += 1
+                if ep.quiet >= s.resolve_after:
+                    self._resolve("deviation", slot, ts_ms, value, out, expected=j.expected)
+        elif judging and az >= thr.z_open and self._may_open("deviation", slot, s):
+            self._open("deviation", slot, ts_ms, ts_ms - (j.window - 1) * freq_ms, az / thr.z_open, value, out,
+                       severity=_severity(az, thr), expected=j.expected,
+                       p_value=tail_probability(j.z, thr.n_windows), direction="above" if j.z > 0 else "below")
+
+    # ---------------------------------------------------------------- helpers
+
+    def _may_open(self, kind: str, slot: int, s: AlertSettings) -> bool:
+        sev = _KIND_SEVERITY.get(kind)
+        if sev is not None and SEVERITIES.index(sev) < SEVERITIES.index(s.min_severity):
+            return False
+        last = self.resolved_at.get(kind)
+        return last is None or slot - last > s.min_gap
+
+    def _open(self, kind: str, slot: int, ts_ms: int, started_ms: int, score: float, value, out: list, *,
+              severity: str, expected=None, p_value=None, direction=None) -> None:
+        self.open[kind] = _Episode(started_ms, severity, score)
+        out.append(AlertEvent("open", kind, slot, ts_ms, started_ms, severity, score, value, expected, p_value,
+                              direction, 1))
+
+    def _resolve(self, kind: str, slot: int, ts_ms: int, value, out: list, expected=None) -> None:
+        ep = self.open.pop(kind)
+        self.resolved_at[kind] = slot
+        out.append(AlertEvent("resolve", kind, slot, ts_ms, ep.started_ms, ep.severity, ep.score, value, expected,
+                              None, None, ep.observations))
+
+    def _quiet_others(self, slot, ts_ms, value, s: AlertSettings, out, keep=()) -> None:
+        """A null slot counts as quiet for episodes that resolve on quiet observations."""
+        for kind in ("deviation", "out_of_range"):
+            ep = self.open.get(kind)
+            if ep is not None and kind not in keep:
+                ep.quiet += 1
+                ep.observations += 1
+                if ep.quiet >= s.resolve_after:
+                    self._resolve(kind, slot, ts_ms, value, out)
+
+
+def _severity(az: float, thr: Thresholds) -> str:
+    sev = "minor"
+    for name, z in zip(SEVERITIES, thr.z_severity):
+        if az >= z:
+            sev = name
+    return sev

@@ -1,0 +1,154 @@
+"""The deviation judge of one series: a predictive distribution for each observation
+that uses every observation before it, and evidence accumulated over short windows.
+
+Pure arithmetic on floats (no I/O, no numpy: it runs once per observation in ingest).
+
+Model. Two local linear trackers (Holt's level ``L`` and trend ``T``) predict the next
+value as ``L + T``; after each observation each moves by its ``alpha`` (level) and
+``alpha * beta`` (trend) of its one-step error, the error clipped to ``clip`` one-step
+scales (a spike barely moves them; a level shift moves them at a bounded pace). The
+fast one (``alpha``) follows the signal closely and is the reference of the one-step
+window; the slow one (``alpha_slow``) is the less noisy reference of the longer windows.
+
+Evidence. For each window length ``w`` (``AlertSettings.windows``) the judge sums the
+errors of the last ``w`` observations against the path the tracker predicted *before*
+the first of them (``L + j T`` for j = 1..w, from the state kept ``w`` observations
+ago). A spike shows in ``w = 1``; a level shift adds up in the longer windows because
+the frozen reference does not follow it; isolated noise averages out. Each window's
+sum is divided by its own running scale (root of an exponentially weighted mean of
+its squared sums, each clipped to ``clip_scale`` scales before it counts), so the
+statistic ``z_w`` is close to N(0, 1) whatever the series' autocorrelation and the
+reference path's multi-step error: self-calibrated. ``pit`` is the one-step
+probability integral transform ``Phi(z_1)``.
+
+Missing slots advance the tracker by its trend and restart the windows (a window
+never spans a gap). ``JudgeState.to_list`` / ``from_list`` are the persisted form.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+__all__ = ["TrackerParams", "JudgeState", "Judgement", "observe", "skip"]
+
+_SQRT2 = math.sqrt(2.0)
+_ABS_TO_SD = math.sqrt(math.pi / 2)  # sd / mean absolute deviation of a normal
+
+
+@dataclass(frozen=True)
+class TrackerParams:
+    alpha: float = 0.8
+    alpha_slow: float = 0.3
+    beta: float = 0.1
+    clip: float = 2.0          # one-step errors clipped at this many scales when updating L, T
+    clip_scale: float = 6.0    # absolute window sums clipped at this many scales when updating a scale
+    gamma: float = 0.01        # weight of the newest squared sum in a scale (half-life ~69 observations)
+    min_count: int = 8         # sums a scale must have seen before it is clipped or used
+
+
+@dataclass
+class JudgeState:
+    """Tracker state of one series (mutable; ``observe`` updates it in place)."""
+
+    level: float | None = None
+    trend: float = 0.0
+    slow_level: float = 0.0
+    slow_trend: float = 0.0
+    var: list = field(default_factory=list)      # per window: running mean of squared sums
+    count: list = field(default_factory=list)    # per window: sums seen
+    hist_y: list = field(default_factory=list)   # last max(window) values
+    hist_l: list = field(default_factory=list)   # slow level before each of them
+    hist_t: list = field(default_factory=list)   # slow trend before each of them
+
+    def to_list(self) -> list:
+        return [self.level, self.trend, self.slow_level, self.slow_trend, self.var, self.count,
+                self.hist_y, self.hist_l, self.hist_t]
+
+    @classmethod
+    def from_list(cls, d: list) -> "JudgeState":
+        level, trend, sl, stt, var, count, hy, hl, ht = d
+        return cls(level, float(trend), float(sl), float(stt), [float(v) for v in var], [int(c) for c in count],
+                   [float(v) for v in hy], [float(v) for v in hl], [float(v) for v in ht])
+
+
+@dataclass(frozen=True)
+class Judgement:
+    """What the judge says about one observation. ``z`` is the window statistic of the
+    largest magnitude (0.0 while no window is calibrated), ``window`` its length, ``expected``
+    the one-step prediction, ``pit`` = Phi(z_1) (0.5 while uncalibrated)."""
+
+    z: float
+    window: int
+    expected: float
+    pit: float
+
+
+def _phi(z: float) -> float:
+    return 0.5 * math.erfc(-z / _SQRT2)
+
+
+def observe(st: JudgeState, y: float, windows: tuple[int, ...], p: TrackerParams = TrackerParams()) -> Judgement:
+    """Judge ``y`` (the next grid slot) against the state, then update the state with it."""
+    if st.level is None:
+        st.level, st.trend, st.slow_level, st.slow_trend = y, 0.0, y, 0.0
+        st.var, st.count = [0.0] * len(windows), [0] * len(windows)
+        st.hist_y, st.hist_l, st.hist_t = [], [], []
+        return Judgement(0.0, 1, y, 0.5)
+    if len(st.var) != len(windows):  # the windows changed (config reload): restart the scales
+        st.var, st.count = [0.0] * len(windows), [0] * len(windows)
+    level, trend, s_level, s_trend = st.level, st.trend, st.slow_level, st.slow_trend
+    expected = level + trend
+    hy, hl, ht = st.hist_y, st.hist_l, st.hist_t
+    hy.append(y)
+    hl.append(s_level)
+    ht.append(s_trend)
+    wmax = windows[-1]
+    if len(hy) > wmax:
+        del hy[0], hl[0], ht[0]
+    m = len(hy)
+    best_z, best_w, z1 = 0.0, windows[0], 0.0
+    var, count = st.var, st.count
+    gamma, min_count, clip_s = p.gamma, p.min_count, p.clip_scale * _ABS_TO_SD
+    sum_y = 0.0
+    k = 0
+    for i, w in enumerate(windows):
+        if w > m:
+            break
+        while k < w:
+            k += 1
+            sum_y += hy[-k]
+        e = y - expected if w == 1 else sum_y - (w * hl[-w] + ht[-w] * (w * (w + 1) / 2))
+        ae = e if e >= 0.0 else -e
+        n, v = count[i], var[i]
+        if n >= min_count and v > 0.0:
+            z = e / (_ABS_TO_SD * v)
+            if w == 1:
+                z1 = z
+            if abs(z) > abs(best_z):
+                best_z, best_w = z, w
+            if ae > clip_s * v:
+                ae = clip_s * v
+        count[i] = n + 1
+        g = 1.0 / (n + 1) if n + 1 < 1.0 / gamma else gamma
+        var[i] = v + g * (ae - v)
+    # update the trackers with their clipped one-step errors
+    e1, e2 = y - expected, y - (s_level + s_trend)
+    v1 = var[0] if windows[0] == 1 else 0.0
+    if count[0] > min_count and v1 > 0.0:
+        lim = p.clip * _ABS_TO_SD * v1
+        e1 = lim if e1 > lim else (-lim if e1 < -lim else e1)
+        e2 = lim if e2 > lim else (-lim if e2 < -lim else e2)
+    st.level = expected + p.alpha * e1
+    st.trend = trend + p.alpha * p.beta * e1
+    st.slow_level = s_level + s_trend + p.alpha_slow * e2
+    st.slow_trend = s_trend + p.alpha_slow * p.beta * e2
+    return Judgement(best_z, best_w, expected, _phi(z1) if z1 else 0.5)
+
+
+def skip(st: JudgeState, n_slots: int) -> None:
+    """``n_slots`` missing grid slots: advance the tracker by its trend, restart the windows."""
+    if st.level is None or n_slots <= 0:
+        return
+    st.level += st.trend * n_slots
+    st.slow_level += st.slow_trend * n_slots
+    st.hist_y, st.hist_l, st.hist_t = [], [], []

@@ -1,0 +1,211 @@
+"""Alert episodes: the judge, the detectors and the episode life cycle on constructed
+data (pure), thresholds from the budget, and the alert settings in the config."""
+from __future__ import annotations
+
+import math
+import random
+
+import pytest
+
+from streamflame.alerts.episodes import SeriesAlerts
+from streamflame.alerts.judge import JudgeState, observe
+from streamflame.alerts.messages import encode_event
+from streamflame.alerts.settings import AlertSettings, thresholds
+from streamflame.config import ConfigError, ServiceConfig
+from streamflame.schemas import AlertEpisode, decode_alert_any
+
+FREQ = 600_000  # 10 min
+WIN = (1, 2, 3, 5, 8)
+
+
+def noisy(n: int, seed: int = 0, sd: float = 1.0) -> list[float]:
+    rng = random.Random(seed)
+    return [10.0 + 3.0 * math.sin(i / 20.0) + rng.gauss(0.0, sd) for i in range(n)]
+
+
+def run(values, s: AlertSettings = AlertSettings(), sa: SeriesAlerts | None = None, start: int = 0):
+    thr = thresholds(s, FREQ)
+    sa = sa or SeriesAlerts()
+    out = []
+    for q, y in enumerate(values, start):
+        if y is not None and isinstance(y, float) and math.isnan(y):
+            continue  # a gap: the slot is not fed
+        sa.feed(q, q * FREQ, y, FREQ, s, thr, out)
+    return out, sa
+
+
+def opens(events, kind=None):
+    return [e for e in events if e.event == "open" and (kind is None or e.kind == kind)]
+
+
+# ---------------------------------------------------------------- the judge
+
+
+def test_judge_is_calibrated_on_white_noise_and_catches_a_spike_at_once():
+    st = JudgeState()
+    ys = noisy(3000, seed=1)
+    zs = [observe(st, y, WIN).z for y in ys]
+    tail = [abs(z) for z in zs[200:]]
+    assert 0.002 < sum(z > 3 for z in tail) / len(tail) < 0.03   # ~0.3 % per window, 5 windows
+    j = observe(st, ys[-1] + 8.0, WIN)
+    assert j.window == 1 and abs(j.z) > 6 and j.pit > 0.999
+
+
+def test_judge_state_round_trips_through_its_persisted_form():
+    a, ys = JudgeState(), noisy(300, seed=2)
+    for y in ys[:200]:
+        observe(a, y, WIN)
+    b = JudgeState.from_list(a.to_list())
+    assert [observe(a, y, WIN) for y in ys[200:]] == [observe(b, y, WIN) for y in ys[200:]]
+
+
+# ---------------------------------------------------------------- thresholds
+
+
+def test_thresholds_follow_the_budget():
+    base = thresholds(AlertSettings(), FREQ)
+    # p per window = budget / (observations per week * windows), two-sided
+    p = 1.0 / (1008 * 5)
+    assert base.obs_per_week == 1008
+    assert abs(base.z_open - (-__import__("statistics").NormalDist().inv_cdf(p / 2))) < 1e-9
+    looser = thresholds(AlertSettings(false_alarm_budget=10), FREQ)
+    assert looser.z_open < base.z_open
+    assert thresholds(AlertSettings(false_alarm_budget=1, min_severity="major"), FREQ).z_open == looser.z_open * 0 + \
+        thresholds(AlertSettings(false_alarm_budget=0.1), FREQ).z_open
+    assert base.z_severity[0] < base.z_severity[1] < base.z_severity[2]
+    assert thresholds(AlertSettings(), 60_000).z_open > base.z_open  # more observations a week: stricter
+
+
+# ---------------------------------------------------------------- episodes
+
+
+def test_clean_noise_opens_almost_nothing_and_a_level_shift_opens_within_three():
+    clean = noisy(5000, seed=3)
+    ev, _ = run(clean)
+    weeks = 5000 / 1008
+    assert len(opens(ev, "deviation")) / weeks <= 2.0
+    shifted = clean[:3000] + [y + 4.0 for y in clean[3000:3100]] + clean[3100:]
+    ev, _ = run(shifted)
+    hit = [e for e in opens(ev, "deviation") if 3000 <= e.slot <= 3010]
+    assert hit and hit[0].slot - 3000 <= 3
+
+
+def test_episode_life_cycle_open_update_resolve_with_stable_id():
+    ys = noisy(600, seed=4, sd=0.2)
+    ys[400] += 3.0       # a minor spike ...
+    ys[401] += 30.0      # ... then a critical one: one episode, raised
+    ev, sa = run(ys)
+    ep = [e for e in ev if e.kind == "deviation" and 398 <= e.slot <= 420]
+    assert [e.event for e in ep][0] == "open" and ep[-1].event == "resolve"
+    assert len({e.started_ms for e in ep}) == 1  # same alert_id
+    assert any(e.event == "update" and e.severity == "critical" for e in ep) or ep[0].severity == "critical"
+    assert "deviation" not in sa.open
+    msgs = [decode_alert_any(encode_event(e, "s1", "g")) for e in ep]
+    assert all(isinstance(m, AlertEpisode) for m in msgs)
+    assert {m.alert_id for m in msgs} == {f"s1/deviation/{ep[0].started_ms}"}
+    assert msgs[0].timestamp == "1970-01-03T18:40:00Z" or msgs[0].timestamp_ms == ep[0].timestamp_ms
+
+
+def test_min_gap_keeps_a_second_spike_right_after_a_resolve_in_silence():
+    ys = noisy(700, seed=5, sd=0.2)
+    ys[400] += 20.0
+    ev, _ = run(ys)
+    resolved = [e for e in ev if e.event == "resolve" and e.kind == "deviation" and e.slot >= 400][0]
+    ys2 = list(ys)
+    ys2[resolved.slot + 2] += 20.0
+    ev2, _ = run(ys2, AlertSettings(min_gap=6))
+    assert not [e for e in opens(ev2, "deviation") if resolved.slot < e.slot <= resolved.slot + 6]
+    ev3, _ = run(ys2, AlertSettings(min_gap=0))
+    assert [e for e in opens(ev3, "deviation") if resolved.slot < e.slot <= resolved.slot + 6]
+
+
+def test_suppression_during_the_first_patches():
+    ys = noisy(400, seed=6, sd=0.2)
+    ys[60] += 30.0
+    assert [e for e in opens(run(ys, AlertSettings(suppress_patches=0))[0]) if e.slot == 60]
+    assert not [e for e in opens(run(ys, AlertSettings(suppress_patches=2))[0]) if e.slot == 60]
+
+
+def test_flatline_opens_at_its_window_and_resolves_at_the_next_change():
+    ys = noisy(400, seed=7)
+    stuck = ys[:300] + [ys[299]] * 20 + ys[320:]
+    ev, _ = run(stuck, AlertSettings(flatline_window=12))
+    fl = [e for e in ev if e.kind == "flatline"]
+    assert [e.event for e in fl] == ["open", "resolve"]
+    assert fl[0].slot == 299 + 11 and fl[0].started_ms == 299 * FREQ and fl[1].slot == 320
+    # a series that repeats values all the time needs a longer run than ever before
+    steps = [float(i // 15) for i in range(400)]
+    assert not opens(run(steps, AlertSettings(flatline_window=12))[0], "flatline")
+
+
+def test_dropout_live_on_nulls_and_at_the_return_after_a_gap():
+    ys = noisy(300, seed=8)
+    with_nulls = ys[:200] + [None] * 8 + ys[208:]
+    ev, _ = run(with_nulls, AlertSettings(dropout_slots=6))
+    d = [e for e in ev if e.kind == "dropout"]
+    assert [(e.event, e.slot) for e in d] == [("open", 205), ("resolve", 208)]
+    assert d[0].started_ms == 200 * FREQ
+    gap = ys[:200] + [math.nan] * 10 + ys[210:]
+    d = [e for e in run(gap, AlertSettings(dropout_slots=6))[0] if e.kind == "dropout"]
+    assert [(e.event, e.slot) for e in d] == [("open", 210), ("resolve", 210)] and d[0].started_ms == 200 * FREQ
+    short = ys[:200] + [math.nan] * 3 + ys[203:]
+    assert not [e for e in run(short, AlertSettings(dropout_slots=6))[0] if e.kind == "dropout"]
+
+
+def test_out_of_range_with_hysteresis():
+    ys = noisy(300, seed=9)
+    ys[150:153] = [100.0, 101.0, 102.0]
+    ev, _ = run(ys, AlertSettings(range=(-50.0, 50.0), resolve_after=3))
+    r = [e for e in ev if e.kind == "out_of_range"]
+    assert [(e.event, e.slot) for e in r] == [("open", 150), ("resolve", 155)]
+    assert r[0].severity == "critical" and r[0].direction == "above"
+
+
+def test_resumed_state_gives_the_same_events():
+    ys = noisy(900, seed=10)
+    ys[500] += 15.0
+    ys[700:720] = [ys[699]] * 20
+    full, _ = run(ys)
+    first, sa = run(ys[:480])
+    restored = SeriesAlerts.from_list(__import__("orjson").loads(__import__("orjson").dumps(sa.to_list())))
+    rest, _ = run(ys[480:], sa=restored, start=480)
+    assert first + rest == full and opens(rest)
+
+
+# ---------------------------------------------------------------- settings
+
+
+@pytest.mark.parametrize("bad, words", [
+    ({"false_alarm_budget": 0}, "greater than 0"),
+    ({"min_severity": "huge"}, "minor"),
+    ({"windows": [3, 2]}, "strictly increasing"),
+    ({"windows": []}, "at least one window"),
+    ({"range": [5, 1]}, "min < max"),
+    ({"flatline_window": 1}, "greater than or equal to 2"),
+    ({"budget": 2}, "budget"),
+])
+def test_bad_alert_config_is_rejected_with_a_clear_error(bad, words):
+    with pytest.raises(ConfigError) as e:
+        ServiceConfig.model_validate({"defaults": {"alerts": bad}}) if False else _load({"defaults": {"alerts": bad}})
+    text = "\n".join(e.value.problems)
+    assert "alerts" in text and words in text, text
+
+
+def _load(data):
+    from streamflame.config import load_config
+    import tempfile, os
+    from streamflame.config import dump_yaml
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
+        f.write(dump_yaml(data))
+    try:
+        return load_config(f.name)
+    finally:
+        os.unlink(f.name)
+
+
+def test_groups_inherit_alert_settings_from_defaults():
+    cfg = _load({"defaults": {"alerts": {"false_alarm_budget": 3}},
+                 "groups": [{"name": "a", "match": "a*"}, {"name": "b", "match": "b*", "alerts": {"enabled": False}}]})
+    assert cfg.resolve_group("a1").alerts.false_alarm_budget == 3
+    assert cfg.resolve_group("b1").alerts.enabled is False
+    assert cfg.resolve_group("zz").alerts.false_alarm_budget == 3
