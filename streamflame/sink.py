@@ -52,6 +52,7 @@ class Job:
     quarantine: list[tuple[str, str]] = field(default_factory=list)   # worker: (series_id, reason), before the writes
     cas: dict[str, tuple] = field(default_factory=dict)               # worker: StateStore.save_args arguments
     cursors: list[tuple[str, int, int, bytes]] = field(default_factory=list)   # ingest: CursorStore.save_args
+    alerted: list[tuple[str, int]] = field(default_factory=list)  # ingest: CursorStore.raise_alerted, after cursors
 
 
 @dataclass
@@ -68,7 +69,7 @@ class Outcome:
 # header  = {"topics": [..], "msgs": [[topic index, key length or -1, value length], ..],
 #            "quarantine": [[series_id, reason], ..],
 #            "cas": [[series_id, seq, expected, state length, meta length, flag], ..],
-#            "cursors": [[series_id, seq, n, cursor length], ..]}
+#            "cursors": [[series_id, seq, n, cursor length], ..], "alerted": [[series_id, slot], ..]}
 # outcome = JSON: {"kind": "ok"|"ready"|"kafka"|"redis"|"os"|"bug", ...}
 
 
@@ -81,6 +82,7 @@ def encode_job(job: Job) -> bytes:
         "quarantine": job.quarantine,
         "cas": [[sid, seq, exp, len(state), len(meta), flag] for sid, (seq, exp, state, meta, flag) in job.cas.items()],
         "cursors": [[sid, seq, n, len(c)] for sid, seq, n, c in job.cursors],
+        "alerted": job.alerted,
     })
     parts = [struct.pack("<I", len(head)), head]
     for _, k, v in job.messages:
@@ -112,7 +114,8 @@ def decode_job(buf: bytes) -> Job:
     cursors = [(sid, seq, n, take(cl)) for sid, seq, n, cl in head["cursors"]]
     if pos != len(buf):
         raise ValueError(f"job has {len(buf) - pos} bytes past its end")
-    return Job(msgs, [(sid, reason) for sid, reason in head["quarantine"]], cas, cursors)
+    return Job(msgs, [(sid, reason) for sid, reason in head["quarantine"]], cas, cursors,
+               [(sid, slot) for sid, slot in head.get("alerted", ())])
 
 
 def encode_outcome(out: Outcome) -> bytes:
@@ -155,6 +158,10 @@ def finish(producer, sent: tuple[list, float], job: Job, states=None, cursors=No
     if job.cursors:
         t1 = time.perf_counter()
         written = cursors.save_args(job.cursors)
+        save_s += time.perf_counter() - t1
+    if job.alerted:
+        t1 = time.perf_counter()
+        cursors.raise_alerted(job.alerted)
         save_s += time.perf_counter() - t1
     return Outcome(save, publish_s, save_s, written)
 

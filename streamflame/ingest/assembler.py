@@ -47,6 +47,18 @@ Determinism
     Kafka); :meth:`SeriesAssembler.cursor` with ``include_open=True`` also
     carries the open patch / inference buffer (used to spill idle series out of
     memory).
+
+Alerts
+    With ``alert_settings`` (the series group's ``alerts``), every accepted grid slot
+    is also fed, in order, to the series' :class:`~streamflame.alerts.episodes.SeriesAlerts`;
+    its events collect in :attr:`SeriesAssembler.alert_events` for the consumer to
+    publish. The cursor carries the detector state as it was after the last
+    observation it covers (``alerts``), so a resumed assembler judges the re-read
+    observations exactly as before, and ``alerted``, the grid slot of the last
+    observation whose events were published: re-generated events at or before it
+    are dropped, so a replay publishes no event twice. (``alerted`` is written with
+    the batch's cursors, after its events are acknowledged, but in a field of its own:
+    series with events and no completed patch get only that field written.)
 """
 from __future__ import annotations
 
@@ -57,6 +69,8 @@ from typing import Any, NamedTuple
 
 import orjson
 
+from streamflame.alerts.episodes import SeriesAlerts
+from streamflame.alerts.settings import thresholds
 from streamflame.schemas import PATCH_LEN, iso_ms
 
 __all__ = [
@@ -173,6 +187,8 @@ class IngestCursor:
     open_first_offset: int | None = None
     open_last_offset: int | None = None
     pending: list | None = None
+    alerts: list | None = None      # SeriesAlerts.to_list() after the last covered observation
+    alerted: int | None = None      # not in the JSON: its own field of the cursor's hash (ingest/cursors.py)
 
     @property
     def version(self) -> tuple[int, int]:
@@ -180,7 +196,7 @@ class IngestCursor:
         return (self.next_seq, self.n_covered)
 
     def to_json(self) -> bytes:
-        d = {k: v for k, v in self.__dict__.items() if v is not None}
+        d = {k: v for k, v in self.__dict__.items() if v is not None and k != "alerted"}
         if self.pending is not None:
             d["pending"] = [[t, v, p, o, i, _ref_to_json(r)] for t, v, p, o, i, r in self.pending]
         if self.last_obs_ms is not None:
@@ -202,6 +218,11 @@ class IngestCursor:
         if c.freq_ms is not None and (not isinstance(c.freq_ms, int) or c.freq_ms <= 0):
             raise CursorDecodeError(f"ingest cursor has invalid freq_ms {c.freq_ms!r}")
         return c
+
+
+def _copy(x: list) -> list:
+    """A deep copy of a plain JSON-able list (the detector state taken at a patch boundary)."""
+    return orjson.loads(orjson.dumps(x))
 
 
 def _ref_to_json(r: ObsRef | None):
@@ -231,9 +252,11 @@ class SeriesAssembler:
         "_values", "_seen", "_n_open", "_open_first", "_open_last", "_open_partition",
         "_pending", "n_accepted", "_covered", "_tol_ms", "pin_offset", "pin_partition",
         "_skip_partition", "_skip_offset", "_skip_index", "_open_last_index",
+        "alert_settings", "alerts", "alert_events", "alerted", "_covered_alerts", "_thr",
     )
 
-    def __init__(self, series_id: str, settings: AssemblerSettings, freq_ms: int | None = None):
+    def __init__(self, series_id: str, settings: AssemblerSettings, freq_ms: int | None = None,
+                 alert_settings=None):
         if freq_ms is not None and (type(freq_ms) is not int or freq_ms <= 0):
             raise ValueError(f"freq_ms must be a positive int or None, got {freq_ms!r}")
         self.series_id = series_id
@@ -265,6 +288,13 @@ class SeriesAssembler:
         self._skip_partition: int | None = None
         self._skip_offset = -1
         self._skip_index = 0
+        # Alert episodes (module docstring, "Alerts"); alert_settings None = off.
+        self.alert_settings = alert_settings
+        self.alerts = SeriesAlerts() if alert_settings is not None else None
+        self.alert_events: list = []  # (slot, AlertEvent) not yet handed to the consumer's job
+        self.alerted: int | None = None
+        self._covered_alerts: list | None = None
+        self._thr = None  # (settings, freq_ms, Thresholds) cache
 
     # ------------------------------------------------------------------ state
 
@@ -287,7 +317,10 @@ class SeriesAssembler:
             series_id=self.series_id, freq_ms=self.freq_ms, anchor_ms=self.anchor_ms,
             next_seq=self.seq, last_slot=slot, last_obs_ms=ms, last_partition=part,
             last_offset=off, last_index=idx, n_covered=n_cov,
+            alerts=self._covered_alerts,
         )
+        if include_open and self.alerts is not None and (self._pending or self._n_open):
+            c.alerts = _copy(self.alerts.to_list())
         if include_open:
             if self._pending:
                 c.pending = list(self._pending)
@@ -306,10 +339,18 @@ class SeriesAssembler:
 
     @classmethod
     def from_cursor(cls, cursor: IngestCursor, settings: AssemblerSettings,
-                    freq_ms: int | None = None) -> "SeriesAssembler":
+                    freq_ms: int | None = None, alert_settings=None) -> "SeriesAssembler":
         """Resume from a persisted cursor. A cursor that already fixed the grid
         keeps its own ``freq_ms`` (a config change applies to new series only)."""
-        a = cls(cursor.series_id, settings, cursor.freq_ms if cursor.freq_ms is not None else freq_ms)
+        a = cls(cursor.series_id, settings, cursor.freq_ms if cursor.freq_ms is not None else freq_ms,
+                alert_settings)
+        a.alerted = cursor.alerted
+        if a.alerts is not None and cursor.alerts is not None:
+            try:
+                a.alerts = SeriesAlerts.from_list(cursor.alerts)
+            except (TypeError, ValueError, KeyError) as e:
+                raise CursorDecodeError(f"ingest cursor has an unreadable alerts state: {e}") from None
+            a._covered_alerts = None if cursor.open_slots or cursor.pending else cursor.alerts
         if cursor.last_offset is not None:
             a._skip_partition, a._skip_offset = cursor.last_partition, cursor.last_offset
             a._skip_index = cursor.last_index
@@ -412,6 +453,9 @@ class SeriesAssembler:
             self.last_obs_ms = ts_ms[pos + take - 1]
             self.n_accepted += take
             self._pin(partition, o_first)
+            if self.alerts is not None:
+                for j in range(take):
+                    self._judge(q0 + pos + j, values[pos + j])
             pos += take
             if i + take == n:
                 self._emit(patches_out, partition, o_last)
@@ -505,9 +549,30 @@ class SeriesAssembler:
         self.last_obs_ms = ts_ms
         self.n_accepted += 1
         self._pin(partition, offset)
+        if self.alerts is not None:
+            self._judge(q, value)
         if i == n - 1:
             self._emit(patches_out, partition, offset)
         return ACCEPTED
+
+    def set_alert_settings(self, alert_settings) -> None:
+        """New settings (config reload); None switches the detectors off, and on again afresh."""
+        if alert_settings is None:
+            self.alerts = self._covered_alerts = None
+        elif self.alerts is None:
+            self.alerts = SeriesAlerts()
+        self.alert_settings = alert_settings
+
+    def _judge(self, slot: int, value) -> None:
+        """Feed one accepted slot to the alert detectors (events before ``alerted`` were published already)."""
+        s, freq = self.alert_settings, self.freq_ms
+        thr = self._thr
+        if thr is None or thr[0] is not s or thr[1] != freq:
+            thr = self._thr = (s, freq, thresholds(s, freq))
+        out: list = []
+        self.alerts.feed(slot, self.anchor_ms + slot * freq, value, freq, s, thr[2], out)
+        if out and (self.alerted is None or slot > self.alerted):
+            self.alert_events += [(slot, ev) for ev in out]
 
     def _emit(self, patches_out: list, partition: int, offset: int) -> None:
         """Close the open patch (possibly empty) as patch ``self.seq``."""
@@ -518,6 +583,8 @@ class SeriesAssembler:
             # everything accepted so far is inside an emitted patch now
             self._covered = (self.n_accepted, part, last, self._open_last_index, self.last_slot, self.last_obs_ms)
             self.pin_offset = self.pin_partition = None
+            if self.alerts is not None:
+                self._covered_alerts = _copy(self.alerts.to_list())
         else:  # an all-missing patch skipped by a gap: located at the observation closing it
             first = last = offset
             part = partition

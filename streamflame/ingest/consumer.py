@@ -13,7 +13,9 @@ SIGTERM/SIGINT. Per poll batch it
    the DLQ with the index inside their message;
 4. hands the batch's *job* to the publisher (:mod:`streamflame.sink`): the
    completed patches (key = series_id), the dead letters, and the cursors of the
-   series that completed a patch, taken when the job is handed over. The
+   series that completed a patch, taken when the job is handed over, and the alert
+   episode events of the batch (``streamflame.alerts.episodes``: every accepted
+   observation is judged as it is assembled; topic ``streamflame.alerts``). The
    publisher sends every record, flushes, checks every send, then writes the
    cursors in one pipelined compare-and-set round trip (a cursor never goes
    backwards, and never ahead of the patches it covers). With
@@ -69,6 +71,7 @@ from streamflame.ingest.assembler import (
     Rejection,
     SeriesAssembler,
 )
+from streamflame.alerts.messages import encode_event
 from streamflame.ingest.cursors import CursorStore, cursor_args
 from streamflame.kafka_io import (
     DeadLetterWriter,
@@ -200,6 +203,7 @@ class IngestConsumer:
         self._pending_commits = DelayedOffsets()  # {partition: offset} noted per commit interval
         self._backoff = 0.0
         self._outbox: list[tuple[str, bytes | None, bytes]] = []  # (topic, key, value) of the next job
+        self._alerted: dict[str, int] = {}  # series -> slot of its last alert event in the outbox
         self._unsettled: dict[str, SeriesAssembler] = {}  # series with a patch in the outbox
         self._in_flight = False  # the sink holds a job whose outcome has not been seen
         self._reseek: dict[int, int] = {}  # revoked partition -> offset to re-read from if handed back
@@ -236,6 +240,7 @@ class IngestConsumer:
                         if new.log_level != self.cfg.log_level:
                             configure_logging(new.log_level)
                         self.cfg = new
+                        self._apply_alert_settings()
                 if self.poll_once():
                     done += 1
             try:
@@ -530,10 +535,29 @@ class IngestConsumer:
                         skipped += 1
             if len(patches) > n_before:
                 touched[sid] = a
+            if a.alert_events:
+                self._alert_events(sid, a)
             if len(rejects) > r_before:
                 self._dead_letter(sid, rejects[r_before:])
         c["accepted"] += accepted
         c["skipped"] += skipped
+
+    def _alert_events(self, sid: str, a: SeriesAssembler) -> None:
+        """Move a series' alert events into the next job; its ``alerted`` slot goes with it."""
+        group = self.cfg.resolve_group(sid).name
+        topic, key = self.cfg.topics.alerts, sid.encode("utf-8")
+        self._outbox += [(topic, key, encode_event(ev, sid, group)) for _, ev in a.alert_events]
+        a.alerted = a.alert_events[-1][0]
+        self._alerted[sid] = a.alerted
+        self.counters["alert_events"] += len(a.alert_events)
+        a.alert_events = []
+
+    def _apply_alert_settings(self) -> None:
+        """After a config reload: each series in memory judges with its group's new alert
+        settings from its next observation on (off -> on starts a fresh detector)."""
+        for sid, a in self.assemblers.items():
+            g = self.cfg.resolve_group(sid)
+            a.set_alert_settings(g.alerts if g.alerts.enabled else None)
 
     def _dead_letter(self, sid: str, rejects: list[Rejection]) -> None:
         """One dead letter per (source record, reason): a batch message with many
@@ -581,9 +605,17 @@ class IngestConsumer:
                 self.quarantined[sid] = f"{cur} (delete key {self.store.key(sid)} to start the series afresh)"
                 log.error("ingest.cursor_unreadable", series_id=sid[:200], error=str(cur)[:500])
             else:
-                freq = self.cfg.resolve_group(sid).freq_ms
-                a = (SeriesAssembler(sid, self.settings, freq) if cur is None
-                     else SeriesAssembler.from_cursor(cur, self.settings, freq))
+                group = self.cfg.resolve_group(sid)
+                freq, al = group.freq_ms, (group.alerts if group.alerts.enabled else None)
+                try:
+                    a = (SeriesAssembler(sid, self.settings, freq, al) if cur is None
+                         else SeriesAssembler.from_cursor(cur, self.settings, freq, al))
+                except CursorDecodeError as e:
+                    self.quarantined[sid] = f"{e} (delete key {self.store.key(sid)} to start the series afresh)"
+                    log.error("ingest.cursor_unreadable", series_id=sid[:200], error=str(e)[:500])
+                    self.series_partition[sid] = p
+                    self.partition_series.setdefault(p, set()).add(sid)
+                    continue
                 self.assemblers[sid] = a
                 if cur is None:
                     self.counters["series_new"] += 1
@@ -609,8 +641,9 @@ class IngestConsumer:
         self._await_job()
         from streamflame.sink import Job
 
-        job = Job(self._outbox, cursors=cursor_args(a.cursor() for a in self._unsettled.values()))
-        self._outbox, self._unsettled = [], {}
+        job = Job(self._outbox, cursors=cursor_args(a.cursor() for a in self._unsettled.values()),
+                  alerted=list(self._alerted.items()))
+        self._outbox, self._unsettled, self._alerted = [], {}, {}
         try:
             if self.sink is None:
                 self.sink = self._start_sink()
@@ -772,7 +805,7 @@ class IngestConsumer:
 
         rewind = dict(self.rewind_to)
         self._drop_partitions(set(self.partition_series) | set(self.next_offset) | set(self.rewind_to))
-        self._outbox, self._unsettled = [], {}
+        self._outbox, self._unsettled, self._alerted = [], {}, {}
         # A producer that timed out may be unusable (idempotence epoch), and a job in
         # flight may wait on a broker that is away: drop the publisher (its job may still
         # land, which is as safe as a crash after the sends). The next batch starts a fresh

@@ -6,6 +6,8 @@ Cluster slot)::
     sf:{<sid>}:ingest   seq     ascii int: IngestCursor.next_seq
                         n       ascii int: IngestCursor.n_covered
                         cursor  IngestCursor.to_json()
+                        alerted ascii int: grid slot of the last observation whose alert
+                                events were published (IngestCursor.alerted; only ever raised)
 
 Loads are one pipelined round trip of ``HGET`` per batch of series. Writes are
 one pipelined round trip of ``EVALSHA`` of a compare-and-set script per key: a
@@ -38,6 +40,17 @@ return 1
 """
 
 
+ALERTED_MAX_SCRIPT = r"""
+-- KEYS[1] cursor hash; ARGV[1] slot. Raises the 'alerted' field to ARGV[1] (never lowers it).
+local t = redis.call('TYPE', KEYS[1])['ok']
+if t ~= 'hash' and t ~= 'none' then return 0 end
+local a = tonumber(redis.call('HGET', KEYS[1], 'alerted'))
+if a and a >= tonumber(ARGV[1]) then return 0 end
+redis.call('HSET', KEYS[1], 'alerted', ARGV[1])
+return 1
+"""
+
+
 @dataclass
 class CursorSaveResult:
     written: int = 0
@@ -51,6 +64,7 @@ class CursorStore:
         self.redis = redis_client
         self.key_prefix = key_prefix
         self._sha = redis_client.script_load(CURSOR_CAS_SCRIPT)  # on every primary of a cluster
+        self._alerted_sha = redis_client.script_load(ALERTED_MAX_SCRIPT)
 
     def key(self, series_id: str) -> str:
         return f"{self.key_prefix}:{{{series_id}}}:ingest"
@@ -62,12 +76,15 @@ class CursorStore:
             return {}
         pipe = self.redis.pipeline(transaction=False)
         for sid in sids:
-            pipe.hget(self.key(sid), "cursor")
+            pipe.hmget(self.key(sid), "cursor", "alerted")
         # a key of another type (someone wrote a string there) answers WRONGTYPE
         replies = pipe.execute(raise_on_error=False)
         out: dict[str, IngestCursor | CursorDecodeError | None] = {}
-        for sid, raw in zip(sids, replies):
-            if raw is None:
+        for sid, reply in zip(sids, replies):
+            raw, alerted = (reply, None) if isinstance(reply, Exception) else reply
+            if raw is None and alerted is not None:  # alert events published before the first patch
+                out[sid] = IngestCursor(series_id=sid, alerted=int(alerted))
+            elif raw is None:
                 out[sid] = None
             elif isinstance(raw, Exception):
                 out[sid] = CursorDecodeError(f"ingest cursor of {sid!r} is unreadable: {raw}")
@@ -77,6 +94,8 @@ class CursorStore:
                 except CursorDecodeError as e:
                     out[sid] = e
                     continue
+                if alerted is not None:
+                    c.alerted = int(alerted)
                 out[sid] = c if c.series_id == sid else CursorDecodeError(
                     f"ingest cursor under the key of {sid!r} belongs to {c.series_id!r}")
         return out
@@ -110,6 +129,22 @@ class CursorStore:
             else:
                 result.refused.append(sid)
         return result
+
+    def raise_alerted(self, marks: list[tuple[str, int]]) -> int:
+        """Raise each series' ``alerted`` slot (one pipelined round trip); returns how many rose."""
+        if not marks:
+            return 0
+        for attempt in (0, 1):
+            pipe = self.redis.pipeline(transaction=False)
+            for sid, slot in marks:
+                pipe.execute_command("EVALSHA", self._alerted_sha, 1, self.key(sid), slot)
+            try:
+                return sum(int(r) for r in pipe.execute())
+            except NoScriptError:
+                if attempt:
+                    raise
+                self._alerted_sha = self.redis.script_load(ALERTED_MAX_SCRIPT)
+        return 0
 
 
 def cursor_args(cursors: Iterable[IngestCursor]) -> list[tuple[str, int, int, bytes]]:
