@@ -6,7 +6,7 @@ broker and redis-server, ingest and worker running together.
   kafka-python's partitioner (the one StreamFlame's own producers use) picks for it;
 - a confluent-kafka consumer in a consumer group reads the forecasts: each (series, seq)
   exactly once, with the forecast the in-process ``Forecaster`` gives for the same data;
-- the kcat produce/consume example of docs/clients.md works (kcat + librdkafka >= 2.2),
+- kcat works with librdkafka >= 2.2 (the example of docs/clients.md runs as written),
   and Debian 12's kcat (librdkafka 2.0.2) fails as the docs say.
 
 The client versions that work and why older librdkafka does not: docs/clients.md.
@@ -163,7 +163,7 @@ def wheel_librdkafka_dir(tmp_path: Path) -> Path:
     return out
 
 
-def test_kcat_example_of_the_docs(embedded_broker, make_topics, tmp_path):
+def test_kcat_works_with_librdkafka_2_2_and_fails_with_debians_2_0_2(embedded_broker, make_topics, tmp_path):
     """docs/clients.md: kcat works with librdkafka >= 2.2 (here the confluent-kafka wheel's,
     through LD_LIBRARY_PATH); Debian 12's kcat with its librdkafka 2.0.2 fails on Tansu's
     ApiVersions response."""
@@ -186,3 +186,37 @@ def test_kcat_example_of_the_docs(embedded_broker, make_topics, tmp_path):
         assert system.returncode != 0 and "Read underflow" in system.stderr, (system.stdout, system.stderr)
     else:
         assert system.returncode == 0 and topics.observations in system.stdout, system.stderr
+
+
+def test_kcat_example_of_docs_clients_md_runs_as_written(embedded_broker, make_topics, tmp_path):
+    """The bash block of docs/clients.md, "kcat", run from a folder laid out like the
+    repository root (.venv, .streamflame/run.json); only the topic names and the scratch
+    folder are replaced by this test's own."""
+    import sys
+
+    from kafka import KafkaProducer
+
+    from test_pipeline_e2e import read_topic
+
+    text = (Path(__file__).resolve().parent.parent / "docs" / "clients.md").read_text()
+    block = re.search(r"^## kcat\n.*?```bash\n(.*?)```", text, re.S | re.M).group(1)
+    topics = make_topics(partitions=2)
+    script = (block.replace("/tmp/rdkafka", str(tmp_path / "rdkafka"))
+              .replace("streamflame.observations", topics.observations)
+              .replace("streamflame.forecasts", topics.forecasts))
+    root = tmp_path / "root"
+    (root / ".streamflame").mkdir(parents=True)
+    (root / ".venv").symlink_to(sys.prefix)
+    (root / ".streamflame" / "run.json").write_text(json.dumps({"kafka_bootstrap": embedded_broker.bootstrap}))
+    prod = KafkaProducer(bootstrap_servers=embedded_broker.bootstrap)
+    prod.send(topics.forecasts, key=b"pump-7", value=b'{"series_id": "pump-7", "seq": 0}')
+    prod.flush()
+    prod.close()
+
+    out = subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=root, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == ['pump-7 {"series_id": "pump-7", "seq": 0}']
+    (rec,) = read_topic(embedded_broker.bootstrap, topics.observations, want=1)
+    assert rec.key == b"pump-7" and rec.partition == key_partition(b"pump-7", 2)
+    assert json.loads(rec.value) == {"series_id": "pump-7", "timestamp": "2024-01-01T00:00:00Z", "value": 1.5}
