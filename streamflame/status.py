@@ -218,6 +218,21 @@ def _lag(lag: dict[str, int]) -> str:
     return f"{sum(lag.values())} total (" + ", ".join(f"p{p}: {n}" for p, n in lag.items()) + ")"
 
 
+def _persistence_lines(p: dict[str, Any] | None) -> list[str]:
+    """What `streamflame up` keeps, and the outcome of its broker/Redis data check
+    (streamflame.incarnation): a mismatch is a WARNING line."""
+    if not p:
+        return []
+    out = ["persistence", f"  redis         {p.get('redis')}", f"  broker        {p.get('broker')}"]
+    check = p.get("check")
+    if check:
+        if check.get("mismatch"):
+            out.append(f"  WARNING       {check['outcome']}: {check['message']}")
+        else:
+            out.append(f"  data check    {check['outcome']}: {check['message']}")
+    return out
+
+
 def render(st: dict[str, Any]) -> str:
     lines: list[str] = []
     if st["processes"]:
@@ -226,6 +241,7 @@ def render(st: dict[str, Any]) -> str:
             state = "up" if p["up"] else "DOWN"
             pid = "-" if p["pid"] is None else str(p["pid"])
             lines.append(f"  {p['name']:<12} {state:<5} pid {pid:<8} {p.get('metrics') or ''}".rstrip())
+    lines += _persistence_lines(st.get("persistence"))
     down = [e for e in st["endpoints"] if not e["up"]]
     for e in down:
         lines.append(f"  metrics endpoint {e['url']} did not answer: {e['error']}")
@@ -282,6 +298,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     processes: list[dict] = []
+    persistence = None
     if args.metrics:
         urls = [u.strip() for u in args.metrics.split(",") if u.strip()]
         if not urls:
@@ -299,7 +316,8 @@ def main(argv: list[str] | None = None) -> int:
                   file=sys.stderr)
             return 1
         pids = info.get("pids", {})
-        for name in ("supervisor", "broker", "redis", "moto"):
+        persistence = info.get("persistence")
+        for name in ("supervisor", "broker", "redis", "s3"):
             if pids.get(name) is not None:
                 processes.append({"name": name, "pid": pids[name], "up": pid_alive(pids[name])})
         urls = []
@@ -322,6 +340,8 @@ def main(argv: list[str] | None = None) -> int:
         except (urllib.error.URLError, OSError, ValueError) as e:
             endpoints[url] = str(getattr(e, "reason", e))
     st = summarize(endpoints, processes)
+    if persistence is not None:
+        st["persistence"] = persistence
     if args.json:
         import orjson
 

@@ -45,7 +45,7 @@ def _wait_for(predicate, timeout: float, what: str):
 
 def _all_pids(info: dict) -> list[int]:
     pids = info["pids"]
-    return [p for p in (pids["supervisor"], pids["broker"], pids["redis"], pids["moto"],
+    return [p for p in (pids["supervisor"], pids["broker"], pids["redis"], pids["s3"],
                         *pids["ingest"], *pids["worker"]) if p is not None]
 
 
@@ -60,7 +60,7 @@ def _partitions(bootstrap: str, topic: str) -> int:
 
 def test_up_detach_supervises_and_down_stops_everything(tmp_path):
     child = json.dumps([sys.executable, "-c", RECORD_ENV_AND_SLEEP, str(tmp_path / "env-{role}-{index}.json")])
-    up = _streamflame("up", "--detach", "--ingest", "2", "--workers", "1", "--partitions", "3",
+    up = _streamflame("up", "--detach", "--ephemeral", "--ingest", "2", "--workers", "1", "--partitions", "3",
                       "--child-command", child, cwd=tmp_path)
     assert up.returncode == 0, up.stderr
     run_json = tmp_path / ".streamflame" / "run.json"
@@ -70,7 +70,8 @@ def test_up_detach_supervises_and_down_stops_everything(tmp_path):
         assert info["ready"] is True
         assert all(pid_alive(p) for p in _all_pids(info))
         assert len(info["pids"]["ingest"]) == 2 and len(info["pids"]["worker"]) == 1
-        assert info["pids"]["moto"] is None and info["durable"] is False
+        assert info["pids"]["s3"] is None and info["durable"] is False
+        assert info["persistence"]["redis"] == info["persistence"]["broker"] == "memory only"
 
         # Real services at the advertised addresses, topics with the asked partitions.
         assert redis.Redis.from_url(info["redis_url"]).ping()
@@ -118,13 +119,16 @@ def test_up_detach_supervises_and_down_stops_everything(tmp_path):
 def test_foreground_up_stops_cleanly_on_sigint(tmp_path):
     run_dir = tmp_path / "rd"
     child = json.dumps([sys.executable, "-c", "import time; time.sleep(1e6)"])
-    proc = subprocess.Popen([sys.executable, "-m", "streamflame", "up", "--run-dir", str(run_dir), "--durable",
+    proc = subprocess.Popen([sys.executable, "-m", "streamflame", "up", "--run-dir", str(run_dir),
                              "--ingest", "1", "--workers", "1", "--child-command", child],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         info = _wait_for(lambda: (read_run_json(run_dir) or {}).get("ready") and read_run_json(run_dir),
                          90, "the stack to be ready")
-        assert info["durable"] is True and pid_alive(info["pids"]["moto"])
+        # the default: broker data in files (localbucket), Redis with an AOF, both in the run dir
+        assert info["durable"] is True and pid_alive(info["pids"]["s3"])
+        assert info["persistence"]["broker"] == f"files in {run_dir / 'broker-data'}"
+        assert info["persistence"]["redis"] == f"AOF appendfsync everysec in {run_dir / 'redis'}"
         assert info["pids"]["supervisor"] == proc.pid
         proc.send_signal(signal.SIGINT)
         _, stderr = proc.communicate(timeout=60)
@@ -148,6 +152,10 @@ def test_up_rejects_bad_arguments(tmp_path):
     assert bad.returncode == 2 and "--workers must be >= 0" in bad.stderr
     missing = _streamflame("up", "--config", "nope.yaml", cwd=tmp_path)
     assert missing.returncode == 2 and "nope.yaml: no such file" in missing.stderr
+    both = _streamflame("up", "--durable", "--ephemeral", cwd=tmp_path)
+    assert both.returncode == 2 and "exclude each other" in both.stderr
+    fsync = _streamflame("up", "--redis-fsync", "never", cwd=tmp_path)
+    assert fsync.returncode == 2 and "invalid choice: 'never'" in fsync.stderr
 
 
 def test_child_that_dies_while_starting_is_reported_with_its_log(tmp_run_dir):
@@ -248,7 +256,8 @@ def test_up_runs_the_real_ingest_and_worker_end_to_end(tmp_path):
         f"worker: {{model_path: '{tmp_path / 'ckpt'}', device: cpu, batch_deadline_ms: 20}}\n"
         "defaults: {frequency: 1min, horizon: 12, num_samples: 8}\n"
     )
-    up = _streamflame("up", "--detach", "--config", str(config), "--partitions", "2", cwd=tmp_path, timeout=240)
+    up = _streamflame("up", "--detach", "--ephemeral", "--config", str(config), "--partitions", "2", cwd=tmp_path,
+                      timeout=240)
     assert up.returncode == 0, up.stderr
     info = read_run_json(tmp_path / ".streamflame")
     try:

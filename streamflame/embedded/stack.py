@@ -4,8 +4,9 @@ processes, and the `streamflame up` / `streamflame down` commands.
 Run directory layout (default ``./.streamflame``)::
 
     run.json            where everything is (rewritten atomically on every pid change)
-    logs/<name>.log     one log per process (broker, redis, moto, ingest-0, worker-0, supervisor)
-    redis/              redis data (AOF when enabled)
+    logs/<name>.log     one log per process (broker, redis, s3, ingest-0, worker-0, supervisor)
+    redis/              redis data (AOF when enabled: `streamflame up` without --ephemeral)
+    broker-data/        the durable broker's objects, one file each (localbucket)
     ready/<name>        a child may create this file (path in $STREAMFLAME_READY_FILE) once it is ready
 
 Children are ``python -m streamflame ingest|worker`` with the connection passed
@@ -127,6 +128,7 @@ class EmbeddedStack:
         workers: int = 0,
         child_command: ChildCommand = default_child_command,
         redis_appendonly: bool = False,
+        redis_appendfsync: str = "everysec",
         redis_password: str | None = None,
         ready_timeout_s: float = 120.0,
         backoff_s: tuple[float, float] = (BACKOFF_START_S, BACKOFF_CAP_S),
@@ -156,8 +158,9 @@ class EmbeddedStack:
         external_redis = "url" in self.config.redis.model_fields_set
         self.broker = None if external_kafka else Broker(self.run_dir, durable=durable)
         self.redis = None if external_redis else RedisServer(
-            self.run_dir, appendonly=redis_appendonly, password=redis_password
+            self.run_dir, appendonly=redis_appendonly, appendfsync=redis_appendfsync, password=redis_password
         )
+        self.incarnation = None  # streamflame.incarnation.Incarnation, set by start_services
         self.children: list[_Child] = []
         self.ready = False
         self._stopped = False
@@ -193,8 +196,25 @@ class EmbeddedStack:
         else:
             self._check_external_redis()
         self._create_topics()
+        self._check_incarnation()
         self.write_run_json()
         return self
+
+    def _check_incarnation(self) -> None:
+        """Do broker data and Redis data belong together? Repairs and logs a mismatch
+        (streamflame.incarnation) before any ingest or worker starts."""
+        from streamflame import incarnation
+        from streamflame.state.client import connect
+
+        settings = self.config.redis.model_copy(update={"url": self.redis_url})
+        client = connect(settings)
+        try:
+            self.incarnation = incarnation.check(
+                self.kafka_bootstrap, client, observations_topic=self.topics["observations"],
+                key_prefix=self.config.redis.key_prefix,
+                kafka_client_kwargs={} if self.broker is not None else self.config.kafka.client_kwargs("admin"))
+        finally:
+            client.close()
 
     def _check_external_redis(self) -> None:
         import redis
@@ -349,12 +369,21 @@ class EmbeddedStack:
         """The content of run.json."""
         by_role = {role: [c for c in self.children if c.role == role] for role in ROLES}
         s3 = self.broker.s3 if self.broker is not None else None
+        persistence = {
+            "redis": (f"AOF appendfsync {self.redis.appendfsync} in {self.redis.data_dir}" if self.redis.appendonly
+                      else "memory only") if self.redis is not None else "external",
+            "broker": (f"files in {s3.data_dir}" if getattr(s3, "data_dir", None) else
+                       "S3 at " + s3.endpoint if s3 is not None else "memory only")
+            if self.broker is not None else "external",
+            "check": self.incarnation.to_dict() if self.incarnation is not None else None,
+        }
         return {
             "kafka_bootstrap": self.kafka_bootstrap,
             "redis_url": self.redis_url,
             "topics": dict(self.topics),
             "partitions": self.partitions,
             "durable": bool(self.broker is not None and self.broker.durable),
+            "persistence": persistence,
             "run_dir": str(self.run_dir),
             "logs": str(self.run_dir / "logs"),
             "config": str(self.config_path) if self.config_path else None,
@@ -364,7 +393,7 @@ class EmbeddedStack:
                 "supervisor": os.getpid(),
                 "broker": self.broker.pid if self.broker is not None else None,
                 "redis": self.redis.pid if self.redis is not None else None,
-                "moto": s3.pid if s3 is not None else None,
+                "s3": s3.pid if s3 is not None else None,
                 **{role: [c.pid for c in by_role[role]] for role in ROLES},
             },
         }
@@ -396,6 +425,8 @@ class EmbeddedStack:
             self.redis.stop(timeout_s)
         if self.broker is not None:
             self.broker.stop(timeout_s)
+            if self.broker.durable:
+                os.sync()  # the broker's object files reach the disk (localbucket does not fsync)
         self.run_json_path.unlink(missing_ok=True)
         log.info("stack_stopped", run_dir=str(self.run_dir))
 
@@ -436,8 +467,13 @@ def _up_parser() -> argparse.ArgumentParser:
                    help="logs, data and run.json (default: ./.streamflame)")
     p.add_argument("--ingest", type=int, default=1, metavar="N", help="ingest processes (default 1)")
     p.add_argument("--workers", type=int, default=1, metavar="M", help="worker processes (default 1)")
-    p.add_argument("--durable", action="store_true",
-                   help="broker storage in a local S3 (moto_server): survives broker restarts")
+    p.add_argument("--ephemeral", action="store_true",
+                   help="keep nothing: memory-only broker and Redis (demos, throwaway runs). Default: the broker's "
+                        "data in files under the run directory (localbucket) and Redis with an AOF there")
+    p.add_argument("--redis-fsync", choices=("everysec", "always"), default="everysec",
+                   help="Redis appendfsync: everysec (a crash loses at most ~1 s of writes) or always "
+                        "(nothing, slower); ignored with --ephemeral")
+    p.add_argument("--durable", action="store_true", help=argparse.SUPPRESS)  # the default now; kept for old scripts
     p.add_argument("--partitions", type=int, metavar="P",
                    help="partitions of observations and patches (default: kafka.partitions of the config, 4)")
     p.add_argument("--ready-timeout", type=float, default=180.0, metavar="S", help=argparse.SUPPRESS)
@@ -468,6 +504,10 @@ def main_up(argv: list[str]) -> int:
             print(f"streamflame up: --{name} must be >= {1 if name == 'partitions' else 0}, got {value}",
                   file=sys.stderr)
             return 2
+    if args.durable and args.ephemeral:
+        print("streamflame up: --durable and --ephemeral exclude each other (durable is the default)",
+              file=sys.stderr)
+        return 2
     if args.config and not Path(args.config).is_file():
         print(f"streamflame up: --config {args.config}: no such file", file=sys.stderr)
         return 2
@@ -496,7 +536,9 @@ def _up_foreground(args: argparse.Namespace, run_dir: Path) -> int:
         stack = EmbeddedStack(
             run_dir,
             partitions=args.partitions,
-            durable=args.durable,
+            durable=not args.ephemeral,
+            redis_appendonly=not args.ephemeral,
+            redis_appendfsync=args.redis_fsync,
             config_path=args.config,
             ingest=args.ingest,
             workers=args.workers,
@@ -568,7 +610,7 @@ def main_down(argv: list[str]) -> int:
     clean = stop_pid(supervisor, timeout=args.timeout)
     # Whatever the supervisor could not stop (it was SIGKILLed, or hung) goes now.
     leftovers = [pid for key in ("ingest", "worker") for pid in pids.get(key, [])]
-    leftovers += [pids.get(key) for key in ("redis", "broker", "moto")]
+    leftovers += [pids.get(key) for key in ("redis", "broker", "s3")]
     for pid in leftovers:
         if pid is not None and pid_alive(pid):
             clean = False
