@@ -47,6 +47,49 @@ def test_legt_projection_is_exact_for_polynomials_and_skips_missing():
         np.testing.assert_allclose(c2[:2].numpy(), coef_true[:2].numpy(), atol=0.15)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_legt_coefficients_equal_a_per_row_evaluation_bit_for_bit(dtype):
+    """P is evaluated once per distinct theta and gathered: the same bits as evaluating it per row."""
+    g = torch.Generator().manual_seed(3)
+    W, n = 256, 8
+    x = torch.randn(5, 7, W, generator=g, dtype=dtype)
+    valid = torch.rand(5, 7, W, generator=g) > 0.2
+    x = torch.where(valid, x, 0)
+    theta = torch.randint(48, W + 1, (5, 7), generator=g)
+    theta[0] = 96                                            # repeats, as in a real batch
+    got = legt_coefficients(x, valid, theta, n)
+    i = torch.arange(W, dtype=dtype)
+    for r in range(5):
+        for c in range(7):
+            th = theta[r, c].to(dtype)
+            u = -1 + (2 * (i - (W - th)) + 1) / th
+            w = ((i >= (W - th)) & valid[r, c]).to(dtype)
+            P = legendre(n, u.clamp(-1, 1))
+            k = torch.arange(n, dtype=dtype)
+            ref = (2 * k + 1) * torch.einsum("w,wn->n", x[r, c] * w, P) / w.sum().clamp_min(1)
+            assert torch.allclose(got[r, c], ref, rtol=1e-5 if dtype == torch.float32 else 1e-12, atol=1e-6)
+    # and bit for bit against the unbatched call of the same function per row
+    for r in range(5):
+        assert torch.equal(got[r], legt_coefficients(x[r], valid[r], theta[r], n))
+
+
+def test_dominant_period_skips_the_mask_fft_only_where_it_is_exact():
+    """Gap-free windows take n - lag observed pairs without an FFT; the periods equal those
+    of the same windows in a batch that has gaps (where every row takes the FFT path)."""
+    t = torch.arange(1024, dtype=torch.float64)
+    g = torch.Generator().manual_seed(0)
+    rows = torch.stack([torch.sin(2 * torch.pi * t / P) + 0.2 * torch.randn(1024, generator=g, dtype=torch.float64)
+                        for P in (24, 60, 144, 7)])
+    gappy = rows.clone()
+    gappy[:, ::97] = float("nan")
+    n = 1024                                                  # the shortcut's claim: the rounded FFT gives n - lag
+    fft_pairs = torch.fft.irfft(torch.fft.rfft(torch.ones(n, dtype=torch.float64), n=2 * n).abs().pow(2), n=2 * n)
+    assert torch.equal(fft_pairs[:n].round(), n - torch.arange(n, dtype=torch.float64))
+    alone = dominant_period(rows, 4)                          # all gap-free: the shortcut
+    mixed = dominant_period(torch.cat([rows, gappy[:1]]), 4)[:4]
+    assert torch.equal(alone, mixed) and alone.tolist()[:3] == [24, 60, 144]
+
+
 def test_legs_matrix_closed_form_and_ssd_init_uses_its_diagonal():
     A, B = legs(6)
     q = np.arange(6)

@@ -3,6 +3,8 @@
     streamflame bench step       # model: update vs rebuild vs forecast cost (python -m streamflame.bench step)
     streamflame bench pipeline   # the embedded stack end to end, each figure beside its ceiling
     streamflame bench soak       # steady rate through the embedded stack: RSS per process and lag over time
+    streamflame bench alerts     # injected anomalies in held-out series through ingest: recall, delay, false episodes
+    streamflame bench train      # training throughput (observations/s): sampler, model step, the loop
 """
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ import importlib
 import sys
 
 SUBCOMMANDS = {"step": "streamflame.bench.step", "pipeline": "streamflame.bench.pipeline",
-               "soak": "streamflame.bench.soak"}
+               "soak": "streamflame.bench.soak", "alerts": "streamflame.bench.alerts", "train": "streamflame.bench.train"}
 
 
 def main(argv: list[str] | None = None) -> int:

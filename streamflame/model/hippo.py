@@ -88,9 +88,13 @@ def legt_coefficients(window: torch.Tensor, valid: torch.Tensor, theta: torch.Te
     W = window.shape[-1]
     i = torch.arange(W, dtype=window.dtype, device=window.device)
     th = theta.to(window.dtype).unsqueeze(-1)
-    u = -1 + (2 * (i - (W - th)) + 1) / th                   # (..., W), midpoints inside the window
     inside = (i >= (W - th)) & valid                           # (..., W)
-    P = legendre(n, u.clamp(-1, 1))                            # (..., W, n)
+    # P depends on theta only: evaluate it once per distinct theta (a batch holds few) and gather.
+    # Same elementwise operations on the same numbers, so the same bits as evaluating it per row.
+    uniq, inv = torch.unique(theta.reshape(-1), return_inverse=True)
+    th_u = uniq.to(window.dtype).unsqueeze(-1)
+    u = -1 + (2 * (i - (W - th_u)) + 1) / th_u                 # (U, W), midpoints inside the window
+    P = legendre(n, u.clamp(-1, 1))[inv].reshape(*theta.shape, W, n)   # (..., W, n)
     w = inside.to(window.dtype)
     cnt = w.sum(-1, keepdim=True).clamp_min(1)                 # observed points in the window
     k = torch.arange(n, dtype=window.dtype, device=window.device)

@@ -87,7 +87,12 @@ def dominant_period(window: torch.Tensor, min_period: int) -> torch.Tensor:
     x = torch.where(m, x - t * (t * x).sum(-1, keepdim=True) / (t * t).sum(-1, keepdim=True).clamp_min(1e-12), 0)
     n = x.shape[-1]
     corr = lambda a: torch.fft.irfft(torch.fft.rfft(a, n=2 * n).abs().pow(2), n=2 * n)[..., :n]
-    pairs = corr(mf).round()
+    # observed pairs per lag: n - lag exactly for a window without gaps (what the rounded FFT
+    # gives too), so the FFT of the mask is only run for windows with a gap
+    full = m.all(-1)
+    pairs = (n - torch.arange(n, dtype=x.dtype, device=x.device)).expand(x.shape).clone()
+    if not bool(full.all()):
+        pairs[~full] = corr(mf[~full]).round()
     acf = corr(x) / pairs.clamp_min(1)
     acf = torch.where(pairs >= n // 4, acf, 0) / acf[..., :1].clamp_min(1e-300)
     hi = n // 2
