@@ -11,7 +11,7 @@ at seeded moments while the stream flows:
 ``redis``      redis-server with ``appendonly yes`` / ``appendfsync everysec``:
                SIGKILL it ``--kills`` times and restart it on the same port and
                directory (the last ~1 s of acknowledged writes may be lost);
-``broker``     Tansu with durable storage (``s3://`` on a local moto_server):
+``broker``     Tansu with durable storage (``s3://`` on a local localbucket, files):
                SIGKILL it ``--kills`` times and restart it on the same port;
 ``rebalance``  scale the worker group 1 -> 2 -> 1, ``--kills`` times; the scale
                down alternates between a graceful stop (SIGTERM, leaves the group)

@@ -217,3 +217,16 @@ def stop_pid(pid: int | None, timeout: float = 10.0) -> bool:
                 return True
             time.sleep(0.05)
     return not pid_alive(pid)
+
+
+def sync_filesystem(path: str | os.PathLike) -> None:
+    """syncfs(2) on the filesystem holding `path`: every dirty page and inode of it
+    reaches the disk (what a power loss cannot take any more). Falls back to
+    sync(2) where syncfs is missing."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if getattr(libc, "syncfs", None) is None or libc.syncfs(fd) != 0:
+            os.sync()
+    finally:
+        os.close(fd)

@@ -41,6 +41,7 @@ from streamflame.embedded.process import (
     spawn,
     stop_pid,
     stop_process,
+    sync_filesystem,
     wait_until,
 )
 from streamflame.embedded.redis_server import RedisServer
@@ -55,6 +56,8 @@ TOPIC_KEYS = ("observations", "patches", "forecasts", "alerts", "dlq")
 BACKOFF_START_S = 0.5
 BACKOFF_CAP_S = 10.0
 STABLE_AFTER_S = 30.0
+BROKER_SYNC_S = 1.0
+"""A durable broker's data is synced to disk this often: its power-loss window (like Redis's everysec)."""
 READY_GRACE_S = 1.0
 """With ``wait_ready_file=False``, a child counts as ready once it has stayed alive this long."""
 
@@ -360,9 +363,27 @@ class EmbeddedStack:
         return changed
 
     def run(self, stop: threading.Event, interval_s: float = 0.2) -> None:
-        """Supervise until `stop` is set."""
+        """Supervise until `stop` is set; with a durable broker, also sync its data
+        to disk every BROKER_SYNC_S (localbucket writes without fsync)."""
+        last_sync = time.monotonic()
         while not stop.wait(interval_s):
             self.supervise_once()
+            if self.broker is not None and self.broker.durable and time.monotonic() - last_sync >= BROKER_SYNC_S:
+                last_sync = time.monotonic()
+                self.sync_broker_data()
+
+    def sync_broker_data(self) -> float:
+        """syncfs(2) of the broker's data directory; returns the seconds it took
+        (logged when slow)."""
+        data_dir = getattr(self.broker.s3 if self.broker is not None else None, "data_dir", None)
+        if data_dir is None or not Path(data_dir).is_dir():
+            return 0.0
+        t = time.perf_counter()
+        sync_filesystem(data_dir)
+        took = time.perf_counter() - t
+        if took > 0.5:
+            log.warning("broker_sync_slow", seconds=round(took, 3), data_dir=str(data_dir))
+        return took
 
     # -- run.json ---------------------------------------------------------------
     def describe(self) -> dict[str, Any]:
@@ -426,7 +447,7 @@ class EmbeddedStack:
         if self.broker is not None:
             self.broker.stop(timeout_s)
             if self.broker.durable:
-                os.sync()  # the broker's object files reach the disk (localbucket does not fsync)
+                self.sync_broker_data()  # the broker's object files reach the disk (localbucket does not fsync)
         self.run_json_path.unlink(missing_ok=True)
         log.info("stack_stopped", run_dir=str(self.run_dir))
 
