@@ -137,6 +137,10 @@ def summarize(endpoints: dict[str, list[Sample] | str], processes: list[dict] | 
             "lag": {p: int(v) for p, v in sorted(r.by_label("lag", "partition").items(), key=lambda kv: int(kv[0]))},
             "batch_seconds": r.hist("batch_seconds"),
             "redis_seconds": r.hist("redis_seconds", op="save"),
+            "alert_events": int(r.value("alert_events_total")),
+            "episodes_open": {g: {k: int(n) for k, n in sorted(r.by_label("alert_episodes_open", "kind", group=g).items())
+                                  if n}
+                              for g in sorted(r.by_label("alert_episodes_open", "group"))},
         }
     if by_role["worker"]:
         r = _Role("streamflame_worker_", by_role["worker"])
@@ -233,6 +237,13 @@ def _persistence_lines(p: dict[str, Any] | None) -> list[str]:
     return out
 
 
+def _episodes(open_by_group: dict[str, dict[str, int]] | None) -> str:
+    """``group a: deviation 2, flatline 1; group b: ...`` or ``none``."""
+    parts = [f"{g}: " + ", ".join(f"{k} {n}" for k, n in kinds.items())
+             for g, kinds in (open_by_group or {}).items() if kinds]
+    return "; ".join(parts) or "none"
+
+
 def render(st: dict[str, Any]) -> str:
     lines: list[str] = []
     if st["processes"]:
@@ -251,6 +262,7 @@ def render(st: dict[str, Any]) -> str:
         lines += ["", f"ingest ({ing['processes']} process{'es' if ing['processes'] != 1 else ''})",
                   f"  observations  {ing['observations']} in, {ing['rejected']} rejected" + (f" ({rej})" if rej else ""),
                   f"  patches       {ing['patches']} completed",
+                  f"  alerts        {ing.get('alert_events', 0)} episode events; open: {_episodes(ing.get('episodes_open'))}",
                   f"  lag           {_lag(ing['lag'])}",
                   f"  batch time    {_ms(ing['batch_seconds'])}",
                   f"  redis         {_ms(ing['redis_seconds'])}"]

@@ -552,6 +552,16 @@ class IngestConsumer:
         self.counters["alert_events"] += len(a.alert_events)
         a.alert_events = []
 
+    def open_episodes(self) -> dict[tuple[str, str], int]:
+        """``{(group, kind): episodes open}`` among the series in memory (for metrics)."""
+        out: Counter = Counter()
+        for sid, a in list(self.assemblers.items()):
+            if a.alerts is not None and a.alerts.open:
+                group = self.cfg.resolve_group(sid).name
+                for kind in list(a.alerts.open):
+                    out[(group, kind)] += 1
+        return dict(out)
+
     def _apply_alert_settings(self) -> None:
         """After a config reload: each series in memory judges with its group's new alert
         settings from its next observation on (off -> on starts a fresh detector)."""

@@ -12,7 +12,9 @@ partition, ``lag`` (high-water mark - next offset to read) and ``commit_lag``
 (high-water mark - committed offset). Histograms (:class:`IngestHistograms`,
 observed once per batch): ``batch_records`` (records per poll batch),
 ``batch_seconds`` (time to handle a batch: decode, assemble, publish, cursor
-writes) and ``redis_seconds{op=load|save}`` (cursor round trips).
+writes) and ``redis_seconds{op=load|save}`` (cursor round trips). Alerts:
+``alert_events_total`` (episode events published) and the gauge
+``alert_episodes_open{group,kind}`` (episodes open among the series in memory).
 """
 from __future__ import annotations
 
@@ -27,7 +29,7 @@ if TYPE_CHECKING:  # pragma: no cover
 PREFIX = "streamflame_ingest_"
 COUNTERS = ("records", "observations", "accepted", "skipped", "dead_letters", "patches", "cursor_writes",
             "cursor_refused", "commits", "commit_errors", "retries", "spilled", "evicted", "series_new",
-            "batches", "poll_errors")
+            "batches", "poll_errors", "alert_events")
 
 
 _SECONDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -78,6 +80,11 @@ class IngestCollector:
                 clag.add_metric([str(p)], max(0, hw - ing.committed[p]))
         yield lag
         yield clag
+        opened = GaugeMetricFamily(PREFIX + "alert_episodes_open", "alert episodes open (series in memory)",
+                                   labels=["group", "kind"])
+        for (group, kind), n in sorted(ing.open_episodes().items()):
+            opened.add_metric([group, kind], n)
+        yield opened
         yield from ing.histograms.collect()
 
 

@@ -2,6 +2,12 @@
 
     FCST  sensors.temp.kitchen  seq=3  origin=2024-01-01T07:50:00Z  H=96  mean=[21.40 21.38 21.35 21.30]  p10..p90=[20.10 22.71]
     ALERT sensors.temp.kitchen  2024-01-01T08:10:00Z  value=30.20  above [20.10, 22.71] score=2.31  (forecast seq=3, step 2)
+    OPEN     deviation     sensors.temp.kitchen  2024-01-01T08:10:00Z  major     value=30.20 expected=21.40 above  p=3.1e-09
+    RESOLVED deviation     sensors.temp.kitchen  2024-01-01T08:40:00Z  after 7 obs since 2024-01-01T08:10:00Z, peak critical (score 2.41)
+
+Alert episodes (ingest, docs/schemas.md) show one line when they open and one when they
+resolve; their `update` events (a higher severity) are folded into the resolve line's
+peak, unless `--updates` prints them too (`UPDATE` lines).
 
 `mean` shows the first four steps; `p10..p90` the 10 % and 90 % quantiles of step 1
 (or the outermost levels the forecast has). Alerts are highlighted (red on a terminal).
@@ -28,6 +34,7 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--timeout", type=float, metavar="S", help="stop after S seconds without a new message")
     ap.add_argument("--no-forecasts", action="store_true", help="alerts only")
     ap.add_argument("--no-alerts", action="store_true", help="forecasts only")
+    ap.add_argument("--updates", action="store_true", help="print the update events of alert episodes as well")
     ap.add_argument("--color", choices=("auto", "always", "never"), default="auto",
                     help="highlight alerts with ANSI colours (auto: when stdout is a terminal)")
     add_connection_args(ap)
@@ -54,6 +61,41 @@ def format_alert(al, color: bool = False) -> str:
     return f"{BOLD}{RED}{line}{RESET}" if color else line
 
 
+class EpisodeFolder:
+    """Formats episode events: open and resolve lines; updates folded into the peak
+    severity shown at the resolve (or printed with ``updates``)."""
+
+    def __init__(self, updates: bool = False):
+        self.updates = updates
+        self.peak: dict[str, tuple[str, float]] = {}  # alert_id -> (severity, score), open episodes
+
+    def format(self, ev, color: bool = False) -> str | None:
+        from streamflame.alerts.settings import SEVERITIES
+
+        sev, score = ev.severity, ev.score
+        old = self.peak.get(ev.alert_id)
+        if old is not None and (SEVERITIES.index(old[0]), old[1]) > (SEVERITIES.index(sev), score):
+            sev, score = old
+        if ev.event == "resolve":
+            self.peak.pop(ev.alert_id, None)
+            line = (f"RESOLVED {ev.kind:<13} {ev.series_id}  {ev.timestamp}  after {ev.observations} obs since "
+                    f"{ev.started_at}, peak {sev} (score {score:.2f})")
+            return f"{BOLD}{line}{RESET}" if color else line
+        self.peak[ev.alert_id] = (sev, score)
+        if ev.event == "update" and not self.updates:
+            return None
+        head = "OPEN    " if ev.event == "open" else "UPDATE  "
+        extra = f"value={_num(ev.value)}"
+        if ev.expected is not None:
+            extra += f" expected={_num(ev.expected)}"
+        if ev.direction:
+            extra += f" {ev.direction}"
+        if ev.p_value is not None:
+            extra += f"  p={ev.p_value:.2g}"
+        line = f"{head} {ev.kind:<13} {ev.series_id}  {ev.timestamp}  {ev.severity:<9} {extra}"
+        return f"{BOLD}{RED}{line}{RESET}" if color else line
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.no_forecasts and args.no_alerts:
@@ -65,14 +107,15 @@ def main(argv: list[str] | None = None) -> int:
     from kafka import KafkaConsumer, TopicPartition
     from pydantic import ValidationError
 
-    from streamflame.schemas import decode_alert, decode_forecast
+    from streamflame.schemas import AlertEpisode, decode_alert_any, decode_forecast
 
     color = args.color == "always" or (args.color == "auto" and sys.stdout.isatty())
     topics = {}
     if not args.no_forecasts:
         topics[cfg.topics.forecasts] = decode_forecast
     if not args.no_alerts:
-        topics[cfg.topics.alerts] = decode_alert
+        topics[cfg.topics.alerts] = decode_alert_any
+    episodes = EpisodeFolder(args.updates)
     kw = cfg.kafka.client_kwargs("consumer")
     for k in ("session_timeout_ms", "heartbeat_interval_ms"):
         kw.pop(k, None)
@@ -113,8 +156,15 @@ def main(argv: list[str] | None = None) -> int:
                         continue
                     if args.series and not fnmatch.fnmatchcase(msg.series_id, args.series):
                         continue
-                    is_alert = tp.topic == cfg.topics.alerts
-                    print(format_alert(msg, color) if is_alert else format_forecast(msg), flush=True)
+                    if isinstance(msg, AlertEpisode):
+                        line = episodes.format(msg, color)
+                        if line is None:
+                            continue
+                    elif tp.topic == cfg.topics.alerts:
+                        line = format_alert(msg, color)
+                    else:
+                        line = format_forecast(msg)
+                    print(line, flush=True)
                     printed += 1
                     if args.max is not None and printed >= args.max:
                         break
