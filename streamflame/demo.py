@@ -180,11 +180,23 @@ class _View:
 def _fan_chart(series, latest, n_obs, path: Path) -> Path:
     from streamflame.viz import save_fan_charts
 
+    return save_fan_charts(fan_chart_panels(series, latest, n_obs), path)
+
+
+def fan_chart_panels(series, latest, n_obs) -> list[dict]:
+    """Up to 4 fan charts: each series' last 432 grid steps up to its latest forecast's
+    origin (times on the x-axis, NaN where nothing was observed) and that forecast."""
+    import pandas as pd
+
+    from streamflame.schemas import PATCH_LEN
+
     panels = []
     for s in [s for s in series if s.series_id in latest][:4]:
         fc = latest[s.series_id]
-        hist = s.values[:n_obs][-3 * 144:]
-        panels.append(dict(hist_x=np.arange(-len(hist) + 1, 1), hist_y=hist, fc_x=np.arange(1, fc.horizon + 1),
+        end = min(n_obs, (fc.seq + 1) * PATCH_LEN)          # the forecast's origin is slot end - 1
+        ts, lo = s.timestamps(), max(0, end - 3 * 144)
+        panels.append(dict(hist_x=ts[lo:end], hist_y=s.values[lo:end],
+                           fc_x=pd.date_range(ts[end - 1], periods=fc.horizon + 1, freq=s.freq)[1:],
                            mean=fc.mean, quantiles=fc.quantiles,
-                           title=f"{s.series_id} (forecast after patch {fc.seq}, 10-min steps)"))
-    return save_fan_charts(panels, path)
+                           title=f"{s.series_id} (forecast after patch {fc.seq}, {fc.frequency} steps)"))
+    return panels

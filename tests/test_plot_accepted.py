@@ -134,3 +134,30 @@ def test_read_key_tail_reads_a_small_part_of_the_partition(long_topic, embedded_
         assert everything.start == everything.partition_start
     finally:
         consumer.close()
+
+
+def test_demo_fan_chart_has_times_and_breaks_at_gaps(tmp_path):
+    """The demo's fan chart: time on the x-axis (the series' own grid, tz-aware here), the
+    history ending at the forecast's origin, a missing stretch drawn as a break."""
+    import pandas as pd
+
+    from streamflame.data.series import Series
+    from streamflame.demo import _fan_chart, fan_chart_panels
+    from streamflame.schemas import ForecastMessage
+    from streamflame.viz import with_breaks
+
+    v = 20 + np.sin(np.arange(500) / 7)
+    v[100:130] = np.nan
+    s = Series("tank", pd.Timestamp("2024-03-01", tz="Europe/Berlin"), "10min", v)
+    fc = ForecastMessage.build(series_id="tank", seq=8, origin_ms=0, freq_ms=FREQ, mean=np.full(48, 20.0),
+                               quantile_levels=[0.1, 0.9], quantiles=np.array([[19.0] * 48, [21.0] * 48]),
+                               model_id="m")
+    (panel,) = fan_chart_panels([s], {"tank": fc}, n_obs=480)
+    ts = s.timestamps()
+    end = 9 * PATCH_LEN                                     # 432: the whole history from slot 0
+    assert list(panel["hist_x"]) == list(ts[end - 432:end])
+    assert panel["fc_x"][0] == ts[end - 1] + pd.Timedelta("10min") and len(panel["fc_x"]) == 48
+    x, y = with_breaks(panel["hist_x"], panel["hist_y"])
+    assert x.dtype.kind == "M" and np.isnan(y).sum() == 30
+    assert x[0] == np.datetime64("2024-03-01T00:00") + np.timedelta64(10 * (end - 432), "m")  # wall time
+    check_png(_fan_chart([s], {"tank": fc}, 480, tmp_path / "demo.png"))
