@@ -158,3 +158,56 @@ def test_sigkill_mid_episode_publishes_every_event_exactly_once(service_config, 
     short = lambda ms: sorted((orjson.loads(m)["alert_id"], orjson.loads(m)["event"], orjson.loads(m)["timestamp"]) for m in ms)  # noqa: E731
     assert set(got) == set(want), (short(set(got) - set(want)), short(set(want) - set(got)))  # nothing lost
     assert got == want, {m: n for m, n in got.items() if n > 1}   # nothing twice
+
+
+def test_alert_settings_reload_while_ingest_runs(service_config, redis_client, tmp_path):
+    """A config file change of a group's `alerts` reaches series already in memory: a value
+    that is fine under the old range opens out_of_range under the new one; switching the
+    group's alerts off stops its episodes."""
+    from streamflame.config import load_config
+
+    def text(alerts: dict) -> str:
+        d = service_config.effective(mask_secrets=False)
+        d["ingest"]["future_tolerance_ms"] = None
+        d["groups"] = [{"name": "fixed", "match": "fix-*", "frequency": "1min", "alerts": alerts}]
+        return dump_yaml(d)
+
+    conf = tmp_path / "ingest.yaml"
+    conf.write_text(text({"range": [0.0, 100.0]}))
+    cfg = load_config(conf)
+    ing = IngestConsumer(cfg, redis_client=redis_client, config_path=conf)
+    th = run_in_thread(ing)
+
+    def send(k0: int, k1: int, value: float) -> None:
+        produce(cfg, messages({"fix-r": [(T0 + k * FREQ, value + (k % 3) * 0.01) for k in range(k0, k1)]}))
+
+    def kinds() -> Counter:
+        return Counter((e.kind, e.event) for e in map(decode_alert_any, alert_records(cfg, 1, timeout_s=3)))
+
+    try:
+        send(0, 150, 50.0)
+        time.sleep(2)
+        assert not kinds()[("out_of_range", "open")]
+        conf.write_text(text({"range": [0.0, 40.0]}))
+        deadline = time.monotonic() + 10
+        while ing.reloader.reloads < 1 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        send(150, 160, 50.0)
+        deadline = time.monotonic() + 15
+        while not kinds()[("out_of_range", "open")]:
+            assert time.monotonic() < deadline, "no out_of_range episode under the reloaded range"
+        n_before = sum(kinds().values())
+        conf.write_text(text({"enabled": False, "range": [0.0, 40.0]}))
+        deadline = time.monotonic() + 10
+        while ing.reloader.reloads < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        send(160, 200, 500.0)   # far out of range and a jump: nothing while alerts are off
+        deadline = time.monotonic() + 10
+        while ing.counters["accepted"] < 200 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(1.0)
+        assert sum(kinds().values()) == n_before
+    finally:
+        ing.stop()
+        th.join(timeout=15)
+    assert ing.reloader.reloads == 2
