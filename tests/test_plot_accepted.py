@@ -7,7 +7,8 @@ and reads a key's newest records from the end of its partition, not whole topics
   the gap, the rejected values nowhere); x values are times;
 - the drawn line is broken at the gap, the axis is a date axis; the PNG is written;
 - ``read_key_tail`` returns a key's newest records after reading a small part of a long
-  partition (and the whole key history when asked for everything).
+  partition (and the whole key history when asked for everything);
+- the demo's fan chart: times on the x-axis, a break at a gap.
 """
 from __future__ import annotations
 
