@@ -114,3 +114,48 @@ def test_batched_quantile_loss_and_coverage_equal_the_single_window_forms():
     for b in range(4):
         assert cov[b, 0] == coverage(y[b], q[b, 0], q[b, 8]) and cov[b, 1] == coverage(y[b], q[b, 2], q[b, 6])
     assert np.isnan(cov[4]).all() and np.isnan(coverage(y[4], q[4, 0], q[4, 8]))
+
+
+def test_boundary_jump_splits_step_changes_by_the_patch_grid():
+    from streamflame.eval.metrics import boundary_jump, jump_ratio
+
+    # a ramp of slope 1 with a jump of 10 where each patch of 4 starts (grid indices 8, 12, ...)
+    L, patch = 6, 4
+    idx = L + np.arange(12)                                   # grid index of steps 1..12
+    path = idx.astype(float) + 10 * (idx // patch)
+    s_a, n_a, s_i, n_i = boundary_jump(path, L, patch)
+    starts = [i for i in idx[1:] if i % patch == 0]           # 8, 12, 16
+    assert (n_a, n_i) == (len(starts), 11 - len(starts))
+    assert s_a == 11 * n_a and s_i == 1 * n_i and jump_ratio(s_a, n_a, s_i, n_i) == 11.0
+    smooth = boundary_jump(idx.astype(float), L, patch)
+    assert jump_ratio(*smooth) == 1.0
+    gappy = path.copy()
+    gappy[2] = np.nan                                         # both changes touching a missing step drop out
+    assert boundary_jump(gappy, L, patch)[1] + boundary_jump(gappy, L, patch)[3] == 11 - 2
+    assert np.isnan(jump_ratio(0.0, 0, 5.0, 3))
+
+
+def test_score_reports_the_median_paths_jumps_and_the_datas_own():
+    import pandas as pd
+
+    from streamflame.data.series import Series
+    from streamflame.eval.scoring import QUANTILE_COLUMNS, format_summary, score
+
+    t = np.arange(2000)
+    s = Series("x", pd.Timestamp("2024-01-01"), "10min", 10 + np.sin(2 * np.pi * t / 144), source="t")
+    rows = []
+    for L in (1400, 1600):                                    # a stepped forecast: flat inside patches
+        steps = np.arange(1, 97)
+        grid = L - 1 + steps
+        med = s.values[(grid // 48) * 48] + 0.001 * (grid % 48)
+        part = pd.DataFrame({"series_id": "x", "origin": s.timestamps()[L - 1].strftime("%Y-%m-%dT%H:%M:%S"),
+                             "step": steps, "mean": med})
+        for c in QUANTILE_COLUMNS:
+            part[c] = med
+        rows.append(part)
+    sc = score([s], {"stepped": pd.concat(rows)})
+    summ = sc.summary.set_index("model")
+    assert summ.loc["stepped", "jump_ratio"] > 10              # all change at boundaries
+    assert 0.8 < summ.loc["seasonal_naive", "jump_ratio"] < 1.25   # a smooth cycle: no boundary effect
+    assert 0.8 < summ.loc["stepped", "jump_ratio_data"] < 1.25
+    assert "jumps" in format_summary(sc.summary)

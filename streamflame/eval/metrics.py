@@ -168,3 +168,36 @@ def geometric_mean_ratio(model: np.ndarray, reference: np.ndarray) -> RatioSumma
     used = r[~np.isnan(r)]
     value = float(np.exp(np.mean(np.log(used)))) if used.size else float("nan")
     return RatioSummary(value, int(used.size), int(r.size - used.size))
+
+
+PATCH_STEPS = 48   # StreamFlame's patch length: where its future patches meet on the grid
+
+
+def boundary_jump(path: np.ndarray, first_index: int, patch: int = PATCH_STEPS) -> tuple[float, int, float, int]:
+    """Step changes of one forecast path, split by where they fall on the patch grid.
+
+    Args:
+        path: (H,) a forecast path (e.g. the median), NaN = not scored.
+        first_index: grid index of step 1 (the history length L); patches start at grid indices
+            that are multiples of ``patch`` (the model's patches run from the series' first value).
+        patch: patch length.
+
+    Returns ``(sum_across, n_across, sum_inside, n_inside)``: sums and counts of ``|path_s - path_{s-1}|``
+    where step ``s`` starts a patch (across a boundary) and where it does not (inside a patch).
+    The coherence figure is ``(sum_across / n_across) / (sum_inside / n_inside)``; a path with
+    patch artefacts has a figure well above the data's own at the same positions.
+    """
+    p = np.asarray(path, dtype=np.float64)
+    d = np.abs(np.diff(p))                                          # change into steps 2..H
+    idx = first_index + np.arange(1, len(p))                         # grid index of steps 2..H
+    ok = ~np.isnan(d)
+    across = ok & (idx % patch == 0)
+    inside = ok & (idx % patch != 0)
+    return float(d[across].sum()), int(across.sum()), float(d[inside].sum()), int(inside.sum())
+
+
+def jump_ratio(sum_across: float, n_across: int, sum_inside: float, n_inside: int) -> float:
+    """Mean |step change| across patch boundaries over the mean inside patches (NaN if undefined)."""
+    if n_across == 0 or n_inside == 0 or sum_inside <= 0:
+        return float("nan")
+    return (sum_across / n_across) / (sum_inside / n_inside)

@@ -16,7 +16,7 @@ import pandas as pd
 
 from ..data.series import Series, seasonality
 from .baselines import seasonal_naive
-from .metrics import QUANTILES, geometric_mean_ratio, seasonal_errors_at
+from .metrics import PATCH_STEPS, QUANTILES, boundary_jump, geometric_mean_ratio, jump_ratio, seasonal_errors_at
 
 QUANTILE_COLUMNS = tuple(f"q{q:g}" for q in QUANTILES)
 CONTRACT_COLUMNS = ("series_id", "origin", "step", "mean") + QUANTILE_COLUMNS
@@ -106,7 +106,7 @@ def _row_metrics(df: pd.DataFrame, lengths: np.ndarray, series: dict[str, Series
     median = df[f"q{0.5:g}"].to_numpy(dtype=np.float64)
     return pd.DataFrame({
         "series_id": df["series_id"].to_numpy(), "L": lengths, "step": df["step"].to_numpy(), "y": y,
-        "ql": ql, "abs_err": np.abs(y - median),
+        "ql": ql, "abs_err": np.abs(y - median), "median": median,
         "covered": ((y >= q[:, 0]) & (y <= q[:, -1])).astype(np.float64),
     })
 
@@ -176,6 +176,7 @@ def _per_series(name: str, joined: pd.DataFrame, series: dict[str, Series]) -> p
             ok = scale > 0
             mase = np.nanmean(np.where(ok, mae / scale, np.nan)) if ok.any() else np.nan
             mase_ref = np.nanmean(np.where(ok, mae_ref / scale, np.nan)) if ok.any() else np.nan
+        jumps = _path_jumps(g)
         abs_sum = float(np.abs(g["y"].to_numpy()).sum())
         ql, ql_ref = float(g["ql"].sum()), float(g["ql_ref"].sum())
         out.append({
@@ -184,8 +185,24 @@ def _per_series(name: str, joined: pd.DataFrame, series: dict[str, Series]) -> p
             "wql": ql / (len(QUANTILES) * abs_sum) if abs_sum > 0 else np.nan,
             "mase": float(mase), "mase_ref": float(mase_ref),
             "coverage_80": float(g["covered"].mean()),
+            "jump_ratio": jump_ratio(*jumps["median"]), "jump_ratio_data": jump_ratio(*jumps["y"]),
         })
     return pd.DataFrame(out)
+
+
+def _path_jumps(g: pd.DataFrame) -> dict[str, tuple[float, int, float, int]]:
+    """Across-boundary and inside-patch step changes of the median path and of the targets,
+    summed over a series' windows (steps whose target is missing are left out on both sides)."""
+    sums = {"median": np.zeros(4), "y": np.zeros(4)}
+    for length, w in g.groupby("L", sort=False):
+        steps = w["step"].to_numpy()
+        order = np.argsort(steps)
+        full = np.full(int(steps.max()), np.nan)
+        for col in sums:
+            path = full.copy()
+            path[steps[order] - 1] = w[col].to_numpy()[order]
+            sums[col] += boundary_jump(path, int(length))
+    return {k: (float(v[0]), int(v[1]), float(v[2]), int(v[3])) for k, v in sums.items()}
 
 
 def _summary(name: str, rows: pd.DataFrame) -> dict:
@@ -198,6 +215,8 @@ def _summary(name: str, rows: pd.DataFrame) -> dict:
         "wql_ratio": wql_ratio.value,
         "mase_ratio": mase_ratio.value,
         "coverage_80": float(rows["coverage_80"].mean()) if len(rows) else np.nan,
+        # geometric mean over series of the median path's boundary/inside step-change ratio, and of the data's
+        "jump_ratio": _geo(rows["jump_ratio"]), "jump_ratio_data": _geo(rows["jump_ratio_data"]),
         "n_series": int(len(rows)),
         "n_targets": int(rows["n_targets"].sum()),
         "n_excluded_wql": wql_ratio.n_excluded,
@@ -205,11 +224,24 @@ def _summary(name: str, rows: pd.DataFrame) -> dict:
     }
 
 
+def _geo(values: pd.Series) -> float:
+    v = values.to_numpy(dtype=np.float64)
+    v = v[np.isfinite(v) & (v > 0)]
+    return float(np.exp(np.mean(np.log(v)))) if v.size else float("nan")
+
+
 def format_summary(summary: pd.DataFrame) -> str:
     """A plain-text table of the summary (one line per model)."""
-    head = f"{'model':<18} {'WQL':>8} {'WQL ratio':>10} {'MASE ratio':>11} {'cov80':>7} {'series':>7} {'targets':>9}"
+    jumps = "jump_ratio" in summary and summary["jump_ratio"].notna().any()
+    head = (f"{'model':<18} {'WQL':>8} {'WQL ratio':>10} {'MASE ratio':>11} {'cov80':>7}"
+            + (f" {'jumps':>6}" if jumps else "") + f" {'series':>7} {'targets':>9}")
     lines = [head, "-" * len(head)]
     for r in summary.itertuples():
         lines.append(f"{r.model:<18} {r.wql:8.4f} {r.wql_ratio:10.4f} {r.mase_ratio:11.4f} "
-                     f"{r.coverage_80:7.3f} {r.n_series:7d} {r.n_targets:9d}")
+                     f"{r.coverage_80:7.3f}" + (f" {r.jump_ratio:6.2f}" if jumps else "")
+                     + f" {r.n_series:7d} {r.n_targets:9d}")
+    if jumps:
+        lines.append(f"jumps: the median path's mean |step change| across {PATCH_STEPS}-step patch boundaries over "
+                     f"its mean inside patches (geometric mean over series); the targets themselves: "
+                     f"{summary['jump_ratio_data'].iloc[0]:.2f}")
     return "\n".join(lines)
