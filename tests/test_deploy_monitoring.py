@@ -139,11 +139,12 @@ def test_expression_parser_finds_names():
 @pytest.fixture()
 def live_metrics(service_config, model_dir, redis_client):  # noqa: F811
     """/metrics of a real ingest and worker after 2 series x 3 patches of live data (timestamps
-    up to now), a bad observation message and a bad patch record: metric name -> label names."""
+    up to now, one value out of its group's range), a bad observation message and a bad patch
+    record: metric name -> label names."""
     data = service_config.effective(mask_secrets=False)
     data["worker"].update({"model_path": str(model_dir), "device": "cpu", "batch_deadline_ms": 30})
     data["defaults"].update({"frequency": "1min", "horizon": 60, "num_samples": 8, "quantiles": [0.1, 0.5, 0.9]})
-    data["groups"] = [{"name": "tanks", "match": "tank-*"}]
+    data["groups"] = [{"name": "tanks", "match": "tank-*", "alerts": {"range": [0.0, 100.0]}}]
     cfg = ServiceConfig(**data)
     ingest, worker = IngestConsumer(cfg, redis_client=redis_client), Worker(cfg)
     urls = [f"http://127.0.0.1:{port}/metrics" for port in (serve_ingest(ingest, 0), worker.metrics.serve(0))]
@@ -156,6 +157,7 @@ def live_metrics(service_config, model_dir, redis_client):  # noqa: F811
         prod = KafkaProducer(bootstrap_servers=cfg.kafka.bootstrap, linger_ms=5)
         for sid in ("tank-1", "pump-1"):
             v = 10 + np.sin(np.arange(n) / 5)
+            v[100:] = 500.0                                 # an out_of_range alert episode, open at the end
             prod.send(cfg.topics.observations, key=sid.encode(), value=json.dumps(
                 {"series_id": sid, "timestamps": [t0 + k * 60_000 for k in range(n)], "values": v.tolist()}).encode())
         prod.send(cfg.topics.observations, key=b"tank-1", value=b'{"series_id": "tank-1", "timestamp": ')
@@ -187,6 +189,7 @@ def test_queries_use_only_exposed_metrics_and_labels(live_metrics):
     for name, labels in {"streamflame_ingest_rejected_total": {"reason"}, "streamflame_ingest_lag": {"partition"},
                          "streamflame_worker_dead_letters_total": {"reason"},
                          "streamflame_worker_online_coverage": {"group", "level"},
+                         "streamflame_ingest_alert_episodes_open": {"group", "kind"},
                          "streamflame_worker_e2e_latency_seconds_bucket": {"le"}}.items():
         assert labels <= live_metrics.get(name, set()), (name, live_metrics.get(name))
 
