@@ -69,6 +69,13 @@ def test_plot_draws_accepted_observations_on_a_time_axis(pipeline, tmp_path, cap
     dead = [decode_dead_letter(r.value) for r in read_topic(cfg.kafka.bootstrap, cfg.topics.dlq, want=2)]
     assert sorted(d.reason for d in dead) == ["duplicate", "late"] and {d.series_id for d in dead} == {SID}
 
+    # The newest records of the series' partitions are not StreamFlame messages: left out.
+    prod = KafkaProducer(bootstrap_servers=cfg.kafka.bootstrap)
+    for topic in (cfg.topics.forecasts, cfg.topics.patches):
+        prod.send(topic, key=SID.encode(), value=b"not a message")
+    prod.flush()
+    prod.close()
+
     panel = from_stack(cfg, SID, HISTORY)
     origin = T0 + (N_PATCHES * PATCH_LEN - 1) * FREQ
     slots = np.arange(N_PATCHES * PATCH_LEN - HISTORY, N_PATCHES * PATCH_LEN)

@@ -100,6 +100,20 @@ def accepted_history(patches: list, since_ms: int) -> tuple[np.ndarray, np.ndarr
     return t[keep], v[keep]
 
 
+def _messages(records: list, decode, series_id: str) -> list:
+    """The records' messages of this series; a record that does not decode (not written by
+    StreamFlame) is left out."""
+    out = []
+    for r in records:
+        try:
+            m = decode(r.value)
+        except ValueError:
+            continue
+        if m.series_id == series_id:
+            out.append(m)
+    return out
+
+
 def _utc(ms: np.ndarray) -> np.ndarray:
     return np.asarray(ms, dtype=np.int64).astype("datetime64[ms]")
 
@@ -117,17 +131,18 @@ def from_stack(cfg, series_id: str, history: int) -> dict:
     key = series_id.encode()
     consumer = _consumer(cfg)
     try:
-        tail = read_key_tail(consumer, cfg.topics.forecasts, key, enough=bool)
-        fcs = [f for f in (decode_forecast(r.value) for r in tail.records) if f.series_id == series_id]
+        tail = read_key_tail(consumer, cfg.topics.forecasts, key,
+                             enough=lambda recs: bool(_messages(recs, decode_forecast, series_id)))
+        fcs = _messages(tail.records, decode_forecast, series_id)
         if not fcs:
             raise UsageError(f"no forecast for series {series_id!r} in {cfg.topics.forecasts}")
         fc = max(fcs, key=lambda f: f.seq)
         since = fc.origin_ms - history * fc.freq_ms
-        tail = read_key_tail(consumer, cfg.topics.patches, key,
-                             enough=lambda recs: bool(recs) and decode_patch(recs[0].value).start_ms <= since)
+        tail = read_key_tail(consumer, cfg.topics.patches, key, enough=lambda recs: any(
+            p.start_ms <= since for p in _messages(recs[:1], decode_patch, series_id)))
     finally:
         consumer.close()
-    patches = [p for p in (decode_patch(r.value) for r in tail.records) if p.series_id == series_id]
+    patches = _messages(tail.records, decode_patch, series_id)
     t, v = accepted_history(patches, since)
     past = t <= fc.origin_ms
     return dict(hist_x=_utc(t[past]), hist_y=v[past], fc_x=_utc(np.array(fc.step_timestamps_ms())),
