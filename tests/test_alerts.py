@@ -209,3 +209,28 @@ def test_groups_inherit_alert_settings_from_defaults():
     assert cfg.resolve_group("a1").alerts.false_alarm_budget == 3
     assert cfg.resolve_group("b1").alerts.enabled is False
     assert cfg.resolve_group("zz").alerts.false_alarm_budget == 3
+
+
+def test_a_quantised_series_is_not_alarmed_by_one_quantum_steps():
+    rng = random.Random(11)
+    ys = [round(20.0 + 0.3 * math.sin(i / 40.0) + rng.gauss(0, 0.01), 1) for i in range(3000)]
+    assert not opens(run(ys, AlertSettings(flatline_window=None))[0], "deviation")
+    ys[2000] += 1.0  # ten quanta: still caught
+    assert [e.slot for e in opens(run(ys, AlertSettings(flatline_window=None))[0], "deviation")] == [2000]
+
+
+def test_flatline_needs_a_run_the_series_own_repeat_rate_makes_rare():
+    rng = random.Random(12)
+    ys, v = [], 10.0
+    for _ in range(3000):
+        if rng.random() < 0.2:   # 80 % of values repeat the one before: runs of 12 are common
+            v += rng.gauss(0, 1)
+        ys.append(v)
+    ev, sa = run(ys, AlertSettings(flatline_window=12))
+    assert 0.7 < sa.repeat_rate < 0.9
+    assert not opens(ev, "flatline")
+    need = 1 + math.ceil(math.log(1 / 1008) / math.log(sa.repeat_rate))
+    stuck = ys + [ys[-1]] * (need + 5)
+    fl = opens(run(stuck, AlertSettings(flatline_window=12))[0], "flatline")
+    run_len = fl[0].slot - fl[0].started_ms // FREQ + 1 if len(fl) == 1 else None
+    assert run_len is not None and need > 12 and need - 1 <= run_len <= max(need, sa.max_run + 1) + 1

@@ -10,9 +10,12 @@ Kinds
                       derived from the false-alarm budget (settings.py); stays open
                       while any window is above ``z_close``; resolves after
                       ``resolve_after`` quiet observations.
-    ``flatline``      the same value ``flatline_window`` times in a row, and more times
-                      than the series ever repeated a value before; resolves at the
-                      first different value.
+    ``flatline``      the same value ``flatline_window`` times in a row, more times than
+                      the series ever repeated a value before, and a run that the series'
+                      own rate of repeats ``r`` (exponentially weighted share of values
+                      equal to the one before) makes rarer than the budget:
+                      ``r ** (run - 1) * observations per week <= false_alarm_budget``;
+                      resolves at the first different value.
     ``dropout``       ``dropout_slots`` grid slots in a row without a value: explicit
                       nulls open it at the null that completes the run (live), a gap in
                       the timestamps opens and resolves it when the next observation
@@ -29,6 +32,7 @@ series (the tracker still learns from them).
 from __future__ import annotations
 
 import math
+import math
 from dataclasses import dataclass, field
 
 from streamflame.alerts.judge import JudgeState, TrackerParams, observe, skip
@@ -39,6 +43,7 @@ __all__ = ["AlertEvent", "SeriesAlerts", "KINDS"]
 KINDS = ("deviation", "flatline", "dropout", "out_of_range")
 _KIND_SEVERITY = {"flatline": "major", "dropout": "major", "out_of_range": "critical"}
 _PARAMS = TrackerParams()
+_REPEAT_GAMMA = 0.01
 
 
 @dataclass(frozen=True)
@@ -80,6 +85,8 @@ class SeriesAlerts:
     last_value: float | None = None
     run: int = 0            # identical values in a row, ending at last_value
     max_run: int = 1        # longest such run before (outside flatline episodes)
+    repeat_rate: float = 0.0  # exponentially weighted share of values equal to the one before
+    run_rate: float = 0.0     # repeat_rate when the current run began (the run does not raise its own bar)
     nulls: int = 0          # explicit nulls in a row
     null_start_ms: int | None = None
     open: dict = field(default_factory=dict)        # kind -> _Episode
@@ -88,13 +95,15 @@ class SeriesAlerts:
     # ---------------------------------------------------------------- persisted form
 
     def to_list(self) -> list:
-        return [self.judge.to_list(), self.last_slot, self.last_value, self.run, self.max_run, self.nulls,
+        return [self.judge.to_list(), self.last_slot, self.last_value, self.run, self.max_run, self.repeat_rate,
+                self.run_rate, self.nulls,
                 self.null_start_ms, {k: e.to_list() for k, e in self.open.items()}, dict(self.resolved_at)]
 
     @classmethod
     def from_list(cls, d: list) -> "SeriesAlerts":
-        j, last_slot, last_value, run, max_run, nulls, null_start, opened, resolved = d
-        return cls(JudgeState.from_list(j), last_slot, last_value, int(run), int(max_run), int(nulls), null_start,
+        j, last_slot, last_value, run, max_run, rate, run_rate, nulls, null_start, opened, resolved = d
+        return cls(JudgeState.from_list(j), last_slot, last_value, int(run), int(max_run), float(rate),
+                   float(run_rate), int(nulls), null_start,
                    {k: _Episode(int(a), str(b), float(c), int(q), int(o)) for k, (a, b, c, q, o) in opened.items()},
                    {k: int(v) for k, v in resolved.items()})
 
@@ -134,7 +143,11 @@ class SeriesAlerts:
             self._resolve("dropout", slot, ts_ms, value, out)
         judging = slot >= s.suppress_patches * 48
         # flatline
-        if value == self.last_value:
+        same = value == self.last_value
+        if "flatline" not in self.open:
+            n = self.judge.count[0] if self.judge.count else 0  # values judged so far: a plain mean at first
+            self.repeat_rate += max(_REPEAT_GAMMA, 1.0 / (n + 1)) * ((1.0 if same else 0.0) - self.repeat_rate)
+        if same:
             self.run += 1
         else:
             if "flatline" in self.open:
@@ -143,8 +156,9 @@ class SeriesAlerts:
                 self.max_run = self.run
             self.run = 1
             self.last_value = value
+            self.run_rate = self.repeat_rate
         if s.flatline_window is not None and judging:
-            need = max(s.flatline_window, self.max_run + 1)
+            need = max(s.flatline_window, self.max_run + 1, _budget_run(self.run_rate, s, thr))
             ep = self.open.get("flatline")
             if ep is not None:
                 ep.observations += 1
@@ -226,6 +240,15 @@ class SeriesAlerts:
                 ep.observations += 1
                 if ep.quiet >= s.resolve_after:
                     self._resolve(kind, slot, ts_ms, value, out)
+
+
+def _budget_run(rate: float, s: AlertSettings, thr: Thresholds) -> int:
+    """The shortest run whose chance ``rate ** (run - 1)`` per observation spends at most the budget."""
+    if rate <= 0.0:
+        return 0
+    if rate >= 0.999:
+        return 1 << 30  # a series that hardly ever changes: no flatline
+    return 1 + math.ceil(math.log(s.false_alarm_budget / thr.obs_per_week) / math.log(rate))
 
 
 def _severity(az: float, thr: Thresholds) -> str:

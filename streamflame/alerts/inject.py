@@ -2,9 +2,9 @@
 against them (used by ``streamflame bench alerts``; pure numpy, no I/O).
 
 Sizes are in multiples of the series' local noise ``sigma`` at the injection point:
-the robust standard deviation (1.4826 x MAD) of the first differences over the
-``SIGMA_WINDOW`` slots before it, divided by sqrt(2) (white noise of std sigma has
-first differences of std sigma * sqrt(2)).
+the standard deviation of the first differences over the ``SIGMA_WINDOW`` slots
+before it (the largest 2 % left out), divided by sqrt(2) (white noise of std sigma
+has first differences of std sigma * sqrt(2)); see :func:`local_sigma`.
 """
 from __future__ import annotations
 
@@ -42,16 +42,23 @@ class Injection:
         return self.start + self.length
 
 
-def local_sigma(values: np.ndarray, i: int, window: int = SIGMA_WINDOW) -> float:
+def local_sigma(values: np.ndarray, i: int, window: int = SIGMA_WINDOW, robust: bool = False) -> float:
+    """The local noise before slot ``i``: the standard deviation of the first differences
+    over ``window`` slots, the largest 2 % of them left out (an earlier injection), over
+    sqrt(2). ``robust``: 1.4826 x their median absolute deviation instead (smaller than
+    the standard deviation where the differences are heavy-tailed)."""
     seg = values[max(0, i - window):i]
     d = np.diff(seg)
     d = d[np.isfinite(d)]
     if len(d) < 8:
         return float("nan")
-    mad = float(np.median(np.abs(d - np.median(d)))) * 1.4826 / np.sqrt(2)
-    if mad <= 0:  # quantised, mostly constant: fall back to the std of the differences
-        mad = float(np.std(d)) / np.sqrt(2)
-    return mad
+    if robust:
+        mad = float(np.median(np.abs(d - np.median(d)))) * 1.4826 / np.sqrt(2)
+        if mad > 0:
+            return mad
+    a = np.abs(d - np.median(d))
+    keep = d[a <= np.quantile(a, 0.98)]
+    return float(np.std(keep)) / np.sqrt(2)
 
 
 def plan(values: np.ndarray, rng: np.random.Generator, start: int, spacing: int,

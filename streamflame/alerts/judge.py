@@ -18,8 +18,12 @@ the frozen reference does not follow it; isolated noise averages out. Each windo
 sum is divided by its own running scale (root of an exponentially weighted mean of
 its squared sums, each clipped to ``clip_scale`` scales before it counts), so the
 statistic ``z_w`` is close to N(0, 1) whatever the series' autocorrelation and the
-reference path's multi-step error: self-calibrated. ``pit`` is the one-step
-probability integral transform ``Phi(z_1)``.
+reference path's multi-step error: self-calibrated. A sensor's resolution bounds
+the scales from below: a window's standard deviation is never taken below
+``quantum * sqrt(w)``, ``quantum`` being the smallest non-zero change between
+consecutive values seen so far (a quantised series whose value mostly stays put
+would otherwise call a one-step change of one quantum an anomaly). ``pit`` is the
+one-step probability integral transform ``Phi(z_1)``.
 
 Missing slots advance the tracker by its trend and restart the windows (a window
 never spans a gap). ``JudgeState.to_list`` / ``from_list`` are the persisted form.
@@ -33,6 +37,7 @@ __all__ = ["TrackerParams", "JudgeState", "Judgement", "observe", "skip"]
 
 _SQRT2 = math.sqrt(2.0)
 _ABS_TO_SD = math.sqrt(math.pi / 2)  # sd / mean absolute deviation of a normal
+_SQRT = [math.sqrt(w) for w in range(65)]
 
 
 @dataclass(frozen=True)
@@ -42,7 +47,8 @@ class TrackerParams:
     beta: float = 0.1
     clip: float = 2.0          # one-step errors clipped at this many scales when updating L, T
     clip_scale: float = 6.0    # absolute window sums clipped at this many scales when updating a scale
-    gamma: float = 0.01        # weight of the newest squared sum in a scale (half-life ~69 observations)
+    gamma: float = 0.01        # weight of the newest sum in a scale that grows (half-life ~69 observations)
+    gamma_down: float = 0.01   # ... in a scale that shrinks
     min_count: int = 8         # sums a scale must have seen before it is clipped or used
 
 
@@ -54,6 +60,7 @@ class JudgeState:
     trend: float = 0.0
     slow_level: float = 0.0
     slow_trend: float = 0.0
+    quantum: float = 0.0      # smallest non-zero |change| between consecutive values (0 = none yet)
     var: list = field(default_factory=list)      # per window: running mean of squared sums
     count: list = field(default_factory=list)    # per window: sums seen
     hist_y: list = field(default_factory=list)   # last max(window) values
@@ -61,13 +68,14 @@ class JudgeState:
     hist_t: list = field(default_factory=list)   # slow trend before each of them
 
     def to_list(self) -> list:
-        return [self.level, self.trend, self.slow_level, self.slow_trend, self.var, self.count,
+        return [self.level, self.trend, self.slow_level, self.slow_trend, self.quantum, self.var, self.count,
                 self.hist_y, self.hist_l, self.hist_t]
 
     @classmethod
     def from_list(cls, d: list) -> "JudgeState":
-        level, trend, sl, stt, var, count, hy, hl, ht = d
-        return cls(level, float(trend), float(sl), float(stt), [float(v) for v in var], [int(c) for c in count],
+        level, trend, sl, stt, quantum, var, count, hy, hl, ht = d
+        return cls(level, float(trend), float(sl), float(stt), float(quantum), [float(v) for v in var],
+                   [int(c) for c in count],
                    [float(v) for v in hy], [float(v) for v in hl], [float(v) for v in ht])
 
 
@@ -106,9 +114,16 @@ def observe(st: JudgeState, y: float, windows: tuple[int, ...], p: TrackerParams
     if len(hy) > wmax:
         del hy[0], hl[0], ht[0]
     m = len(hy)
+    if m >= 2:
+        d = y - hy[-2]
+        d = d if d >= 0.0 else -d
+        if d > 0.0 and (d < st.quantum or st.quantum == 0.0):
+            st.quantum = d
+    quantum = st.quantum
     best_z, best_w, z1 = 0.0, windows[0], 0.0
     var, count = st.var, st.count
-    gamma, min_count, clip_s = p.gamma, p.min_count, p.clip_scale * _ABS_TO_SD
+    gamma, gamma_down, min_count, clip_s = p.gamma, p.gamma_down, p.min_count, p.clip_scale * _ABS_TO_SD
+    inv_gamma = 1.0 / gamma
     sum_y = 0.0
     k = 0
     for i, w in enumerate(windows):
@@ -121,7 +136,9 @@ def observe(st: JudgeState, y: float, windows: tuple[int, ...], p: TrackerParams
         ae = e if e >= 0.0 else -e
         n, v = count[i], var[i]
         if n >= min_count and v > 0.0:
-            z = e / (_ABS_TO_SD * v)
+            sd = _ABS_TO_SD * v
+            qsd = quantum * _SQRT[w]
+            z = e / (sd if sd > qsd else qsd)
             if w == 1:
                 z1 = z
             if abs(z) > abs(best_z):
@@ -129,7 +146,10 @@ def observe(st: JudgeState, y: float, windows: tuple[int, ...], p: TrackerParams
             if ae > clip_s * v:
                 ae = clip_s * v
         count[i] = n + 1
-        g = 1.0 / (n + 1) if n + 1 < 1.0 / gamma else gamma
+        if n + 1 < inv_gamma:
+            g = 1.0 / (n + 1)
+        else:
+            g = gamma if ae > v else gamma_down
         var[i] = v + g * (ae - v)
     # update the trackers with their clipped one-step errors
     e1, e2 = y - expected, y - (s_level + s_trend)

@@ -1,0 +1,287 @@
+"""`streamflame bench alerts`: labelled anomalies injected into real held-out series,
+streamed through the real ingest consumer on the embedded stack (Tansu broker +
+redis-server), alert episodes scored.
+
+Figures: per injected kind and size, recall and median detection delay (observations
+from the first anomalous slot to the slot of the opening event); precision of the
+episodes opened on the injected copies; false episodes per series-week on the clean
+copies (by kind); and alert latency (observation produced -> its episode event
+consumed, p50/p99) at half the maximum sustained rate measured in the same run.
+
+Not measured here: today's per-point alerts of the worker (that needs the model
+worker in the same run; see docs/benchmarks.md).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import tempfile
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import orjson
+
+T0_MS = 1_704_067_200_000
+
+
+def _series(n: int, length: int):
+    from streamflame.data.registry import validation_series
+
+    out = []
+    for s in validation_series():
+        v = s.values[-length:]
+        if len(v) < length or not np.all(np.isfinite(v[:64])) or np.mean(np.isfinite(v)) < 0.95:
+            continue
+        out.append((s.series_id, int(s.freq.nanos // 1_000_000), v))
+    step = max(1, len(out) // n)
+    return out[::step][:n]
+
+
+def _records(streams: list[tuple[str, int, np.ndarray]], t0: int = T0_MS):
+    """Single-observation records, time-major; NaN slots are not sent."""
+    length = max(len(v) for _, _, v in streams)
+    for k in range(length):
+        for sid, freq, v in streams:
+            if k < len(v) and np.isfinite(v[k]):
+                yield sid, t0 + k * freq, float(v[k])
+
+
+def _read_alerts(cfg, stop_after_quiet_s: float, deadline_s: float, on_record=None) -> list:
+    from kafka.structs import TopicPartition
+
+    from streamflame.kafka_io import make_consumer
+
+    c = make_consumer(cfg, None)
+    try:
+        tp = TopicPartition(cfg.topics.alerts, 0)
+        c.assign([tp])
+        c.seek_to_beginning(tp)
+        out, last, end = [], time.monotonic(), time.monotonic() + deadline_s
+        while time.monotonic() < end and time.monotonic() - last < stop_after_quiet_s:
+            for recs in c.poll(timeout_ms=100).values():
+                now = time.time()
+                for r in recs:
+                    out.append(r.value)
+                    if on_record is not None:
+                        on_record(r.value, now)
+                last = time.monotonic()
+        return out
+    finally:
+        c.close()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as so:
+        so.bind(("127.0.0.1", 0))
+        return so.getsockname()[1]
+
+
+def _start_ingest(cfg, workdir: Path, tag: str):
+    """`python -m streamflame ingest` with ``cfg`` and a metrics port; returns (process, port) once it
+    joined its group."""
+    import subprocess
+    import sys
+
+    from streamflame.config import ServiceConfig, dump_yaml
+
+    port = _free_port()
+    d = cfg.effective(mask_secrets=False)
+    d["metrics"] = {"port": port, "host": "127.0.0.1"}
+    d["log_level"] = "warning"
+    conf = workdir / f"ingest-{tag}.yaml"
+    conf.write_text(dump_yaml(ServiceConfig(**d).effective(mask_secrets=False)))
+    ready = workdir / f"ingest-{tag}.ready"
+    env = {**os.environ}
+    env.pop("STREAMFLAME_CONFIG", None)
+    proc = subprocess.Popen([sys.executable, "-m", "streamflame", "ingest", "--config", str(conf), "--ready-file",
+                             str(ready)], stdout=open(workdir / f"ingest-{tag}.log", "wb"), stderr=subprocess.STDOUT,
+                            env=env)
+    deadline = time.monotonic() + 60
+    while not ready.exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"ingest did not start: {(workdir / f'ingest-{tag}.log').read_text()[-2000:]}")
+        time.sleep(0.05)
+    return proc, port
+
+
+def _scrape(port: int, name: str) -> float:
+    import urllib.request
+
+    try:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
+    except OSError:
+        return 0.0
+    for line in text.splitlines():
+        if line.startswith("streamflame_ingest_" + name + " "):
+            return float(line.split()[1])
+    return 0.0
+
+
+def _stop(proc) -> None:
+    import signal
+
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=30)
+    except Exception:  # noqa: BLE001 - stuck: kill it (ours)
+        proc.kill()
+        proc.wait()
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="streamflame bench alerts", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--series", type=int, default=16, help="held-out validation series (each: a clean and an "
+                    "injected copy)")
+    ap.add_argument("--length", type=int, default=4032, help="slots per series (the last ones)")
+    ap.add_argument("--spacing", type=int, default=240, help="slots between injections")
+    ap.add_argument("--latency-seconds", type=float, default=20.0)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--keep", action="store_true")
+    args = ap.parse_args(argv)
+
+    from streamflame.alerts import inject as I
+    from streamflame.alerts.settings import WEEK_MS
+    from streamflame.config import ServiceConfig
+    from streamflame.embedded import RedisServer
+    from streamflame.embedded.broker import Broker
+    from streamflame.kafka_io import make_producer
+
+    rng = np.random.default_rng(args.seed)
+    base = _series(args.series, args.length)
+    labels: dict[str, list] = {}
+    clean, injected = [], []
+    for sid, freq, v in base:
+        injs = I.plan(v, rng, 2 * 48 + 100, args.spacing)
+        labels["inj/" + sid] = injs
+        clean.append(("clean/" + sid, freq, v))
+        injected.append(("inj/" + sid, freq, I.apply(v, injs, rng)))
+    n_obs = sum(int(np.isfinite(v).sum()) for _, _, v in clean + injected)
+    print(f"# streamflame bench alerts | {time.strftime('%Y-%m-%d %H:%M')} | {platform.machine()} "
+          f"{os.cpu_count()} cores, load {os.getloadavg()[0]:.2f} | {len(base)} held-out series x {args.length} "
+          f"slots, clean + injected copies = {n_obs:,} observations | "
+          f"{sum(len(x) for x in labels.values())} injections", flush=True)
+    workdir = Path(tempfile.mkdtemp(prefix="sf-bench-alerts-"))
+    broker, redis_srv = Broker(workdir / "broker"), RedisServer(workdir / "redis")
+    broker.start()
+    redis_srv.start()
+    try:
+        topics = {"observations": "ba.obs", "patches": "ba.patches", "forecasts": "ba.forecasts",
+                  "alerts": "ba.alerts", "dlq": "ba.dlq"}
+
+        def config(tag: str) -> ServiceConfig:
+            return ServiceConfig(
+                kafka={"bootstrap": broker.bootstrap, "partitions": 4, "session_timeout_ms": 2000,
+                       "heartbeat_interval_ms": 600},
+                redis={"url": redis_srv.url, "key_prefix": tag},
+                topics={k: f"{v}.{tag}" for k, v in topics.items()},
+                ingest={"group_id": f"ingest-{tag}", "future_tolerance_ms": None})
+
+        # -- 1. detection: everything produced first, then read by one ingest process
+        cfg = config("det")
+        broker.create_topics({t: (1 if k in ("alerts", "dlq") else 4) for k, t in cfg.topics.model_dump().items()})
+        prod = make_producer(cfg, linger_ms=5)
+        for sid, ts, val in _records(clean + injected):
+            prod.send(cfg.topics.observations, key=sid.encode(),
+                      value=orjson.dumps({"series_id": sid, "timestamp": ts, "value": val}))
+        prod.flush()
+        proc, port = _start_ingest(cfg, workdir, "det")
+        t0 = time.perf_counter()
+        try:
+            while _scrape(port, "observations_total") < n_obs and time.perf_counter() - t0 < 900:
+                time.sleep(0.05)
+            busy_s = time.perf_counter() - t0
+            events = [orjson.loads(v) for v in _read_alerts(cfg, 3.0, 120.0)]
+        finally:
+            _stop(proc)
+        max_rate = n_obs / busy_s
+        opens: dict[str, list] = {}
+        freq_of = {s: f for s, f, _ in clean + injected}
+        for e in events:
+            if e["event"] == "open":
+                opens.setdefault(e["series_id"], []).append((e["kind"], (e["timestamp_ms"] - T0_MS) // freq_of[e["series_id"]]))
+        print(f"detection run: {n_obs:,} observations read by one ingest process in {busy_s:.1f} s "
+              f"({max_rate:,.0f} obs/s: the maximum sustained rate here), {len(events)} episode events")
+        agg: dict = {}
+        episodes = matched = 0
+        for sid, injs in labels.items():
+            sc = I.score(injs, opens.get(sid, []))
+            episodes += sc.episodes
+            matched += sc.matched_episodes
+            for key, n in sc.injected.items():
+                a = agg.setdefault(key, [0, 0, []])
+                a[0] += n
+                a[1] += sc.detected.get(key, 0)
+                a[2] += sc.delays.get(key, [])
+        print("kind          size  injected  recall  median delay (obs)")
+        for (kind, size), (n, d, dl) in sorted(agg.items()):
+            med = f"{np.median(dl):.0f}" if dl else "-"
+            print(f"{kind:12s} {size:4.0f}σ {n:9d}  {d / n:6.2f}  {med:>6s}")
+        print(f"precision (episodes opened on the injected copies that match an injection): "
+              f"{matched}/{episodes} = {matched / max(episodes, 1):.2f}")
+        weeks = sum(float(np.isfinite(v[96:]).sum()) * f / WEEK_MS for _, f, v in clean)  # judged slots
+        fe = Counter(k for s, lst in opens.items() if s.startswith("clean/") for k, _ in lst)
+        print(f"false episodes per series-week (clean copies, {weeks:.1f} series-weeks): "
+              f"{sum(fe.values()) / weeks:.2f} (" + ", ".join(f"{k} {n / weeks:.2f}" for k, n in sorted(fe.items()))
+              + ")")
+
+        # -- 2. latency at half the maximum rate: produced paced, each episode event timed
+        cfg = config("lat")
+        broker.create_topics({t: (1 if k in ("alerts", "dlq") else 4) for k, t in cfg.topics.model_dump().items()})
+        rate = max_rate / 2
+        proc, port = _start_ingest(cfg, workdir, "lat")
+        sent: dict[tuple[str, int], float] = {}
+        lat: list[float] = []
+
+        def on_record(raw: bytes, now: float) -> None:
+            e = orjson.loads(raw)
+            t = sent.get((e["series_id"], e["timestamp_ms"]))
+            if t is not None:
+                lat.append((now - t) * 1000)
+
+        reader = threading.Thread(target=lambda: _read_alerts(cfg, args.latency_seconds + 5, args.latency_seconds + 60,
+                                                              on_record), daemon=True)
+        reader.start()
+        time.sleep(1.0)  # the reader is assigned and polling
+        prod = make_producer(cfg, linger_ms=1)
+        n = 0
+        try:
+            start = time.perf_counter()
+            for sid, ts, val in _records(injected):
+                due = start + n / rate
+                now = time.perf_counter()
+                if now < due:
+                    time.sleep(due - now)
+                if now - start > args.latency_seconds:
+                    break
+                sent[(sid, ts)] = time.time()
+                prod.send(cfg.topics.observations, key=sid.encode(),
+                          value=orjson.dumps({"series_id": sid, "timestamp": ts, "value": val}))
+                n += 1
+            prod.flush()
+            reader.join()
+        finally:
+            _stop(proc)
+        if lat:
+            print(f"alert latency at {rate:,.0f} obs/s offered (half of {max_rate:,.0f}) for {args.latency_seconds:.0f} s, "
+                  f"{n:,} observations, {len(lat)} episode events: p50 {np.percentile(lat, 50):.0f} ms, "
+                  f"p99 {np.percentile(lat, 99):.0f} ms, max {max(lat):.0f} ms")
+        else:
+            print("alert latency: no episode event in the latency run")
+    finally:
+        broker.stop()
+        redis_srv.stop()
+        if not args.keep:
+            import shutil
+
+            shutil.rmtree(workdir, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
