@@ -493,3 +493,42 @@ def test_forecasts_are_published_on_their_series_grid():
     s = f64.update(f64.init_state(), 20 + np.sin(np.arange(96) / 7))
     m = f64.forecast(s, 30, (0.5,), 20, seed=5).mean
     assert max(len(repr(float(x))) for x in m) > 12      # full float64 digits, no grid
+
+
+def test_ar_patches_starts_as_the_same_function_and_draws_patches_in_order():
+    """ar_patches adds gamma(c) * (prev - last) to each future patch's base location, prev being
+    where the same path's previous patch ended. Zero-initialised: loss and samples equal the model
+    without it. With gamma set, patch j's samples move exactly with the end of patch j-1."""
+    from streamflame.train.loop import load_compatible
+
+    torch.manual_seed(0)
+    plain = Flame(tiny_config())
+    ar = Flame(tiny_config(ar_patches=True))
+    load_compatible(ar, plain, "test")
+    x = torch.randn(3, 7, 48, dtype=torch.float32).cumsum(-1)
+    x[1, 3, 10:30] = float("nan")
+    assert torch.equal(plain.loss(x, future=[0, 1, 2]), ar.loss(x, future=[0, 1, 2]))
+    state, _ = plain.advance(plain.empty_state(3), x, torch.ones(3))
+    noise = torch.randn(3, 5, 2, 48, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(plain.sample(state, 2, noise), ar.sample(state, 2, noise))
+    with torch.no_grad():                                       # follow prev fully in every step
+        ar.flow.prev.bias.fill_(1.0)
+        for layer in ar.flow.layers:                            # identity couplings: y = base
+            layer.out.bias.zero_(), layer.elem.bias.zero_()
+    y = ar.sample(state, 2, noise)                              # (3, 5, 96) raw
+    y0 = plain.sample(state, 2, noise)
+    with torch.no_grad():
+        for layer in plain.flow.layers:
+            layer.out.bias.zero_(), layer.elem.bias.zero_()
+    # without couplings, plain's patch 1 is the base; ar's is the base + (end of patch 0 - last)
+    from streamflame.model.perception import last_observed, mean_std
+    mean, std = mean_std(state["stats"], state["ref"])
+    last = (last_observed(state["window"]).double() - mean) / std
+    z = lambda v: (v - mean[:, None, None]) / std[:, None, None]
+    base = plain.sample(state, 2, noise)
+    shift = z(y[..., 47:48]) - last[:, None, None]
+    assert torch.allclose(z(y[..., 48:]), z(base[..., 48:]) + shift, atol=1e-4)
+    assert torch.allclose(y[..., :48], base[..., :48], atol=1e-6)   # patch 0: prev = last, no move
+    assert not torch.allclose(y0, y)
+    with pytest.raises(ValueError, match="differs"):
+        load_compatible(Flame(tiny_config(d_model=16)), plain, "test")

@@ -102,6 +102,7 @@ def test_resume_continues_bit_for_bit_like_an_uninterrupted_run(tmp_path):
         cfg = TrainConfig.from_yaml("configs/train/smoke.yaml")
         cfg.out_dir, cfg.steps, cfg.checkpoint_every = str(tmp_path / name), steps, 1000
         cfg.real_fraction, cfg.augment = 0.0, {"spikes": 0.5, "censor": 0.3, "amplitude_modulation": 0.5}
+        cfg.target_noise, cfg.model = 0.05, {**cfg.model, "ar_patches": True}
         return cfg
 
     train(cfg_for("straight", 6), progress=lambda m: None)

@@ -32,6 +32,8 @@ class ModelConfig:
     flow_layers: int = 5         # K masked affine coupling layers
     flow_hidden: int = 128
     flow_scale_clamp: float = 3.0
+    ar_patches: bool = False     # future patch j's flow also sees where patch j-1 ended (FAR-TS-style
+                                 # factorised generation: coherent paths across patch boundaries)
 
     def __post_init__(self) -> None:
         problems = []

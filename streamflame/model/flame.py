@@ -125,13 +125,31 @@ class Flame(nn.Module):
         n, S = noise.shape[:2]
         return mean[:n, None, None] + std[:n, None, None] * y.double().reshape(n, S, -1)
 
-    def loss(self, patches, scale=None, future=None):
+    @staticmethod
+    def _prev_ends(y, last):
+        """Where each future patch's predecessor ended, for teacher forcing with ar_patches.
+
+        y (m, K, p) normalised future patches (NaN = missing), last (m,) the last observation
+        -> (m, K, 1): entry j is the last observed value among the history's end and patches
+        0..j-1 (for j = 0, the last observation itself)."""
+        m, K, p = y.shape
+        seq = torch.cat([last[:, None], y.reshape(m, K * p)], 1)              # (m, 1 + K p)
+        obs = ~torch.isnan(seq)
+        obs[:, 0] = True
+        pos = torch.where(obs, torch.arange(seq.shape[1], device=y.device), 0).cummax(1).values
+        filled = seq.gather(1, pos)
+        return filled[:, torch.arange(K, device=y.device) * p].unsqueeze(-1)
+
+    def loss(self, patches, scale=None, future=None, target_noise: float = 0.0, generator=None):
         """Mean flow NLL (nats per observed value) of the next K patches from every boundary.
 
         patches (b, T, p) raw, an empty state at the start. `future`: which future patches
         (0-based offsets < max_future_patches) to score, default all; training samples a few
         per step to save time. Future patches with more than a quarter missing are left out;
-        remaining gaps are filled with the hint (excluded from the count)."""
+        remaining gaps are filled with the hint (excluded from the count). ``target_noise`` adds
+        Gaussian noise of that std (normalised units, drawn from ``generator``) to the targets:
+        dequantisation, so flat or quantised stretches (counts, rain, clipped sensors) cannot
+        drive the density to infinity."""
         cfg = self.cfg
         b, T, p = patches.shape
         K = min(cfg.max_future_patches, T - 1)
@@ -143,15 +161,18 @@ class Flame(nn.Module):
         flat = lambda x: x.reshape(b * n, *x.shape[2:])
         c, hint = self.condition(flat(aux["h"][:, :n]), flat(aux["windows"][:, :n]),
                                  flat(aux["period"][:, :n]), flat(mean), flat(std), K)
-        c, hint = c[:, future], hint[:, future]
         # targets: patches k+1 .. k+K for boundary k (padded with NaN past the end)
         padded = F.pad(patches, (0, 0, 0, K), value=float("nan"))
-        fut = padded.unfold(1, K, 1)[:, 1:n + 1].permute(0, 1, 3, 2)[:, :, future]   # (b, n, K', p)
-        y = (fut.double() - mean[..., None, None]) / std[..., None, None]
-        y = flat(y.clamp(-cfg.clip, cfg.clip).to(patches.dtype))
+        fut = padded.unfold(1, K, 1)[:, 1:n + 1].permute(0, 1, 3, 2)           # (b, n, K, p)
+        y_all = (fut.double() - mean[..., None, None]) / std[..., None, None]
+        y_all = flat(y_all.clamp(-cfg.clip, cfg.clip).to(patches.dtype))      # (bn, K, p)
+        prev = self._prev_ends(y_all, hint[:, 0, p])[:, future] if self.flow.ar else None
+        c, hint, y = c[:, future], hint[:, future], y_all[:, future]
         obs = ~torch.isnan(y)
+        if target_noise > 0:
+            y = y + target_noise * torch.randn(y.shape, generator=generator, dtype=y.dtype).to(y.device)
         use = obs.to(patches.dtype).mean(-1) >= 0.75                        # (bn, K)
         y = torch.where(obs, y, hint[..., :p])
-        lp = self.flow.log_prob(y, c, hint)                                # (bn, K)
+        lp = self.flow.log_prob(y, c, hint, prev)                          # (bn, K)
         count = (obs & use[..., None]).to(patches.dtype).sum()
         return -(lp * use).sum() / count.clamp_min(1)

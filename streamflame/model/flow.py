@@ -1,7 +1,8 @@
 """Normalising-flow head: noise z (p,) -> one normalised patch y (p,), given a condition c.
 
-    y_0 = mu(c) + alpha(c) * hint + beta(c) * last + exp(sigma(c)) * z   (conditional affine base;
-          hint = seasonal-naive values, last = last observed value, both normalised)
+    y_0 = mu(c) + alpha(c) * hint + beta(c) * last + gamma(c) * (prev - last) + exp(sigma(c)) * z
+          (conditional affine base; hint = seasonal-naive values, last = last observed value, prev =
+          where the previous future patch ended, all normalised; gamma only with ar_patches)
     layer k, split point b_k (time order inside the patch):
         y[:b] <- y[:b] * exp(s0_k(c)) + t0_k(c)
         y[b:] <- y[b:] * exp(s_k(y[:b], c)) + t_k(y[:b], c)           (masked affine coupling)
@@ -10,6 +11,12 @@ the Jacobian is triangular, so log|det| = sum of the log-scales. Both directions
 parallel pass per layer: sampling (serving) and exact log-likelihood (training) are cheap.
 The condition's contribution to each layer's first linear map is computed once per
 (series, patch) and broadcast over samples.
+
+With ``ar_patches`` the future patches of a sample path are drawn in order (FAR-TS's factorised
+autoregressive generation): patch j's base location moves with gamma(c_j) * (prev_j - last), where
+prev_j is the last value of the same path's patch j-1 (for j = 0, the last observation: no move).
+Training scores patch j given the observed end of patch j-1 (teacher forcing). gamma starts at zero,
+so a model without it is the same function until trained.
 """
 from __future__ import annotations
 
@@ -77,6 +84,10 @@ class FlowHead(nn.Module):
         self.layers = nn.ModuleList(
             Coupling(p, splits[k % len(splits)], cfg.d_cond, cfg.flow_hidden, cfg.flow_scale_clamp)
             for k in range(cfg.flow_layers))
+        self.ar = bool(getattr(cfg, "ar_patches", False))
+        if self.ar:
+            self.prev = nn.Linear(cfg.d_cond, p)            # gamma(c): how far each step follows prev
+            nn.init.zeros_(self.prev.weight), nn.init.zeros_(self.prev.bias)
 
     def _cond(self, c):
         return [(l.cond(c), l.elem(c)) for l in self.layers]
@@ -87,22 +98,38 @@ class FlowHead(nn.Module):
         return mu + alpha * hint[..., :p] + beta * hint[..., p:], sig
 
     def sample(self, c, hint, z):
-        """c (b, ..., d_cond), hint (b, ..., 2p) = (seasonal, last) normalised, z (n, ..., S, p)
-        -> y (n, ..., S, p) for the first n <= b rows (the condition terms are computed on all b)."""
+        """c (b, K, d_cond), hint (b, K, 2p) = (seasonal, last) normalised, z (n, K, S, p)
+        -> y (n, K, S, p) for the first n <= b rows (the condition terms are computed on all b)."""
         n = z.shape[0]
         loc, sig = self._loc(c, hint)
-        y = loc[:n].unsqueeze(-2) + torch.exp(sig[:n]).unsqueeze(-2) * z
-        for layer, (hc, ec) in zip(self.layers, self._cond(c)):
-            y, _ = layer(y, hc[:n].unsqueeze(-2), ec[:n].unsqueeze(-2))
-        return y
+        loc, scale = loc[:n].unsqueeze(-2), torch.exp(sig[:n]).unsqueeze(-2)      # (n, K, 1, p)
+        cond = [(hc[:n].unsqueeze(-2), ec[:n].unsqueeze(-2)) for hc, ec in self._cond(c)]
+        if not self.ar:
+            y = loc + scale * z
+            for layer, (hc, ec) in zip(self.layers, cond):
+                y, _ = layer(y, hc, ec)
+            return y
+        gamma = self.prev(c)[:n].unsqueeze(-2)              # (n, K, 1, p); all b rows, as the cond terms
+        last = hint[:n, 0, self.p:self.p + 1].unsqueeze(-2)                       # (n, 1, 1)
+        prev, out = last, []
+        for j in range(z.shape[1]):                                               # patches in order
+            y = loc[:, j] + gamma[:, j] * (prev - last) + scale[:, j] * z[:, j]   # (n, S, p)
+            for layer, (hc, ec) in zip(self.layers, cond):
+                y, _ = layer(y, hc[:, j], ec[:, j])
+            out.append(y)
+            prev = y[..., -1:]
+        return torch.stack(out, 1)
 
-    def log_prob(self, y, c, hint):
-        """Exact log density of normalised patches y (..., p) given c, hint -> (...,)."""
+    def log_prob(self, y, c, hint, prev=None):
+        """Exact log density of normalised patches y (..., p) given c, hint (and, with ar_patches,
+        prev (..., 1): where the previous patch ended) -> (...,)."""
         logdet = torch.zeros(y.shape[:-1], dtype=y.dtype, device=y.device)
         for layer, (hc, ec) in reversed(list(zip(self.layers, self._cond(c)))):
             y, ld = layer.inverse(y, hc, ec)
             logdet = logdet + ld
         loc, sig = self._loc(c, hint)
+        if self.ar:
+            loc = loc + self.prev(c) * (prev - hint[..., self.p:self.p + 1])
         z = (y - loc) * torch.exp(-sig)
         logdet = logdet + sig.sum(-1)
         return -0.5 * (z * z).sum(-1) - 0.5 * self.p * math.log(2 * math.pi) - logdet

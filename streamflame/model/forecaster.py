@@ -231,7 +231,9 @@ class Forecaster:
             extra = _padded(len(idx)) - len(idx) if pad else 0
             # The per-series layers run on the padded rows; the flow over samples (most of the
             # cost) only on as many rows as make its matrices a multiple of MIN_ROWS tall.
-            n_flow = _flow_rows(len(idx), K * num_samples) if pad else len(idx)
+            # (with ar_patches the flow runs one future patch at a time: num_samples rows per series)
+            rows = num_samples if cfg.ar_patches else K * num_samples
+            n_flow = _flow_rows(len(idx), rows) if pad else len(idx)
             noise = torch.stack(noise + [noise[0]] * (n_flow - len(idx)))
             stacked = self._stack([states[i] for i in idx], extra)
             samples = self.model.sample(stacked, K, noise.to(self.device))[:len(idx), :, skip:skip + horizon].cpu()

@@ -50,6 +50,7 @@ class TrainConfig:
     tsmixup_fraction: float = 0.0                   # share of TSMixup sequences (mixes of real ones)
     source_weights: bool = True                     # draw real sources by their registry weight (else uniformly)
     augment: dict = field(default_factory=dict)     # AugmentConfig overrides (streamflame/train/mix.py)
+    target_noise: float = 0.0                       # dequantisation noise on normalised targets (Flame.loss)
     synthetic_seed: int = 1
     synthetic: dict = field(default_factory=dict)   # SynthConfig overrides (families, gaps)
     checkpoint_every: int = 250
@@ -289,6 +290,26 @@ def load_checkpoint(path: Path, model: Flame, opt: torch.optim.Optimizer) -> tup
 
 
 # ---- loop ---------------------------------------------------------------------------------------
+# Config fields that add zero-initialised parameters: weights without them still give the same function.
+ADDITIVE_FIELDS = {"ar_patches": False}
+
+
+def load_compatible(model: Flame, src: Flame, what: str) -> None:
+    """Copy src's weights into model. The configs must be equal, except that the model may switch on
+    an ADDITIVE_FIELDS lever that src lacks: its new parameters keep their zero initialisation."""
+    a, b = asdict(model.cfg), asdict(src.cfg)
+    for name, off in ADDITIVE_FIELDS.items():
+        if b[name] == off:
+            a[name] = b[name] = off
+    if a != b:
+        diff = sorted(k for k in a if a[k] != b[k])
+        raise ValueError(f"{what}: its model config differs from this run's ({', '.join(diff)})")
+    missing, unexpected = model.load_state_dict(src.state_dict(), strict=False)
+    new = {n for n, _ in model.named_parameters()} - set(src.state_dict())
+    if unexpected or set(missing) - new:
+        raise ValueError(f"{what}: weights do not fit ({sorted(unexpected) + sorted(set(missing) - new)})")
+
+
 def lr_at(step: int, cfg: TrainConfig, time_frac: float = 0.0) -> float:
     """Linear warm-up, then cosine decay over whichever budget runs out first: the steps, or
     (with max_minutes) the wall time, so a time-boxed run still ends at the low learning rate."""
@@ -322,9 +343,7 @@ def train(cfg: TrainConfig, resume: bool = False, sampler: SequenceSampler | Non
                  f"({sum(seg['observations'] for seg in lineage):,} observations seen in {len(lineage)} segments)")
     elif cfg.init_from:
         src = Forecaster.load(cfg.init_from)
-        if src.config != mcfg:
-            raise ValueError(f"init_from {cfg.init_from}: its model config differs from this run's")
-        model.load_state_dict(src.model.state_dict())
+        load_compatible(model, src.model, f"init_from {cfg.init_from}")
         progress(f"initialised from {cfg.init_from} ({src.model_id})")
     sampler = sampler or SequenceSampler(cfg, mcfg.patch_len)
     amp = cfg.amp and device.type == "cuda"
@@ -358,7 +377,8 @@ def train(cfg: TrainConfig, resume: bool = False, sampler: SequenceSampler | Non
         g = np.random.default_rng([cfg.seed, step, 7])
         future = sorted({0, *g.choice(np.arange(1, K), size=min(cfg.future_per_step, K) - 1, replace=False)})
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            loss = model.loss(x, future=future)
+            noise_gen = torch.Generator().manual_seed(int(g.integers(2**62))) if cfg.target_noise > 0 else None
+            loss = model.loss(x, future=future, target_noise=cfg.target_noise, generator=noise_gen)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
