@@ -119,7 +119,8 @@ class Score:
         return self.matched_episodes / self.episodes if self.episodes else float("nan")
 
 
-def score(injections: list[Injection], opens: list[tuple[str, int]], tolerance: int = 6) -> Score:
+def score(injections: list[Injection], opens: list[tuple[str, int]], tolerance: int = 6,
+          detected_by: dict = KIND_DETECTED_BY) -> Score:
     """``opens``: (alert kind, slot of the opening observation) of one series' episodes.
     An injection counts as detected by the first open of a matching kind in
     [start, end + tolerance); an open is matched when it falls in such a window of any
@@ -132,7 +133,7 @@ def score(injections: list[Injection], opens: list[tuple[str, int]], tolerance: 
     for inj in injections:
         key = (inj.kind, inj.size)
         inj_n[key] = inj_n.get(key, 0) + 1
-        kinds = KIND_DETECTED_BY[inj.kind]
+        kinds = detected_by[inj.kind]
         hit = None
         for i, (k, slot) in enumerate(opens):
             if k in kinds and inj.start <= slot < inj.end + tolerance:

@@ -8,8 +8,11 @@ episodes opened on the injected copies; false episodes per series-week on the cl
 copies (by kind); and alert latency (observation produced -> its episode event
 consumed, p50/p99) at half the maximum sustained rate measured in the same run.
 
-Not measured here: today's per-point alerts of the worker (that needs the model
-worker in the same run; see docs/benchmarks.md).
+Baseline in the same run (``--baseline``, default on): the model worker then reads the
+detection run's patches and publishes today's per-point alerts (an observation outside
+the group's ``alert_levels`` interval of the forecast before it); consecutive point
+alerts of a series (gaps of at most ``GROUP_GAP`` slots) count as one alert group,
+scored like an episode that matches every injected kind.
 """
 from __future__ import annotations
 
@@ -26,6 +29,7 @@ import numpy as np
 import orjson
 
 T0_MS = 1_704_067_200_000
+GROUP_GAP = 3
 
 
 def _series(n: int, length: int):
@@ -82,8 +86,8 @@ def _free_port() -> int:
         return so.getsockname()[1]
 
 
-def _start_ingest(cfg, workdir: Path, tag: str):
-    """`python -m streamflame ingest` with ``cfg`` and a metrics port; returns (process, port) once it
+def _start_ingest(cfg, workdir: Path, tag: str, component: str = "ingest"):
+    """`python -m streamflame <component>` with ``cfg`` and a metrics port; returns (process, port) once it
     joined its group."""
     import subprocess
     import sys
@@ -94,31 +98,37 @@ def _start_ingest(cfg, workdir: Path, tag: str):
     d = cfg.effective(mask_secrets=False)
     d["metrics"] = {"port": port, "host": "127.0.0.1"}
     d["log_level"] = "warning"
-    conf = workdir / f"ingest-{tag}.yaml"
+    name = f"{component}-{tag}"
+    conf = workdir / f"{name}.yaml"
     conf.write_text(dump_yaml(ServiceConfig(**d).effective(mask_secrets=False)))
-    ready = workdir / f"ingest-{tag}.ready"
+    ready = workdir / f"{name}.ready"
     env = {**os.environ}
     env.pop("STREAMFLAME_CONFIG", None)
-    proc = subprocess.Popen([sys.executable, "-m", "streamflame", "ingest", "--config", str(conf), "--ready-file",
-                             str(ready)], stdout=open(workdir / f"ingest-{tag}.log", "wb"), stderr=subprocess.STDOUT,
-                            env=env)
-    deadline = time.monotonic() + 60
-    while not ready.exists():
+    cmd = [sys.executable, "-m", "streamflame", component, "--config", str(conf)]
+    if component == "ingest":
+        cmd += ["--ready-file", str(ready)]
+    proc = subprocess.Popen(cmd, stdout=open(workdir / f"{name}.log", "wb"), stderr=subprocess.STDOUT, env=env)
+    deadline = time.monotonic() + 120
+    while not (ready.exists() if component == "ingest" else _scrape(port, "", "") or proc.poll() is not None):
         if proc.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"ingest did not start: {(workdir / f'ingest-{tag}.log').read_text()[-2000:]}")
+            raise RuntimeError(f"{component} did not start: {(workdir / f'{name}.log').read_text()[-2000:]}")
         time.sleep(0.05)
     return proc, port
 
 
-def _scrape(port: int, name: str) -> float:
+def _scrape(port: int, name: str, prefix: str = "streamflame_ingest_") -> float:
+    """A metric's value (0.0 when absent or the endpoint does not answer; with an empty name:
+    1.0 when the endpoint answers)."""
     import urllib.request
 
     try:
         text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
     except OSError:
         return 0.0
+    if not name:
+        return 1.0
     for line in text.splitlines():
-        if line.startswith("streamflame_ingest_" + name + " "):
+        if line.startswith(prefix + name + " "):
             return float(line.split()[1])
     return 0.0
 
@@ -134,6 +144,33 @@ def _stop(proc) -> None:
         proc.wait()
 
 
+def _score_points(points: list[dict], labels: dict, freq_of: dict, I) -> dict:
+    """Per-point alerts -> alert groups per series (gaps <= GROUP_GAP slots) scored like episodes
+    of a kind that matches every injection."""
+    slots: dict[str, list[int]] = {}
+    for p in points:
+        slots.setdefault(p["series_id"], []).append((p["timestamp_ms"] - T0_MS) // freq_of[p["series_id"]])
+    groups: dict[str, list[int]] = {}
+    for sid, ss in slots.items():
+        ss = sorted(set(ss))
+        starts = [q for i, q in enumerate(ss) if i == 0 or q - ss[i - 1] > GROUP_GAP]
+        groups[sid] = starts
+    any_kind = {k: ("point",) for k in I.KIND_DETECTED_BY}
+    agg: dict = {}
+    n_groups = matched = 0
+    for sid, injs in labels.items():
+        sc = I.score(injs, [("point", q) for q in groups.get(sid, [])], detected_by=any_kind)
+        n_groups += sc.episodes
+        matched += sc.matched_episodes
+        for key, n in sc.injected.items():
+            a = agg.setdefault(key, [0, 0, []])
+            a[0] += n
+            a[1] += sc.detected.get(key, 0)
+            a[2] += sc.delays.get(key, [])
+    clean = sum(len(g) for s, g in groups.items() if s.startswith("clean/"))
+    return {"agg": agg, "groups": n_groups, "matched": matched, "clean_groups": clean, "messages": len(points)}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="streamflame bench alerts", description=__doc__.split("\n\n")[0])
     ap.add_argument("--series", type=int, default=16, help="held-out validation series (each: a clean and an "
@@ -142,6 +179,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--spacing", type=int, default=240, help="slots between injections")
     ap.add_argument("--latency-seconds", type=float, default=20.0)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--no-baseline", dest="baseline", action="store_false",
+                    help="skip today's per-point alerts of the model worker")
     ap.add_argument("--keep", action="store_true")
     args = ap.parse_args(argv)
 
@@ -197,8 +236,22 @@ def main(argv: list[str] | None = None) -> int:
                 time.sleep(0.05)
             busy_s = time.perf_counter() - t0
             events = [orjson.loads(v) for v in _read_alerts(cfg, 3.0, 120.0)]
+            n_patches = int(_scrape(port, "patches_total"))
         finally:
             _stop(proc)
+        points: list[dict] = []
+        if args.baseline:  # today's per-point alerts: the model worker over the same patches
+            wproc, wport = _start_ingest(cfg, workdir, "det", component="worker")
+            t1 = time.perf_counter()
+            try:
+                while (_scrape(wport, "forecasts_published_total", "streamflame_worker_") < n_patches
+                       and time.perf_counter() - t1 < 1800):
+                    time.sleep(0.5)
+                points = [e for e in map(orjson.loads, _read_alerts(cfg, 3.0, 120.0)) if "event" not in e]
+            finally:
+                _stop(wproc)
+            print(f"baseline: the model worker forecast after each of {n_patches:,} patches in "
+                  f"{time.perf_counter() - t1:.0f} s, {len(points)} per-point alerts")
         max_rate = n_obs / busy_s
         opens: dict[str, list] = {}
         freq_of = {s: f for s, f, _ in clean + injected}
@@ -218,17 +271,24 @@ def main(argv: list[str] | None = None) -> int:
                 a[0] += n
                 a[1] += sc.detected.get(key, 0)
                 a[2] += sc.delays.get(key, [])
-        print("kind          size  injected  recall  median delay (obs)")
+        base = _score_points(points, labels, freq_of, I) if args.baseline else None
+        print("kind          size  injected  recall  median delay (obs)" + ("  | baseline: recall  delay" if base else ""))
         for (kind, size), (n, d, dl) in sorted(agg.items()):
             med = f"{np.median(dl):.0f}" if dl else "-"
-            print(f"{kind:12s} {size:4.0f}σ {n:9d}  {d / n:6.2f}  {med:>6s}")
+            line = f"{kind:12s} {size:4.0f}σ {n:9d}  {d / n:6.2f}  {med:>6s}"
+            if base:
+                bn, bd, bdl = base["agg"].get((kind, size), (n, 0, []))
+                line += f"              | {bd / bn:6.2f}  {np.median(bdl) if bdl else float('nan'):5.0f}"
+            print(line)
         print(f"precision (episodes opened on the injected copies that match an injection): "
-              f"{matched}/{episodes} = {matched / max(episodes, 1):.2f}")
+              f"{matched}/{episodes} = {matched / max(episodes, 1):.2f}"
+              + (f" | baseline alert groups: {base['matched']}/{base['groups']} = "
+                 f"{base['matched'] / max(base['groups'], 1):.2f} ({base['messages']} messages)" if base else ""))
         weeks = sum(float(np.isfinite(v[96:]).sum()) * f / WEEK_MS for _, f, v in clean)  # judged slots
         fe = Counter(k for s, lst in opens.items() if s.startswith("clean/") for k, _ in lst)
         print(f"false episodes per series-week (clean copies, {weeks:.1f} series-weeks): "
               f"{sum(fe.values()) / weeks:.2f} (" + ", ".join(f"{k} {n / weeks:.2f}" for k, n in sorted(fe.items()))
-              + ")")
+              + ")" + (f" | baseline alert groups {base['clean_groups'] / weeks:.2f}" if base else ""))
 
         # -- 2. latency at half the maximum rate: produced paced, each episode event timed
         cfg = config("lat")
