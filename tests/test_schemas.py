@@ -403,7 +403,8 @@ def _doc_examples() -> dict[str, bytes]:
 
 def test_doc_examples_are_valid_messages():
     ex = _doc_examples()
-    assert set(ex) == {"observation", "observation-batch", "patch", "forecast", "alert", "dead-letter"}
+    assert set(ex) == {"observation", "observation-batch", "patch", "forecast", "alert", "alert-episode",
+                       "dead-letter"}
     assert decode_observation_message(ex["observation"]) == [Observation("sensors.temp.kitchen", JAN1, 21.5)]
     assert [o.timestamp_ms for o in decode_observation_message(ex["observation-batch"])] == [
         JAN1, JAN1 + 60_000, JAN1 + 120_000]
@@ -415,6 +416,12 @@ def test_doc_examples_are_valid_messages():
     assert a.timestamp_ms == f.step_ms(a.step) and a.forecast_seq == f.seq
     assert (a.lower, a.upper) == (f.quantiles["0.1"][a.step - 1], f.quantiles["0.9"][a.step - 1])
     assert alert_score(a.value, a.lower, a.upper) == (a.direction, pytest.approx(a.score))
+    from streamflame.schemas import AlertEpisode, AlertMessage, decode_alert_any
+
+    assert isinstance(decode_alert_any(ex["alert"]), AlertMessage)
+    ep = decode_alert_any(ex["alert-episode"])
+    assert isinstance(ep, AlertEpisode) and ep.alert_id == f"{ep.series_id}/{ep.kind}/{ep.started_ms}"
+    assert ep.timestamp_ms == to_epoch_ms(ep.timestamp) and ep.started_ms == to_epoch_ms(ep.started_at)
     d = decode_dead_letter(ex["dead-letter"])
     with pytest.raises(RejectedMessage) as e:
         decode_observation_message(d.original_bytes())
