@@ -11,7 +11,8 @@ Kinds
                       while any window is above ``z_close``; resolves after
                       ``resolve_after`` quiet observations.
     ``flatline``      the same value ``flatline_window`` times in a row, more times than
-                      the series ever repeated a value before, and a run that the series'
+                      the series ever repeated a value before (reported runs included: a
+                      pattern that recurs is reported once), and a run that the series'
                       own rate of repeats ``r`` (exponentially weighted share of values
                       equal to the one before) makes rarer than the budget:
                       ``r ** (run - 1) * observations per week <= false_alarm_budget``;
@@ -84,7 +85,7 @@ class SeriesAlerts:
     last_slot: int | None = None
     last_value: float | None = None
     run: int = 0            # identical values in a row, ending at last_value
-    max_run: int = 1        # longest such run before (outside flatline episodes)
+    max_run: int = 1        # longest such run before
     repeat_rate: float = 0.0  # exponentially weighted share of values equal to the one before
     run_rate: float = 0.0     # repeat_rate when the current run began (the run does not raise its own bar)
     nulls: int = 0          # explicit nulls in a row
@@ -152,12 +153,12 @@ class SeriesAlerts:
         else:
             if "flatline" in self.open:
                 self._resolve("flatline", slot, ts_ms, value, out)
-            elif self.run > self.max_run:
+            if self.run > self.max_run:  # a flatline's run too: a pattern that recurs (a night of zeros) is learnt
                 self.max_run = self.run
             self.run = 1
             self.last_value = value
             self.run_rate = self.repeat_rate
-        if s.flatline_window is not None and judging:
+        if s.flatline_window is not None and judging and self.run >= s.flatline_window:
             need = max(s.flatline_window, self.max_run + 1, _budget_run(self.run_rate, s, thr))
             ep = self.open.get("flatline")
             if ep is not None:

@@ -32,12 +32,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 __all__ = ["TrackerParams", "JudgeState", "Judgement", "observe", "skip"]
 
 _SQRT2 = math.sqrt(2.0)
 _ABS_TO_SD = math.sqrt(math.pi / 2)  # sd / mean absolute deviation of a normal
 _SQRT = [math.sqrt(w) for w in range(65)]
+_TRI = [w * (w + 1) / 2 for w in range(65)]
 
 
 @dataclass(frozen=True)
@@ -79,8 +81,7 @@ class JudgeState:
                    [float(v) for v in hy], [float(v) for v in hl], [float(v) for v in ht])
 
 
-@dataclass(frozen=True)
-class Judgement:
+class Judgement(NamedTuple):
     """What the judge says about one observation. ``z`` is the window statistic of the
     largest magnitude (0.0 while no window is calibrated), ``window`` its length, ``expected``
     the one-step prediction, ``pit`` = Phi(z_1) (0.5 while uncalibrated)."""
@@ -120,37 +121,39 @@ def observe(st: JudgeState, y: float, windows: tuple[int, ...], p: TrackerParams
         if d > 0.0 and (d < st.quantum or st.quantum == 0.0):
             st.quantum = d
     quantum = st.quantum
-    best_z, best_w, z1 = 0.0, windows[0], 0.0
+    best_z, best_az, best_w, z1 = 0.0, 0.0, windows[0], 0.0
     var, count = st.var, st.count
     gamma, gamma_down, min_count, clip_s = p.gamma, p.gamma_down, p.min_count, p.clip_scale * _ABS_TO_SD
     inv_gamma = 1.0 / gamma
-    sum_y = 0.0
-    k = 0
-    for i, w in enumerate(windows):
+    i = 0
+    for w in windows:
         if w > m:
             break
-        while k < w:
-            k += 1
-            sum_y += hy[-k]
-        e = y - expected if w == 1 else sum_y - (w * hl[-w] + ht[-w] * (w * (w + 1) / 2))
+        if w == 1:
+            e = y - expected
+        else:
+            e = sum(hy[-w:]) - (w * hl[-w] + ht[-w] * _TRI[w])
         ae = e if e >= 0.0 else -e
         n, v = count[i], var[i]
         if n >= min_count and v > 0.0:
             sd = _ABS_TO_SD * v
             qsd = quantum * _SQRT[w]
-            z = e / (sd if sd > qsd else qsd)
+            if qsd > sd:
+                sd = qsd
+            az = ae / sd
+            if az > best_az:
+                best_az, best_w, best_z = az, w, e / sd
             if w == 1:
-                z1 = z
-            if abs(z) > abs(best_z):
-                best_z, best_w = z, w
+                z1 = e / sd
             if ae > clip_s * v:
                 ae = clip_s * v
-        count[i] = n + 1
-        if n + 1 < inv_gamma:
-            g = 1.0 / (n + 1)
+        n += 1
+        count[i] = n
+        if n < inv_gamma:
+            var[i] = v + (ae - v) / n
         else:
-            g = gamma if ae > v else gamma_down
-        var[i] = v + g * (ae - v)
+            var[i] = v + (gamma if ae > v else gamma_down) * (ae - v)
+        i += 1
     # update the trackers with their clipped one-step errors
     e1, e2 = y - expected, y - (s_level + s_trend)
     v1 = var[0] if windows[0] == 1 else 0.0
