@@ -25,6 +25,11 @@ Outcomes (:class:`Incarnation`):
                       patches, and patches not yet applied (the next patch seq
                       goes back to the one after the state; the lost ones become
                       all-missing gap patches, so the worker never waits for them).
+``broker_behind``     the same broker, but its log of observations ends before
+                      positions that ingest cursors recorded (a host power loss took
+                      the broker's last writes, Redis kept later ones): those cursors
+                      lose their Kafka position (:func:`forget_positions_past`), so the
+                      re-used offsets are read, not skipped; time grid and seq stay.
 ``redis_data_lost``   the broker has data but Redis has no StreamFlame keys: the
                       series start afresh from the consumer groups' committed offsets.
 """
@@ -43,7 +48,7 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("streamflame.incarnation")
 
-OUTCOMES = ("first_start", "same", "broker_data_lost", "redis_data_lost")
+OUTCOMES = ("first_start", "same", "broker_behind", "broker_data_lost", "redis_data_lost")
 
 
 @dataclass(frozen=True)
@@ -59,7 +64,7 @@ class Incarnation:
 
     @property
     def mismatch(self) -> bool:
-        return self.outcome in ("broker_data_lost", "redis_data_lost")
+        return self.outcome in ("broker_behind", "broker_data_lost", "redis_data_lost")
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "mismatch": self.mismatch}
@@ -189,6 +194,56 @@ def repair_cursors(redis_client, key_prefix: str, batch: int = 1000) -> Repair:
     return Repair(n, rewound, lost_patches, lost_open)
 
 
+def log_ends(bootstrap: str, topic: str, client_kwargs: dict[str, Any] | None = None,
+             timeout_s: float = 5.0) -> dict[int, int]:
+    """The end offset of each partition of `topic`, exact: Tansu's ListOffsets answers
+    the start of the last batch, so each partition is read from there and the
+    high-water mark that comes with the fetched data is taken. Partitions whose end
+    could not be read within `timeout_s` are left out."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    c = KafkaConsumer(**{**(client_kwargs or {}), "bootstrap_servers": bootstrap, "enable_auto_commit": False,
+                         "fetch_max_wait_ms": 100})
+    try:
+        tps = [TopicPartition(topic, p) for p in sorted(c.partitions_for_topic(topic) or ())]
+        if not tps:
+            return {}
+        c.assign(tps)
+        for tp, off in c.end_offsets(tps).items():
+            c.seek(tp, off)
+        ends: dict[int, int] = {}
+        deadline = time.monotonic() + timeout_s
+        while len(ends) < len(tps) and time.monotonic() < deadline:
+            c.poll(timeout_ms=200)
+            for tp in tps:
+                hw = c.highwater(tp)
+                if hw is not None:
+                    ends[tp.partition] = hw
+        return ends
+    finally:
+        c.close()
+
+
+def forget_positions_past(redis_client, key_prefix: str, ends: dict[int, int], batch: int = 1000) -> int:
+    """Drop the Kafka position of every cursor whose last offset is at or past its
+    partition's end (in `ends`); returns how many. Only while no ingest runs."""
+    from streamflame.ingest.assembler import IngestCursor
+    from streamflame.ingest.cursors import CursorStore
+
+    store = CursorStore(redis_client, key_prefix)
+    sids = _scan_series(store, batch)
+    n = 0
+    for i in range(0, len(sids), batch):
+        out = []
+        for cur in store.load_many(sids[i:i + batch]).values():
+            if (isinstance(cur, IngestCursor) and cur.last_offset is not None and cur.last_partition in ends
+                    and cur.last_offset >= ends[cur.last_partition]):
+                cur.last_partition, cur.last_offset, cur.last_index = None, None, 0
+                out.append(cur)
+        n += _overwrite(store, out)
+    return n
+
+
 def check(bootstrap: str, redis_client, *, observations_topic: str, key_prefix: str,
           kafka_client_kwargs: dict[str, Any] | None = None) -> Incarnation:
     """Compare the broker's marker with the id Redis remembers, repair what a
@@ -200,9 +255,18 @@ def check(bootstrap: str, redis_client, *, observations_topic: str, key_prefix: 
     remembered = raw.decode() if isinstance(raw, bytes) else raw
     has_series = _redis_has_series(redis_client, key_prefix)
     repair = Repair()
+    behind = 0
     if remembered == broker_id:
         outcome = "same"
         message = f"broker data and Redis data belong together (broker data id {broker_id})"
+        ends = log_ends(bootstrap, observations_topic, kafka_client_kwargs) if has_series else {}
+        behind = forget_positions_past(redis_client, key_prefix, ends) if ends else 0
+        if behind:
+            outcome = "broker_behind"
+            message = (f"the broker (data id {broker_id}) lost its last writes (its observations log ends before "
+                       f"the positions of {behind} ingest cursors, as after a host power loss): those cursors "
+                       "dropped their Kafka position, so the re-used offsets are read, not skipped; observations "
+                       "the broker lost are gone, states and seq numbers are kept")
     elif has_series and (created or remembered is not None):
         outcome = "broker_data_lost"
         repair = repair_cursors(redis_client, key_prefix)
@@ -225,11 +289,14 @@ def check(bootstrap: str, redis_client, *, observations_topic: str, key_prefix: 
     if outcome == "broker_data_lost":
         fields.update(previous=remembered or "", cursors_reset=str(repair.cursors),
                       lost_patches=str(repair.lost_patches))
+    elif outcome == "broker_behind":
+        fields.update(cursors_reset=str(behind))
     redis_client.hset(key, mapping=fields)
-    result = Incarnation(outcome, broker_id, remembered, repair.cursors, repair.lost_patches, message)
+    reset = behind or repair.cursors
+    result = Incarnation(outcome, broker_id, remembered, reset, repair.lost_patches, message)
     if result.mismatch:
         log.error("stack.data_mismatch", outcome=outcome, broker_id=broker_id, remembered_id=remembered,
-                  cursors_reset=repair.cursors, lost_patches=repair.lost_patches, message=message)
+                  cursors_reset=reset, lost_patches=repair.lost_patches, message=message)
     else:
         log.info("stack.data_checked", outcome=outcome, broker_id=broker_id)
     return result

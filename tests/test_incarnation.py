@@ -117,3 +117,33 @@ def test_empty_redis_beside_a_broker_with_data_is_reported(embedded_kafka, redis
     got = _check(embedded_kafka, redis_client, prefix)
     assert got.outcome == "redis_data_lost" and got.mismatch
     assert "series start afresh from the committed offsets" in got.message
+
+
+def test_cursors_past_the_end_of_a_rolled_back_broker_are_freed(fresh_broker, redis_client, prefix):
+    """A host power loss can take the broker's last writes while Redis keeps later cursor
+    writes: a cursor past the log's end would skip the re-used offsets."""
+    from kafka import KafkaProducer
+
+    topic = f"{prefix}.observations"
+    fresh_broker.create_topics({topic: 2})
+    p = KafkaProducer(bootstrap_servers=fresh_broker.bootstrap, acks="all", linger_ms=5)
+    for i in range(10):
+        p.send(topic, b"x", partition=0)
+    p.flush()
+    p.close()
+    assert incarnation.log_ends(fresh_broker.bootstrap, topic) == {0: 10, 1: 0}
+    assert _check(fresh_broker.bootstrap, redis_client, prefix).outcome == "first_start"
+    store = CursorStore(redis_client, prefix)
+    ahead = _assembled(50, partition=0, first_offset=40).cursor()        # covers offsets up to 87 > 10
+    ahead.series_id = "ahead"
+    within = _assembled(50, partition=0, first_offset=0).cursor()
+    within.series_id, within.last_offset = "within", 9                   # the last record the log holds
+    store.save_many([ahead, within])
+
+    got = _check(fresh_broker.bootstrap, redis_client, prefix)
+    assert got.outcome == "broker_behind" and got.mismatch and got.cursors_reset == 1
+    loaded = store.load_many(["ahead", "within"])
+    assert loaded["ahead"].last_offset is None and loaded["ahead"].next_seq == 1
+    assert loaded["within"].last_offset == 9
+    # nothing past the end any more: the next start is plain "same"
+    assert _check(fresh_broker.bootstrap, redis_client, prefix).outcome == "same"
