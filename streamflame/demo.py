@@ -39,6 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
     from streamflame.data.registry import demo_series
+    from streamflame.data.times import epoch_ms
     from streamflame.embedded.stack import EmbeddedStack
     from streamflame.schemas import decode_forecast
 
@@ -75,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         consumer.seek_to_beginning()
         producer = KafkaProducer(bootstrap_servers=stack.kafka_bootstrap, linger_ms=5)
 
-        stamps = {s.series_id: s.timestamps().asi8 // 1_000_000 for s in series}   # epoch ms
+        stamps = {s.series_id: epoch_ms(s.timestamps()) for s in series}
         failure: list[BaseException] = []
 
         def produce() -> None:

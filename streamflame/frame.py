@@ -23,6 +23,7 @@ import pandas as pd
 
 from streamflame.data.loader import ID_COLUMNS, TIME_COLUMNS, VALUE_COLUMNS, parse_timestamps
 from streamflame.data.series import parse_freq, to_grid
+from streamflame.data.times import epoch_ns, from_epoch_ns, step_ns, timestamp_ns
 from streamflame.schemas import format_level, forecast_seed
 
 __all__ = ["SeriesForecaster"]
@@ -106,13 +107,13 @@ class SeriesForecaster:
             start, freq, grid = to_grid(t, v, self.freq)
             if not isinstance(freq, pd.tseries.offsets.Tick):
                 raise ValueError(f"series {sid!r}: inferred frequency {freq.freqstr} has no fixed step; pass freq=")
-            step = pd.Timedelta(freq).value
-            self._tracks[sid] = _Track(step, start.value + len(grid) * step, t.tz,
+            step = step_ns(freq)
+            self._tracks[sid] = _Track(step, timestamp_ns(start) + len(grid) * step, t.tz,
                                        self.forecaster.init_state(self.scale), grid)
             return 0
         if (t.tz is None) != (tr.tz is None):
             raise ValueError(f"series {sid!r}: timestamps mix naive and time-zone-aware values across calls")
-        k = np.floor((t.asi8 - tr.next_ns) / tr.step + 0.5).astype(np.int64)
+        k = np.floor((epoch_ns(t) - tr.next_ns) / tr.step + 0.5).astype(np.int64)
         late = k < 0
         k, v = k[~late], v[~late]
         if len(k):
@@ -169,7 +170,7 @@ class SeriesForecaster:
         for sid, fc in zip(sids, fcs):
             tr = self._tracks[sid]
             ns = tr.next_ns + tr.step * np.arange(horizon, dtype=np.int64)
-            ts = pd.DatetimeIndex(ns, tz="UTC").tz_convert(tr.tz) if tr.tz is not None else pd.DatetimeIndex(ns)
+            ts = from_epoch_ns(ns, tr.tz)
             part = {"series_id": sid, "timestamp": ts, "mean": fc.mean.astype(np.float64)}
             part.update({format_level(q): fc.quantiles[i].astype(np.float64) for i, q in enumerate(levels)})
             parts.append(pd.DataFrame(part))

@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from .series import Series, parse_freq, to_grid
+from .times import epoch_ns
 
 ID_COLUMNS = ("series_id", "item_id", "unique_id", "id")
 TIME_COLUMNS = ("timestamp", "ds", "time", "date", "datetime", "date_time")
@@ -91,17 +92,19 @@ def parse_timestamps(column: pd.Series, *, where: str, tz: str | None = None,
         text = column.astype("string")
         if text.isna().any():
             raise DataError(f"{where}: {int(text.isna().sum())} empty timestamps (first at row {int(np.flatnonzero(text.isna())[0])})")
+        parsed = None
         with warnings.catch_warnings():  # mixed offsets: handled below
             warnings.simplefilter("ignore", FutureWarning)
             try:
                 parsed = pd.to_datetime(text, format="ISO8601")
             except (ValueError, TypeError):
-                try:
-                    parsed = pd.to_datetime(text, format="mixed")
-                except (ValueError, TypeError) as exc:
-                    bad = _first_unparseable(text)
-                    raise DataError(f"{where}: cannot parse timestamp {bad!r} ({exc})") from exc
-        if not pd.api.types.is_datetime64_any_dtype(parsed):  # mixed UTC offsets -> object dtype
+                if not _mixed_offsets(text):   # pandas 3 raises on mixed offsets (pandas 2: object dtype)
+                    try:
+                        parsed = pd.to_datetime(text, format="mixed")
+                    except (ValueError, TypeError) as exc:
+                        bad = _first_unparseable(text)
+                        raise DataError(f"{where}: cannot parse timestamp {bad!r} ({exc})") from exc
+        if parsed is None or not pd.api.types.is_datetime64_any_dtype(parsed):  # mixed UTC offsets
             try:
                 utc = pd.DatetimeIndex(pd.to_datetime(text, format="ISO8601", utc=True))
             except (ValueError, TypeError) as exc:
@@ -140,7 +143,7 @@ def zone_for_offsets(utc: pd.DatetimeIndex, offsets: np.ndarray, max_checks: int
     from zoneinfo import available_timezones
 
     ok = ~np.isnan(offsets)
-    order = np.argsort(utc.asi8[ok], kind="stable")
+    order = np.argsort(epoch_ns(utc[ok]), kind="stable")
     inst, offs = utc[ok][order], offsets[ok][order]
     if len(inst) == 0:
         return None
@@ -156,7 +159,7 @@ def zone_for_offsets(utc: pd.DatetimeIndex, offsets: np.ndarray, max_checks: int
             local = inst.tz_convert(zone).tz_localize(None)
         except Exception:  # a zone the platform's tz database cannot load
             continue
-        if np.array_equal((local - naive_utc).asi8 // 60_000_000_000, offs.astype(np.int64)):
+        if np.array_equal((epoch_ns(local) - epoch_ns(naive_utc)) // 60_000_000_000, offs.astype(np.int64)):
             return zone
     return None
 

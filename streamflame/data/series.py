@@ -5,12 +5,15 @@ values on a regular grid ``start + k * freq`` with NaN where nothing was observe
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 from pandas.tseries.frequencies import to_offset
 from pandas.tseries.offsets import BaseOffset, Tick
+
+from .times import epoch_ns, from_epoch_ns, step_ns
 
 # "Nice" sampling steps that a jittery median step is snapped to (within 10 %).
 _NICE_STEPS = [pd.Timedelta(s) for s in (
@@ -59,7 +62,7 @@ class Series:
         """The grid step in milliseconds (fixed-step frequencies only)."""
         if not isinstance(self.freq, Tick):
             raise ValueError(f"series {self.series_id!r}: frequency {self.freq.freqstr} has no fixed step")
-        return int(pd.Timedelta(self.freq).value // 1_000_000)
+        return step_ns(self.freq) // 1_000_000
 
     def timestamps(self) -> pd.DatetimeIndex:
         """The grid timestamps, shape (T,)."""
@@ -113,12 +116,14 @@ def infer_freq(timestamps: pd.DatetimeIndex | pd.Series) -> BaseOffset:
         raise ValueError("cannot infer a frequency from fewer than 2 distinct timestamps")
     if len(idx) >= 3:
         try:
-            alias = pd.infer_freq(idx)
+            with warnings.catch_warnings():   # pandas 3 warns that a later version returns an offset:
+                warnings.filterwarnings("ignore", message=".*infer_freq.*")   # to_offset takes either
+                alias = pd.infer_freq(idx)
         except (ValueError, TypeError):
             alias = None
         if alias is not None:
             return to_offset(alias)
-    diffs = np.diff(idx.asi8)
+    diffs = np.diff(epoch_ns(idx))
     steps, counts = np.unique(diffs, return_counts=True)
     mode = int(steps[np.argmax(counts)])
     if np.all(diffs % mode == 0):  # exactly regular apart from gaps
@@ -163,8 +168,8 @@ def to_grid(timestamps: pd.DatetimeIndex, values: np.ndarray, freq: BaseOffset |
         raise ValueError("timestamps contain NaT")
     freq = infer_freq(timestamps) if freq is None else parse_freq(freq)
     if isinstance(freq, Tick):
-        step = pd.Timedelta(freq).value
-        t = timestamps.asi8
+        step = step_ns(freq)
+        t = epoch_ns(timestamps)
         t0 = int(t.min())
         # Phase relative to t0 wrapped to [-step/2, step/2); anchor at t0 + median phase.
         phase = ((t - t0 + step // 2) % step) - step // 2
@@ -175,7 +180,7 @@ def to_grid(timestamps: pd.DatetimeIndex, values: np.ndarray, freq: BaseOffset |
         k = np.floor((t - anchor) / step + 0.5).astype(np.int64)
         k0 = int(k.min())
         index = k - k0
-        start = pd.Timestamp(anchor + k0 * step, unit="ns", tz=timestamps.tz)
+        start = from_epoch_ns([anchor + k0 * step], timestamps.tz)[0]
         n = int(index.max()) + 1
     else:
         grid = pd.date_range(timestamps.min().normalize() if freq.freqstr[0] in "MQY" else timestamps.min(),
@@ -213,7 +218,7 @@ def seasonality(freq) -> int:
     D -> 1, W -> 1, MS -> 12, QS -> 4``; a multiple that does not divide the base gives 1.
     """
     offset = parse_freq(freq)
-    name = offset.name.split("-")[0]
+    name = offset.rule_code.split("-")[0]
     base = _BASE_SEASONALITY.get(_UNIT_ALIASES.get(name, name), 1)
     period, remainder = divmod(base, offset.n)
     return int(period) if not remainder and period > 0 else 1

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from ..data.series import Series, seasonality
+from ..data.times import epoch_ns
 from .baselines import seasonal_naive
 from .metrics import PATCH_STEPS, QUANTILES, boundary_jump, geometric_mean_ratio, jump_ratio, seasonal_errors_at
 
@@ -57,7 +58,7 @@ def check_contract(df: pd.DataFrame, name: str) -> pd.DataFrame:
 def _wall_clock_ns(s: Series) -> np.ndarray:
     """Local wall-clock time of every grid point as int64 ns (what the contract's origin shows)."""
     ts = s.timestamps()
-    return (ts.tz_localize(None) if ts.tz is not None else ts).asi8
+    return epoch_ns(ts.tz_localize(None) if ts.tz is not None else ts)
 
 
 def origin_lengths(df: pd.DataFrame, series: dict[str, Series], name: str) -> np.ndarray:
@@ -82,7 +83,7 @@ def origin_lengths(df: pd.DataFrame, series: dict[str, Series], name: str) -> np
         index_of = pd.Series(np.arange(len(s), dtype=np.float64), index=_wall_clock_ns(s))
         if not index_of.index.is_unique:
             index_of = index_of.groupby(level=0).last()
-        pos = index_of.reindex(parsed.asi8).to_numpy()
+        pos = index_of.reindex(epoch_ns(parsed)).to_numpy()
         if np.isnan(pos).any():
             bad = uniq[int(np.flatnonzero(np.isnan(pos))[0])]
             raise ForecastFileError(f"{name}: series {sid!r}: origin {bad!r} is not a timestamp of the "

@@ -44,10 +44,12 @@ def _parser() -> argparse.ArgumentParser:
 def plan(series, batch: int) -> list[tuple[int, str, np.ndarray, np.ndarray]]:
     """Messages as (send-time ms, series_id, timestamps ms, values), in time order:
     each series cut into runs of ``batch`` observations, runs ordered by their last timestamp."""
+    from streamflame.data.times import epoch_ms
+
     out = []
     for s in series:
         ok = ~np.isnan(s.values)
-        ts = (s.timestamps().asi8 // 1_000_000)[ok]
+        ts = epoch_ms(s.timestamps())[ok]
         vals = s.values[ok]
         for i in range(0, len(ts), batch):
             out.append((int(ts[min(i + batch, len(ts)) - 1]), s.series_id, ts[i:i + batch], vals[i:i + batch]))
