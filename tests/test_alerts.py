@@ -154,6 +154,7 @@ def test_dropout_live_on_nulls_and_at_the_return_after_a_gap():
     gap = ys[:200] + [math.nan] * 10 + ys[210:]
     d = [e for e in run(gap, AlertSettings(dropout_slots=6))[0] if e.kind == "dropout"]
     assert [(e.event, e.slot) for e in d] == [("open", 210), ("resolve", 210)] and d[0].started_ms == 200 * FREQ
+    assert d[0].timestamp_ms == 205 * FREQ  # the slot completing the run: the open silent() would have made
     short = ys[:200] + [math.nan] * 3 + ys[203:]
     assert not [e for e in run(short, AlertSettings(dropout_slots=6))[0] if e.kind == "dropout"]
 
@@ -238,3 +239,25 @@ def test_flatline_needs_a_run_the_series_own_repeat_rate_makes_rare():
     fl = opens(run(stuck, AlertSettings(flatline_window=12))[0], "flatline")
     run_len = fl[0].slot - fl[0].started_ms // FREQ + 1 if len(fl) == 1 else None
     assert run_len is not None and need > 12 and need - 1 <= run_len <= max(need, sa.max_run + 1) + 1
+
+
+def test_a_silent_series_opens_a_dropout_on_event_time_once():
+    ys = noisy(300, seed=13)
+    s = AlertSettings(dropout_slots=6)
+    thr = thresholds(s, FREQ)
+    _, sa = run(ys[:200], s)                      # slots 0..199
+    before = SeriesAlerts.from_list(orjson.loads(orjson.dumps(sa.to_list())))
+    out: list = []
+    sa.silent(204, FREQ, 0, s, out)               # 5 slots past: not yet
+    assert out == []
+    sa.silent(206, FREQ, 0, s, out)               # the partition's event time is 7 slots past
+    assert [(e.event, e.kind, e.timestamp_ms, e.started_ms, e.key) for e in out] == [
+        ("open", "dropout", 205 * FREQ, 200 * FREQ, 2 * 199 + 1)]
+    sa.silent(230, FREQ, 0, s, out)               # still silent: nothing more
+    assert len(out) == 1
+    sa.feed(240, 240 * FREQ, ys[240], FREQ, s, thr, out)   # it is back: resolved, not opened again
+    assert [(e.event, e.slot) for e in out[1:] if e.kind == "dropout"] == [("resolve", 240)]
+    # after a restart the silence is forgotten in memory, but the published open is not repeated
+    again: list = []
+    before.feed(240, 240 * FREQ, ys[240], FREQ, s, thr, again, alerted=2 * 199 + 1)
+    assert [(e.event, e.started_ms) for e in again if e.kind == "dropout"] == [("resolve", 200 * FREQ)]

@@ -211,3 +211,34 @@ def test_alert_settings_reload_while_ingest_runs(service_config, redis_client, t
         ing.stop()
         th.join(timeout=15)
     assert ing.reloader.reloads == 2
+
+
+def test_a_series_that_stops_sending_gets_a_dropout_from_its_partitions_event_time(service_config, redis_client):
+    cfg = config(service_config)
+    ys = {sid: [20 + math.sin(i / 9) + 0.01 * (i % 4) for i in range(260)] for sid in ("fix-quiet", "fix-busy")}
+    # both in partition 0: the busy series' observations move the partition's event time on
+    from kafka import KafkaProducer
+
+    def send(recs) -> None:
+        prod = KafkaProducer(bootstrap_servers=cfg.kafka.bootstrap)
+        for sid, i in recs:
+            prod.send(cfg.topics.observations, key=sid.encode(), partition=0,
+                      value=orjson.dumps({"series_id": sid, "timestamp": T0 + i * FREQ, "value": ys[sid][i]}))
+        prod.flush()
+        prod.close()
+
+    ing = IngestConsumer(cfg, redis_client=redis_client)
+    th = run_in_thread(ing)
+    try:
+        send([(sid, i) for i in range(240) for sid in ys if sid == "fix-busy" or i < 200])
+        opened = [decode_alert_any(m) for m in alert_records(cfg, 1, timeout_s=30)]
+        assert [(e.series_id, e.kind, e.event) for e in opened] == [("fix-quiet", "dropout", "open")]  # live
+        send([(sid, i) for i in range(240, 260) for sid in ys])
+        got = [decode_alert_any(m) for m in alert_records(cfg, 2, timeout_s=30)]
+    finally:
+        ing.stop()
+        th.join(timeout=15)
+    drop = [(e.event, e.timestamp_ms, e.started_ms) for e in got if e.series_id == "fix-quiet" and e.kind == "dropout"]
+    # silent after slot 199: the open carries slot 205 (six slots missing), the resolve the return at 240
+    assert drop == [("open", T0 + 205 * FREQ, T0 + 200 * FREQ), ("resolve", T0 + 240 * FREQ, T0 + 200 * FREQ)]
+    assert not [e for e in got if e.series_id == "fix-busy" and e.kind == "dropout"]

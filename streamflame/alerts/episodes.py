@@ -17,10 +17,14 @@ Kinds
                       equal to the one before) makes rarer than the budget:
                       ``r ** (run - 1) * observations per week <= false_alarm_budget``;
                       resolves at the first different value.
-    ``dropout``       ``dropout_slots`` grid slots in a row without a value: explicit
-                      nulls open it at the null that completes the run (live), a gap in
-                      the timestamps opens and resolves it when the next observation
-                      reveals the gap (event time: no wall clock).
+    ``dropout``       ``dropout_slots`` grid slots in a row without a value, judged on
+                      event time (no wall clock): explicit nulls open it at the null that
+                      completes the run; a series that sends nothing is found silent by
+                      :meth:`SeriesAlerts.silent` once the event time of its partition
+                      (other series' observations) is ``dropout_slots`` slots past its last
+                      observation; a gap only seen when the next observation arrives
+                      (within one ingest batch) opens and resolves it then, with the same
+                      ``open`` message. Resolves at the next value.
     ``out_of_range``  a value outside the group's ``range``; resolves after
                       ``resolve_after`` values inside.
 
@@ -63,6 +67,12 @@ class AlertEvent:
     p_value: float | None = None
     direction: str | None = None
     observations: int = 1
+    silent: bool = False  # opened by silent(): ordered right after the observation at ``slot``
+
+    @property
+    def key(self) -> int:
+        """Order of the events of a series: 2 x slot, + 1 for one opened by silence."""
+        return 2 * self.slot + self.silent
 
 
 @dataclass
@@ -110,18 +120,43 @@ class SeriesAlerts:
 
     # ---------------------------------------------------------------- input
 
+    def silent(self, event_slot: int, freq_ms: int, anchor_ms: int, s: AlertSettings,
+               out: list[AlertEvent]) -> None:
+        """Event time has reached grid slot ``event_slot`` (another series of the partition has
+        an observation there) and nothing came from this series after ``last_slot``: open a
+        dropout once ``dropout_slots`` slots are missing. The event is ordered right after the
+        last observation (``AlertEvent.key``); its timestamp is the slot completing the run."""
+        if s.dropout_slots is None or self.last_slot is None or "dropout" in self.open:
+            return
+        missing = event_slot - self.last_slot + self.nulls
+        if missing < s.dropout_slots or not self._may_open("dropout", self.last_slot, s):
+            return
+        done = self.last_slot + s.dropout_slots - self.nulls
+        start = self.null_start_ms if self.nulls else anchor_ms + (self.last_slot + 1) * freq_ms
+        self.open["dropout"] = _Episode(start, _KIND_SEVERITY["dropout"], 1.0)
+        out.append(AlertEvent("open", "dropout", self.last_slot, anchor_ms + done * freq_ms, start,
+                              _KIND_SEVERITY["dropout"], 1.0, None, observations=1, silent=True))
+
     def feed(self, slot: int, ts_ms: int, value: float | None, freq_ms: int, s: AlertSettings,
-             thr: Thresholds, out: list[AlertEvent]) -> None:
-        """Judge one grid slot (``value`` None = explicit null) and append its events to ``out``."""
-        gap = 0 if self.last_slot is None else slot - self.last_slot - 1
+             thr: Thresholds, out: list[AlertEvent], alerted: int | None = None) -> None:
+        """Judge one grid slot (``value`` None = explicit null) and append its events to ``out``.
+        ``alerted``: the key of the last event already published (a dropout that :meth:`silent`
+        opened before a restart is then taken as open, not opened again)."""
+        prev = self.last_slot
+        gap = 0 if prev is None else slot - prev - 1
         self.last_slot = slot
         if gap > 0:
             skip(self.judge, gap)
             if s.dropout_slots is not None and gap + self.nulls >= s.dropout_slots and "dropout" not in self.open:
+                # the same open as silent() would have made (only found now: the data came back)
                 start = self.null_start_ms if self.nulls else ts_ms - gap * freq_ms
-                if self._may_open("dropout", slot, s):
-                    self._open("dropout", slot, ts_ms, start, float(gap + self.nulls) / s.dropout_slots,
-                               value, out, severity=_KIND_SEVERITY["dropout"])
+                done_ms = ts_ms - (slot - (prev + s.dropout_slots - self.nulls)) * freq_ms
+                if alerted is not None and alerted >= 2 * prev + 1:  # silent() opened it, published
+                    self.open["dropout"] = _Episode(start, _KIND_SEVERITY["dropout"], 1.0)
+                elif self._may_open("dropout", slot, s):
+                    self.open["dropout"] = _Episode(start, _KIND_SEVERITY["dropout"], 1.0)
+                    out.append(AlertEvent("open", "dropout", slot, done_ms, start, _KIND_SEVERITY["dropout"], 1.0,
+                                          None, observations=1))
             self.run = 0
             self.last_value = None
         if value is None:

@@ -54,9 +54,9 @@ Alerts
     its events collect in :attr:`SeriesAssembler.alert_events` for the consumer to
     publish. The cursor carries the detector state as it was after the last
     observation it covers (``alerts``), so a resumed assembler judges the re-read
-    observations exactly as before, and ``alerted``, the grid slot of the last
-    observation whose events were published: re-generated events at or before it
-    are dropped, so a replay publishes no event twice. (``alerted`` is written with
+    observations exactly as before, and ``alerted``, the key of the last published
+    event (``AlertEvent.key``: 2 x the slot of the observation that caused it, + 1 for
+    a dropout found by silence): re-generated events at or before it are dropped, so a replay publishes no event twice. (``alerted`` is written with
     the batch's cursors, after its events are acknowledged, but in a field of its own:
     series with events and no completed patch get only that field written.)
 """
@@ -188,7 +188,8 @@ class IngestCursor:
     open_last_offset: int | None = None
     pending: list | None = None
     alerts: list | None = None      # SeriesAlerts.to_list() after the last covered observation
-    alerted: int | None = None      # not in the JSON: its own field of the cursor's hash (ingest/cursors.py)
+    alerted: int | None = None      # key of the last published alert event (2 x slot, + 1 for a dropout by
+    # silence); not in the JSON: its own field of the cursor's hash (ingest/cursors.py)
 
     @property
     def version(self) -> tuple[int, int]:
@@ -570,9 +571,21 @@ class SeriesAssembler:
         if thr is None or thr[0] is not s or thr[1] != freq:
             thr = self._thr = (s, freq, thresholds(s, freq))
         out: list = []
-        self.alerts.feed(slot, self.anchor_ms + slot * freq, value, freq, s, thr[2], out)
-        if out and (self.alerted is None or slot > self.alerted):
-            self.alert_events += [(slot, ev) for ev in out]
+        self.alerts.feed(slot, self.anchor_ms + slot * freq, value, freq, s, thr[2], out, self.alerted)
+        if out and (self.alerted is None or 2 * slot > self.alerted):
+            self.alert_events += [(ev.key, ev) for ev in out]
+
+    def check_silence(self, event_ms: int) -> None:
+        """Event time of the series' partition has reached ``event_ms``: a dropout if this
+        series has been silent for ``dropout_slots`` slots (``SeriesAlerts.silent``)."""
+        if self.alerts is None or self.anchor_ms is None or self.last_slot is None or self._pending:
+            return
+        event_slot = (event_ms - self.anchor_ms) // self.freq_ms
+        if event_slot <= self.last_slot:
+            return
+        out: list = []
+        self.alerts.silent(event_slot, self.freq_ms, self.anchor_ms, self.alert_settings, out)
+        self.alert_events += [(ev.key, ev) for ev in out if self.alerted is None or ev.key > self.alerted]
 
     def _emit(self, patches_out: list, partition: int, offset: int) -> None:
         """Close the open patch (possibly empty) as patch ``self.seq``."""

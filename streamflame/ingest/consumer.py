@@ -203,7 +203,8 @@ class IngestConsumer:
         self._pending_commits = DelayedOffsets()  # {partition: offset} noted per commit interval
         self._backoff = 0.0
         self._outbox: list[tuple[str, bytes | None, bytes]] = []  # (topic, key, value) of the next job
-        self._alerted: dict[str, int] = {}  # series -> slot of its last alert event in the outbox
+        self._alerted: dict[str, int] = {}  # series -> key of its last alert event in the outbox
+        self.event_time: dict[int, int] = {}  # partition -> latest observation time seen (dropouts by silence)
         self._unsettled: dict[str, SeriesAssembler] = {}  # series with a patch in the outbox
         self._in_flight = False  # the sink holds a job whose outcome has not been seen
         self._reseek: dict[int, int] = {}  # revoked partition -> offset to re-read from if handed back
@@ -341,6 +342,7 @@ class IngestConsumer:
                 self.series_partition.pop(sid, None)
                 self.quarantined.pop(sid, None)
             self.next_offset.pop(p, None)
+            self.event_time.pop(p, None)
             self.rewind_to.pop(p, None)
             self._pending_commits.forget([p])
             self.committed.pop(p, None)
@@ -486,6 +488,7 @@ class IngestConsumer:
         rejects: list[Rejection] = []
         c = self.counters
         accepted = skipped = 0
+        event_time: dict[int, int] = {}  # partition -> latest observation time assembled now
         future_tol = self.cfg.ingest.future_tolerance_ms
         for sid, entries in chunk.items():
             a = self.assemblers.pop(sid, None)
@@ -537,13 +540,18 @@ class IngestConsumer:
                 touched[sid] = a
             if a.alert_events:
                 self._alert_events(sid, a)
+            if a.last_obs_ms is not None:
+                p0 = entries[0][0]
+                if a.last_obs_ms > event_time.get(p0, a.last_obs_ms - 1):
+                    event_time[p0] = a.last_obs_ms
             if len(rejects) > r_before:
                 self._dead_letter(sid, rejects[r_before:])
         c["accepted"] += accepted
         c["skipped"] += skipped
+        self._check_silence(event_time)
 
     def _alert_events(self, sid: str, a: SeriesAssembler) -> None:
-        """Move a series' alert events into the next job; its ``alerted`` slot goes with it."""
+        """Move a series' alert events into the next job; its ``alerted`` key goes with it."""
         group = self.cfg.resolve_group(sid).name
         topic, key = self.cfg.topics.alerts, sid.encode("utf-8")
         self._outbox += [(topic, key, encode_event(ev, sid, group)) for _, ev in a.alert_events]
@@ -551,6 +559,21 @@ class IngestConsumer:
         self._alerted[sid] = a.alerted
         self.counters["alert_events"] += len(a.alert_events)
         a.alert_events = []
+
+    def _check_silence(self, event_time: dict[int, int]) -> None:
+        """Event time per partition (the latest observation time of any of its series; future
+        timestamps are bounded by ``ingest.future_tolerance_ms``): series of the partition that
+        have sent nothing for their ``dropout_slots`` open a dropout (judged on event time)."""
+        for p, t in event_time.items():
+            if t <= self.event_time.get(p, t - 1):
+                continue
+            self.event_time[p] = t
+            for sid in self.partition_series.get(p, ()):
+                a = self.assemblers.get(sid)
+                if a is not None and a.alerts is not None and a.last_obs_ms is not None and a.last_obs_ms < t:
+                    a.check_silence(t)
+                    if a.alert_events:
+                        self._alert_events(sid, a)
 
     def open_episodes(self) -> dict[tuple[str, str], int]:
         """``{(group, kind): episodes open}`` among the series in memory (for metrics)."""

@@ -6,8 +6,9 @@ Cluster slot)::
     sf:{<sid>}:ingest   seq     ascii int: IngestCursor.next_seq
                         n       ascii int: IngestCursor.n_covered
                         cursor  IngestCursor.to_json()
-                        alerted ascii int: grid slot of the last observation whose alert
-                                events were published (IngestCursor.alerted; only ever raised)
+                        alerted ascii int: key of the last published alert event (2 x the
+                                slot that caused it, + 1 for a dropout found by silence;
+                                IngestCursor.alerted; only ever raised)
 
 Loads are one pipelined round trip of ``HGET`` per batch of series. Writes are
 one pipelined round trip of ``EVALSHA`` of a compare-and-set script per key: a
