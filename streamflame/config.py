@@ -22,6 +22,7 @@ import contextvars
 import difflib
 import fnmatch
 import functools
+import json
 import os
 import re
 import sys
@@ -520,6 +521,44 @@ class SeriesGroup(GroupSettings):
 # ---------------------------------------------------------------------------
 
 _FILE_DATA: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar("streamflame_file_data", default={})
+_SECRETS = (("kafka", "sasl_password"), ("redis", "password"))
+_EMBEDDED_WHEN_UNSET = (("kafka", "bootstrap"), ("redis", "url"))
+"""Connection settings whose absence tells `streamflame up` to start the embedded service."""
+
+
+def _group_name_problems(names: list[Any]) -> list[str]:
+    """Every reserved or repeated group name (names that are not strings are reported elsewhere)."""
+    seen: dict[str, int] = {}
+    out = []
+    for i, name in enumerate(names):
+        if not isinstance(name, str):
+            continue
+        if name == "default":
+            out.append(f"groups[{i}].name: 'default' is reserved for the defaults section")
+        elif name in seen:
+            out.append(f"groups[{i}].name: {name!r} is already used by groups[{seen[name]}]")
+        else:
+            seen[name] = i
+    return out
+
+
+def _raw_group_problems(data: dict[str, Any]) -> list[str]:
+    """Group problems pydantic reports only once every group is otherwise valid (names) or once
+    the group's fields are (one matcher), found in the raw input so that one pass shows them all."""
+    groups = data.get("groups")
+    env = os.environ.get(ENV_PREFIX + "GROUPS")
+    if env:
+        try:
+            groups = json.loads(env)
+        except ValueError:
+            return []
+    if not isinstance(groups, list):
+        return []
+    out = _group_name_problems([g.get("name") if isinstance(g, dict) else None for g in groups])
+    for i, g in enumerate(groups):
+        if isinstance(g, dict) and (g.get("match") is None) == (g.get("regex") is None):
+            out.append(f"groups[{i}]: give exactly one of match (glob) or regex")
+    return out
 
 
 class _FileSource(PydanticBaseSettingsSource):
@@ -608,13 +647,9 @@ class ServiceConfig(BaseSettings):
     @field_validator("groups")
     @classmethod
     def _unique_names(cls, groups: list[SeriesGroup]) -> list[SeriesGroup]:
-        seen: dict[str, int] = {}
-        for i, g in enumerate(groups):
-            if g.name == "default":
-                raise ValueError(f"groups[{i}].name: 'default' is reserved for the defaults section")
-            if g.name in seen:
-                raise ValueError(f"groups[{i}].name: {g.name!r} is already used by groups[{seen[g.name]}]")
-            seen[g.name] = i
+        problems = _group_name_problems([g.name for g in groups])
+        if problems:
+            raise ValueError("\n".join(problems))
         return groups
 
     def __eq__(self, other: object) -> bool:
@@ -653,11 +688,31 @@ class ServiceConfig(BaseSettings):
         if problems:
             raise ConfigError(problems)
 
+    def as_file(self) -> tuple[dict[str, Any], list[str]]:
+        """The effective settings as a config file that loads back to the same settings, for
+        `streamflame up`, ingest and worker alike (`config check` / `show` print it), and notes
+        on what it leaves out: ``kafka.bootstrap`` / ``redis.url`` when not set (unset, `up`
+        starts its embedded broker and redis; spelled out, they would name external ones) and
+        secrets (never printed; given again by their environment variables)."""
+        d = self.effective(mask_secrets=False)
+        notes = []
+        for section, name in _EMBEDDED_WHEN_UNSET:
+            if name not in getattr(self, section).model_fields_set:
+                default = d[section].pop(name)
+                notes.append(f"{section}.{name} not set: `streamflame up` starts its own; "
+                             f"ingest and worker alone use {default}")
+        for section, name in _SECRETS:
+            if d[section][name] is not None:
+                del d[section][name]
+                notes.append(f"{section}.{name} is set but not printed: give it again "
+                             f"({ENV_PREFIX}{section.upper()}__{name.upper()})")
+        return d, notes
+
     def effective(self, *, mask_secrets: bool = True) -> dict[str, Any]:
         """Plain dict of the effective settings (secrets masked), as `config show` prints it."""
         d = self.model_dump(mode="json")
         if not mask_secrets:
-            for section, name in (("kafka", "sasl_password"), ("redis", "password")):
+            for section, name in _SECRETS:
                 secret = getattr(getattr(self, section), name)
                 d[section][name] = secret.get_secret_value() if secret is not None else None
         d["groups"] = [
@@ -789,8 +844,14 @@ def _yaml_type(x: Any) -> str:
     return {list: "a list", str: "a string", int: "a number", float: "a number", bool: "a boolean"}.get(type(x), type(x).__name__)
 
 
-def config_problems(err: ValidationError) -> list[str]:
-    return [_describe(e) for e in err.errors(include_url=False)]
+def config_problems(err: ValidationError, data: dict[str, Any] | None = None) -> list[str]:
+    """One line per problem; with the raw input ``data`` also the group problems that pydantic
+    holds back behind others, group lines in group order."""
+    problems = [line for e in err.errors(include_url=False) for line in _describe(e).split("\n")]
+    problems += [p for p in (_raw_group_problems(data) if data is not None else []) if p not in problems]
+    group = [re.match(r"groups\[(\d+)\]", p) for p in problems]
+    order = sorted(range(len(problems)), key=lambda i: (1, int(group[i].group(1))) if group[i] else (0, 0))
+    return [problems[i] for i in order]
 
 
 def load_config(path: str | os.PathLike | None = None) -> ServiceConfig:
@@ -803,15 +864,23 @@ def load_config(path: str | os.PathLike | None = None) -> ServiceConfig:
     try:
         return ServiceConfig()
     except ValidationError as e:
-        raise ConfigError(config_problems(e), str(path) if path is not None else None) from None
+        raise ConfigError(config_problems(e, data), str(path) if path is not None else None) from None
     finally:
         _FILE_DATA.reset(token)
 
 
-def default_config_path() -> Path | None:
-    """``configs/default.yaml`` of a source checkout (the embedded default), if present."""
-    p = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
-    return p if p.is_file() else None
+def default_config_path() -> Path:
+    """The embedded default configuration that `streamflame up` runs without ``--config``:
+    ``configs/default.yaml``, shipped inside the package (``streamflame/configs/default.yaml``
+    is a link to it in a source checkout, a copy in an installed package)."""
+    return Path(__file__).parent / "configs" / "default.yaml"
+
+
+def config_in_effect(path: str | os.PathLike | None) -> Path:
+    """The file `streamflame up` runs with: ``path``, else ``$STREAMFLAME_CONFIG``, else
+    :func:`default_config_path` (built-in defaults alone are never what `up` runs)."""
+    chosen = path or os.environ.get(CONFIG_ENV) or default_config_path()
+    return Path(chosen).resolve()
 
 
 # ---------------------------------------------------------------------------
@@ -974,10 +1043,13 @@ def dump_yaml(data: dict[str, Any]) -> str:
 
 def _print_effective(cfg: ServiceConfig, source: str | None) -> None:
     env = sorted(k for k in os.environ if k.startswith(ENV_PREFIX) and k != CONFIG_ENV and os.environ[k])
+    data, notes = cfg.as_file()
     print(f"# effective settings: {source or 'built-in defaults'}")
     if env:
         print("# environment overrides: " + ", ".join(env))
-    print(dump_yaml(cfg.effective()), end="")
+    for note in notes:
+        print(f"# {note}")
+    print(dump_yaml(data), end="")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1010,7 +1082,7 @@ def load_config_defaults() -> ServiceConfig:
     try:
         return ServiceConfig()
     except ValidationError as e:
-        raise ConfigError(config_problems(e)) from None
+        raise ConfigError(config_problems(e, {})) from None
     finally:
         _FILE_DATA.reset(token)
 

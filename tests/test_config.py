@@ -133,7 +133,8 @@ def test_keyword_arguments_beat_environment(monkeypatch):
 
 
 def test_shipped_configs_are_valid(monkeypatch):
-    assert default_config_path() == REPO / "configs" / "default.yaml"
+    # The packaged file `up` runs without --config is the documented configs/default.yaml.
+    assert default_config_path().read_text() == (REPO / "configs" / "default.yaml").read_text()
     cfg = load_config(default_config_path())
     assert cfg.resolve_group("sensors.temp.kitchen").name == "temperature"
     assert cfg.resolve_group("power.site-12.meter").name == "power"
@@ -265,7 +266,7 @@ def test_bad_environment_value_is_attributed(tmp_path, capsys, monkeypatch):
     assert "(from environment variable STREAMFLAME_KAFKA__PARTITIONS)" in err
 
 
-def test_config_check_prints_effective_settings_with_secrets_masked(tmp_path, capsys, monkeypatch):
+def test_config_check_prints_effective_settings_without_secrets(tmp_path, capsys, monkeypatch):
     path = write(tmp_path, textwrap.dedent(GROUPS) + "redis: {username: app}\n")
     monkeypatch.setenv("STREAMFLAME_REDIS__PASSWORD", "hunter2")
     monkeypatch.setenv("STREAMFLAME_KAFKA__BOOTSTRAP", "k1:9092,k2:9092")
@@ -273,21 +274,79 @@ def test_config_check_prints_effective_settings_with_secrets_masked(tmp_path, ca
     assert rc == 0 and err == ""
     assert "hunter2" not in out
     assert "# environment overrides: STREAMFLAME_KAFKA__BOOTSTRAP, STREAMFLAME_REDIS__PASSWORD" in out
+    assert ("# redis.password is set but not printed: give it again (STREAMFLAME_REDIS__PASSWORD)" in out
+            and "# redis.url not set: `streamflame up` starts its own" in out)
     shown = yaml.safe_load(out)
-    assert shown["redis"]["password"] == "**********" and shown["redis"]["username"] == "app"
+    assert "password" not in shown["redis"] and "url" not in shown["redis"] and shown["redis"]["username"] == "app"
     assert shown["kafka"]["bootstrap"] == "k1:9092,k2:9092"
     temp = shown["groups"][0]
     assert temp["name"] == "temp" and temp["match"] == "sensors.temp.*" and "regex" not in temp
     assert temp["quantiles"] == [0.05, 0.1, 0.5, 0.9, 0.95] and temp["horizon"] == 48
-    # what check printed is itself a valid config that loads to the same settings
-    (tmp_path / "echo.yaml").write_text(out.replace("'**********'", "hunter2"))
-    assert load_config(tmp_path / "echo.yaml") == load_config(path)
+    # What check printed, fed back unchanged (same environment), loads to the same settings.
+    (tmp_path / "echo.yaml").write_text(out)
+    echo, orig = load_config(tmp_path / "echo.yaml"), load_config(path)
+    assert echo == orig and echo.redis.password.get_secret_value() == "hunter2"
+    assert "url" not in echo.redis.model_fields_set
+
+
+@pytest.mark.parametrize("name", ["configs/default.yaml", "configs/examples/production.yaml"])
+def test_printed_config_round_trips(tmp_path, capsys, monkeypatch, name):
+    """`config check FILE` output is a config that loads to the same settings and, for `up`,
+    names the same services: an unset kafka.bootstrap / redis.url stays unset (embedded)."""
+    for var in ("KAFKA__SASL_USERNAME", "KAFKA__SASL_PASSWORD", "REDIS__PASSWORD"):
+        monkeypatch.setenv("STREAMFLAME_" + var, "s3cret-" + var.lower())
+    rc, out, _ = check(capsys, REPO / name)
+    assert rc == 0 and "s3cret-kafka__sasl_password" not in out and "s3cret-redis__password" not in out
+    (tmp_path / "echo.yaml").write_text(out)
+    rc, again, _ = check(capsys, tmp_path / "echo.yaml")
+    assert rc == 0 and again.splitlines()[1:] == out.splitlines()[1:]   # the first line names the file
+    echo, orig = load_config(tmp_path / "echo.yaml"), load_config(REPO / name)
+    assert echo == orig
+    for section, field in (("kafka", "bootstrap"), ("redis", "url")):
+        assert (field in getattr(echo, section).model_fields_set) == (field in getattr(orig, section).model_fields_set)
+
+
+def test_config_check_reports_every_problem_in_one_pass(tmp_path, capsys, monkeypatch):
+    """Group errors that pydantic reports only once the others are fixed (names, one matcher)
+    come in the same pass, in group order."""
+    path = write(tmp_path, """\
+        kafka: {partitons: 3}
+        defaults: {horizon: 0}
+        groups:
+          - {name: a, match: "x.*", horizon: -1}
+          - {name: a, match: "y.*", quantiles: [0.5, 0.1]}
+          - {name: c, match: "z.*", regex: "z.*", num_samples: 0}
+          - {name: default, match: w}
+          - {name: e, frequency: 10min}
+        """)
+    rc, out, err = check(capsys, path)
+    assert rc == 2 and out == ""
+    assert err.splitlines() == [f"error: {path}: {p}" for p in [
+        "kafka.partitons: unknown field (did you mean 'partitions'?)",
+        "defaults.horizon: Input should be greater than or equal to 1 (got 0)",
+        "groups[0].horizon: Input should be greater than or equal to 1 (got -1)",
+        "groups[1].quantiles: must be strictly increasing (sorted, no duplicates)",
+        "groups[1].name: 'a' is already used by groups[0]",
+        "groups[2].num_samples: Input should be greater than or equal to 1 (got 0)",
+        "groups[2]: give exactly one of match (glob) or regex",
+        "groups[3].name: 'default' is reserved for the defaults section",
+        "groups[4]: give exactly one of match (glob) or regex",
+    ]]
+    # The same problems from STREAMFLAME_GROUPS.
+    env_groups = '[{"name": "a", "match": "x"}, {"name": "a", "regex": "y", "horizon": 0}]'
+    monkeypatch.setenv("STREAMFLAME_GROUPS", env_groups)
+    with pytest.raises(ConfigError) as e:
+        load_config(write(tmp_path, "{}\n", "empty.yaml"))
+    assert e.value.problems == ["groups[1].horizon: Input should be greater than or equal to 1 (got 0)",
+                                "groups[1].name: 'a' is already used by groups[0]"]
 
 
 def test_config_show_defaults(capsys):
     assert main(["show"]) == 0
-    shown = yaml.safe_load(capsys.readouterr().out)
-    assert shown["kafka"]["bootstrap"] == "127.0.0.1:9092" and shown["groups"] == []
+    out = capsys.readouterr().out
+    shown = yaml.safe_load(out)
+    assert "bootstrap" not in shown["kafka"] and shown["groups"] == []
+    assert "# kafka.bootstrap not set: `streamflame up` starts its own; ingest and worker alone use 127.0.0.1:9092" in out
 
 
 def test_cli_entry_point(tmp_path):

@@ -483,7 +483,8 @@ def _up_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="streamflame up", description="Start the embedded stack: broker, redis, "
                                 "topics, ingest and worker processes (supervised).")
     p.add_argument("--detach", action="store_true", help="run in the background; return once everything is ready")
-    p.add_argument("--config", metavar="FILE", help="service config (YAML); an external Kafka/Redis in it is used")
+    p.add_argument("--config", metavar="FILE", help="service config (YAML; default $STREAMFLAME_CONFIG, else the "
+                   "packaged configs/default.yaml); an external Kafka/Redis in it is used")
     p.add_argument("--run-dir", metavar="DIR", default=str(DEFAULT_RUN_DIR),
                    help="logs, data and run.json (default: ./.streamflame)")
     p.add_argument("--ingest", type=int, default=1, metavar="N", help="ingest processes (default 1)")
@@ -544,6 +545,8 @@ def main_up(argv: list[str]) -> int:
 
 
 def _up_foreground(args: argparse.Namespace, run_dir: Path) -> int:
+    from streamflame.config import config_in_effect
+
     _configure_logging()
     stop = threading.Event()
 
@@ -560,7 +563,7 @@ def _up_foreground(args: argparse.Namespace, run_dir: Path) -> int:
             durable=not args.ephemeral,
             redis_appendonly=not args.ephemeral,
             redis_appendfsync=args.redis_fsync,
-            config_path=args.config,
+            config_path=config_in_effect(args.config),   # none given: the packaged configs/default.yaml
             ingest=args.ingest,
             workers=args.workers,
             child_command=_child_command_from_json(args.child_command) if args.child_command
@@ -575,7 +578,8 @@ def _up_foreground(args: argparse.Namespace, run_dir: Path) -> int:
         if not stop.is_set():
             stack.start_children(stop)
         if not stop.is_set():
-            log.info("stack_ready", run_json=str(stack.run_json_path), kafka_bootstrap=stack.kafka_bootstrap,
+            log.info("stack_ready", run_json=str(stack.run_json_path), config=str(stack.config_path),
+                     kafka_bootstrap=stack.kafka_bootstrap,
                      ingest=args.ingest, workers=args.workers)
             stack.run(stop)
         return 0
