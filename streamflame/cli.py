@@ -8,6 +8,7 @@ target function takes ``argv: list[str]`` and returns an exit code.
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -51,7 +52,15 @@ def main(argv: list[str] | None = None) -> int:
     target = COMMANDS[name][0]
     module_name, func_name = target.split(":")
     func = getattr(importlib.import_module(module_name), func_name)
-    return int(func(rest) or 0)
+    try:
+        rc = int(func(rest) or 0)
+        sys.stdout.flush()
+        return rc
+    except BrokenPipeError:
+        # The reader went away (`streamflame status --json | head`): what it did not read is
+        # dropped, without a traceback; stdout goes to /dev/null so the final flush is quiet too.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
 
 
 if __name__ == "__main__":  # pragma: no cover

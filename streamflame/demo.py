@@ -29,13 +29,22 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--horizon", type=int, default=144, help="forecast horizon in steps (default one day)")
     ap.add_argument("--model", default=None, help="checkpoint dir (default: the shipped checkpoint)")
     ap.add_argument("--out", default=".streamflame/demo", help="where the fan chart and forecasts go")
-    ap.add_argument("--run-dir", default=None, help="embedded stack run directory (default: a temp dir)")
+    ap.add_argument("--run-dir", default=None, help="embedded stack run directory (default: a temporary "
+                    "directory, removed at the end)")
     ap.add_argument("--timeout", type=float, default=120.0, help="give up when forecasts stop arriving")
     return ap
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.run_dir:
+        return _demo(args, Path(args.run_dir))
+    # No --run-dir: a temporary one, removed at the end (the broker and redis have stopped by then).
+    with tempfile.TemporaryDirectory(prefix="streamflame-demo-", ignore_cleanup_errors=True) as tmp:
+        return _demo(args, Path(tmp))
+
+
+def _demo(args: argparse.Namespace, run_dir: Path) -> int:
     from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
     from streamflame.data.registry import demo_series
@@ -48,7 +57,6 @@ def main(argv: list[str] | None = None) -> int:
     n_patches = min(len(s) for s in series) // p
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    run_dir = Path(args.run_dir) if args.run_dir else Path(tempfile.mkdtemp(prefix="streamflame-demo-"))
     cfg_path = run_dir / "demo.yaml"
     run_dir.mkdir(parents=True, exist_ok=True)
     worker = {"device": "cpu", "batch_deadline_ms": 20}

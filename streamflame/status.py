@@ -216,6 +216,20 @@ def _ms(h: dict) -> str:
     return f"p50 {p['p50']} ms, p99 {p['p99']} ms (n={h['count']})"
 
 
+def _e2e(wk: dict) -> str:
+    """End-to-end latency, or why there is none: the worker measures it only for live data
+    (a patch's last observation at most LIVE_WINDOW_S = 1 h before its forecast is published)."""
+    h = wk["e2e_latency_seconds"]
+    if h["count"]:
+        return _ms(h)
+    published = wk["patch_latency_seconds"]["count"]
+    if not published:
+        return "no data: no forecast published yet"
+    return (f"no data: measured only for live data (a patch's last observation at most 1 h before its "
+            f"forecast is published); the {published} patches so far carry older timestamps (replayed "
+            f"history?); see patch latency")
+
+
 def _lag(lag: dict[str, int]) -> str:
     if not lag:
         return "unknown (nothing consumed yet)"
@@ -277,7 +291,7 @@ def render(st: dict[str, Any]) -> str:
                   f"  model step    {_ms(wk['step_seconds'])}",
                   f"  redis         {_ms(wk['redis_seconds'])}",
                   f"  patch latency {_ms(wk['patch_latency_seconds'])}",
-                  f"  end-to-end    {_ms(wk['e2e_latency_seconds'])}"]
+                  f"  end-to-end    {_e2e(wk)}"]
         acc = st.get("accuracy") or {}
         lines += ["", "online accuracy (since start; recent = exponentially weighted)"]
         if not acc:

@@ -1,4 +1,5 @@
 """`streamflame demo` runs the full embedded pipeline on real bundled data and summarises it."""
+import os
 import re
 import subprocess
 import sys
@@ -6,11 +7,15 @@ import sys
 
 def test_demo_streams_real_data_end_to_end_and_prints_summary(tmp_path):
     out = tmp_path / "demo"
+    tmp = tmp_path / "tmp"   # the demo's temporary run directory goes here (no --run-dir) and is removed
+    tmp.mkdir()
     proc = subprocess.run(
         [sys.executable, "-m", "streamflame", "demo", "--series", "2", "--steps", "240", "--speed", "0",
-         "--horizon", "24", "--out", str(out), "--run-dir", str(tmp_path / "run")],
-        capture_output=True, text=True, timeout=240)
+         "--horizon", "24", "--out", str(out)],
+        capture_output=True, text=True, timeout=240, env={**os.environ, "TMPDIR": str(tmp)})
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert f"run dir {tmp}/streamflame-demo-" in proc.stdout
+    assert list(tmp.iterdir()) == []
     m = re.search(r"^SUMMARY observations=(\d+) forecasts=(\d+) obs_per_s=(\d+) p50_ms=(\d+) p99_ms=(\d+)$",
                   proc.stdout, re.M)
     assert m, proc.stdout[-2000:]
