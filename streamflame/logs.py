@@ -1,4 +1,8 @@
-"""One logging set-up for every StreamFlame process: structlog, one JSON object per line on stderr."""
+"""One logging set-up for every StreamFlame process: structlog, one JSON object per line on stderr.
+
+Other libraries' standard-library logging (kafka-python's warnings, redis-py) goes through the
+same processors: a JSON line with ``event`` (the message), ``level``, ``timestamp`` and ``logger``
+(e.g. ``kafka.coordinator``), warnings and above only."""
 from __future__ import annotations
 
 import logging
@@ -14,16 +18,28 @@ def _dumps(obj, **_kw) -> str:
     return orjson.dumps(obj, default=repr, option=orjson.OPT_NON_STR_KEYS).decode()
 
 
+_STDLIB_HANDLER = "streamflame-json"
+
+
 def configure_logging(level: str = "info") -> None:
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(message)s")
+    shared = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
+    render = [structlog.processors.format_exc_info, structlog.processors.JSONRenderer(serializer=_dumps)]
+    handler = logging.StreamHandler(sys.stderr)
+    handler.set_name(_STDLIB_HANDLER)
+    handler.setFormatter(structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name],
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *render]))
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if h.get_name() == _STDLIB_HANDLER]:   # called again on a reload
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(logging.WARNING)
     structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.format_exc_info,
-            structlog.processors.JSONRenderer(serializer=_dumps),
-        ],
+        processors=[*shared, *render],
         wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level.upper())),
         logger_factory=structlog.PrintLoggerFactory(sys.stderr),
         # Not cached: a hot-reloaded log_level (configure_logging again) reaches loggers already in use.
