@@ -37,7 +37,6 @@ series (the tracker still learns from them).
 from __future__ import annotations
 
 import math
-import math
 from dataclasses import dataclass, field
 
 from streamflame.alerts.judge import JudgeState, TrackerParams, observe, skip
