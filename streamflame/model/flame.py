@@ -140,13 +140,17 @@ class Flame(nn.Module):
         filled = seq.gather(1, pos)
         return filled[:, torch.arange(K, device=y.device) * p].unsqueeze(-1)
 
-    def loss(self, patches, scale=None, future=None, target_noise: float = 0.0, generator=None):
+    def loss(self, patches, scale=None, future=None, target_noise: float = 0.0, generator=None,
+             min_observed: float = 0.75):
         """Mean flow NLL (nats per observed value) of the next K patches from every boundary.
 
         patches (b, T, p) raw, an empty state at the start. `future`: which future patches
         (0-based offsets < max_future_patches) to score, default all; training samples a few
-        per step to save time. Future patches with more than a quarter missing are left out;
-        remaining gaps are filled with the hint (excluded from the count). ``target_noise`` adds
+        per step to save time. Masked: a future patch counts when at least ``min_observed`` of it is
+        observed, and only its observed steps are scored (the flow's density factorises over the
+        steps of a patch: log p(y_j | y_<j)); missing steps are filled with the seasonal hint as
+        the condition of the later ones. Lower ``min_observed`` lets opening-hours series, whose
+        every 24-hour patch has closed hours, contribute targets. ``target_noise`` adds
         Gaussian noise of that std (normalised units, drawn from ``generator``) to the targets:
         dequantisation, so flat or quantised stretches (counts, rain, clipped sensors) cannot
         drive the density to infinity."""
@@ -171,8 +175,7 @@ class Flame(nn.Module):
         obs = ~torch.isnan(y)
         if target_noise > 0:
             y = y + target_noise * torch.randn(y.shape, generator=generator, dtype=y.dtype).to(y.device)
-        use = obs.to(patches.dtype).mean(-1) >= 0.75                        # (bn, K)
+        scored = obs & (obs.to(patches.dtype).mean(-1, keepdim=True) >= min_observed)   # (bn, K, p)
         y = torch.where(obs, y, hint[..., :p])
-        lp = self.flow.log_prob(y, c, hint, prev)                          # (bn, K)
-        count = (obs & use[..., None]).to(patches.dtype).sum()
-        return -(lp * use).sum() / count.clamp_min(1)
+        lp = self.flow.log_prob(y, c, hint, prev, per_step=True)           # (bn, K, p)
+        return -torch.where(scored, lp, 0).sum() / scored.to(patches.dtype).sum().clamp_min(1)

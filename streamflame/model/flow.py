@@ -58,7 +58,7 @@ class Coupling(nn.Module):
 
     def forward(self, y, hc, ec):
         s, t = self.params(y, hc, ec)
-        return y * torch.exp(s) + t, s.sum(-1)
+        return y * torch.exp(s) + t, s
 
     def inverse(self, y, hc, ec):
         # dims < split depend on c only (s0, t0): invert them first, then the rest given them
@@ -67,7 +67,7 @@ class Coupling(nn.Module):
         x = self.mask * (y - t0) * torch.exp(-s0) + (1 - self.mask) * y
         s, t = self.params(x, hc, ec)
         x = self.mask * x + (1 - self.mask) * (y - t) * torch.exp(-s)
-        return x, s.sum(-1)
+        return x, s
 
 
 class FlowHead(nn.Module):
@@ -120,10 +120,14 @@ class FlowHead(nn.Module):
             prev = y[..., -1:]
         return torch.stack(out, 1)
 
-    def log_prob(self, y, c, hint, prev=None):
+    def log_prob(self, y, c, hint, prev=None, per_step: bool = False):
         """Exact log density of normalised patches y (..., p) given c, hint (and, with ar_patches,
-        prev (..., 1): where the previous patch ended) -> (...,)."""
-        logdet = torch.zeros(y.shape[:-1], dtype=y.dtype, device=y.device)
+        prev (..., 1): where the previous patch ended) -> (...,).
+
+        per_step: the (..., p) terms log p(y_j | y_<j, c) instead of their sum. Output dim j depends
+        only on noise dims <= j (the Jacobian is triangular), so the density factorises over the
+        steps of a patch: a masked loss sums the terms of the observed steps only."""
+        logdet = torch.zeros(y.shape, dtype=y.dtype, device=y.device)
         for layer, (hc, ec) in reversed(list(zip(self.layers, self._cond(c)))):
             y, ld = layer.inverse(y, hc, ec)
             logdet = logdet + ld
@@ -131,5 +135,5 @@ class FlowHead(nn.Module):
         if self.ar:
             loc = loc + self.prev(c) * (prev - hint[..., self.p:self.p + 1])
         z = (y - loc) * torch.exp(-sig)
-        logdet = logdet + sig.sum(-1)
-        return -0.5 * (z * z).sum(-1) - 0.5 * self.p * math.log(2 * math.pi) - logdet
+        terms = -0.5 * z * z - 0.5 * math.log(2 * math.pi) - (logdet + sig)
+        return terms if per_step else terms.sum(-1)

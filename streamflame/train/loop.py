@@ -51,6 +51,7 @@ class TrainConfig:
     source_weights: bool = True                     # draw real sources by their registry weight (else uniformly)
     augment: dict = field(default_factory=dict)     # AugmentConfig overrides (streamflame/train/mix.py)
     target_noise: float = 0.0                       # dequantisation noise on normalised targets (Flame.loss)
+    min_observed: float = 0.75                      # a future patch is scored from this observed share on
     synthetic_seed: int = 1
     synthetic: dict = field(default_factory=dict)   # SynthConfig overrides (families, gaps)
     checkpoint_every: int = 250
@@ -378,7 +379,8 @@ def train(cfg: TrainConfig, resume: bool = False, sampler: SequenceSampler | Non
         future = sorted({0, *g.choice(np.arange(1, K), size=min(cfg.future_per_step, K) - 1, replace=False)})
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             noise_gen = torch.Generator().manual_seed(int(g.integers(2**62))) if cfg.target_noise > 0 else None
-            loss = model.loss(x, future=future, target_noise=cfg.target_noise, generator=noise_gen)
+            loss = model.loss(x, future=future, target_noise=cfg.target_noise, generator=noise_gen,
+                              min_observed=cfg.min_observed)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
