@@ -276,23 +276,26 @@ class DeadLetterWriter:
     are committed, so a dead letter is never lost, though it may be written twice
     after a crash.
 
-    A dead letter must fit in one Kafka request: original bytes beyond
-    ``max_original_bytes`` and keys beyond ``max_key_bytes`` are cut, and the
-    detail says so (``original truncated: kept N of M bytes``). Use
-    :meth:`for_config` for a limit that fits the producer's request size.
+    A dead letter must fit in one Kafka request: its record key (the source key) plus its
+    JSON value at most ``max_letter_bytes``. The source key and value are kept whole when
+    they fit (every key a source record can carry under ingest's limits does, next to a
+    value of up to ``ingest.max_message_bytes``); otherwise the larger of the two is cut to
+    its first bytes, and the letter says so: ``key_truncated`` / ``original_truncated`` give
+    the full length in bytes, and ``detail`` ends with ``(key truncated: kept N of M bytes)``.
+    Use :meth:`for_config` for a limit that fits the producer's request size.
     """
 
-    def __init__(self, topic: str, component: Literal["ingest", "worker"],
-                 max_original_bytes: int = 700_000, max_key_bytes: int = 4096):
+    MAX_SERIES_ID_CHARS = 4096   # the decoded series_id field only (informational)
+
+    def __init__(self, topic: str, component: Literal["ingest", "worker"], max_letter_bytes: int = 1_000_000):
         self.topic = topic
         self.component = component
-        self.max_original_bytes = max_original_bytes
-        self.max_key_bytes = max_key_bytes
+        self.max_letter_bytes = max_letter_bytes
 
     @classmethod
     def for_config(cls, cfg: "ServiceConfig", component: Literal["ingest", "worker"]) -> "DeadLetterWriter":
-        # base64 is 4/3 of the bytes, plus the JSON around it
-        return cls(cfg.topics.dlq, component, max_original_bytes=int(max_request_bytes(cfg) * 0.7))
+        # the producer's request limit, less room for the record batch around the one record
+        return cls(cfg.topics.dlq, component, max_letter_bytes=max_request_bytes(cfg) - 16_384)
 
     def message(
         self,
@@ -309,17 +312,32 @@ class DeadLetterWriter:
         indices: list[int] | None = None,
     ) -> tuple[str, bytes | None, bytes]:
         """The dead letter as a ``(topic, key, value)`` message of a publisher's job."""
-        if original is not None and len(original) > self.max_original_bytes:
-            detail += f" (original truncated: kept {self.max_original_bytes} of {len(original)} bytes)"
-            original = bytes(original[: self.max_original_bytes])
-        if key is not None and len(key) > self.max_key_bytes:
-            detail += f" (key truncated: kept {self.max_key_bytes} of {len(key)} bytes)"
-            key = bytes(key[: self.max_key_bytes])
-        if series_id is not None and len(series_id) > self.max_key_bytes:
-            series_id = series_id[: self.max_key_bytes]
-        letter = DeadLetter.build(
-            reason, detail, source_topic=source_topic, partition=partition, offset=offset,
-            key=key, original=original, component=self.component, series_id=series_id, index=index,
-            indices=indices,
-        )
-        return self.topic, key, encode(letter)
+        key = None if key is None else bytes(key)
+        original = None if original is None else bytes(original)
+        if series_id is not None and len(series_id) > self.MAX_SERIES_ID_CHARS:
+            series_id = series_id[: self.MAX_SERIES_ID_CHARS]
+        kept = {"key": None if key is None else len(key), "original": None if original is None else len(original)}
+        for _ in range(8):   # each round cuts the larger part by what the last encoding was over
+            k = None if key is None else key[: kept["key"]]
+            o = None if original is None else original[: kept["original"]]
+            notes = [f" ({name} truncated: kept {kept[name]} of {len(full)} bytes)"
+                     for name, full in (("key", key), ("original", original)) if full is not None and kept[name] < len(full)]
+            letter = DeadLetter.build(
+                reason, detail + "".join(notes), source_topic=source_topic, partition=partition, offset=offset,
+                key=k, original=o, component=self.component, series_id=series_id, index=index, indices=indices,
+                key_truncated=len(key) if k is not None and len(k) < len(key) else None,
+                original_truncated=len(original) if o is not None and len(o) < len(original) else None,
+            )
+            value = encode(letter)
+            over = len(value) + len(k or b"") - self.max_letter_bytes
+            if over <= 0:
+                return self.topic, k, value
+            # bytes of the letter per kept byte: base64 4/3 (+ the record key and the text form for a key)
+            cost = {"key": (len(k or b"") + len(letter.key_b64 or "") + len(letter.key or "")) / max(1, len(k or b"")),
+                    "original": 4 / 3}
+            name = max(kept, key=lambda n: (kept[n] or 0) * cost[n])
+            if not kept[name]:
+                break
+            kept[name] = max(0, kept[name] - int(over / cost[name]) - 64)
+        raise ValueError(f"a dead letter of {reason} at {source_topic}[{partition}]@{offset} cannot fit "
+                         f"{self.max_letter_bytes} bytes")

@@ -661,7 +661,9 @@ class DeadLetter(_Msg):
 
     ``original`` is base64 of the original record value so any bytes (invalid
     UTF-8 included) survive; ``key`` is the record key as text when it is UTF-8,
-    ``key_b64`` its base64 (both None when the record had no key).
+    ``key_b64`` its base64 (both None when the record had no key). Both are whole unless
+    ``key_truncated`` / ``original_truncated`` give the full length (the letter must fit
+    one Kafka request: :class:`streamflame.kafka_io.DeadLetterWriter`).
     """
 
     reason: str
@@ -679,6 +681,10 @@ class DeadLetter(_Msg):
     series_id: str | None = None
     rejected_at: str
     component: Literal["ingest", "worker"]
+    key_truncated: int | None = Field(
+        default=None, description="the source key's length in bytes when key/key_b64 hold only its first bytes")
+    original_truncated: int | None = Field(
+        default=None, description="the source value's length in bytes when original holds only its first bytes")
 
     @classmethod
     def build(
@@ -696,6 +702,8 @@ class DeadLetter(_Msg):
         index: int | None = None,
         indices: list[int] | None = None,
         rejected_at_ms: int | None = None,
+        key_truncated: int | None = None,
+        original_truncated: int | None = None,
     ) -> "DeadLetter":
         key_text = None
         if key is not None:
@@ -718,6 +726,8 @@ class DeadLetter(_Msg):
             series_id=series_id,
             rejected_at=iso_ms(now),
             component=component,
+            key_truncated=key_truncated,
+            original_truncated=original_truncated,
         )
 
     def original_bytes(self) -> bytes | None:

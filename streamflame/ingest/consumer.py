@@ -203,6 +203,9 @@ class IngestConsumer:
         self._pending_commits = DelayedOffsets()  # {partition: offset} noted per commit interval
         self._backoff = 0.0
         self._outbox: list[tuple[str, bytes | None, bytes]] = []  # (topic, key, value) of the next job
+        # Dead letters of the next job with their (partition, offset, index): decoding and the
+        # series' assemblers reject at different times; the job sends them in offset order.
+        self._dead: list[tuple[tuple[int, int, int], tuple[str, bytes | None, bytes]]] = []
         self._alerted: dict[str, int] = {}  # series -> key of its last alert event in the outbox
         self.event_time: dict[int, int] = {}  # partition -> latest observation time seen (dropouts by silence)
         self._unsettled: dict[str, SeriesAssembler] = {}  # series with a patch in the outbox
@@ -471,10 +474,10 @@ class IngestConsumer:
     def _reject_message(self, reason: str, detail: str, p: int, offset: int, key, raw, sid) -> None:
         self.counters["rejected"] += 1
         self.counters["rejected." + reason] += 1
-        self._outbox.append(self.dlq.message(
+        self._dead.append(((p, offset, -1), self.dlq.message(
             reason, detail, source_topic=self.topic, partition=p, offset=offset,
             key=None if key is None else bytes(key), original=None if raw is None else bytes(raw),
-            series_id=sid))
+            series_id=sid)))
         self.counters["dead_letters"] += 1
 
     def _assemble(self, chunk: dict[str, list], patches: list, touched: dict) -> None:
@@ -610,11 +613,12 @@ class IngestConsumer:
                 indices = [r.ref.index for r in rs if r.ref is not None and r.ref.index is not None]
                 shown = ", ".join(map(str, indices[:20])) + (", ..." if len(indices) > 20 else "")
                 detail = f"{len(rs)} elements rejected as {reason} (indices {shown}); first: {first.detail}"
-            self._outbox.append(self.dlq.message(
+            at = (p, offset, -1 if ref is None or ref.index is None else ref.index)
+            self._dead.append((at, self.dlq.message(
                 reason, detail, source_topic=self.topic, partition=p, offset=offset,
                 key=None if ref is None or ref.key is None else bytes(ref.key),
                 original=None if ref is None or ref.raw is None else bytes(ref.raw),
-                series_id=sid, index=None if ref is None else ref.index, indices=indices))
+                series_id=sid, index=None if ref is None else ref.index, indices=indices)))
             c["dead_letters"] += 1
 
     def _load_series(self, seen: dict[str, int]) -> None:
@@ -669,14 +673,15 @@ class IngestConsumer:
         without being published with it). Waits for the job in flight first: one job
         at a time, in order, so a cursor is written only after its patches and every
         patch before them are acknowledged."""
-        if not self._outbox and not self._unsettled:
+        if not self._outbox and not self._unsettled and not self._dead:
             return
         self._await_job()
         from streamflame.sink import Job
 
+        self._outbox += [m for _, m in sorted(self._dead, key=lambda d: d[0])]
         job = Job(self._outbox, cursors=cursor_args(a.cursor() for a in self._unsettled.values()),
                   alerted=list(self._alerted.items()))
-        self._outbox, self._unsettled, self._alerted = [], {}, {}
+        self._outbox, self._unsettled, self._alerted, self._dead = [], {}, {}, []
         try:
             if self.sink is None:
                 self.sink = self._start_sink()
@@ -838,7 +843,7 @@ class IngestConsumer:
 
         rewind = dict(self.rewind_to)
         self._drop_partitions(set(self.partition_series) | set(self.next_offset) | set(self.rewind_to))
-        self._outbox, self._unsettled, self._alerted = [], {}, {}
+        self._outbox, self._unsettled, self._alerted, self._dead = [], {}, {}, []
         # A producer that timed out may be unusable (idempotence epoch), and a job in
         # flight may wait on a broker that is away: drop the publisher (its job may still
         # land, which is as safe as a crash after the sends). The next batch starts a fresh

@@ -446,15 +446,15 @@ class Worker:
         # measured with 1.75 alerts per forecast).
         msgs = [(t.alerts, al.series_id.encode(), encode(al)) for al in res.alerts]
         msgs += [(t.forecasts, fc.series_id.encode(), encode(fc)) for fc in res.forecasts]
-        for rej in res.rejected:
-            r = rej.record
-            msgs.append(self.dlq.message(rej.reason, rej.detail, source_topic=t.patches,
-                                         partition=r.partition, offset=r.offset, key=r.key,
-                                         original=r.raw, series_id=r.patch.series_id))
-        for msg, detail in b.bad:
-            msgs.append(self.dlq.message("bad_patch", detail, source_topic=t.patches,
-                                         partition=msg.partition, offset=msg.offset, key=msg.key,
-                                         original=msg.value))
+        dead = [((r.partition, r.offset), self.dlq.message(rej.reason, rej.detail, source_topic=t.patches,
+                                                            partition=r.partition, offset=r.offset, key=r.key,
+                                                            original=r.raw, series_id=r.patch.series_id))
+                for rej in res.rejected for r in (rej.record,)]
+        dead += [((msg.partition, msg.offset), self.dlq.message("bad_patch", detail, source_topic=t.patches,
+                                                                partition=msg.partition, offset=msg.offset,
+                                                                key=msg.key, original=msg.value))
+                 for msg, detail in b.bad]
+        msgs += [m for _, m in sorted(dead, key=lambda d: d[0])]   # dead letters in offset order
         job = Job(msgs, list(res.quarantine.items()), cas_args(res.records, res.expected, res.replace_broken))
         return _Computed(b, res, len(sids), len(misses), redis_load_s, t_start, time.perf_counter() - t_start, job,
                          pipelinable=not res.rewind and not res.quarantine)
