@@ -12,7 +12,9 @@ from streamflame.config import ServiceConfig
 from streamflame.ingest.consumer import IngestConsumer
 from streamflame.kafka_io import DeadLetterWriter, max_request_bytes
 from streamflame.schemas import decode_dead_letter
+from streamflame.state.store import StateStore
 from test_pipeline_e2e import read_topic
+from test_worker import cfg, model_dir  # noqa: F401 (fixtures)
 
 T0 = 1_700_000_000_000
 
@@ -84,3 +86,17 @@ def test_a_letter_always_fits_one_request(service_config):
                             original=b"x" * 1_000_000)
     d = decode_dead_letter(value)
     assert k == d.key_bytes() == b"a" * 10_240 and d.original_bytes() == b"x" * 1_000_000
+
+
+def test_worker_dead_letters_of_one_batch_in_offset_order(cfg, redis_client):  # noqa: F811 (fixture)
+    """An undecodable patch and, after it, a patch of a quarantined series, read in one batch:
+    their dead letters in offset order (they were: the processor's rejects, then the bad ones)."""
+    from test_worker import make_patch, read_all, running, send, values_for, wait_for
+
+    sid = "pump-9"
+    StateStore(redis_client, cfg.redis.key_prefix).quarantine(sid, "test")
+    send(cfg, [(sid.encode(), b'{"series_id": "pump-9", "seq": "x"'), make_patch(sid, 0, values_for(1, 1))])
+    with running(cfg) as w:
+        wait_for(lambda: w.batches >= 1, what="one batch")
+    dead = [decode_dead_letter(r.value) for r in read_all(cfg, cfg.topics.dlq, 2)]
+    assert [(d.offset, d.reason) for d in dead] == [(0, "bad_patch"), (1, "series_quarantined")]
