@@ -499,7 +499,7 @@ def test_ar_patches_starts_as_the_same_function_and_draws_patches_in_order():
     """ar_patches adds gamma(c) * (prev - last) to each future patch's base location, prev being
     where the same path's previous patch ended. Zero-initialised: loss and samples equal the model
     without it. With gamma set, patch j's samples move exactly with the end of patch j-1."""
-    from streamflame.train.loop import load_compatible
+    from streamflame.model.flame import load_compatible
 
     torch.manual_seed(0)
     plain = Flame(tiny_config())

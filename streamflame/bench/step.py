@@ -47,6 +47,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rebuild-chunk", type=int, default=512, help="series per parallel rebuild call")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--checkpoint", default=None, help="checkpoint dir (default: random default config)")
+    ap.add_argument("--ar", action="store_true",
+                    help="also time forecast_many with ar_patches (the same weights plus a non-zero gamma), "
+                         "alternating with the model as loaded, in this run")
     args = ap.parse_args(argv)
     torch.set_grad_enabled(False)
     f = Forecaster.load(args.checkpoint) if args.checkpoint else Forecaster.from_config()
@@ -104,4 +107,32 @@ def main(argv: list[str] | None = None) -> int:
     print(f"forecast_many (S={args.samples}, H={args.horizon}): {fm / B * 1e6:.1f} us/series = "
           f"{fm / upd:.1f} x one batched update")
     print(f"series-updates/s incl. forecast: {B / (fm + upd):.0f}")
+    if args.ar:
+        compare_ar(f, st_many, states, nxt, args)
     return 0
+
+
+def compare_ar(f: Forecaster, st_many, states, nxt, args) -> None:
+    """forecast_many and update + forecast with and without ar_patches, in alternating rounds."""
+    from dataclasses import replace
+
+    from streamflame.model.flame import Flame, load_compatible
+    from streamflame.model.forecaster import _model_id
+
+    model = Flame(replace(f.config, ar_patches=True)).to(device=f.device, dtype=_TORCH[f.dtype])
+    load_compatible(model, f.model, "bench")
+    with torch.no_grad():
+        model.flow.prev.bias.fill_(0.5)
+    ar = Forecaster(model.eval(), "")
+    ar.model_id = f.model_id                      # same states: only the decoder differs
+    B = len(st_many)
+    seeds = list(range(B))
+    run = lambda g: g.update_many(states, nxt) and g.forecast_many(st_many, args.horizon, num_samples=args.samples,
+                                                                    seeds=seeds)
+    base, coh = [], []
+    for _ in range(3):
+        base.append(timeit(lambda: run(f), 1, warmup=1))
+        coh.append(timeit(lambda: run(ar), 1, warmup=1))
+    b, c = statistics.median(base), statistics.median(coh)
+    print(f"\n## ar_patches (coherent paths), batch of {B}, rounds alternating")
+    print(f"update + forecast_many: {b / B * 1e6:.1f} us/series without, {c / B * 1e6:.1f} with = {c / b:.2f}x")

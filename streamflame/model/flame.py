@@ -15,6 +15,8 @@ sequences from an empty state and scores the forecast from every patch boundary 
 """
 from __future__ import annotations
 
+from dataclasses import asdict
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -179,3 +181,23 @@ class Flame(nn.Module):
         y = torch.where(obs, y, hint[..., :p])
         lp = self.flow.log_prob(y, c, hint, prev, per_step=True)           # (bn, K, p)
         return -torch.where(scored, lp, 0).sum() / scored.to(patches.dtype).sum().clamp_min(1)
+
+
+# Config fields that add zero-initialised parameters: weights without them still give the same function.
+ADDITIVE_FIELDS = {"ar_patches": False}
+
+
+def load_compatible(model: Flame, src: Flame, what: str) -> None:
+    """Copy src's weights into model. The configs must be equal, except that the model may switch on
+    an ADDITIVE_FIELDS lever that src lacks: its new parameters keep their zero initialisation."""
+    a, b = asdict(model.cfg), asdict(src.cfg)
+    for name, off in ADDITIVE_FIELDS.items():
+        if b[name] == off:
+            a[name] = b[name] = off
+    if a != b:
+        diff = sorted(k for k in a if a[k] != b[k])
+        raise ValueError(f"{what}: its model config differs from this run's ({', '.join(diff)})")
+    missing, unexpected = model.load_state_dict(src.state_dict(), strict=False)
+    new = {n for n, _ in model.named_parameters()} - set(src.state_dict())
+    if unexpected or set(missing) - new:
+        raise ValueError(f"{what}: weights do not fit ({sorted(unexpected) + sorted(set(missing) - new)})")

@@ -27,7 +27,7 @@ import torch
 import yaml
 
 from streamflame.model.config import ModelConfig
-from streamflame.model.flame import Flame
+from streamflame.model.flame import Flame, load_compatible
 from streamflame.model.forecaster import Forecaster, _model_id
 from streamflame.train.mix import AugmentConfig, augment, tsmixup
 
@@ -291,26 +291,6 @@ def load_checkpoint(path: Path, model: Flame, opt: torch.optim.Optimizer) -> tup
 
 
 # ---- loop ---------------------------------------------------------------------------------------
-# Config fields that add zero-initialised parameters: weights without them still give the same function.
-ADDITIVE_FIELDS = {"ar_patches": False}
-
-
-def load_compatible(model: Flame, src: Flame, what: str) -> None:
-    """Copy src's weights into model. The configs must be equal, except that the model may switch on
-    an ADDITIVE_FIELDS lever that src lacks: its new parameters keep their zero initialisation."""
-    a, b = asdict(model.cfg), asdict(src.cfg)
-    for name, off in ADDITIVE_FIELDS.items():
-        if b[name] == off:
-            a[name] = b[name] = off
-    if a != b:
-        diff = sorted(k for k in a if a[k] != b[k])
-        raise ValueError(f"{what}: its model config differs from this run's ({', '.join(diff)})")
-    missing, unexpected = model.load_state_dict(src.state_dict(), strict=False)
-    new = {n for n, _ in model.named_parameters()} - set(src.state_dict())
-    if unexpected or set(missing) - new:
-        raise ValueError(f"{what}: weights do not fit ({sorted(unexpected) + sorted(set(missing) - new)})")
-
-
 def lr_at(step: int, cfg: TrainConfig, time_frac: float = 0.0) -> float:
     """Linear warm-up, then cosine decay over whichever budget runs out first: the steps, or
     (with max_minutes) the wall time, so a time-boxed run still ends at the low learning rate."""
