@@ -242,6 +242,10 @@ def _persistence_lines(p: dict[str, Any] | None) -> list[str]:
     if not p:
         return []
     out = ["persistence", f"  redis         {p.get('redis')}", f"  broker        {p.get('broker')}"]
+    most = p.get("broker_batches_max") or 0
+    if most:
+        flag = "WARNING " if most >= 800 else ""
+        out.append(f"  {flag}broker batches {most} in the fullest partition (fetches stall near 1,000-2,000)")
     check = p.get("check")
     if check:
         if check.get("mismatch"):

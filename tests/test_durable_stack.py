@@ -300,3 +300,26 @@ def test_persisted_redis_beside_a_fresh_broker_goes_on_safely(setup):
                 checked += 1
     assert checked > 100
     _down(s.tmp, s.run_dir)
+
+
+def test_broker_batch_objects_are_counted_and_flagged(tmp_path):
+    """Tansu's S3 engine lists every batch object of a partition on each fetch, so the
+    supervisor watches the fullest partition (run.json, status) and warns near the
+    measured stall point."""
+    from kafka import KafkaProducer
+
+    from streamflame.embedded.stack import BROKER_BATCHES_WARN, EmbeddedStack
+    from streamflame.status import _persistence_lines
+
+    with EmbeddedStack(tmp_path / "rd", durable=True, partitions=2) as stack:
+        p = KafkaProducer(bootstrap_servers=stack.kafka_bootstrap, linger_ms=0, enable_idempotence=False)
+        for _ in range(30):  # one batch object each
+            p.send(stack.topics["observations"], b"x", partition=1).get(10)
+        p.close()
+        assert stack.broker_batches() == 30
+        stack._check_broker_batches()
+        persisted = read_run_json(tmp_path / "rd")["persistence"]
+        assert persisted["broker_batches_max"] == 30
+    lines = _persistence_lines({**persisted, "broker_batches_max": BROKER_BATCHES_WARN})
+    assert any(ln.strip().startswith(f"WARNING broker batches {BROKER_BATCHES_WARN}") for ln in lines)
+    assert not any("WARNING" in ln for ln in _persistence_lines(persisted))

@@ -55,6 +55,34 @@ FAST_GROUP = {"session_timeout_ms": 2000, "heartbeat_interval_ms": 600}
 
 
 # ---- data -----------------------------------------------------------------------------------
+class _BrokerSync:
+    """What `streamflame up`'s supervisor does for a durable broker: syncfs(2) of its
+    data every BROKER_SYNC_S, here in a thread; `stop()` returns each sync's seconds."""
+
+    def __init__(self, path: Path) -> None:
+        import threading
+
+        from streamflame.embedded.process import sync_filesystem
+        from streamflame.embedded.stack import BROKER_SYNC_S
+
+        self.took: list[float] = []
+        self._stop = threading.Event()
+
+        def loop() -> None:
+            while not self._stop.wait(BROKER_SYNC_S):
+                t = time.perf_counter()
+                sync_filesystem(path)
+                self.took.append(time.perf_counter() - t)
+
+        self._thread = threading.Thread(target=loop, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> list[float]:
+        self._stop.set()
+        self._thread.join()
+        return self.took
+
+
 def series_values(sid_index: int, n: int, rng) -> np.ndarray:
     t = np.arange(n)
     return 20 + 5 * np.sin(2 * np.pi * t / (60 + sid_index % 90)) + rng.normal(0, 0.3, n)
@@ -219,7 +247,9 @@ def run_latency(cfg, workdir: Path, rate: float, seconds: float, n_series: int, 
 
         th = threading.Thread(target=consume, daemon=True)
         th.start()
-        prod = KafkaProducer(bootstrap_servers=cfg.kafka.bootstrap, linger_ms=0)
+        # as the config says (off on a durable embedded broker, like `streamflame up`'s clients)
+        prod = KafkaProducer(bootstrap_servers=cfg.kafka.bootstrap, linger_ms=0,
+                             enable_idempotence=cfg.kafka.idempotent_producer)
         rng = np.random.default_rng(3)
         n_steps = int(rate * seconds / n_series) + 1
         # Series i starts (i * 48 // n) observations ahead, so patch completions are spread
@@ -310,6 +340,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="rounds of stages 1-3, each figure beside its own ceiling (after it in rounds 1, 3, ..., "
                     "before it in rounds 2, 4, ...); the median round is shown")
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory (logs)")
+    ap.add_argument("--durable", action="store_true",
+                    help="persistence on, as `streamflame up` by default: broker data in files (localbucket, "
+                         "synced every second) and Redis AOF everysec; ceilings read the same broker")
     args = ap.parse_args(argv)
 
     import torch
@@ -327,10 +360,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"# streamflame bench pipeline | {time.strftime('%Y-%m-%d %H:%M')} | {platform.machine()} "
           f"{cores} cores, torch threads {torch.get_num_threads()}, load {os.getloadavg()[0]:.2f} | "
           f"device {args.device} | {S} series x {P} patches = {n_obs:,} observations | publishers: "
-          f"ingest {args.ingest_publisher}, worker {args.worker_publisher}", flush=True)
-    broker, redis_srv = Broker(workdir / "broker"), RedisServer(workdir / "redis")
+          f"ingest {args.ingest_publisher}, worker {args.worker_publisher} | persistence "
+          f"{'on (broker files synced every 1 s, redis AOF everysec)' if args.durable else 'off'}", flush=True)
+    broker = Broker(workdir / "broker", durable=args.durable)
+    redis_srv = RedisServer(workdir / "redis", appendonly=args.durable, appendfsync="everysec")
     broker.start()
     redis_srv.start()
+    syncer = _BrokerSync(broker.s3.data_dir) if args.durable else None
     try:
         import redis as redis_lib
 
@@ -348,7 +384,11 @@ def main(argv: list[str] | None = None) -> int:
 
         def config(obs: str, patches: str, forecasts: str, prefix: str) -> ServiceConfig:
             return ServiceConfig(
-                kafka={"bootstrap": broker.bootstrap, "partitions": PARTITIONS, **FAST_GROUP},
+                kafka={"bootstrap": broker.bootstrap, "partitions": PARTITIONS, **FAST_GROUP,
+                       # `streamflame up` turns idempotence off on its embedded broker; with durable
+                       # storage an idempotent producer at saturation hit OutOfOrderSequenceNumber
+                       # and then a fatal InitProducerId error (measured)
+                       "idempotent_producer": not args.durable},
                 redis={"url": redis_srv.url, "key_prefix": prefix},
                 topics={"observations": obs, "patches": patches, "forecasts": forecasts,
                         "alerts": topics["alerts"], "dlq": topics["dlq"]},
@@ -483,9 +523,18 @@ def main(argv: list[str] | None = None) -> int:
         # that much is shown, so the latency is measured at half of a rate the pipeline sustained.
         saturated = sat["sustained_obs_per_s"] < 0.95 * sat["offered_obs_per_s"]
         max_rate = sat["sustained_obs_per_s"]
+        if max_rate <= 0:
+            raise SystemExit(f"streamflame bench pipeline: no forecast completed in the second half of the "
+                             f"{args.latency_seconds:g} s saturation window (offered "
+                             f"{sat['offered_obs_per_s']:,.0f} obs/s); run with a longer --latency-seconds")
         lat = run_latency(lat_config("obs_lat", "patches_lat", "forecasts2", "b3"), workdir, rate=max_rate / 2,
                           seconds=args.latency_seconds, n_series=args.latency_series)
     finally:
+        if syncer is not None:
+            took = sorted(syncer.stop())
+            if took:
+                print(f"# broker data synced {len(took)} times: median {took[len(took) // 2] * 1000:.0f} ms, "
+                      f"max {took[-1] * 1000:.0f} ms", flush=True)
         broker.stop()
         redis_srv.stop()
 

@@ -56,6 +56,8 @@ TOPIC_KEYS = ("observations", "patches", "forecasts", "alerts", "dlq")
 BACKOFF_START_S = 0.5
 BACKOFF_CAP_S = 10.0
 STABLE_AFTER_S = 30.0
+BROKER_BATCHES_WARN = 800
+"""Warn (log, run.json, status) at this many batch objects in one partition of a durable broker."""
 BROKER_SYNC_S = 1.0
 """A durable broker's data is synced to disk this often: its power-loss window (like Redis's everysec)."""
 READY_GRACE_S = 1.0
@@ -164,6 +166,8 @@ class EmbeddedStack:
             self.run_dir, appendonly=redis_appendonly, appendfsync=redis_appendfsync, password=redis_password
         )
         self.incarnation = None  # streamflame.incarnation.Incarnation, set by start_services
+        self.broker_batches_max = 0  # most batch objects in one partition (durable broker), every 30 s
+        self._batches_warned = 0
         self.children: list[_Child] = []
         self.ready = False
         self._stopped = False
@@ -365,12 +369,45 @@ class EmbeddedStack:
     def run(self, stop: threading.Event, interval_s: float = 0.2) -> None:
         """Supervise until `stop` is set; with a durable broker, also sync its data
         to disk every BROKER_SYNC_S (localbucket writes without fsync)."""
-        last_sync = time.monotonic()
+        last_sync = last_count = time.monotonic()
         while not stop.wait(interval_s):
             self.supervise_once()
             if self.broker is not None and self.broker.durable and time.monotonic() - last_sync >= BROKER_SYNC_S:
                 last_sync = time.monotonic()
                 self.sync_broker_data()
+            if self.broker is not None and self.broker.durable and time.monotonic() - last_count >= 30.0:
+                last_count = time.monotonic()
+                self._check_broker_batches()
+
+    def broker_batches(self) -> int:
+        """Most batch objects in one partition of the durable broker (0 without one).
+        Tansu 0.6's S3 engine lists all of a partition's batch objects on every fetch
+        and answers empty when that outlasts the fetch's max wait: measured on
+        localbucket, fetches at fetch_max_wait_ms 50 stall between 1,000 and 2,000
+        objects, at 500 they take ~130 ms at 2,000 and ~220 ms at 3,000."""
+        data_dir = getattr(self.broker.s3 if self.broker is not None else None, "data_dir", None)
+        most = 0
+        if data_dir is None:
+            return 0
+        for records in Path(data_dir).glob("*/clusters/*/topics/*/partitions/*/records"):
+            try:
+                most = max(most, sum(1 for e in os.scandir(records) if e.name.endswith(".batch")))
+            except OSError:
+                continue
+        return most
+
+    def _check_broker_batches(self) -> None:
+        most = self.broker_batches()
+        if most >= BROKER_BATCHES_WARN and self._batches_warned < most // BROKER_BATCHES_WARN:
+            self._batches_warned = most // BROKER_BATCHES_WARN
+            log.warning("broker_storage_large", batches_in_a_partition=most,
+                        detail="Tansu's S3 engine lists every batch object of a partition on each fetch; "
+                               "fetches stall near 1,000-2,000 objects at fetch_max_wait_ms 50 "
+                               "(docs/reliability.md): start afresh (--ephemeral or a new run dir) or use an "
+                               "external Kafka for long runs")
+        if most != self.broker_batches_max:
+            self.broker_batches_max = most
+            self.write_run_json()
 
     def sync_broker_data(self) -> float:
         """syncfs(2) of the broker's data directory; returns the seconds it took
@@ -397,6 +434,7 @@ class EmbeddedStack:
                        "S3 at " + s3.endpoint if s3 is not None else "memory only")
             if self.broker is not None else "external",
             "check": self.incarnation.to_dict() if self.incarnation is not None else None,
+            "broker_batches_max": self.broker_batches_max,
         }
         return {
             "kafka_bootstrap": self.kafka_bootstrap,
