@@ -245,10 +245,12 @@ def forget_positions_past(redis_client, key_prefix: str, ends: dict[int, int], b
 
 
 def check(bootstrap: str, redis_client, *, observations_topic: str, key_prefix: str,
-          kafka_client_kwargs: dict[str, Any] | None = None) -> Incarnation:
+          kafka_client_kwargs: dict[str, Any] | None = None, broker_keeps_data: bool = True) -> Incarnation:
     """Compare the broker's marker with the id Redis remembers, repair what a
     broker that lost its data would break (ingest cursors' Kafka positions),
-    remember the broker's id, log the outcome (``error`` on a mismatch)."""
+    remember the broker's id, log the outcome (``error`` on a mismatch; ``warning``
+    for a broker that is known to keep nothing, the embedded default's in-memory one,
+    where new broker data at every start is expected)."""
     broker_id, created = _broker_marker(bootstrap, observations_topic, dict(kafka_client_kwargs or {}))
     key = redis_key(key_prefix)
     raw = redis_client.hget(key, "broker")
@@ -295,7 +297,9 @@ def check(bootstrap: str, redis_client, *, observations_topic: str, key_prefix: 
     reset = behind or repair.cursors
     result = Incarnation(outcome, broker_id, remembered, reset, repair.lost_patches, message)
     if result.mismatch:
-        log.error("stack.data_mismatch", outcome=outcome, broker_id=broker_id, remembered_id=remembered,
+        expected = outcome == "broker_data_lost" and not broker_keeps_data
+        (log.warning if expected else log.error)(
+                  "stack.data_mismatch", expected=expected, outcome=outcome, broker_id=broker_id, remembered_id=remembered,
                   cursors_reset=reset, lost_patches=repair.lost_patches, message=message)
     else:
         log.info("stack.data_checked", outcome=outcome, broker_id=broker_id)

@@ -1,5 +1,6 @@
-"""The durable default of `streamflame up` (issue 20), end to end with the real
-processes: Tansu on localbucket files, redis-server with an AOF, ingest and worker.
+"""Persistence of `streamflame up` (issue 20), end to end with the real processes:
+`--durable` (Tansu on localbucket files, redis-server with an AOF) and the default
+(redis-server with an AOF, the broker in memory), with ingest and worker.
 
 Each test streams a seeded data set (streamflame.chaos.make_dataset) in two
 parts, the first ending with patches open, across an interruption of the whole
@@ -62,7 +63,9 @@ def _sf(*args: str, cwd: Path, timeout: float = 180) -> subprocess.CompletedProc
 
 
 def _up(tmp: Path, run_dir: Path, config: Path, *extra: str) -> dict:
-    r = _sf("up", "--detach", "--run-dir", str(run_dir), "--config", str(config), *extra, cwd=tmp)
+    """`up --durable` unless `extra` says otherwise (`--default`: no persistence flag at all)."""
+    flags = [e for e in extra if e != "--default"] if "--default" in extra else ["--durable", *extra]
+    r = _sf("up", "--detach", "--run-dir", str(run_dir), "--config", str(config), *flags, cwd=tmp)
     assert r.returncode == 0, r.stderr
     info = read_run_json(run_dir)
     assert info and info["ready"]
@@ -323,3 +326,32 @@ def test_broker_batch_objects_are_counted_and_flagged(tmp_path):
     lines = _persistence_lines({**persisted, "broker_batches_max": BROKER_BATCHES_WARN})
     assert any(ln.strip().startswith(f"WARNING broker batches {BROKER_BATCHES_WARN}") for ln in lines)
     assert not any("WARNING" in ln for ln in _persistence_lines(persisted))
+
+
+def test_default_up_keeps_every_state_across_down_and_up(setup):
+    """The default (Redis AOF, broker in memory): after `down` / `up` the series go on from their
+    stored states - no seq number starts over, no patch is refused - and the expected loss (the open
+    patches' observations, which lived in the broker) is logged as a warning, not an error."""
+    s = setup
+    sids = list(s.ds.n_patches)
+    info = _up(s.tmp, s.run_dir, s.config, "--default")
+    assert info["durable"] is False and info["persistence"]["broker"] == "memory only"
+    _produce(info, s.a)
+    _wait_ingested(info, _n_obs(s.a))
+    before = _seqs(info["redis_url"], sids)
+    assert min(before.values()) >= 0
+    _down(s.tmp, s.run_dir)
+
+    info = _up(s.tmp, s.run_dir, s.config, "--default")
+    assert _seqs(info["redis_url"], sids) == before                  # states survived the restart
+    check = info["persistence"]["check"]
+    assert check["outcome"] == "broker_data_lost", check
+    (logged,) = _events(s.run_dir, "stack.data_mismatch")
+    assert logged["level"] == "warning" and logged["expected"] is True
+    _produce(info, s.b)
+    _wait_ingested(info, _n_obs(s.b) - 48 * N_SERIES)                 # late/open-patch rows may be dropped
+    after = _seqs(info["redis_url"], sids)
+    assert all(after[sid] > before[sid] for sid in sids), (before, after)   # went on, not from 0
+    outcomes = {o: _metric(info, "worker", "streamflame_worker_patches_total", outcome=o)
+                for o in ("applied", "stale", "conflict")}
+    assert outcomes["applied"] > 0 and outcomes["stale"] == outcomes["conflict"] == 0, outcomes   # no refusals

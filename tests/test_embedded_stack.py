@@ -125,9 +125,9 @@ def test_foreground_up_stops_cleanly_on_sigint(tmp_path):
     try:
         info = _wait_for(lambda: (read_run_json(run_dir) or {}).get("ready") and read_run_json(run_dir),
                          90, "the stack to be ready")
-        # the default: broker data in files (localbucket), Redis with an AOF, both in the run dir
-        assert info["durable"] is True and pid_alive(info["pids"]["s3"])
-        assert info["persistence"]["broker"] == f"files in {run_dir / 'broker-data'}"
+        # the default: Redis with an AOF in the run dir, the broker in memory (--durable keeps its data too)
+        assert info["durable"] is False and info["pids"]["s3"] is None
+        assert info["persistence"]["broker"] == "memory only"
         assert info["persistence"]["redis"] == f"AOF appendfsync everysec in {run_dir / 'redis'}"
         assert info["pids"]["supervisor"] == proc.pid
         proc.send_signal(signal.SIGINT)

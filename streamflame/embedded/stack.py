@@ -219,7 +219,8 @@ class EmbeddedStack:
             self.incarnation = incarnation.check(
                 self.kafka_bootstrap, client, observations_topic=self.topics["observations"],
                 key_prefix=self.config.redis.key_prefix,
-                kafka_client_kwargs={} if self.broker is not None else self.config.kafka.client_kwargs("admin"))
+                kafka_client_kwargs={} if self.broker is not None else self.config.kafka.client_kwargs("admin"),
+                broker_keeps_data=self.broker is None or self.broker.durable)
         finally:
             client.close()
 
@@ -527,13 +528,17 @@ def _up_parser() -> argparse.ArgumentParser:
                    help="logs, data and run.json (default: ./.streamflame)")
     p.add_argument("--ingest", type=int, default=1, metavar="N", help="ingest processes (default 1)")
     p.add_argument("--workers", type=int, default=1, metavar="M", help="worker processes (default 1)")
+    p.add_argument("--durable", action="store_true",
+                   help="also keep the broker's data, in files under the run directory (localbucket): every "
+                        "accepted observation survives down/up. Limit: Tansu lists every stored batch of a "
+                        "partition on each fetch and has no retention, so fetches slow down and finally stall "
+                        "after some thousands of produce requests per partition (docs/reliability.md)")
     p.add_argument("--ephemeral", action="store_true",
-                   help="keep nothing: memory-only broker and Redis (demos, throwaway runs). Default: the broker's "
-                        "data in files under the run directory (localbucket) and Redis with an AOF there")
+                   help="keep nothing: memory-only broker and Redis (demos, throwaway runs). Default: Redis with "
+                        "an AOF in the run directory (every series' state survives down/up), broker in memory")
     p.add_argument("--redis-fsync", choices=("everysec", "always"), default="everysec",
                    help="Redis appendfsync: everysec (a crash loses at most ~1 s of writes) or always "
                         "(nothing, slower); ignored with --ephemeral")
-    p.add_argument("--durable", action="store_true", help=argparse.SUPPRESS)  # the default now; kept for old scripts
     p.add_argument("--partitions", type=int, metavar="P",
                    help="partitions of observations and patches (default: kafka.partitions of the config, 4)")
     p.add_argument("--ready-timeout", type=float, default=180.0, metavar="S", help=argparse.SUPPRESS)
@@ -565,7 +570,7 @@ def main_up(argv: list[str]) -> int:
                   file=sys.stderr)
             return 2
     if args.durable and args.ephemeral:
-        print("streamflame up: --durable and --ephemeral exclude each other (durable is the default)",
+        print("streamflame up: --durable and --ephemeral exclude each other",
               file=sys.stderr)
         return 2
     if args.config and not Path(args.config).is_file():
@@ -598,7 +603,7 @@ def _up_foreground(args: argparse.Namespace, run_dir: Path) -> int:
         stack = EmbeddedStack(
             run_dir,
             partitions=args.partitions,
-            durable=not args.ephemeral,
+            durable=args.durable,
             redis_appendonly=not args.ephemeral,
             redis_appendfsync=args.redis_fsync,
             config_path=config_in_effect(args.config),   # none given: the packaged configs/default.yaml
