@@ -117,7 +117,6 @@ def compare_ar(f: Forecaster, st_many, states, nxt, args) -> None:
     from dataclasses import replace
 
     from streamflame.model.flame import Flame, load_compatible
-    from streamflame.model.forecaster import _model_id
 
     model = Flame(replace(f.config, ar_patches=True)).to(device=f.device, dtype=_TORCH[f.dtype])
     load_compatible(model, f.model, "bench")

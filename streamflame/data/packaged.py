@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .pkgfiles import DatasetUnavailable, columns, package_dir
+from .pkgfiles import columns, package_dir
 from .series import Series
 
 
