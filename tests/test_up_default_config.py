@@ -59,6 +59,7 @@ def test_up_without_config_applies_the_embedded_default(tmp_path):
         assert {"0.05", "0.95"} <= set(temp.quantiles) and "0.01" not in temp.quantiles
         # ... and the defaults section for a series no group matches.
         assert (pump.horizon, pump.frequency) == (96, "1min")
+        assert (temp.group, pump.group) == ("temperature", "default")     # each forecast names its group
         assert {"0.01", "0.99"} <= set(pump.quantiles)
     finally:
         down = _streamflame("down", cwd=tmp_path, env=env)

@@ -353,7 +353,7 @@ class BatchProcessor:
                     series_id=w.sid, seq=p.seq, origin_ms=origin, freq_ms=p.freq_ms, mean=fc.mean,
                     quantile_levels=fc.quantile_levels, quantiles=fc.quantiles, model_id=self.f.model_id,
                     samples=fc.samples if w.group.include_samples else None, produced_at_ms=produced_at_ms,
-                    frequency=self._frequency(p.freq_ms)))
+                    frequency=self._frequency(p.freq_ms), group=w.group.name))
                 w.forecast = self._last_forecast(w.group, p.seq, origin + p.freq_ms, fc)
 
     @staticmethod
