@@ -28,12 +28,10 @@ a process crash. `streamflame down` calls sync(2) after stopping it.
 from __future__ import annotations
 
 import sys
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 from streamflame.embedded.process import StartupError
-from streamflame.embedded.service import Service
+from streamflame.embedded.moto import LoopbackS3
 
 # localbucket's own main() with its request log quiet (root logger at WARNING
 # first, so its basicConfig(INFO) does nothing) and Nagle off.
@@ -52,8 +50,10 @@ def _check_installed() -> None:
                            "or start with --ephemeral (no persistence)")
 
 
-class LocalBucketServer(Service):
+class LocalBucketServer(LoopbackS3):
     """`localbucket` on a free loopback port, objects under `data_dir`, one bucket created."""
+
+    access_key = secret_key = "local"      # not checked
 
     name = "s3"
 
@@ -73,22 +73,3 @@ class LocalBucketServer(Service):
 
     def command(self) -> list[str]:
         return [sys.executable, "-c", _LAUNCH, str(self.data_dir), "--host", "127.0.0.1", "--port", str(self.port)]
-
-    def client_env(self) -> dict[str, str]:
-        """Environment a client (Tansu) needs to use this endpoint (credentials are not checked)."""
-        return {
-            "AWS_ACCESS_KEY_ID": "local",
-            "AWS_SECRET_ACCESS_KEY": "local",
-            "AWS_DEFAULT_REGION": "us-east-1",
-            "AWS_ENDPOINT": self.endpoint,
-            "AWS_ALLOW_HTTP": "true",
-        }
-
-    def ready(self) -> bool:
-        # CreateBucket doubles as the readiness probe; 409 = it exists (a restart).
-        request = urllib.request.Request(f"{self.endpoint}/{self.bucket}", method="PUT")
-        try:
-            with urllib.request.urlopen(request, timeout=2) as response:
-                return 200 <= response.status < 300
-        except urllib.error.HTTPError as exc:
-            return exc.code == 409

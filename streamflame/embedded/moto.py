@@ -32,7 +32,34 @@ def find_moto_server() -> str:
     return found
 
 
-class MotoServer(Service):
+class LoopbackS3(Service):
+    """What every S3 endpoint on loopback shares: the client environment and a readiness
+    probe that creates the bucket. Subclasses set ``endpoint``, ``bucket`` and the keys."""
+
+    access_key, secret_key = "x", "y"      # neither server checks credentials
+
+    def client_env(self) -> dict[str, str]:
+        """Environment a client (Tansu, boto) needs to use this endpoint."""
+        return {
+            "AWS_ACCESS_KEY_ID": self.access_key,
+            "AWS_SECRET_ACCESS_KEY": self.secret_key,
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "AWS_ENDPOINT": self.endpoint,
+            "AWS_ALLOW_HTTP": "true",
+        }
+
+    def ready(self) -> bool:
+        # CreateBucket (a plain PUT; us-east-1 needs no body) doubles as the readiness
+        # probe; 409 = it exists (owned by us, or kept from before a restart).
+        request = urllib.request.Request(f"{self.endpoint}/{self.bucket}", method="PUT")
+        try:
+            with urllib.request.urlopen(request, timeout=2) as response:
+                return 200 <= response.status < 300
+        except urllib.error.HTTPError as exc:
+            return exc.code == 409
+
+
+class MotoServer(LoopbackS3):
     """`moto_server` on a free loopback port with one bucket created."""
 
     name = "moto"
@@ -51,22 +78,3 @@ class MotoServer(Service):
     def env(self) -> dict[str, str]:
         return {**os.environ, **self.client_env()}
 
-    def client_env(self) -> dict[str, str]:
-        """Environment a client (Tansu, boto) needs to use this endpoint."""
-        return {
-            "AWS_ACCESS_KEY_ID": "x",
-            "AWS_SECRET_ACCESS_KEY": "y",
-            "AWS_DEFAULT_REGION": "us-east-1",
-            "AWS_ENDPOINT": self.endpoint,
-            "AWS_ALLOW_HTTP": "true",
-        }
-
-    def ready(self) -> bool:
-        # CreateBucket (a plain PUT; us-east-1 needs no body) doubles as the
-        # readiness probe and is idempotent for the bucket's owner.
-        request = urllib.request.Request(f"{self.endpoint}/{self.bucket}", method="PUT")
-        try:
-            with urllib.request.urlopen(request, timeout=2) as response:
-                return 200 <= response.status < 300
-        except urllib.error.HTTPError as exc:
-            return exc.code == 409  # BucketAlreadyOwnedByYou
