@@ -161,19 +161,27 @@ def _score_points(points: list[dict], labels: dict, freq_of: dict, I) -> dict:
         starts = [q for i, q in enumerate(ss) if i == 0 or q - ss[i - 1] > GROUP_GAP]
         groups[sid] = starts
     any_kind = {k: ("point",) for k in I.KIND_DETECTED_BY}
+    agg, n_groups, matched = _aggregate(
+        labels, lambda sid, injs: I.score(injs, [("point", q) for q in groups.get(sid, [])], detected_by=any_kind))
+    clean = sum(len(g) for s, g in groups.items() if s.startswith("clean/"))
+    return {"agg": agg, "groups": n_groups, "matched": matched, "clean_groups": clean, "messages": len(points)}
+
+
+def _aggregate(labels: dict, score) -> tuple[dict, int, int]:
+    """Per (kind, size): [injected, detected, delays] over every series' score(sid, injections),
+    and the episodes and matched episodes counted."""
     agg: dict = {}
-    n_groups = matched = 0
+    episodes = matched = 0
     for sid, injs in labels.items():
-        sc = I.score(injs, [("point", q) for q in groups.get(sid, [])], detected_by=any_kind)
-        n_groups += sc.episodes
+        sc = score(sid, injs)
+        episodes += sc.episodes
         matched += sc.matched_episodes
         for key, n in sc.injected.items():
             a = agg.setdefault(key, [0, 0, []])
             a[0] += n
             a[1] += sc.detected.get(key, 0)
             a[2] += sc.delays.get(key, [])
-    clean = sum(len(g) for s, g in groups.items() if s.startswith("clean/"))
-    return {"agg": agg, "groups": n_groups, "matched": matched, "clean_groups": clean, "messages": len(points)}
+    return agg, episodes, matched
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -269,17 +277,7 @@ def main(argv: list[str] | None = None) -> int:
                 opens.setdefault(e["series_id"], []).append((e["kind"], (e["timestamp_ms"] - T0_MS) // freq_of[e["series_id"]]))
         print(f"detection run: {n_obs:,} observations read by one ingest process in {busy_s:.1f} s "
               f"({max_rate:,.0f} obs/s from a backlog), {len(events)} episode events")
-        agg: dict = {}
-        episodes = matched = 0
-        for sid, injs in labels.items():
-            sc = I.score(injs, opens.get(sid, []))
-            episodes += sc.episodes
-            matched += sc.matched_episodes
-            for key, n in sc.injected.items():
-                a = agg.setdefault(key, [0, 0, []])
-                a[0] += n
-                a[1] += sc.detected.get(key, 0)
-                a[2] += sc.delays.get(key, [])
+        agg, episodes, matched = _aggregate(labels, lambda sid, injs: I.score(injs, opens.get(sid, [])))
         base = _score_points(points, labels, freq_of, I) if args.baseline else None
         print("kind          size  injected  recall  median delay (obs)" + ("  | baseline: recall  delay" if base else ""))
         for (kind, size), (n, d, dl) in sorted(agg.items()):
