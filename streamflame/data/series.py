@@ -64,6 +64,11 @@ class Series:
             raise ValueError(f"series {self.series_id!r}: frequency {self.freq.freqstr} has no fixed step")
         return step_ns(self.freq) // 1_000_000
 
+    @property
+    def step_seconds(self) -> float | None:
+        """The grid step in seconds; None for calendar frequencies (months, quarters, ...)."""
+        return step_ns(self.freq) / 1e9 if isinstance(self.freq, Tick) else None
+
     def timestamps(self) -> pd.DatetimeIndex:
         """The grid timestamps, shape (T,)."""
         return pd.date_range(self.start, periods=len(self), freq=self.freq)

@@ -93,7 +93,7 @@ def forecast_table(plan: list[Windows], means: list[np.ndarray], quantiles: list
 class StreamFlameAdapter:
     """Runs a :class:`streamflame.Forecaster` the way the live service does: one stream per series.
 
-    ``state = f.init_state(scale)``; at every window origin ``state = f.update(state, new values)``
+    ``state = f.init_state(scale, step_seconds)``; at every window origin ``state = f.update(state, new values)``
     (only the values since the previous origin) and ``f.forecast(state, H, QUANTILES, num_samples,
     seed)``. The sampling seed of a window is ``forecast_seed(seed, series_id, L)`` with ``L`` the
     number of values fed so far.
@@ -119,7 +119,7 @@ class StreamFlameAdapter:
         """Mean (K, H) and quantiles (K, Q, H) at the origins ``lengths`` (ascending)."""
         from ..schemas import forecast_seed
 
-        state = self.f.init_state(self.scale)
+        state = self.f.init_state(self.scale, step_seconds=series.step_seconds)
         fed = 0
         means, quants = [], []
         for length in lengths:

@@ -34,6 +34,9 @@ class ModelConfig:
     flow_scale_clamp: float = 3.0
     ar_patches: bool = False     # future patch j's flow also sees where patch j-1 ended (FAR-TS-style
                                  # factorised generation: coherent paths across patch boundaries)
+    seasonal_memory: bool = False  # the hint is the candidate of lowest tracked error: window seasonal
+                                   # naive, day or week profile (model/seasonal.py), not always the first
+    hint_features: bool = False    # the flow's condition sees every hint candidate's tracked error
 
     def __post_init__(self) -> None:
         problems = []

@@ -26,6 +26,7 @@ from .flow import FlowHead
 from .hippo import legendre
 from .perception import (STATS, dominant_period, env_features, first_reference, last_observed, mean_std,
                          patch_moments, scan_stats, seasonal_hint)
+from .seasonal import BINS, CANDIDATES, N_FEATURES, candidates, choice, features, update_errors, update_profiles
 from .ssd import RMSNorm, SSDLayer
 
 # name -> (shape given cfg, float64?)  -- the state codec and the batching use this table
@@ -36,6 +37,11 @@ STATE_FIELDS = {
     "h": (lambda c: (c.d_model,), False),                      # top-layer output at the last patch
     "conv": (lambda c: (c.n_layers, c.d_conv - 1, c.conv_dim), False),
     "ssm": (lambda c: (c.n_layers, c.n_heads, c.headdim, c.d_state), False),
+    "cal": (lambda c: (2,), True),                             # calendar periods in steps (day, week; 0 = unknown)
+    "clock": (lambda c: (), True),                             # steps applied (complete patches x p)
+    "profile": (lambda c: (sum(BINS), 2), False),              # seasonal memory: day and week profiles
+    "herr": (lambda c: (len(CANDIDATES), 2), True),            # tracked error of each hint candidate
+    "next": (lambda c: (len(CANDIDATES), c.patch_len), True),  # each candidate's prediction of the next patch
 }
 
 
@@ -51,6 +57,9 @@ class Flame(nn.Module):
         K, J = cfg.max_future_patches, cfg.basis_order
         self.coef = nn.Linear(d, J * cfg.d_cond)               # Legendre coefficients of c(tau)
         self.embed_hint = nn.Linear(2 * p, cfg.d_cond)
+        if cfg.hint_features:                                  # the hint candidates' tracked errors
+            self.embed_seas = nn.Linear(N_FEATURES, cfg.d_cond)
+            nn.init.zeros_(self.embed_seas.weight), nn.init.zeros_(self.embed_seas.bias)
         tau = -1 + (2 * torch.arange(K, dtype=torch.float64) + 1) / K
         self.register_buffer("basis", legendre(J, tau).float(), persistent=False)   # (K, J)
         self.flow = FlowHead(cfg)
@@ -63,6 +72,7 @@ class Flame(nn.Module):
             st[name] = torch.zeros((b, *shape(self.cfg)), dtype=torch.float64 if f64 else dtype, device=device)
         st["ref"].fill_(float("nan"))
         st["window"].fill_(float("nan"))
+        st["next"].fill_(float("nan"))
         return st
 
     # ---- encoder -------------------------------------------------------------------------
@@ -80,7 +90,7 @@ class Flame(nn.Module):
         seq = torch.cat([state["window"], patches.reshape(b, T * p)], 1)          # (b, W + T p)
         windows = seq.unfold(1, W, p)[:, 1:]                                     # (b, T, W) ending at each patch
         with torch.no_grad():                                                    # data-only features
-            period = dominant_period(windows, cfg.min_period)                    # (b, T)
+            period = dominant_period(windows, cfg.min_period, state["cal"][:, None].expand(b, T, 2))  # (b, T)
             env = env_features(windows, period, mean, std, cfg)
         z = ((patches.double() - mean[..., None]) / std[..., None]).clamp(-cfg.clip, cfg.clip)
         obs = ~torch.isnan(patches)
@@ -93,36 +103,67 @@ class Flame(nn.Module):
             conv.append(c_i)
             ssm.append(s_i)
         h = self.norm(tok)                                                        # (b, T, d)
+        seas = self.seasonal_memory(state, patches, windows, period, stats, ref)
         new = {"stats": stats[:, -1], "ref": ref, "window": windows[:, -1], "h": h[:, -1],
-               "conv": torch.stack(conv, 1), "ssm": torch.stack(ssm, 1)}
-        return new, {"h": h, "stats": stats, "ref": ref, "windows": windows, "period": period}
+               "conv": torch.stack(conv, 1), "ssm": torch.stack(ssm, 1), "cal": state["cal"],
+               **{k: v[:, -1] for k, v in seas.items()}}
+        return new, {"h": h, "stats": stats, "ref": ref, "windows": windows, "period": period, **seas}
+
+    @torch.no_grad()
+    def seasonal_memory(self, state, patches, windows, period, stats, ref):
+        """The seasonal memory after each of the T patches (model/seasonal.py), one patch at a time
+        whatever T: -> clock (b,T), profile (b,T,NB,2), herr (b,T,C,2), next (b,T,C,p)."""
+        p = self.cfg.patch_len
+        clock, profile, herr, nxt, cal = state["clock"], state["profile"], state["herr"], state["next"], state["cal"]
+        out = {"clock": [], "profile": [], "herr": [], "next": []}
+        for k in range(patches.shape[1]):
+            _, std = mean_std(stats[:, k], ref)
+            herr = update_errors(herr, nxt, patches[:, k], std)
+            profile = update_profiles(profile, patches[:, k], ref, clock, cal)
+            clock = clock + p
+            nxt = candidates(seasonal_hint(windows[:, k], period[:, k], p), last_observed(windows[:, k]),
+                             profile, ref, clock, cal)
+            for name, v in (("clock", clock), ("profile", profile), ("herr", herr), ("next", nxt)):
+                out[name].append(v)
+        return {k: torch.stack(v, 1) for k, v in out.items()}
 
     # ---- decoder -------------------------------------------------------------------------
-    def condition(self, h, window, period, mean, std, K):
-        """h (m, d), window (m, W), period (m,), mean/std (m,) float64
+    def condition(self, h, window, period, mean, std, K, seas):
+        """h (m, d), window (m, W), period (m,), mean/std (m,) float64, seas: the rows' ref (m,),
+        clock (m,), cal (m, 2), profile (m, NB, 2), herr (m, C, 2)
         -> c (m, K, d_cond), hint (m, K, 2p) normalised: the seasonal hint (value one period
-        earlier, or the last value without a period) and the last observed value (0 where unknown)."""
+        earlier, or the last value without a period; with ``seasonal_memory`` the candidate of lowest
+        tracked error, model/seasonal.py) and the last observed value (0 where unknown)."""
         cfg = self.cfg
         m, p = h.shape[0], cfg.patch_len
         coef = self.coef(h).reshape(m, cfg.basis_order, cfg.d_cond)
         c = torch.einsum("kj,mjc->mkc", self.basis[:K].to(h.dtype), coef)
         with torch.no_grad():
-            raw = seasonal_hint(window, period, K * p).reshape(m, K, p)
+            raw = seasonal_hint(window, period, K * p)
+            pick = choice(seas["herr"]) if cfg.seasonal_memory else torch.zeros(m, dtype=torch.int64, device=h.device)
+            if cfg.seasonal_memory:
+                cand = candidates(raw, last_observed(window), seas["profile"], seas["ref"], seas["clock"], seas["cal"])
+                chosen = cand.gather(1, pick[:, None, None].expand(m, 1, K * p))[:, 0]
+                raw = torch.where(torch.isnan(chosen), raw.double(), chosen)
+            raw = raw.reshape(m, K, p)
             known = ~torch.isnan(raw)
             hint = ((raw.double() - mean[:, None, None]) / std[:, None, None]).clamp(-cfg.clip, cfg.clip)
             hint = torch.where(known, hint, 0).to(h.dtype)
             last = ((last_observed(window).double() - mean) / std).clamp(-cfg.clip, cfg.clip)
             last = torch.nan_to_num(last, nan=0.0).to(h.dtype)[:, None, None].expand(m, K, p)
-        c = F.gelu(c + self.embed_hint(torch.cat([hint, known.to(h.dtype)], -1)))
-        return c, torch.cat([hint, last], -1)
+        c = c + self.embed_hint(torch.cat([hint, known.to(h.dtype)], -1))
+        if cfg.hint_features:
+            c = c + self.embed_seas(features(seas["herr"], pick).to(h.dtype))[:, None, :]
+        return F.gelu(c), torch.cat([hint, last], -1)
 
     def sample(self, state, K, noise):
         """Sample K future patches for the first n series of the state's b (n <= b: the
         per-series layers see all b rows, the flow over samples only n).
         noise (n, S, K, p) -> samples (n, S, K*p) in raw units (float64)."""
         mean, std = mean_std(state["stats"], state["ref"])
-        period = dominant_period(state["window"], self.cfg.min_period)
-        c, hint = self.condition(state["h"], state["window"], period, mean, std, K)
+        period = dominant_period(state["window"], self.cfg.min_period, state["cal"])
+        seas = {k: state[k] for k in ("ref", "clock", "cal", "profile", "herr")}
+        c, hint = self.condition(state["h"], state["window"], period, mean, std, K, seas)
         y = self.flow.sample(c, hint, noise.transpose(1, 2)).transpose(1, 2)      # (n, S, K, p)
         n, S = noise.shape[:2]
         return mean[:n, None, None] + std[:n, None, None] * y.double().reshape(n, S, -1)
@@ -143,7 +184,7 @@ class Flame(nn.Module):
         return filled[:, torch.arange(K, device=y.device) * p].unsqueeze(-1)
 
     def loss(self, patches, scale=None, future=None, target_noise: float = 0.0, generator=None,
-             min_observed: float = 0.75):
+             min_observed: float = 0.75, calendar=None):
         """Mean flow NLL (nats per observed value) of the next K patches from every boundary.
 
         patches (b, T, p) raw, an empty state at the start. `future`: which future patches
@@ -155,18 +196,25 @@ class Flame(nn.Module):
         every 24-hour patch has closed hours, contribute targets. ``target_noise`` adds
         Gaussian noise of that std (normalised units, drawn from ``generator``) to the targets:
         dequantisation, so flat or quantised stretches (counts, rain, clipped sensors) cannot
-        drive the density to infinity."""
+        drive the density to infinity. ``calendar`` (b, 2): each sequence's day and week in steps
+        (0 = unknown), as the state's ``cal``."""
         cfg = self.cfg
         b, T, p = patches.shape
         K = min(cfg.max_future_patches, T - 1)
         future = torch.arange(K) if future is None else torch.as_tensor([j for j in future if j < K])
         scale = torch.ones(b, dtype=patches.dtype, device=patches.device) if scale is None else scale
-        _, aux = self.advance(self.empty_state(b, patches.device, patches.dtype), patches, scale)
+        state0 = self.empty_state(b, patches.device, patches.dtype)
+        if calendar is not None:
+            state0["cal"] = torch.as_tensor(calendar, dtype=torch.float64, device=patches.device).reshape(b, 2)
+        _, aux = self.advance(state0, patches, scale)
         n = T - 1                                                          # boundaries with a future
         mean, std = mean_std(aux["stats"][:, :n], aux["ref"][:, None])     # (b, n)
         flat = lambda x: x.reshape(b * n, *x.shape[2:])
+        seas = {k: flat(aux[k][:, :n]) for k in ("clock", "profile", "herr")}
+        seas["ref"] = aux["ref"][:, None].expand(b, n).reshape(b * n)
+        seas["cal"] = state0["cal"][:, None].expand(b, n, 2).reshape(b * n, 2)
         c, hint = self.condition(flat(aux["h"][:, :n]), flat(aux["windows"][:, :n]),
-                                 flat(aux["period"][:, :n]), flat(mean), flat(std), K)
+                                 flat(aux["period"][:, :n]), flat(mean), flat(std), K, seas)
         # targets: patches k+1 .. k+K for boundary k (padded with NaN past the end)
         padded = F.pad(patches, (0, 0, 0, K), value=float("nan"))
         fut = padded.unfold(1, K, 1)[:, 1:n + 1].permute(0, 1, 3, 2)           # (b, n, K, p)
@@ -184,7 +232,8 @@ class Flame(nn.Module):
 
 
 # Config fields that add zero-initialised parameters: weights without them still give the same function.
-ADDITIVE_FIELDS = {"ar_patches": False}
+# (seasonal_memory adds no parameters; switched on, the same weights see the tracked best hint.)
+ADDITIVE_FIELDS = {"ar_patches": False, "seasonal_memory": False, "hint_features": False}
 
 
 def load_compatible(model: Flame, src: Flame, what: str) -> None:

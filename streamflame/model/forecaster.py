@@ -21,7 +21,7 @@ import torch
 
 from .config import ModelConfig
 from .flame import STATE_FIELDS, Flame
-from .perception import mean_std
+from .perception import calendar_steps, mean_std
 from .state import SeriesState, StateDecodeError
 
 DEFAULT_QUANTILES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
@@ -145,16 +145,24 @@ class Forecaster:
         return sum(p.numel() for p in self.model.parameters())
 
     # ---- single series -------------------------------------------------------------------
-    def init_state(self, scale: float = 1.0) -> SeriesState:
+    def init_state(self, scale: float = 1.0, step_seconds: float | None = None) -> SeriesState:
+        """A fresh state. ``step_seconds``: the series' sampling step, if known; the day and the
+        week in steps then become period candidates (state field ``cal``)."""
         if not (isinstance(scale, (int, float)) and math.isfinite(scale) and scale > 0):
             raise ValueError(f"scale must be a finite number > 0, got {scale!r}")
+        if step_seconds is not None and not (isinstance(step_seconds, (int, float)) and math.isfinite(step_seconds)
+                                             and step_seconds > 0):
+            raise ValueError(f"step_seconds must be a finite number > 0 or None, got {step_seconds!r}")
         empty = self._empty.get(self.dtype)
         if empty is None:  # built once (~80 us each time otherwise); read-only, shared by every fresh state
             st = self.model.empty_state(1, "cpu", _TORCH[self.dtype])
             empty = self._empty[self.dtype] = {k: v[0].numpy() for k, v in st.items()}
             for a in empty.values():
                 a.flags.writeable = False
-        return SeriesState(self.model_id, self.dtype, dict(empty), np.zeros(0, dtype=self.dtype), scale=float(scale))
+        tensors = dict(empty)
+        if step_seconds is not None:
+            tensors["cal"] = np.asarray(calendar_steps(step_seconds), dtype=np.float64)
+        return SeriesState(self.model_id, self.dtype, tensors, np.zeros(0, dtype=self.dtype), scale=float(scale))
 
     def update(self, state: SeriesState, values) -> SeriesState:
         """Feed any number of new observations (1-D, NaN = missing). Returns the new state."""
@@ -170,9 +178,9 @@ class Forecaster:
         return SeriesState(self.model_id, self.dtype, new.tensors, seq[n_full * p:].copy(),
                            n_obs=state.n_obs + len(v), n_patches=state.n_patches + n_full, scale=state.scale)
 
-    def state_from_history(self, values, scale: float = 1.0) -> SeriesState:
+    def state_from_history(self, values, scale: float = 1.0, step_seconds: float | None = None) -> SeriesState:
         """The state after `values`, computed with the parallel scan (blocks of MAX_BLOCK patches)."""
-        return self.update(self.init_state(scale), values)
+        return self.update(self.init_state(scale, step_seconds), values)
 
     def forecast(self, state: SeriesState, horizon: int, quantiles=DEFAULT_QUANTILES,
                  num_samples: int = 100, seed: int | None = None) -> Forecast:
@@ -258,7 +266,9 @@ class Forecaster:
     def _stack(self, states: list[SeriesState], extra: int = 0) -> dict[str, torch.Tensor]:
         """Stack states into (len + extra, ...) tensors; the extra rows repeat the first state."""
         states = states + [states[0]] * extra
-        return {k: torch.from_numpy(np.stack([s.tensors[k] for s in states])).to(self.device) for k in STATE_FIELDS}
+        empty = self.init_state().tensors            # fields a state stored before they existed lack
+        return {k: torch.from_numpy(np.stack([s.tensors.get(k, empty[k]) for s in states])).to(self.device)
+                for k in STATE_FIELDS}
 
     @torch.no_grad()
     def _advance(self, states: list[SeriesState], patches: np.ndarray, pad: bool = False) -> list[SeriesState]:

@@ -67,16 +67,23 @@ def mean_std(stats: torch.Tensor, ref: torch.Tensor) -> tuple[torch.Tensor, torc
     return mean, torch.where(has, std, torch.ones_like(std))
 
 
-def dominant_period(window: torch.Tensor, min_period: int) -> torch.Tensor:
-    """window (..., W) raw values with NaN -> period (...,) int64 in [min_period, W//2], 0 = none.
+DAY_SECONDS = 86_400.0
 
-    Autocorrelation of the de-meaned, linearly detrended window via FFT (float64), each lag normalised by its
-    number of observed pairs (so gaps do not bias it). A candidate lag is a local maximum;
-    its *prominence* is how far it rises above the lowest correlation at any shorter lag
-    (a seasonal peak follows a trough; a smooth or trending series' slow decay has none).
-    The period is the most prominent candidate, with a mild preference for shorter lags
-    (multiples of a period are as prominent), kept when its prominence and its correlation both exceed 0.2.
-    """
+
+def calendar_steps(step_seconds: float | None) -> tuple[float, float]:
+    """The day and the week in sampling steps for a step of ``step_seconds`` (0 = unknown or not a
+    cycle this sampling can show: a step of a day or more has no daily cycle)."""
+    if step_seconds is None or not step_seconds > 0 or step_seconds != step_seconds:
+        return 0.0, 0.0
+    day = DAY_SECONDS / float(step_seconds)
+    week = 7 * day
+    return (day if day >= 2 else 0.0), (week if week >= 2 else 0.0)
+
+
+def autocorrelation(window: torch.Tensor) -> torch.Tensor:
+    """window (..., W) raw values with NaN -> normalised autocorrelation (..., W) of the de-meaned,
+    linearly detrended window via FFT (float64); lag 0 is 1. Each lag is normalised by its number
+    of observed pairs (so gaps do not bias it); lags with fewer than W/4 pairs are 0."""
     x = window.double()
     m = ~torch.isnan(x)
     mf = m.double()
@@ -94,7 +101,26 @@ def dominant_period(window: torch.Tensor, min_period: int) -> torch.Tensor:
     if not bool(full.all()):
         pairs[~full] = corr(mf[~full]).round()
     acf = corr(x) / pairs.clamp_min(1)
-    acf = torch.where(pairs >= n // 4, acf, 0) / acf[..., :1].clamp_min(1e-300)
+    return torch.where(pairs >= n // 4, acf, 0) / acf[..., :1].clamp_min(1e-300)
+
+
+def dominant_period(window: torch.Tensor, min_period: int, calendar: torch.Tensor | None = None) -> torch.Tensor:
+    """window (..., W) raw values with NaN -> period (...,) int64 in [min_period, 3W/4], 0 = none.
+
+    From the :func:`autocorrelation`: a candidate lag is a local maximum; its *prominence* is how
+    far it rises above the lowest correlation at any shorter lag (a seasonal peak follows a trough;
+    a smooth or trending series' slow decay has none). The detected period is the most prominent
+    candidate up to W/2, with a mild preference for shorter lags (multiples of a period are as
+    prominent), kept when its prominence and its correlation both exceed 0.2.
+
+    ``calendar`` (..., C) float: periods known from the sampling step (a day and a week in steps,
+    0 = unknown). A calendar period P <= 3W/4 is a candidate too, scored by its correlation (the
+    best of lags P-1..P+1, since P need not be whole) with the same mild preference for shorter
+    lags; the candidate of highest score above 0.2 wins over the detected one, scored alike.
+    Without calendar periods the result is the detector's alone.
+    """
+    acf = autocorrelation(window)
+    n = acf.shape[-1]
     hi = n // 2
     lags = torch.arange(min_period, hi + 1, device=window.device)
     r = acf[..., min_period - 1: hi + 2]                              # lags min_period-1 .. hi+1
@@ -105,7 +131,23 @@ def dominant_period(window: torch.Tensor, min_period: int) -> torch.Tensor:
     score = torch.where(peak, prominence * (1 - 0.25 * lags / hi), torch.full_like(mid, -1.0))
     best = score.argmax(-1)
     period = best + min_period
-    return torch.where(score.gather(-1, best[..., None])[..., 0] > 0, period, torch.zeros_like(period))
+    period = torch.where(score.gather(-1, best[..., None])[..., 0] > 0, period, torch.zeros_like(period))
+    if calendar is None:
+        return period
+    top = 3 * n // 4
+    cal = calendar.double().round().to(torch.int64)                  # (..., C)
+    near = (cal[..., None] + torch.arange(-1, 2, device=window.device)).clamp(0, n - 1)   # (..., C, 3)
+    a = acf.unsqueeze(-2).expand(*near.shape[:-1], n).gather(-1, near)                   # (..., C, 3)
+    a_best, off = a.max(-1)
+    lag_c = near.gather(-1, off[..., None])[..., 0]
+    ok = (cal >= min_period) & (cal <= top) & (a_best > 0.2)
+    s_cal = torch.where(ok, a_best * (1 - 0.25 * lag_c / top), torch.full_like(a_best, -1.0))
+    a_det = acf.gather(-1, period[..., None])[..., 0]
+    s_det = torch.where(period > 0, a_det * (1 - 0.25 * period / top), torch.full_like(a_det, -1.0))
+    s_all = torch.cat([s_det[..., None], s_cal], -1)
+    lag_all = torch.cat([period[..., None], lag_c], -1)
+    pick = s_all.argmax(-1, keepdim=True)
+    return torch.where(s_all.gather(-1, pick)[..., 0] > 0, lag_all.gather(-1, pick)[..., 0], period)
 
 
 def env_features(window: torch.Tensor, period: torch.Tensor, mean, std, cfg) -> torch.Tensor:

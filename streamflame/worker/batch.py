@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from streamflame import SeriesState, StateDecodeError
-from streamflame.config import GroupSettings, ServiceConfig, format_frequency
+from streamflame.config import ConfigError, GroupSettings, ServiceConfig, format_frequency
 from streamflame.schemas import (
     MAX_ABS_VALUE,
     PATCH_LEN,
@@ -55,7 +55,7 @@ from streamflame.schemas import (
 from streamflame.state.store import BrokenRecord, LastForecast, NaiveScale, StateMeta, StateRecord
 from streamflame.worker.accuracy import PatchScore, score_many, update_naive
 
-__all__ = ["PatchRecord", "Rejected", "BatchResult", "BatchProcessor"]
+__all__ = ["PatchRecord", "Rejected", "BatchResult", "BatchProcessor", "check_patch_len"]
 
 
 @dataclass(frozen=True)
@@ -116,6 +116,14 @@ class _Series:
     replace_broken: bool = False
 
 
+def check_patch_len(model_patch_len: int) -> None:
+    """Raise ConfigError unless the checkpoint cuts patches as the pipeline does: the model's
+    ``config.patch_len`` is the truth, :data:`streamflame.core.constants.PATCH_LEN` the pipeline's copy."""
+    if model_patch_len != PATCH_LEN:
+        raise ConfigError([f"worker.model_path: the checkpoint's patch_len is {model_patch_len} but ingest cuts "
+                           f"patches of {PATCH_LEN} observations; use a checkpoint with patch_len={PATCH_LEN}"])
+
+
 class BatchProcessor:
     """Applies batches of patches with one :class:`streamflame.Forecaster`.
 
@@ -130,6 +138,7 @@ class BatchProcessor:
         self._rewound: set[tuple[str, int]] = set()
         self._freq_names: dict[int, str] = {}
         cfg.check_horizons(forecaster.config.max_horizon)
+        check_patch_len(forecaster.config.patch_len)
 
     def forget(self, res: BatchResult) -> None:
         """Undo what ``process`` remembered for a result that is dropped unpublished
@@ -205,11 +214,11 @@ class BatchProcessor:
                     replace = True
                 else:
                     replace = False
-                state = self.f.init_state(scale=group.scale)
+                state = self.f.init_state(scale=group.scale, step_seconds=pending[0].patch.freq_ms / 1000)
                 w = _Series(sid, group, state, -1 if replace else stored, None, [], None, replace_broken=replace)
             else:
                 if state is None:  # no record: the series starts at seq 0
-                    state = self.f.init_state(scale=group.scale)
+                    state = self.f.init_state(scale=group.scale, step_seconds=pending[0].patch.freq_ms / 1000)
                 w = _Series(sid, group, state, stored, meta, [], meta.forecast if meta else None,
                             meta.naive if meta else NaiveScale())
 
