@@ -18,6 +18,7 @@ import torch
 
 from streamflame.model import Forecaster
 from streamflame.model.forecaster import _TORCH
+from streamflame.model.flame import Flame, load_compatible
 
 
 def timeit(fn, reps: int, warmup: int = 2) -> float:
@@ -29,6 +30,9 @@ def timeit(fn, reps: int, warmup: int = 2) -> float:
         fn()
         times.append(time.perf_counter() - t)
     return statistics.median(times)
+
+
+STEP = 600.0   # the series below are 10-minute data (a day = 144 steps): calendar periods are live
 
 
 def series(n: int, rng) -> np.ndarray:
@@ -48,8 +52,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--checkpoint", default=None, help="checkpoint dir (default: random default config)")
     ap.add_argument("--ar", action="store_true",
-                    help="also time forecast_many with ar_patches (the same weights plus a non-zero gamma), "
-                         "alternating with the model as loaded, in this run")
+                    help="also time update_many + forecast_many with ar_patches (the same weights plus a non-zero "
+                         "gamma), alternating with the model as loaded, in this run")
+    ap.add_argument("--seasonal", action="store_true",
+                    help="also time them with the seasonal memory (seasonal_memory + hint_features; with --ar, "
+                         "both levers together as well), alternating with the model as loaded")
     args = ap.parse_args(argv)
     torch.set_grad_enabled(False)
     f = Forecaster.load(args.checkpoint) if args.checkpoint else Forecaster.from_config()
@@ -86,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     for n in map(int, args.histories.split(",")):
         T = n // p
         hist = torch.from_numpy(np.stack([series(n + p, rng) for _ in range(B)]).astype(f.dtype))
-        states = [f.state_from_history(h[:T * p].numpy()) for h in hist[: min(B, 8)]]
+        states = [f.state_from_history(h[:T * p].numpy(), step_seconds=STEP) for h in hist[: min(B, 8)]]
         states = (states * (B // len(states) + 1))[:B]
         nxt = hist[:, T * p:(T + 1) * p].numpy()
         u = timeit(lambda: f.update_many(states, nxt), max(3, args.reps // 4))
@@ -107,31 +114,47 @@ def main(argv: list[str] | None = None) -> int:
     print(f"forecast_many (S={args.samples}, H={args.horizon}): {fm / B * 1e6:.1f} us/series = "
           f"{fm / upd:.1f} x one batched update")
     print(f"series-updates/s incl. forecast: {B / (fm + upd):.0f}")
-    if args.ar:
-        compare_ar(f, st_many, states, nxt, args)
+    levers = ([{"ar_patches": True}] if args.ar else []) + ([{"seasonal_memory": True, "hint_features": True}]
+                                                            if args.seasonal else [])
+    if args.ar and args.seasonal:
+        levers.append({"ar_patches": True, "seasonal_memory": True, "hint_features": True})
+    if levers:
+        compare_levers(f, states, nxt, levers, args)
     return 0
 
 
-def compare_ar(f: Forecaster, st_many, states, nxt, args) -> None:
-    """forecast_many and update + forecast with and without ar_patches, in alternating rounds."""
+def with_levers(f: Forecaster, levers: dict) -> Forecaster:
+    """The same weights with these model levers on, their new weights non-zero (as if trained)."""
     from dataclasses import replace
 
-    from streamflame.model.flame import Flame, load_compatible
-
-    model = Flame(replace(f.config, ar_patches=True)).to(device=f.device, dtype=_TORCH[f.dtype])
+    model = Flame(replace(f.config, **levers)).to(device=f.device, dtype=_TORCH[f.dtype])
     load_compatible(model, f.model, "bench")
     with torch.no_grad():
-        model.flow.prev.bias.fill_(0.5)
-    ar = Forecaster(model.eval(), "")
-    ar.model_id = f.model_id                      # same states: only the decoder differs
-    B = len(st_many)
+        if model.cfg.ar_patches:
+            model.flow.prev.bias.fill_(0.5)
+        if model.cfg.hint_features:
+            model.embed_seas.weight.normal_(0, 0.1, generator=torch.Generator().manual_seed(0))
+    g = Forecaster(model.eval(), "")
+    g.model_id = f.model_id                      # the same states
+    return g
+
+
+def compare_levers(f: Forecaster, states, nxt, levers: list[dict], args) -> None:
+    """update_many + forecast_many per series with each set of levers against the model as loaded,
+    in alternating rounds (so a busy machine slows both alike)."""
+    B = len(states)
     seeds = list(range(B))
-    run = lambda g: g.update_many(states, nxt) and g.forecast_many(st_many, args.horizon, num_samples=args.samples,
-                                                                    seeds=seeds)
-    base, coh = [], []
-    for _ in range(3):
-        base.append(timeit(lambda: run(f), 1, warmup=1))
-        coh.append(timeit(lambda: run(ar), 1, warmup=1))
-    b, c = statistics.median(base), statistics.median(coh)
-    print(f"\n## ar_patches (coherent paths), batch of {B}, rounds alternating")
-    print(f"update + forecast_many: {b / B * 1e6:.1f} us/series without, {c / B * 1e6:.1f} with = {c / b:.2f}x")
+
+    def run(g):
+        new = g.update_many(states, nxt)
+        g.forecast_many(new, args.horizon, num_samples=args.samples, seeds=seeds)
+    print(f"\n## model levers: update_many + forecast_many, batch of {B}, rounds alternating")
+    for lv in levers:
+        g = with_levers(f, lv)
+        base, other = [], []
+        for _ in range(3):
+            base.append(timeit(lambda: run(f), 1, warmup=1))
+            other.append(timeit(lambda: run(g), 1, warmup=1))
+        b, c = statistics.median(base), statistics.median(other)
+        name = " + ".join(k for k in lv if k != "hint_features") or "none"
+        print(f"{name:<32} {b / B * 1e6:>8.1f} us/series as loaded, {c / B * 1e6:>8.1f} with = {c / b:.2f}x")

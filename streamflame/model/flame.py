@@ -103,11 +103,21 @@ class Flame(nn.Module):
             conv.append(c_i)
             ssm.append(s_i)
         h = self.norm(tok)                                                        # (b, T, d)
-        seas = self.seasonal_memory(state, patches, windows, period, stats, ref)
         new = {"stats": stats[:, -1], "ref": ref, "window": windows[:, -1], "h": h[:, -1],
-               "conv": torch.stack(conv, 1), "ssm": torch.stack(ssm, 1), "cal": state["cal"],
-               **{k: v[:, -1] for k, v in seas.items()}}
-        return new, {"h": h, "stats": stats, "ref": ref, "windows": windows, "period": period, **seas}
+               "conv": torch.stack(conv, 1), "ssm": torch.stack(ssm, 1), "cal": state["cal"]}
+        aux = {"h": h, "stats": stats, "ref": ref, "windows": windows, "period": period}
+        if self.seasonal:
+            seas = self.seasonal_memory(state, patches, windows, period, stats, ref)
+            new.update({k: v[:, -1] for k, v in seas.items()})
+            aux.update(seas)
+        else:                                                     # kept as they are (empty)
+            new.update({k: state[k] for k in ("clock", "profile", "herr", "next")})
+        return new, aux
+
+    @property
+    def seasonal(self) -> bool:
+        """Whether the seasonal memory is kept (either seasonal lever on)."""
+        return self.cfg.seasonal_memory or self.cfg.hint_features
 
     @torch.no_grad()
     def seasonal_memory(self, state, patches, windows, period, stats, ref):
@@ -210,9 +220,11 @@ class Flame(nn.Module):
         n = T - 1                                                          # boundaries with a future
         mean, std = mean_std(aux["stats"][:, :n], aux["ref"][:, None])     # (b, n)
         flat = lambda x: x.reshape(b * n, *x.shape[2:])
-        seas = {k: flat(aux[k][:, :n]) for k in ("clock", "profile", "herr")}
-        seas["ref"] = aux["ref"][:, None].expand(b, n).reshape(b * n)
-        seas["cal"] = state0["cal"][:, None].expand(b, n, 2).reshape(b * n, 2)
+        seas = {}
+        if self.seasonal:
+            seas = {k: flat(aux[k][:, :n]) for k in ("clock", "profile", "herr")}
+            seas["ref"] = aux["ref"][:, None].expand(b, n).reshape(b * n)
+            seas["cal"] = state0["cal"][:, None].expand(b, n, 2).reshape(b * n, 2)
         c, hint = self.condition(flat(aux["h"][:, :n]), flat(aux["windows"][:, :n]),
                                  flat(aux["period"][:, :n]), flat(mean), flat(std), K, seas)
         # targets: patches k+1 .. k+K for boundary k (padded with NaN past the end)
