@@ -36,6 +36,25 @@ def test_sampler_is_deterministic_and_mixes_real_values():
     assert not np.array_equal(a, SequenceSampler(cfg, 48, real_series=real).batch(12), equal_nan=True)
 
 
+def test_sampler_gives_each_sequence_its_calendar():
+    """A real sequence's calendar is its series' step times the aggregation factor; a synthetic
+    family's is its own step; the values are the same as without calendars."""
+    from streamflame.data.synthetic import CALENDAR_STEP_MINUTES, STEP_MINUTES
+    from streamflame.model.perception import calendar_steps
+
+    cfg = TrainConfig(batch=64, seq_patches=4, real_fraction=0.5, seed=3,
+                      synthetic={"calendar_fraction": 0.3, "weather_fraction": 0.1})
+    real = {"hourly": [np.sin(np.arange(2000.0) / 3.8)], "monthly": [np.arange(500.0)]}
+    s = SequenceSampler(cfg, 48, real_series=real, real_steps={"hourly": [3600.0], "monthly": [None]})
+    tb = s.batch_with_calendar(7)
+    assert np.array_equal(tb.values, s.batch(7), equal_nan=True) and tb.calendar.shape == (64, 2)
+    hourly = {calendar_steps(3600.0 * f) for f in (1, 2, 3, 4)}
+    synthetic = {calendar_steps(60.0 * m) for m in set(STEP_MINUTES) | set(CALENDAR_STEP_MINUTES) | {5, 10, 30, 60}}
+    got = {tuple(c) for c in tb.calendar.tolist()}
+    assert got <= hourly | synthetic | {(0.0, 0.0)}
+    assert got & hourly and (0.0, 0.0) in got                 # real hourly rows; monthly / KernelSynth rows
+
+
 def test_bad_training_config_is_a_clear_error(tmp_path, capsys):
     bad = tmp_path / "bad.yaml"
     bad.write_text("steps: 10\nlearning_rate: 3\n")
@@ -57,8 +76,11 @@ def test_sampler_balances_sources_and_exported_data_roundtrips(tmp_path, monkeyp
     assert 240 < ramps < 360, ramps                          # ~1/2 of the draws, not 1/51
 
     data = {"a": [np.arange(300.0), np.array([1.0, np.nan, 3.0])], "b": [np.linspace(0, 1, 250)]}
-    monkeypatch.setattr(loop, "load_real_training_values", lambda: data)
+    steps = {"a": [3600.0, None], "b": [60.0]}
+    monkeypatch.setattr(loop, "load_real_training_values",
+                        lambda with_steps=False: (data, steps) if with_steps else data)
     info = loop.export_training_data(tmp_path / "d.npz", max_len=200)
+    assert loop.load_training_steps(tmp_path / "d.npz") == steps
     assert info == {"series": 3, "sources": 2, "values": 200 + 3 + 200}
     back = loop.load_training_data(tmp_path / "d.npz")
     assert sorted(back) == ["a", "b"]
@@ -75,10 +97,12 @@ def test_loader_workers_draw_the_same_batches(tmp_path):
     cfg = TrainConfig(batch=3, seq_patches=4, real_fraction=0.5, seed=2)
     s = SequenceSampler(cfg, 48, real_series={"x": [np.sin(np.arange(900.0) / 5)]})
     dl = torch.utils.data.DataLoader(_Batches(s, 7, 12), batch_size=None, num_workers=2)
-    got = [b.numpy() for b in dl]
+    got = list(dl)
     assert len(got) == 5
     for i, g in enumerate(got):
-        assert np.array_equal(g, s.batch(7 + i), equal_nan=True)
+        want = s.batch_with_calendar(7 + i)
+        assert np.array_equal(g.values.numpy(), want.values, equal_nan=True)
+        assert np.array_equal(g.calendar.numpy(), want.calendar)
 
 
 def test_synthetic_mix_from_the_training_config(tmp_path):

@@ -161,9 +161,13 @@ def ar1(length: int, phi: float, rng: np.random.Generator) -> np.ndarray:
     return sample_stationary(float(phi) ** np.arange(length, dtype=np.float64), rng)
 
 
-def sensor_like(length: int, rng: np.random.Generator, step_minutes: int | None = None) -> np.ndarray:
-    """One sensor-like series of shape (length,) (see the module docstring)."""
+def sensor_like(length: int, rng: np.random.Generator, step_minutes: int | None = None,
+                info: dict | None = None) -> np.ndarray:
+    """One sensor-like series of shape (length,) (see the module docstring). ``info`` (if given)
+    receives the sampling step drawn: ``info["step_minutes"]``."""
     step_minutes = int(rng.choice(STEP_MINUTES)) if step_minutes is None else int(step_minutes)
+    if info is not None:
+        info["step_minutes"] = step_minutes
     per_day = max(1, MINUTES_PER_DAY // step_minutes)
     t = np.arange(length)
     day = t // per_day
@@ -220,12 +224,14 @@ def _day_noise(n_days: int, rng: np.random.Generator, sd: float) -> np.ndarray:
 
 
 def calendar_like(length: int, rng: np.random.Generator, step_minutes: int | None = None,
-                  closed_hours: bool = False) -> np.ndarray:
+                  closed_hours: bool = False, info: dict | None = None) -> np.ndarray:
     """One calendar series of shape (length,): a weekly main cycle (see the module docstring).
 
     With ``closed_hours`` the values outside the opening hours (and, half of the time, on
     weekends) are NaN: the series is only ever observed while the place is open."""
     step_minutes = int(rng.choice(CALENDAR_STEP_MINUTES)) if step_minutes is None else int(step_minutes)
+    if info is not None:
+        info["step_minutes"] = step_minutes
     per_day = max(1, MINUTES_PER_DAY // step_minutes)
     t = np.arange(length)
     offset = int(rng.integers(per_day * 7))            # series start: any time of any weekday
@@ -286,9 +292,12 @@ def calendar_like(length: int, rng: np.random.Generator, step_minutes: int | Non
 
 # ---------------------------------------------------------------- weather-like series
 
-def weather_like(length: int, rng: np.random.Generator, step_minutes: int | None = None) -> np.ndarray:
+def weather_like(length: int, rng: np.random.Generator, step_minutes: int | None = None,
+                 info: dict | None = None) -> np.ndarray:
     """One weather-like series of shape (length,) (see the module docstring)."""
     step_minutes = int(rng.choice((5, 10, 10, 30, 60, 60, 60))) if step_minutes is None else int(step_minutes)
+    if info is not None:
+        info["step_minutes"] = step_minutes
     per_day = max(2, MINUTES_PER_DAY // step_minutes)
     t = np.arange(length)
     tt = t + int(rng.integers(per_day))
@@ -347,20 +356,25 @@ def _rng(seed: int, index: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([int(seed), int(index)]))
 
 
-def generate_one(index: int, length: int, seed: int = 0, config: SynthConfig = DEFAULT) -> np.ndarray:
-    """Series ``index`` of the stream with this ``seed``: float64 array of shape (length,)."""
+def generate_one(index: int, length: int, seed: int = 0, config: SynthConfig = DEFAULT,
+                 info: dict | None = None) -> np.ndarray:
+    """Series ``index`` of the stream with this ``seed``: float64 array of shape (length,).
+    ``info`` (if given) receives ``step_minutes``, the sampling step of the calendar, weather and
+    sensor families (None for KernelSynth shapes, which have no calendar)."""
+    if info is not None:
+        info["step_minutes"] = None
     if length < 2:
         raise ValueError(f"length must be >= 2, got {length}")
     rng = _rng(seed, index)
     family = rng.random() if config.calendar_fraction + config.weather_fraction > 0 else 1.0
     if family < config.calendar_fraction:
-        x = calendar_like(length, rng, closed_hours=bool(rng.random() < config.closed_hours_probability))
+        x = calendar_like(length, rng, closed_hours=bool(rng.random() < config.closed_hours_probability), info=info)
     elif family < config.calendar_fraction + config.weather_fraction:
-        x = weather_like(length, rng)
+        x = weather_like(length, rng, info=info)
     elif rng.random() < config.kernel_fraction:
         x = kernel_synth(length, rng, config.max_kernels)
     else:
-        x = sensor_like(length, rng)
+        x = sensor_like(length, rng, info=info)
     gaps = bool(np.isnan(x).any())               # only calendar series with closed hours
     std = np.nanstd(x) if gaps else np.std(x)
     x = (x - (np.nanmean(x) if gaps else np.mean(x))) / (std if std > 0 else 1.0)

@@ -21,6 +21,7 @@ import time
 import warnings
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -29,6 +30,7 @@ import yaml
 from streamflame.model.config import ModelConfig
 from streamflame.model.flame import Flame, load_compatible
 from streamflame.model.forecaster import Forecaster, _model_id
+from streamflame.model.perception import calendar_steps
 from streamflame.train.mix import AugmentConfig, augment, tsmixup
 
 
@@ -51,6 +53,7 @@ class TrainConfig:
     source_weights: bool = True                     # draw real sources by their registry weight (else uniformly)
     augment: dict = field(default_factory=dict)     # AugmentConfig overrides (streamflame/train/mix.py)
     target_noise: float = 0.0                       # dequantisation noise on normalised targets (Flame.loss)
+    calendar: bool = True                           # each sequence's day and week in steps reach the model (cal)
     min_observed: float = 0.75                      # a future patch is scored from this observed share on
     synthetic_seed: int = 1
     synthetic: dict = field(default_factory=dict)   # SynthConfig overrides (families, gaps)
@@ -111,78 +114,103 @@ def augment_config(overrides: dict) -> AugmentConfig:
 
 
 # ---- data -----------------------------------------------------------------------------------
+class TrainBatch(NamedTuple):
+    values: np.ndarray        # (batch, seq_patches, p) float32, NaN = missing
+    calendar: np.ndarray      # (batch, 2) float64: each sequence's day and week in steps (0 = unknown)
+
+
 class SequenceSampler:
     """Draws (batch, seq_patches, 48) float32 arrays; deterministic for a seed and step.
 
     A sequence is plain real (``real_fraction``), a TSMixup of real ones (``tsmixup_fraction``)
     or synthetic (the rest); then augmented (``augment``). Real sequences pick a source first -
     by its weight in the registry (``source_weights``), or uniformly - then a series within it,
-    so a source with a thousand files weighs no more than its weight says."""
+    so a source with a thousand files weighs no more than its weight says. Each sequence also
+    carries its calendar (the day and the week in steps) where its sampling step is known: a real
+    series' step times its aggregation factor, a synthetic family's step; TSMixup of series with
+    different steps and KernelSynth shapes have none."""
 
     def __init__(self, cfg: TrainConfig, patch_len: int,
                  real_series: list[np.ndarray] | dict[str, list[np.ndarray]] | None = None,
-                 weights: dict[str, float] | None = None):
+                 weights: dict[str, float] | None = None,
+                 real_steps: dict[str, list[float | None]] | None = None):
         self.cfg, self.p = cfg, patch_len
         self.length = cfg.seq_patches * patch_len
         self.synth = synth_config(cfg.synthetic)
         self.aug = augment_config(cfg.augment)
         needs_real = cfg.real_fraction + cfg.tsmixup_fraction > 0
         if real_series is None:
-            real_series = {} if not needs_real else (
-                load_training_data(cfg.data) if cfg.data else load_real_training_values())
+            if not needs_real:
+                real_series = {}
+            elif cfg.data:
+                real_series, real_steps = load_training_data(cfg.data), load_training_steps(cfg.data)
+            else:
+                real_series, real_steps = load_real_training_values(with_steps=True)
             if weights is None and cfg.source_weights:
                 weights = training_source_weights()
         if not isinstance(real_series, dict):
             real_series = {"real": list(real_series)} if len(real_series) else {}
         names = [k for k, v in sorted(real_series.items()) if v]
         self.real = [real_series[k] for k in names]
+        self.real_steps = [(real_steps or {}).get(k) or [None] * len(real_series[k]) for k in names]
         w = np.array([(weights or {}).get(k, 1.0) if cfg.source_weights else 1.0 for k in names], dtype=np.float64)
         self.source_p = w / w.sum() if len(w) and w.sum() > 0 else None
         if needs_real and not self.real:
             raise RuntimeError("real_fraction or tsmixup_fraction > 0 but no packaged training data is installed")
 
     def batch(self, step: int) -> np.ndarray:
+        return self.batch_with_calendar(step).values
+
+    def batch_with_calendar(self, step: int) -> TrainBatch:
         rng = np.random.default_rng([self.cfg.seed, step])
         out = np.empty((self.cfg.batch, self.length), dtype=np.float32)
+        cal = np.zeros((self.cfg.batch, 2))
         mixing = self.cfg.tsmixup_fraction > 0
         augmenting = self.aug != AugmentConfig(tsmixup_k=self.aug.tsmixup_k, tsmixup_alpha=self.aug.tsmixup_alpha)
         for i in range(self.cfg.batch):
             u = rng.random() if self.real else 1.0      # no draw without real data (the old stream)
             if self.real and u < self.cfg.real_fraction:
-                x = self._real(rng)
+                x, step_s = self._real(rng)
             elif self.real and mixing and u < self.cfg.real_fraction + self.cfg.tsmixup_fraction:
                 k = int(rng.integers(1, self.aug.tsmixup_k + 1))
-                x = tsmixup([self._real(rng, rescale=False) for _ in range(k)], rng, self.aug.tsmixup_alpha)
-                x = self._rescale(x, rng)
+                parts = [self._real(rng, rescale=False) for _ in range(k)]
+                x = self._rescale(tsmixup([a for a, _ in parts], rng, self.aug.tsmixup_alpha), rng)
+                steps = {st for _, st in parts}
+                step_s = steps.pop() if len(steps) == 1 else None
             else:
-                x = self._synthetic(rng)
+                x, step_s = self._synthetic(rng)
             out[i] = augment(x, rng, self.aug) if augmenting else x
-        return out.reshape(self.cfg.batch, self.cfg.seq_patches, self.p)
+            cal[i] = calendar_steps(step_s)
+        return TrainBatch(out.reshape(self.cfg.batch, self.cfg.seq_patches, self.p), cal)
 
-    def _synthetic(self, rng) -> np.ndarray:
+    def _synthetic(self, rng) -> tuple[np.ndarray, float | None]:
         from streamflame.data.synthetic import generate_one
-        return generate_one(int(rng.integers(0, 2**31)), self.length, seed=self.cfg.synthetic_seed,
-                            config=self.synth)
+        info: dict = {}
+        x = generate_one(int(rng.integers(0, 2**31)), self.length, seed=self.cfg.synthetic_seed,
+                         config=self.synth, info=info)
+        return x, (60.0 * info["step_minutes"] if info.get("step_minutes") else None)
 
-    def _real(self, rng, rescale: bool = True) -> np.ndarray:
-        if self.source_p is None:
-            source = self.real[int(rng.integers(len(self.real)))]
-        else:
-            source = self.real[int(rng.choice(len(self.real), p=self.source_p))]
-        x = source[int(rng.integers(len(source)))]
+    def _real(self, rng, rescale: bool = True) -> tuple[np.ndarray, float | None]:
+        """A real sequence and its sampling step in seconds (None if unknown)."""
+        i = int(rng.integers(len(self.real))) if self.source_p is None else \
+            int(rng.choice(len(self.real), p=self.source_p))
+        source = self.real[i]
+        j = int(rng.integers(len(source)))
+        x, step_s = source[j], self.real_steps[i][j]
         factor = int(rng.choice([1, 1, 1, 2, 3, 4]))           # aggregate to coarser sampling rates
         if factor > 1 and len(x) >= factor * self.length // 2:
             n = len(x) // factor * factor
             with np.errstate(all="ignore"), warnings.catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)   # all-NaN blocks stay NaN
                 x = np.nanmean(x[:n].reshape(-1, factor), axis=1)
+            step_s = step_s * factor if step_s else None
         L = self.length
         if len(x) >= L:
             a = int(rng.integers(0, len(x) - L + 1))
             seg = x[a:a + L]
         else:                                                   # a young series: missing past
             seg = np.concatenate([np.full(L - len(x), np.nan), x])
-        return self._rescale(seg, rng) if rescale else seg
+        return (self._rescale(seg, rng) if rescale else seg), step_s
 
     @staticmethod
     def _rescale(seg: np.ndarray, rng) -> np.ndarray:
@@ -199,26 +227,28 @@ class _Batches(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return max(0, self.stop - self.start)
 
-    def __getitem__(self, i: int) -> np.ndarray:
-        return self.sampler.batch(self.start + i)
+    def __getitem__(self, i: int) -> TrainBatch:
+        return self.sampler.batch_with_calendar(self.start + i)
 
 
-def load_real_training_values(min_len: int = 3 * 48, per_source: int | None = None) -> dict[str, list[np.ndarray]]:
+def load_real_training_values(min_len: int = 3 * 48, per_source: int | None = None, with_steps: bool = False):
     """Values of every training-split series with at least `min_len` observations, by registry
-    source; `per_source` caps the series of a source (seeded sub-sample; None = all of them)."""
+    source; `per_source` caps the series of a source (seeded sub-sample; None = all of them).
+    With ``with_steps``: (values, sampling steps in seconds, None for calendar frequencies)."""
     from streamflame.data.registry import training_series
-    by_source: dict[str, list[np.ndarray]] = {}
+    by_source: dict[str, list[tuple[np.ndarray, float | None]]] = {}
     for s in training_series():
         v = np.asarray(s.values, dtype=np.float64)
         if np.sum(~np.isnan(v)) >= min_len and np.nanstd(v) > 0:
-            by_source.setdefault(_source_name(s), []).append(v)
+            by_source.setdefault(_source_name(s), []).append((v, s.step_seconds))
     rng = np.random.default_rng(0)
-    out = {}
+    out, steps = {}, {}
     for src in sorted(by_source):
         vs = by_source[src]
         idx = rng.permutation(len(vs))[:per_source] if per_source else range(len(vs))
-        out[src] = [vs[i] for i in sorted(idx)]
-    return out
+        out[src] = [vs[i][0] for i in sorted(idx)]
+        steps[src] = [vs[i][1] for i in sorted(idx)]
+    return (out, steps) if with_steps else out
 
 
 def _source_name(series) -> str:
@@ -234,13 +264,13 @@ def training_source_weights() -> dict[str, float]:
 def export_training_data(path: str | Path, max_len: int = 200_000) -> dict:
     """Write the training values to one compressed .npz (for a machine without the data
     packages, e.g. a GPU box). Each series keeps its newest `max_len` values, in float32."""
-    data = load_real_training_values()
+    data, steps = load_real_training_values(with_steps=True)
     arrays, index = {}, []
     for src, vs in data.items():
         for j, v in enumerate(vs):
             key = f"s{len(index)}"
             arrays[key] = v[-max_len:].astype(np.float32)
-            index.append([src, key])
+            index.append([src, key, steps[src][j]])
     arrays["index"] = np.array(json.dumps(index))
     np.savez_compressed(path, **arrays)
     return {"series": len(index), "sources": len(data), "values": int(sum(a.size for k, a in arrays.items() if k != "index"))}
@@ -249,8 +279,18 @@ def export_training_data(path: str | Path, max_len: int = 200_000) -> dict:
 def load_training_data(path: str | Path) -> dict[str, list[np.ndarray]]:
     with np.load(path, allow_pickle=False) as z:
         out: dict[str, list[np.ndarray]] = {}
-        for src, key in json.loads(str(z["index"])):
+        for src, key, *_ in json.loads(str(z["index"])):
             out.setdefault(src, []).append(z[key].astype(np.float64))
+    return out
+
+
+def load_training_steps(path: str | Path) -> dict[str, list[float | None]]:
+    """The sampling step (seconds) of each series in an export, in load_training_data's order
+    (None where unknown, e.g. an export written before steps were recorded)."""
+    with np.load(path, allow_pickle=False) as z:
+        out: dict[str, list[float | None]] = {}
+        for src, _, *rest in json.loads(str(z["index"])):
+            out.setdefault(src, []).append(rest[0] if rest else None)
     return out
 
 
@@ -348,8 +388,9 @@ def train(cfg: TrainConfig, resume: bool = False, sampler: SequenceSampler | Non
         if cfg.max_minutes is not None and time.time() - t0 > cfg.max_minutes * 60:
             progress(f"time budget of {cfg.max_minutes} min reached at step {step}")
             break
-        xb = next(batches) if batches is not None else torch.from_numpy(sampler.batch(step))
-        x = xb.to(device, non_blocking=True)
+        xb = next(batches) if batches is not None else TrainBatch(*map(torch.from_numpy, sampler.batch_with_calendar(step)))
+        x = xb.values.to(device, non_blocking=True)
+        calendar = xb.calendar.to(device) if cfg.calendar else None
         time_frac = (time.time() - t0) / (cfg.max_minutes * 60) if cfg.max_minutes else 0.0
         lr = lr_at(step, cfg, time_frac)
         for g in opt.param_groups:
@@ -360,7 +401,7 @@ def train(cfg: TrainConfig, resume: bool = False, sampler: SequenceSampler | Non
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             noise_gen = torch.Generator().manual_seed(int(g.integers(2**62))) if cfg.target_noise > 0 else None
             loss = model.loss(x, future=future, target_noise=cfg.target_noise, generator=noise_gen,
-                              min_observed=cfg.min_observed)
+                              min_observed=cfg.min_observed, calendar=calendar)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
