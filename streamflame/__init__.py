@@ -14,9 +14,9 @@ __all__ = ["Forecaster", "SeriesState", "Forecast", "ModelConfig", "StateDecodeE
 
 def __getattr__(name: str):
     if name == "SeriesForecaster":
-        from .frame import SeriesForecaster
+        from .frame import SeriesForecaster  # lazy: pandas
         return SeriesForecaster
     if name in __all__ and name != "__version__":
-        from . import model
+        from . import model  # lazy: torch
         return getattr(model, name)
     raise AttributeError(f"module 'streamflame' has no attribute {name!r}")

@@ -13,22 +13,22 @@ import sys
 
 COMMANDS: dict[str, tuple[str, str]] = {
     # name: (module:function, one-line help)
-    "up": ("streamflame.embedded.stack:main_up", "start the embedded stack (broker, redis, ingest, worker)"),
-    "down": ("streamflame.embedded.stack:main_down", "stop a detached embedded stack"),
-    "status": ("streamflame.status:main", "summarise running ingest/worker processes from their metrics"),
-    "demo": ("streamflame.demo:main", "replay a bundled real dataset through the full pipeline and show forecasts"),
-    "ingest": ("streamflame.ingest.consumer:main", "run an ingest consumer (observations -> patches)"),
-    "worker": ("streamflame.worker.worker:main", "run a model worker (patches -> states, forecasts, alerts)"),
+    "up": ("streamflame.embedded.cli:main_up", "start the embedded stack (broker, redis, ingest, worker)"),
+    "down": ("streamflame.embedded.cli:main_down", "stop a detached embedded stack"),
+    "status": ("streamflame.tools.status:main", "summarise running ingest/worker processes from their metrics"),
+    "demo": ("streamflame.tools.demo:main", "replay a bundled real dataset through the full pipeline and show forecasts"),
+    "ingest": ("streamflame.pipeline.ingest.cli:main", "run an ingest consumer (observations -> patches)"),
+    "worker": ("streamflame.pipeline.worker.cli:main", "run a model worker (patches -> states, forecasts, alerts)"),
     "replay": ("streamflame.tools.replay:main", "send a CSV/Parquet file of observations to the observations topic"),
     "tail": ("streamflame.tools.tail:main", "print forecasts and alerts as they arrive, one line each"),
     "plot": ("streamflame.tools.plot:main", "fan chart PNG of a series: live stack or an eval forecast file"),
-    "config": ("streamflame.config:main", "configuration tools: `config check FILE`"),
+    "config": ("streamflame.config.cli:main", "configuration tools: `config check FILE`"),
     "data": ("streamflame.data.registry:main", "packaged real datasets: `data sources`, `data export-validation FILE`"),
     "train": ("streamflame.train.loop:main", "train a model from a YAML training config"),
     "eval": ("streamflame.eval.run:main", "score forecasts on a CSV/Parquet file (the eval file contract)"),
-    "chaos": ("streamflame.chaos:main", "fault injection on the embedded stack: `chaos crash|redis|broker|rebalance`"),
+    "chaos": ("streamflame.faults.chaos:main", "fault injection on the embedded stack: `chaos crash|redis|broker|rebalance`"),
     "bench": ("streamflame.bench:main", "benchmarks: `bench step`, `bench pipeline`, `bench soak`"),
-    "fuzz": ("streamflame.reliability_input:main", "hostile-input run through the real ingest + worker, checked"),
+    "fuzz": ("streamflame.faults.fuzz:main", "hostile-input run through the real ingest + worker, checked"),
 }
 
 

@@ -21,14 +21,15 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from streamflame.core.constants import DEFAULT_QUANTILES
+from streamflame.core.frequency import format_level
 from streamflame.data.loader import ID_COLUMNS, TIME_COLUMNS, VALUE_COLUMNS, parse_timestamps
 from streamflame.data.series import parse_freq, to_grid
 from streamflame.data.times import epoch_ns, from_epoch_ns, step_ns, timestamp_ns
-from streamflame.schemas import format_level, forecast_seed
+from streamflame.messages import forecast_seed
 
 __all__ = ["SeriesForecaster"]
 
-_QUANTILES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
 
 @dataclass
@@ -109,7 +110,7 @@ class SeriesForecaster:
                 raise ValueError(f"series {sid!r}: inferred frequency {freq.freqstr} has no fixed step; pass freq=")
             step = step_ns(freq)
             self._tracks[sid] = _Track(step, timestamp_ns(start) + len(grid) * step, t.tz,
-                                       self.forecaster.init_state(self.scale), grid)
+                                       self.forecaster.init_state(self.scale, step_seconds=step / 1e9), grid)
             return 0
         if (t.tz is None) != (tr.tz is None):
             raise ValueError(f"series {sid!r}: timestamps mix naive and time-zone-aware values across calls")
@@ -138,7 +139,7 @@ class SeriesForecaster:
                 tr.state, tr.pending = s, tr.pending[p:]
 
     # ---- output --------------------------------------------------------------------------
-    def predict_df(self, horizon: int, quantiles=_QUANTILES, *, num_samples: int = 100, seed: int = 0,
+    def predict_df(self, horizon: int, quantiles=DEFAULT_QUANTILES, *, num_samples: int = 100, seed: int = 0,
                    series_ids: list[str] | None = None) -> pd.DataFrame:
         """Forecast ``horizon`` grid steps after each series' last grid point fed.
 

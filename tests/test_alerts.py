@@ -16,7 +16,7 @@ from streamflame.alerts.judge import JudgeState, observe
 from streamflame.alerts.messages import encode_event
 from streamflame.alerts.settings import AlertSettings, thresholds
 from streamflame.config import ConfigError, ServiceConfig, dump_yaml, load_config
-from streamflame.schemas import AlertEpisode, decode_alert_any
+from streamflame.messages import AlertEpisode, decode_alert_any
 
 FREQ = 600_000  # 10 min
 WIN = (1, 2, 3, 5, 8)

@@ -16,12 +16,13 @@ from pathlib import Path
 
 import orjson
 
+from test_ingest_consumer import produce, read_topic, run_in_thread
+
 from streamflame.alerts.messages import encode_event
 from streamflame.config import ServiceConfig, dump_yaml
-from streamflame.ingest.assembler import AssemblerSettings, SeriesAssembler
-from streamflame.ingest.consumer import IngestConsumer
-from streamflame.schemas import AlertEpisode, decode_alert_any
-from test_ingest_consumer import produce, read_topic, run_in_thread
+from streamflame.messages import AlertEpisode, decode_alert_any
+from streamflame.pipeline.ingest.assembler import AssemblerSettings, SeriesAssembler
+from streamflame.pipeline.ingest.consumer import IngestConsumer
 
 T0 = 1_704_067_200_000
 FREQ = 60_000

@@ -9,11 +9,12 @@ import time
 
 from kafka import KafkaProducer
 
-from streamflame.cli import main as cli
-from streamflame.ingest.consumer import IngestConsumer
-from streamflame.ingest.metrics import serve
 from test_alerts_ingest import config, messages, produce
 from test_cli_tools import run_json
+
+from streamflame.cli import main as cli
+from streamflame.pipeline.ingest.consumer import IngestConsumer
+from streamflame.pipeline.ingest.metrics import serve
 
 T0 = 1_704_067_200_000
 

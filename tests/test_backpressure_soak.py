@@ -22,8 +22,8 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from streamflame.bench.soak import rss_mib, run_soak
 from streamflame.config import dump_yaml
-from streamflame.reliability_input import make_model
-from streamflame.schemas import PATCH_LEN
+from streamflame.core.constants import PATCH_LEN
+from streamflame.faults.fuzz import make_model
 
 T0 = 1_704_067_200_000
 FREQ = 60_000

@@ -16,14 +16,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from streamflame.cli import main as cli
-from streamflame.config import GroupSettings, ServiceConfig
-from streamflame.ingest.consumer import IngestConsumer
-from streamflame.schemas import (AlertMessage, ForecastMessage, decode_forecast, decode_observation_message,
-                                 encode, iso_ms)
-from streamflame.worker.worker import Worker
 from test_pipeline_e2e import read_topic
 from test_worker import model_dir  # noqa: F401 (fixture)
+
+from streamflame.cli import main as cli
+from streamflame.config import GroupSettings, ServiceConfig
+from streamflame.core.timefmt import iso_ms
+from streamflame.messages import AlertMessage, ForecastMessage, decode_forecast, decode_observation_message, encode
+from streamflame.pipeline.ingest.consumer import IngestConsumer
+from streamflame.pipeline.worker.worker import Worker
 
 T0 = pd.Timestamp("2024-01-01")
 STEP = pd.Timedelta("10min")

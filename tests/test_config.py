@@ -18,12 +18,11 @@ from streamflame.config import (
     ServiceConfig,
     changed_paths,
     default_config_path,
-    format_frequency,
     load_config,
     main,
     needs_restart,
-    parse_frequency,
 )
+from streamflame.core.frequency import format_frequency, parse_frequency
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -8,13 +8,14 @@ import threading
 
 from kafka import KafkaProducer
 
-from streamflame.config import ServiceConfig
-from streamflame.ingest.consumer import IngestConsumer
-from streamflame.kafka_io import DeadLetterWriter, max_request_bytes
-from streamflame.schemas import decode_dead_letter
-from streamflame.state.store import StateStore
 from test_pipeline_e2e import read_topic
 from test_worker import cfg, model_dir  # noqa: F401 (fixtures)
+
+from streamflame.adapters.kafka_io import DeadLetterWriter, max_request_bytes
+from streamflame.adapters.state.store import StateStore
+from streamflame.config import ServiceConfig
+from streamflame.messages import decode_dead_letter
+from streamflame.pipeline.ingest.consumer import IngestConsumer
 
 T0 = 1_700_000_000_000
 

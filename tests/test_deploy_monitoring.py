@@ -28,14 +28,15 @@ import yaml
 from kafka import KafkaProducer
 from prometheus_client.parser import text_string_to_metric_families
 
-from streamflame.config import ServiceConfig
-from streamflame.ingest.consumer import IngestConsumer
-from streamflame.ingest.metrics import serve as serve_ingest
-from streamflame.schemas import PATCH_LEN
-from streamflame.worker.worker import Worker
 from test_deploy import COMPOSE_FILE, DEPLOY, _render, compose  # noqa: F401 (fixture)
 from test_pipeline_e2e import read_topic
 from test_worker import model_dir  # noqa: F401 (fixture)
+
+from streamflame.config import ServiceConfig
+from streamflame.core.constants import PATCH_LEN
+from streamflame.pipeline.ingest.consumer import IngestConsumer
+from streamflame.pipeline.ingest.metrics import serve as serve_ingest
+from streamflame.pipeline.worker.worker import Worker
 
 PROM = DEPLOY / "prometheus"
 DASHBOARD = DEPLOY / "grafana" / "dashboards" / "streamflame.json"

@@ -2,7 +2,7 @@
 `--durable` (Tansu on localbucket files, redis-server with an AOF) and the default
 (redis-server with an AOF, the broker in memory), with ingest and worker.
 
-Each test streams a seeded data set (streamflame.chaos.make_dataset) in two
+Each test streams a seeded data set (streamflame.faults.chaos.make_dataset) in two
 parts, the first ending with patches open, across an interruption of the whole
 stack, and checks the outcome with the chaos harness's verification against an
 uninterrupted in-process reference (ChaosRun._verify: states byte-identical,
@@ -28,11 +28,11 @@ import pytest
 import redis
 import yaml
 
-from streamflame.chaos import FAST_GROUP, ChaosRun, Dataset, make_dataset, read_topic
 from streamflame.config import ServiceConfig
 from streamflame.embedded.process import pid_alive
 from streamflame.embedded.stack import read_run_json
-from streamflame.status import scrape
+from streamflame.faults.chaos import FAST_GROUP, ChaosRun, Dataset, make_dataset, read_topic
+from streamflame.tools.status import scrape
 
 PARTITIONS = 2
 N_OBS, N_SERIES, SEED = 1400, 4, 3
@@ -182,7 +182,7 @@ def _open_patches(ds: Dataset, part: list[tuple[bytes, bytes]]) -> int:
             last[m["series_id"]] = m["timestamps"][-1]
         else:
             last[m["series_id"]] = int(datetime.fromisoformat(m["timestamp"]).timestamp() * 1000)
-    from streamflame.chaos import FREQ_MS, PATCH_LEN, T0_MS
+    from streamflame.faults.chaos import FREQ_MS, PATCH_LEN, T0_MS
 
     return sum(1 for ts in last.values() if ((ts - T0_MS) // FREQ_MS) % PATCH_LEN != PATCH_LEN - 1)
 
@@ -270,7 +270,7 @@ def test_persisted_redis_beside_a_fresh_broker_goes_on_safely(setup):
     # every series reaches its last complete patch: nothing of part B is skipped
     _wait_final(info, s.ds, timeout=60)
     bs = info["kafka_bootstrap"]
-    from streamflame.schemas import decode_forecast, decode_patch
+    from streamflame.messages import decode_forecast, decode_patch
 
     patches = [decode_patch(r.value) for r in read_topic(bs, info["topics"]["patches"])]
     fcs = Counter((f.series_id, f.seq) for f in (decode_forecast(r.value) for r in read_topic(bs, info["topics"]["forecasts"])))
@@ -285,7 +285,7 @@ def test_persisted_redis_beside_a_fresh_broker_goes_on_safely(setup):
                 for o in ("applied", "stale", "conflict", "gap")}
     assert outcomes["applied"] == len(want) and outcomes["stale"] == outcomes["conflict"] == 0, outcomes
     # every observation of part B is inside its patch (slots from part A's open patches are lost with the broker)
-    from streamflame.chaos import FREQ_MS, PATCH_LEN, T0_MS
+    from streamflame.faults.chaos import FREQ_MS, PATCH_LEN, T0_MS
 
     b_slots: dict[str, set[int]] = {}
     for _, v in s.b:
@@ -312,7 +312,7 @@ def test_broker_batch_objects_are_counted_and_flagged(tmp_path):
     from kafka import KafkaProducer
 
     from streamflame.embedded.stack import BROKER_BATCHES_WARN, EmbeddedStack
-    from streamflame.status import _persistence_lines
+    from streamflame.tools.status import _persistence_lines
 
     with EmbeddedStack(tmp_path / "rd", durable=True, partitions=2) as stack:
         p = KafkaProducer(bootstrap_servers=stack.kafka_bootstrap, linger_ms=0, enable_idempotence=False)

@@ -246,7 +246,7 @@ def test_up_runs_the_real_ingest_and_worker_end_to_end(tmp_path):
     from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
     from streamflame import Forecaster
-    from streamflame.schemas import decode_forecast
+    from streamflame.messages import decode_forecast
 
     model = Forecaster.from_config(seed=0)
     model.save(tmp_path / "ckpt")

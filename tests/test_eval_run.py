@@ -137,7 +137,7 @@ def test_model_streams_each_series_once_like_a_fresh_recompute(tiny_checkpoint, 
     assert lengths[0] % f.config.patch_len != 0  # origins inside a patch: forecast from the partial buffer
     mean, quantiles = adapter.forecast_series(series, lengths, H)
     assert mean.shape == (3, H) and quantiles.shape == (3, len(QUANTILES), H)
-    from streamflame.schemas import forecast_seed
+    from streamflame.messages import forecast_seed
 
     for k, length in enumerate(lengths):
         state = f.state_from_history(series.values[:length])

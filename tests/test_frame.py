@@ -11,9 +11,10 @@ import pandas as pd
 import pytest
 
 import streamflame
+
 from streamflame import Forecaster, SeriesForecaster
+from streamflame.messages import forecast_seed
 from streamflame.model import tiny_config
-from streamflame.schemas import forecast_seed
 
 STEP = pd.Timedelta("10min")
 LEVELS = (0.1, 0.5, 0.9)

@@ -10,8 +10,6 @@ import threading
 import orjson
 import pytest
 
-from streamflame.config import ConfigError, HotReloader, ServiceConfig, dump_yaml, load_config
-from streamflame.schemas import decode_forecast
 from test_worker import (  # noqa: F401 (model_dir: fixture)
     make_patch,
     model_dir,
@@ -21,6 +19,9 @@ from test_worker import (  # noqa: F401 (model_dir: fixture)
     values_for,
     wait_for,
 )
+
+from streamflame.config import ConfigError, HotReloader, ServiceConfig, dump_yaml, load_config
+from streamflame.messages import decode_forecast
 
 H1, H2 = 60, 24
 Q1 = [0.05, 0.25, 0.5, 0.75, 0.95]
@@ -176,8 +177,8 @@ def test_ingest_reloads_group_frequency_for_new_series(service_config, redis_cli
 
     from kafka import KafkaProducer
 
-    from streamflame.ingest.consumer import IngestConsumer
-    from streamflame.schemas import decode_patch
+    from streamflame.pipeline.ingest.consumer import IngestConsumer
+    from streamflame.messages import decode_patch
     from test_pipeline_e2e import read_topic
 
     def text(freq: str) -> str:

@@ -1,4 +1,4 @@
-"""streamflame.incarnation against a real Tansu broker and redis-server: the check
+"""streamflame.embedded.incarnation against a real Tansu broker and redis-server: the check
 `streamflame up` runs before ingest and worker start, and the cursor repair
 that lets a series go on beside a broker that lost its data."""
 from __future__ import annotations
@@ -7,10 +7,9 @@ import uuid
 
 import pytest
 
-from streamflame import incarnation
-from streamflame.embedded import Broker
-from streamflame.ingest.assembler import ACCEPTED, SKIPPED, AssemblerSettings, IngestCursor, SeriesAssembler
-from streamflame.ingest.cursors import CursorStore
+from streamflame.embedded import Broker, incarnation
+from streamflame.pipeline.ingest.assembler import ACCEPTED, SKIPPED, AssemblerSettings, IngestCursor, SeriesAssembler
+from streamflame.pipeline.ingest.cursors import CursorStore
 
 FREQ = 60_000
 T0 = 1_704_067_200_000

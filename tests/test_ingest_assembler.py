@@ -8,7 +8,9 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from streamflame.ingest.assembler import (
+from streamflame.core.constants import PATCH_LEN
+from streamflame.messages import PatchMessage
+from streamflame.pipeline.ingest.assembler import (
     ACCEPTED,
     REJECTED,
     SKIPPED,
@@ -18,7 +20,6 @@ from streamflame.ingest.assembler import (
     ObsRef,
     SeriesAssembler,
 )
-from streamflame.schemas import PATCH_LEN, PatchMessage
 
 N = PATCH_LEN
 T0 = 1_700_000_000_000

@@ -20,12 +20,13 @@ import orjson
 import pytest
 from kafka.structs import TopicPartition
 
+from streamflame.adapters.kafka_io import make_consumer, make_producer
 from streamflame.config import ServiceConfig, dump_yaml
-from streamflame.ingest.assembler import IngestCursor
-from streamflame.ingest.consumer import IngestConsumer
-from streamflame.ingest.cursors import CursorStore
-from streamflame.kafka_io import make_consumer, make_producer
-from streamflame.schemas import PATCH_LEN, decode_dead_letter, decode_patch
+from streamflame.core.constants import PATCH_LEN
+from streamflame.messages import decode_dead_letter, decode_patch
+from streamflame.pipeline.ingest.assembler import IngestCursor
+from streamflame.pipeline.ingest.consumer import IngestConsumer
+from streamflame.pipeline.ingest.cursors import CursorStore
 
 N = PATCH_LEN
 T0 = 1_704_067_200_000  # 2024-01-01
@@ -315,15 +316,15 @@ def test_a_killed_publisher_fails_the_next_batch_which_is_read_again(service_con
     try:
         produce(cfg, observations(range(N + 1)))
         poll_until(lambda: ing.counters["cursor_writes"] >= len(sids), "patch 0 of every series settled")
-        first = ing.sink.pid
+        first = ing.publisher.pid
         os.kill(first, signal.SIGKILL)
-        ing.sink.proc.wait(timeout=10)
+        ing.publisher.proc.wait(timeout=10)
         produce(cfg, observations(range(N + 1, 2 * N + 1)))
         poll_until(lambda: ing.counters["retries"] >= 1, "the batch handed to the dead publisher failed")
         assert ing.counters["patches"] == 2 * len(sids)   # assembled once, then dropped with the batch
         poll_until(lambda: ing.counters["cursor_writes"] >= 2 * len(sids), "patch 1 settled")
         ing.settle()
-        assert ing.sink.alive and ing.sink.pid != first
+        assert ing.publisher.alive and ing.publisher.pid != first
     finally:
         ing.close()
     got = patches_by_key(read_topic(cfg, cfg.topics.patches, 2 * len(sids)))
@@ -637,7 +638,7 @@ def test_redis_outage_is_survived_by_rewinding(service_config, tmp_path):
 def test_metrics_endpoint_reports_counters(service_config, redis_client):
     import urllib.request
 
-    from streamflame.ingest.metrics import serve
+    from streamflame.pipeline.ingest.metrics import serve
 
     cfg = with_ingest(service_config)
     msgs = [(b"fix-q", orjson.dumps({"series_id": "fix-q", "timestamps": [T0 + k * FREQ for k in range(N + 3)],
@@ -685,7 +686,7 @@ def _as_consumer_records(topic: str, recs, now_ms: int):
 def _hostile_singles(now_ms: int) -> list:
     """Single-observation records that look like the fast path's shape but must not take it
     (or must take it and be judged exactly as the general decoder would)."""
-    from streamflame.reliability_input import Rec
+    from streamflame.faults.fuzz import Rec
 
     def rec(key, doc_bytes):
         return Rec(key, doc_bytes, None, "crafted")
@@ -725,8 +726,8 @@ def test_fast_path_gives_exactly_what_the_general_path_gives(service_config, red
     re-deliveries, off-grid, late, decode-level noise) plus crafted look-alikes, cut into
     random poll batches, gives the same patches, dead letters, counters and cursors; and
     the fast path is really taken for most valid records."""
-    from streamflame.reliability_input import build_traffic
-    from streamflame.schemas import decode_dead_letter
+    from streamflame.faults.fuzz import build_traffic
+    from streamflame.messages import decode_dead_letter
 
     now_ms = int(time.time() * 1000)
     tr = build_traffic(2500, seed, big_payloads=0)
@@ -748,12 +749,12 @@ def test_fast_path_gives_exactly_what_the_general_path_gives(service_config, red
         ing = IngestConsumer(c, redis_client=redis_client, create_missing_topics=True)
         ing.fast_path = fast
         sent = []
-        real_submit = ing.sink.submit
+        real_submit = ing.publisher.submit
 
         def submit(job, _real=real_submit):
             sent.extend(job.messages)
             return _real(job)
-        ing.sink.submit = submit
+        ing.publisher.submit = submit
         try:
             for b in batches:
                 by_tp: dict = {}

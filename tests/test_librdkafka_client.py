@@ -26,12 +26,13 @@ import numpy as np
 from confluent_kafka import Consumer, Producer, libversion
 
 from streamflame import Forecaster
+from streamflame.adapters.kafka_io import key_partition
 from streamflame.config import ServiceConfig
-from streamflame.ingest.consumer import IngestConsumer
-from streamflame.kafka_io import key_partition
+from streamflame.core.constants import PATCH_LEN
+from streamflame.messages import decode_forecast, forecast_seed
 from streamflame.model import tiny_config
-from streamflame.schemas import PATCH_LEN, decode_forecast, forecast_seed
-from streamflame.worker.worker import Worker
+from streamflame.pipeline.ingest.consumer import IngestConsumer
+from streamflame.pipeline.worker.worker import Worker
 
 T0 = 1_704_067_200_000
 FREQ = 60_000
@@ -127,7 +128,7 @@ def test_confluent_kafka_produces_observations_and_consumes_forecasts(service_co
     g = cfg.resolve_group("rdk-00/temp")
     by_key = {(m.series_id, m.seq): m for m in fcs}
     for sid, v in values.items():
-        s = f.init_state(scale=g.scale)
+        s = f.init_state(scale=g.scale, step_seconds=FREQ / 1000)
         for k in range(2):
             s = f.update(s, v[k * PATCH_LEN:(k + 1) * PATCH_LEN])
             ref_fc = f.forecast(s, g.horizon, g.quantiles, g.num_samples, seed=forecast_seed(cfg.worker.seed, sid, k))

@@ -9,7 +9,7 @@ import sys
 
 SCRIPT = """
 import logging, structlog
-from streamflame.logs import configure_logging
+from streamflame.core.logs import configure_logging
 configure_logging("info")
 logging.getLogger("kafka.coordinator").warning("Heartbeat failed for group %s because it is rebalancing", "g1")
 logging.getLogger("kafka.conn").info("not shown: below warning")

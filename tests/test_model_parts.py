@@ -413,7 +413,7 @@ def test_values_beyond_float32_are_refused_and_the_largest_ones_keep_the_state_f
     +-inf in the model's cast, and the series' state (RevIN sums, SSM) stayed non-finite for
     good: every later forecast NaN. Such values are refused with a clear error (ingest sends
     them to the DLQ as value_out_of_range); the largest accepted ones keep a usable state."""
-    from streamflame.schemas import MAX_ABS_VALUE
+    from streamflame.messages import MAX_ABS_VALUE
 
     f = Forecaster.from_config(tiny_config(), seed=0)
     s = f.init_state()

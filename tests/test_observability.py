@@ -21,10 +21,11 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from streamflame import Forecaster
 from streamflame.config import ServiceConfig, dump_yaml
+from streamflame.core.constants import PATCH_LEN
 from streamflame.eval.metrics import coverage, quantile_loss, seasonal_error, wql
+from streamflame.messages import decode_forecast
 from streamflame.model import tiny_config
-from streamflame.schemas import PATCH_LEN, decode_forecast
-from streamflame.status import histogram_quantile
+from streamflame.tools.status import histogram_quantile
 
 REPO = Path(__file__).resolve().parent.parent
 FREQ = 60_000

@@ -22,12 +22,14 @@ import numpy as np
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from streamflame import Forecaster, SeriesState
+from streamflame.adapters.state.store import StateRecord, StateStore
 from streamflame.config import ServiceConfig
-from streamflame.ingest.consumer import IngestConsumer
+from streamflame.core.constants import PATCH_LEN
+from streamflame.core.timefmt import iso_ms
+from streamflame.messages import decode_dead_letter, decode_forecast, forecast_seed
 from streamflame.model import tiny_config
-from streamflame.schemas import PATCH_LEN, decode_dead_letter, decode_forecast, forecast_seed, iso_ms
-from streamflame.state.store import StateRecord, StateStore
-from streamflame.worker.worker import Worker
+from streamflame.pipeline.ingest.consumer import IngestConsumer
+from streamflame.pipeline.worker.worker import Worker
 
 T0 = 1_704_067_200_000
 N_FIXED, N_AUTO = 40, 14                      # "fix-*": frequency configured; "auto-*": inferred
@@ -184,7 +186,7 @@ def test_observations_to_forecasts_end_to_end(service_config, redis_client, tmp_
         g, freq = cfg.resolve_group(sid), FREQ[sid.split("-")[0]]
         n = expected[sid]
         x = np.array([np.nan if vals.get(k) is None else vals[k] for k in range(n * PATCH_LEN)])
-        s = f.init_state(scale=g.scale)
+        s = f.init_state(scale=g.scale, step_seconds=freq / 1000)
         for k in range(n):
             s = f.update(s, x[k * PATCH_LEN:(k + 1) * PATCH_LEN])
             ref = f.forecast(s, g.horizon, g.quantiles, g.num_samples, seed=forecast_seed(cfg.worker.seed, sid, k))

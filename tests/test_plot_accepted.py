@@ -18,14 +18,16 @@ import numpy as np
 import pytest
 from kafka import KafkaConsumer, KafkaProducer
 
-from streamflame.cli import main as cli
-from streamflame.kafka_io import key_partition
-from streamflame.schemas import PATCH_LEN, decode_dead_letter
-from streamflame.tools.keytail import read_key_tail
-from streamflame.tools.plot import from_stack
 from test_cli_tools import check_png, pipeline, run_json  # noqa: F401 (fixture)
 from test_pipeline_e2e import read_topic
 from test_worker import model_dir  # noqa: F401 (fixture)
+
+from streamflame.adapters.kafka_io import key_partition
+from streamflame.cli import main as cli
+from streamflame.core.constants import PATCH_LEN
+from streamflame.messages import decode_dead_letter
+from streamflame.tools.keytail import read_key_tail
+from streamflame.tools.plot import from_stack
 
 T0 = 1_704_067_200_000
 FREQ = 600_000                           # the pipeline fixture infers the grid: 10 min
@@ -91,7 +93,7 @@ def test_plot_draws_accepted_observations_on_a_time_axis(pipeline, tmp_path, cap
     import matplotlib.dates as mdates
     import matplotlib.pyplot as plt
 
-    from streamflame.viz import fan_chart
+    from streamflame.tools.viz import fan_chart
 
     fig, ax = plt.subplots()
     fan_chart(ax, **panel)
@@ -150,9 +152,9 @@ def test_demo_fan_chart_has_times_and_breaks_at_gaps(tmp_path):
     import pandas as pd
 
     from streamflame.data.series import Series
-    from streamflame.demo import _fan_chart, fan_chart_panels
-    from streamflame.schemas import ForecastMessage
-    from streamflame.viz import with_breaks
+    from streamflame.tools.demo import _fan_chart, fan_chart_panels
+    from streamflame.messages import ForecastMessage
+    from streamflame.tools.viz import with_breaks
 
     v = 20 + np.sin(np.arange(500) / 7)
     v[100:130] = np.nan

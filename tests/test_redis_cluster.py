@@ -12,17 +12,18 @@ import orjson
 import pytest
 from kafka import KafkaProducer
 
-from streamflame.config import GroupSettings, RedisSettings
-from streamflame.embedded import RedisServer
-from streamflame.embedded.process import free_cluster_port
-from streamflame.ingest.consumer import IngestConsumer
-from streamflame.schemas import decode_forecast
-from streamflame.state.client import connect
-from streamflame.state.store import StateStore
-from streamflame.worker.worker import Worker
 from test_pipeline_e2e import read_topic
 from test_state_store import _rec
 from test_worker import model_dir  # noqa: F401 (fixture)
+
+from streamflame.adapters.state.client import connect
+from streamflame.adapters.state.store import StateStore
+from streamflame.config import GroupSettings, RedisSettings
+from streamflame.embedded import RedisServer
+from streamflame.embedded.process import free_cluster_port
+from streamflame.messages import decode_forecast
+from streamflame.pipeline.ingest.consumer import IngestConsumer
+from streamflame.pipeline.worker.worker import Worker
 
 SLOTS = ((0, 5460), (5461, 10922), (10923, 16383))
 

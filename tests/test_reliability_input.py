@@ -9,10 +9,11 @@ import pytest
 
 from streamflame import Forecaster
 from streamflame.config import ServiceConfig
+from streamflame.core.constants import PATCH_LEN
+from streamflame.core.timefmt import MAX_EPOCH_MS, MIN_EPOCH_MS, iso_ms
+from streamflame.messages import PatchMessage
 from streamflame.model import tiny_config
-from streamflame.schemas import MAX_EPOCH_MS, MIN_EPOCH_MS, PATCH_LEN, PatchMessage, iso_ms
-from streamflame.worker.batch import BatchProcessor, PatchRecord
-
+from streamflame.pipeline.worker.batch import BatchProcessor, PatchRecord
 
 @pytest.fixture(scope="module")
 def forecaster() -> Forecaster:
@@ -34,7 +35,7 @@ def test_iso_ms_outside_years_1_to_9999_uses_the_expanded_form(ms, text):
 
 def test_iso_ms_expanded_form_agrees_with_datetime_where_both_exist():
     # the fallback path computed for in-range instants gives what datetime gives
-    from streamflame.schemas import _civil_from_days
+    from streamflame.core.timefmt import _civil_from_days
     from datetime import date, timedelta
 
     for days in range(-719_162, 2_932_897, 9_973):
@@ -68,9 +69,14 @@ import json  # noqa: E402
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from streamflame.ingest.assembler import REJECTED, AssemblerSettings, SeriesAssembler  # noqa: E402
-from streamflame.reliability_input import FREQ_MS, build_traffic  # noqa: E402
-from streamflame.schemas import MAX_ABS_VALUE, REJECT_REASONS, RejectedMessage, decode_observation_message  # noqa: E402
+from streamflame.pipeline.ingest.assembler import REJECTED, AssemblerSettings, SeriesAssembler  # noqa: E402
+from streamflame.faults.fuzz import FREQ_MS, build_traffic  # noqa: E402
+from streamflame.messages import (  # noqa: E402
+    MAX_ABS_VALUE,
+    REJECT_REASONS,
+    RejectedMessage,
+    decode_observation_message,
+)
 
 valid_sid = st.text(st.characters(blacklist_categories=("Cc", "Cs")), min_size=1, max_size=256)
 valid_ts = (st.integers(MIN_EPOCH_MS, MAX_EPOCH_MS).map(lambda ms: (ms, ms))
@@ -192,7 +198,7 @@ class _Trap:
 def test_pickle_payload_as_stored_state_is_refused_never_unpickled(forecaster, redis_client, tmp_path, protocol):
     from streamflame import SeriesState
     from streamflame.model.state import StateDecodeError
-    from streamflame.state.store import StateRecord, StateStore
+    from streamflame.adapters.state.store import StateRecord, StateStore
 
     trap = tmp_path / "unpickled"
     payload = pickle.dumps(_Trap(trap), protocol=protocol)
@@ -220,7 +226,7 @@ def test_pickle_payload_as_stored_state_is_refused_never_unpickled(forecaster, r
 
 
 def test_pickle_payload_as_ingest_cursor_is_refused_never_unpickled(tmp_path):
-    from streamflame.ingest.assembler import CursorDecodeError, IngestCursor
+    from streamflame.pipeline.ingest.assembler import CursorDecodeError, IngestCursor
 
     trap = tmp_path / "unpickled"
     with pytest.raises(CursorDecodeError):
@@ -282,7 +288,7 @@ class _Recorder:
 def test_kafka_sasl_and_tls_settings_reach_every_client_constructor(monkeypatch, kafka_cfg):
     import kafka
 
-    from streamflame.kafka_io import make_admin, make_consumer, make_producer
+    from streamflame.adapters.kafka_io import make_admin, make_consumer, make_producer
 
     real = {"producer": kafka.KafkaProducer, "consumer": kafka.KafkaConsumer, "admin": kafka.KafkaAdminClient}
     cfg = ServiceConfig(kafka={"bootstrap": "broker-a:9093", **kafka_cfg})
@@ -319,10 +325,10 @@ def test_worker_state_store_over_redis_tls_as_an_acl_user(forecaster, tmp_path):
 
     from streamflame.embedded import RedisServer
     from streamflame.embedded.redis_server import RedisTLS
-    from streamflame.ingest.assembler import AssemblerSettings as AS, SeriesAssembler as SA
-    from streamflame.ingest.cursors import CursorStore
-    from streamflame.state.client import connect
-    from streamflame.state.store import StateStore
+    from streamflame.pipeline.ingest.assembler import AssemblerSettings as AS, SeriesAssembler as SA
+    from streamflame.pipeline.ingest.cursors import CursorStore
+    from streamflame.adapters.state.client import connect
+    from streamflame.adapters.state.store import StateStore
     from test_embedded import _self_signed_ca_and_server_cert
 
     files = _self_signed_ca_and_server_cert(tmp_path)

@@ -17,10 +17,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streamflame.schemas import (
-    MAX_EPOCH_MS,
-    MIN_EPOCH_MS,
-    PATCH_LEN,
+from streamflame.core.constants import PATCH_LEN
+from streamflame.core.frequency import format_level
+from streamflame.core.timefmt import MAX_EPOCH_MS, MIN_EPOCH_MS, iso_ms, to_epoch_ms
+from streamflame.messages import (
     REJECT_REASONS,
     AlertMessage,
     DeadLetter,
@@ -36,9 +36,6 @@ from streamflame.schemas import (
     decode_patch,
     encode,
     forecast_seed,
-    format_level,
-    iso_ms,
-    to_epoch_ms,
 )
 
 JAN1 = 1_704_067_200_000  # 2024-01-01T00:00:00Z
@@ -267,7 +264,7 @@ def test_forecast_seed_differs_by_each_input():
 
 
 def test_forecast_seed_is_identical_in_another_process():
-    code = "from streamflame.schemas import forecast_seed; print(forecast_seed(7, 'pump-3', 41))"
+    code = "from streamflame.messages import forecast_seed; print(forecast_seed(7, 'pump-3', 41))"
     env = {**os.environ, "PYTHONHASHSEED": "12345"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
     assert int(out.stdout) == forecast_seed(7, "pump-3", 41)
@@ -416,7 +413,7 @@ def test_doc_examples_are_valid_messages():
     assert a.timestamp_ms == f.step_ms(a.step) and a.forecast_seq == f.seq
     assert (a.lower, a.upper) == (f.quantiles["0.1"][a.step - 1], f.quantiles["0.9"][a.step - 1])
     assert alert_score(a.value, a.lower, a.upper) == (a.direction, pytest.approx(a.score))
-    from streamflame.schemas import AlertEpisode, AlertMessage, decode_alert_any
+    from streamflame.messages import AlertEpisode, AlertMessage, decode_alert_any
 
     assert isinstance(decode_alert_any(ex["alert"]), AlertMessage)
     ep = decode_alert_any(ex["alert-episode"])
@@ -441,7 +438,7 @@ def test_encode_writes_the_same_bytes_as_orjson_on_the_model():
     through the default hook (every message type, with and without optional arrays)."""
     import orjson
 
-    from streamflame.schemas import _ENCODE_OPTS, _default
+    from streamflame.messages.codec import _ENCODE_OPTS, _default
 
     a = AlertMessage(series_id="s", timestamp="2024-01-01T00:00:00Z", timestamp_ms=1704067200000, value=2.5,
                      lower=0.0, upper=1.0, levels=(0.05, 0.95), forecast_seq=3, step=2, score=1.5,

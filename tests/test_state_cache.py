@@ -1,14 +1,15 @@
-"""The worker's cache of its own applied writes (streamflame.state.cache): LRU bounds, and
+"""The worker's cache of its own applied writes (streamflame.adapters.state.cache): LRU bounds, and
 on a real broker and redis-server, that a hit reads nothing from Redis and computes what a
 load would have."""
 from __future__ import annotations
 
 import pytest
 
-from streamflame.state.cache import StateCache
-from streamflame.state.store import StateMeta, StateRecord
 from test_worker import applied, cfg, in_process, make_patch, model_dir, ref_model, running, sample, send, \
     values_for, wait_for  # noqa: F401  (fixtures)
+
+from streamflame.adapters.state.cache import StateCache
+from streamflame.adapters.state.store import StateMeta, StateRecord
 
 META = StateMeta(model_id="m", group="default", freq_ms=1000, last_slot_ms=0, src_partition=0, src_offset=0)
 
@@ -59,7 +60,7 @@ def test_a_cache_hit_reads_nothing_from_redis_and_gives_the_loaded_result(cfg, r
     ones either way (so do the forecasts: tests/test_pipeline_e2e.py runs with the cache)."""
     cfg = cfg.model_copy(update={"worker": cfg.worker.model_copy(update={"state_cache_series": size})})
     data = {f"cache-{i}": values_for(40 + i, 2) for i in range(12)}
-    from streamflame.state.store import StateStore
+    from streamflame.adapters.state.store import StateStore
     store = StateStore(redis_client, cfg.redis.key_prefix)
     with running(cfg) as w:
         send(cfg, [make_patch(sid, 0, v[:48]) for sid, v in data.items()])
@@ -81,7 +82,7 @@ def test_a_write_by_another_worker_evicts_and_the_series_continues_from_redis(cf
     """Another writer advanced a cached series behind this worker's back (a rebalance's old
     owner, say): this worker's write of that seq is refused (stale), its copy dropped, and
     the next patch is computed from what Redis holds, not from the dropped copy."""
-    from streamflame.state.store import StateStore
+    from streamflame.adapters.state.store import StateStore
     store = StateStore(redis_client, cfg.redis.key_prefix)
     sid = "cache-shared"
     v = values_for(77, 3)

@@ -8,8 +8,7 @@ import uuid
 import numpy as np
 import pytest
 
-from streamflame.state.store import BrokenRecord, LastForecast, NaiveScale, StateMeta, StateRecord, StateStore
-
+from streamflame.adapters.state.store import BrokenRecord, LastForecast, NaiveScale, StateMeta, StateRecord, StateStore
 
 def _meta(seq: int, alert: bool = False) -> StateMeta:
     interval = None
@@ -171,7 +170,7 @@ def test_works_on_redis_cluster(tmp_path):
     (a one-node cluster owning every slot, started here)."""
     from streamflame.config import RedisSettings
     from streamflame.embedded import RedisServer
-    from streamflame.state.client import connect
+    from streamflame.adapters.state.client import connect
 
     class ClusterNode(RedisServer):
         def config_text(self) -> str:

@@ -8,9 +8,8 @@ import sys
 
 import pytest
 
-from streamflame.status import render, scrape, summarize
-from streamflame.worker.metrics import WorkerMetrics
-
+from streamflame.pipeline.worker.metrics import WorkerMetrics
+from streamflame.tools.status import render, scrape, summarize
 
 @pytest.mark.parametrize("args", [["status", "--metrics", "http://127.0.0.1:9/metrics", "--json"],
                                   ["config", "show"]])

@@ -13,7 +13,7 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from streamflame.config import default_config_path
 from streamflame.embedded.stack import read_run_json
-from streamflame.schemas import decode_forecast
+from streamflame.messages import decode_forecast
 
 REPO = Path(__file__).resolve().parent.parent
 T0 = 1_700_000_000_000

@@ -17,11 +17,12 @@ import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from streamflame import Forecaster, SeriesState
+from streamflame.adapters.state.store import StateStore
 from streamflame.config import GroupSettings, ServiceConfig, dump_yaml
+from streamflame.core.constants import PATCH_LEN
+from streamflame.messages import PatchMessage, decode_alert, decode_dead_letter, decode_forecast, encode, forecast_seed
 from streamflame.model import tiny_config
-from streamflame.schemas import PATCH_LEN, PatchMessage, decode_alert, decode_dead_letter, decode_forecast, encode, forecast_seed
-from streamflame.state.store import StateStore
-from streamflame.worker.worker import Worker
+from streamflame.pipeline.worker.worker import Worker
 
 FREQ = 600_000  # 10 min
 T0 = 1_704_067_200_000  # 2024-01-01
@@ -138,7 +139,7 @@ def applied(w: Worker) -> float:
 
 
 def in_process(f: Forecaster, g: GroupSettings, sid: str, values: np.ndarray, seed: int = 0):
-    s = f.init_state(scale=g.scale)
+    s = f.init_state(scale=g.scale, step_seconds=FREQ / 1000)
     out = []
     for k in range(len(values) // PATCH_LEN):
         s = f.update(s, values[k * PATCH_LEN:(k + 1) * PATCH_LEN])
@@ -261,7 +262,7 @@ def test_corrupt_state_policy(cfg, redis_client, ref_model, policy):
     rec = store.load(sid)
     if policy == "reinit":
         assert [d.reason for d in dead] == ["corrupt_state"] and "re-initialised" in dead[0].detail
-        fresh = ref_model.update(ref_model.update(ref_model.init_state(), v[48:96]), v[96:])
+        fresh = ref_model.update(ref_model.update(ref_model.init_state(step_seconds=FREQ / 1000), v[48:96]), v[96:])
         assert rec.seq == 2 and rec.state == fresh.to_bytes()
         assert fcs == {0, 1, 2}
     else:
@@ -444,11 +445,11 @@ def test_a_killed_publisher_is_replaced_and_no_forecast_is_lost(cfg, redis_clien
     with running(cfg) as w:
         send(cfg, [make_patch(sid, 0, v[:48]) for sid, v in data.items()])
         wait_for(lambda: applied(w) >= 6, what="patch 0 of every series")
-        first_pid = w.sink.pid
+        first_pid = w.publisher.pid
         os.kill(first_pid, signal.SIGKILL)
         send(cfg, [make_patch(sid, k, v[k * 48:(k + 1) * 48]) for k in range(1, 4) for sid, v in data.items()])
         wait_for(lambda: applied(w) >= 24, 60, "every patch applied")
-        assert w.sink.alive and w.sink.pid != first_pid
+        assert w.publisher.alive and w.publisher.pid != first_pid
     fcs = [decode_forecast(r.value) for r in read_all(cfg, cfg.topics.forecasts, 24)]
     by_key: dict = {}
     for f in fcs:
@@ -487,15 +488,15 @@ def test_a_batch_computed_on_a_refused_write_is_read_again(cfg, redis_client, re
                 w._take(w.consumer.poll(timeout_ms=200, max_records=1))
             assert [r.patch.seq for r in w._batch.records] == [seq]
 
-        submit = w.sink.submit
+        submit = w.publisher.submit
 
         def another_writer_first(job):   # seq 0 of someone else lands between our load and our write
-            w.sink.submit = submit
+            w.publisher.submit = submit
             _, _, _, meta_json, _ = job.cas[sid]
             assert store.save_args({sid: (0, -1, their_state.to_bytes(), meta_json, "0")}).applied == [sid]
             submit(job)
 
-        w.sink.submit = another_writer_first
+        w.publisher.submit = another_writer_first
         take_one(0)
         w._handle()
         assert w._inflight is not None          # batch 0 is being written

@@ -7,11 +7,12 @@ import numpy as np
 import pytest
 
 from streamflame import Forecaster, SeriesState
+from streamflame.adapters.state.store import BrokenRecord, StateRecord
 from streamflame.config import ServiceConfig
+from streamflame.core.constants import PATCH_LEN
+from streamflame.messages import PatchMessage, forecast_seed
 from streamflame.model import tiny_config
-from streamflame.schemas import PATCH_LEN, PatchMessage, forecast_seed
-from streamflame.state.store import BrokenRecord, StateRecord
-from streamflame.worker.batch import BatchProcessor, PatchRecord
+from streamflame.pipeline.worker.batch import BatchProcessor, PatchRecord
 
 FREQ = 60_000
 T0 = 1_700_000_000_000 - 1_700_000_000_000 % (PATCH_LEN * FREQ)
@@ -48,7 +49,7 @@ def make_cfg(**worker) -> ServiceConfig:
 def in_process(f: Forecaster, cfg: ServiceConfig, sid: str, values: np.ndarray):
     """States and forecasts after every patch, by the single-series API."""
     g = cfg.resolve_group(sid)
-    s = f.init_state(scale=g.scale)
+    s = f.init_state(scale=g.scale, step_seconds=FREQ / 1000)
     out = []
     for k in range(len(values) // PATCH_LEN):
         s = f.update(s, values[k * PATCH_LEN:(k + 1) * PATCH_LEN])
@@ -191,7 +192,7 @@ def test_corrupt_and_foreign_states_follow_policy(forecaster, policy):
         assert {r.reason for r in res.rejected} == {"series_quarantined"}
         return
     assert res.reinitialised == 4 and {r.reason for r in res.rejected} == {"corrupt_state"}
-    fresh = forecaster.update(forecaster.init_state(), v[PATCH_LEN:2 * PATCH_LEN])
+    fresh = forecaster.update(forecaster.init_state(step_seconds=FREQ / 1000), v[PATCH_LEN:2 * PATCH_LEN])
     for sid in loaded:
         rec = res.records[sid]
         assert rec.seq == 1 and rec.state == fresh.to_bytes()
@@ -214,6 +215,15 @@ def test_horizon_beyond_model_is_a_config_error(forecaster):
 
     with pytest.raises(ConfigError, match="max_horizon"):
         BatchProcessor(forecaster, ServiceConfig(defaults={"horizon": 500}))
+
+
+def test_a_checkpoint_with_another_patch_len_is_a_config_error():
+    """The model's patch_len is the truth; the worker refuses a checkpoint whose patches differ from ingest's."""
+    from streamflame.config import ConfigError
+
+    other = Forecaster.from_config(tiny_config(patch_len=PATCH_LEN // 2), seed=0)
+    with pytest.raises(ConfigError, match=f"patch_len is {PATCH_LEN // 2} but ingest cuts patches of {PATCH_LEN}"):
+        BatchProcessor(other, make_cfg())
 
 
 def test_online_accuracy_scores_the_previous_forecast_like_eval_metrics(forecaster):
@@ -249,7 +259,7 @@ def test_online_accuracy_scores_the_previous_forecast_like_eval_metrics(forecast
     # The stored path (forecast and naive scale read back from the record) scores identically.
     first = proc.process([patch("s", k, v[k * PATCH_LEN:(k + 1) * PATCH_LEN]) for k in range(2)], {"s": None})
     rec = first.records["s"]
-    from streamflame.state.store import StateMeta
+    from streamflame.adapters.state.store import StateMeta
 
     rec = dataclasses.replace(rec, meta=StateMeta.from_json(rec.meta.to_json()))
     again = proc.process([patch("s", 2, v[2 * PATCH_LEN:])], {"s": rec})
@@ -263,8 +273,8 @@ def test_naive_scale_stays_json_representable_for_huge_values():
     overflowed the naive scale to inf, orjson wrote null and the record became unreadable."""
     import math
 
-    from streamflame.state.store import NaiveScale, StateMeta
-    from streamflame.worker.accuracy import update_naive
+    from streamflame.adapters.state.store import NaiveScale, StateMeta
+    from streamflame.pipeline.worker.accuracy import update_naive
 
     n = update_naive(NaiveScale(), np.array([1.0, 2.0, 4.0]))
     assert (n.abs_sum, n.count, n.last) == (3.0, 2, 4.0)
@@ -280,8 +290,8 @@ def test_online_mase_overflow_leaves_the_patch_unscaled():
     scale overflowed the scaled error to inf, which would pin the MASE gauge at inf."""
     import math
 
-    from streamflame.state.store import LastForecast, NaiveScale
-    from streamflame.worker.accuracy import score_many
+    from streamflame.adapters.state.store import LastForecast, NaiveScale
+    from streamflame.pipeline.worker.accuracy import score_many
 
     levels = (0.1, 0.5, 0.9)
     fc = LastForecast(3, 0, levels, np.zeros((3, 4), np.float32), np.zeros(4, np.float32), (0.1, 0.9))
@@ -303,9 +313,10 @@ def test_alerts_are_exactly_the_values_outside_the_interval(seed):
     inside, missing values never alert, n < 48 steps are judged only up to n."""
     from types import SimpleNamespace
 
-    from streamflame.schemas import alert_score, iso_ms
-    from streamflame.state.store import LastForecast
-    from streamflame.worker.batch import BatchResult
+    from streamflame.core.timefmt import iso_ms
+    from streamflame.messages import alert_score
+    from streamflame.adapters.state.store import LastForecast
+    from streamflame.pipeline.worker.batch import BatchResult
 
     rng = np.random.default_rng(seed)
     n = int(rng.integers(1, PATCH_LEN + 1))
@@ -338,7 +349,7 @@ def test_kept_forecast_of_a_series_near_float32_max_stays_finite():
     the state meta (float32) is held at the maximum instead of becoming +-inf."""
     from types import SimpleNamespace
 
-    from streamflame.schemas import MAX_ABS_VALUE
+    from streamflame.messages import MAX_ABS_VALUE
 
     top = MAX_ABS_VALUE * 1.5
     fc = SimpleNamespace(horizon=60, quantile_levels=(0.1, 0.9), mean=np.full(60, top),

@@ -52,7 +52,7 @@ _REPEAT_GAMMA = 0.01
 
 @dataclass(frozen=True)
 class AlertEvent:
-    """One episode event (field meanings: schemas.AlertEpisode)."""
+    """One episode event (field meanings: messages.AlertEpisode)."""
 
     event: str          # open, update, resolve
     kind: str

@@ -1,4 +1,4 @@
-"""Alert events -> ``streamflame.alerts`` records (the fields of schemas.AlertEpisode, in order)."""
+"""Alert events -> ``streamflame.alerts`` records (the fields of messages.AlertEpisode, in order)."""
 from __future__ import annotations
 
 import math
@@ -6,7 +6,7 @@ import math
 import orjson
 
 from streamflame.alerts.episodes import AlertEvent
-from streamflame.schemas import iso_ms
+from streamflame.core.timefmt import iso_ms
 
 __all__ = ["encode_event", "alert_id"]
 

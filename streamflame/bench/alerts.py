@@ -30,13 +30,19 @@ from pathlib import Path
 import numpy as np
 import orjson
 
+from streamflame.alerts.settings import WEEK_MS
+from streamflame.bench import inject as I
+from streamflame.config import ServiceConfig, dump_yaml
+from streamflame.embedded import RedisServer
+from streamflame.embedded.broker import Broker
+
 T0_MS = 1_704_067_200_000
 GROUP_GAP = 3
 WARMUP_S = 2.0  # latency run: events of observations sent in its first seconds are not timed
 
 
 def _series(n: int, length: int):
-    from streamflame.data.registry import validation_series
+    from streamflame.data.registry import validation_series  # lazy: pandas
 
     out = []
     for s in validation_series():
@@ -62,7 +68,7 @@ def _records(streams: list[tuple[str, int, np.ndarray]], t0: int = T0_MS, repeat
 def _read_alerts(cfg, stop_after_quiet_s: float, deadline_s: float, on_record=None) -> list:
     from kafka.structs import TopicPartition
 
-    from streamflame.kafka_io import make_consumer
+    from streamflame.adapters.kafka_io import make_consumer  # lazy: kafka-python
 
     c = make_consumer(cfg, None)
     try:
@@ -97,7 +103,6 @@ def _start_ingest(cfg, workdir: Path, tag: str, component: str = "ingest"):
     import subprocess
     import sys
 
-    from streamflame.config import ServiceConfig, dump_yaml
 
     port = _free_port()
     d = cfg.effective(mask_secrets=False)
@@ -201,12 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--keep", action="store_true")
     args = ap.parse_args(argv)
 
-    from streamflame.alerts import inject as I
-    from streamflame.alerts.settings import WEEK_MS
-    from streamflame.config import ServiceConfig
-    from streamflame.embedded import RedisServer
-    from streamflame.embedded.broker import Broker
-    from streamflame.kafka_io import make_producer
+    from streamflame.adapters.kafka_io import make_producer  # lazy: kafka-python
 
     rng = np.random.default_rng(args.seed)
     base = _series(args.series, args.length)

@@ -48,6 +48,14 @@ from pathlib import Path
 
 import numpy as np
 
+from streamflame.config import ServiceConfig
+from streamflame.core.constants import PATCH_LEN
+from streamflame.embedded import RedisServer
+from streamflame.embedded.broker import Broker
+from streamflame.embedded.process import sync_filesystem
+from streamflame.embedded.stack import BROKER_SYNC_S
+from streamflame.messages import decode_forecast
+
 T0_MS = 1_704_067_200_000
 FREQ_MS = 60_000
 PARTITIONS = 4
@@ -62,8 +70,6 @@ class _BrokerSync:
     def __init__(self, path: Path) -> None:
         import threading
 
-        from streamflame.embedded.process import sync_filesystem
-        from streamflame.embedded.stack import BROKER_SYNC_S
 
         self.took: list[float] = []
         self._stop = threading.Event()
@@ -128,7 +134,7 @@ def bare_ceiling(bootstrap: str, topic: str, n_messages: int, count_obs, decode=
 # ---- stages ---------------------------------------------------------------------------------
 def run_ingest(cfg, redis_client, n_obs: int, n_patches: int) -> dict:
     """Steady-state observations/s of one in-process IngestConsumer over cfg's topic."""
-    from streamflame.ingest.consumer import IngestConsumer
+    from streamflame.pipeline.ingest.consumer import IngestConsumer  # lazy: kafka-python, redis-py
 
     t_create = time.perf_counter()
     ing = IngestConsumer(cfg, redis_client=redis_client, create_missing_topics=False)
@@ -154,7 +160,7 @@ def run_ingest(cfg, redis_client, n_obs: int, n_patches: int) -> dict:
 
 def run_worker(cfg, n_forecasts: int) -> dict:
     """Steady-state forecasts/s of one in-process Worker over cfg's patches topic."""
-    from streamflame.worker.worker import Worker
+    from streamflame.pipeline.worker.worker import Worker  # lazy: kafka-python, redis-py
 
     w = Worker(cfg)
     th = threading.Thread(target=w.run, daemon=True)
@@ -210,7 +216,6 @@ def run_latency(cfg, workdir: Path, rate: float, seconds: float, n_series: int, 
     import yaml
     from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
-    from streamflame.schemas import PATCH_LEN, decode_forecast
 
     path = workdir / f"{tag}.yaml"
     path.write_text(yaml.safe_dump(cfg.effective(mask_secrets=False)))
@@ -347,11 +352,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from streamflame import Forecaster
-    from streamflame.config import ServiceConfig
-    from streamflame.embedded import RedisServer
-    from streamflame.embedded.broker import Broker
-    from streamflame.schemas import PATCH_LEN
+    from streamflame import Forecaster  # lazy: torch
 
     workdir = Path(tempfile.mkdtemp(prefix="sf-bench-pipeline-"))
     S, P = args.series, args.patches
@@ -484,7 +485,7 @@ def main(argv: list[str] | None = None) -> int:
         # at worker.batch_size), so a drift of the machine's speed during the round cancels
         # to first order instead of landing on one side of the ratio.
         mb = min(args.worker_batch, S * P)
-        from streamflame.worker.worker import model_threads
+        from streamflame.pipeline.worker.worker import model_threads  # lazy: kafka-python, redis-py
 
         torch.set_num_threads(model_threads(wcfgs[0]))   # as the worker will, until it has run once
         for r, wcfg in enumerate(wcfgs):

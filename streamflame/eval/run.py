@@ -117,7 +117,7 @@ class StreamFlameAdapter:
 
     def forecast_series(self, series: Series, lengths: list[int], horizon: int) -> tuple[np.ndarray, np.ndarray]:
         """Mean (K, H) and quantiles (K, Q, H) at the origins ``lengths`` (ascending)."""
-        from ..schemas import forecast_seed
+        from ..messages import forecast_seed
 
         state = self.f.init_state(self.scale, step_seconds=series.step_seconds)
         fed = 0

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from streamflame.config import CONFIG_ENV, ConfigError, ServiceConfig, load_config, load_config_defaults
-
+from streamflame.embedded.stack import read_run_json
 
 class UsageError(Exception):
     """A problem the user can fix; printed as ``error: ...``, exit code 2."""
@@ -28,7 +28,6 @@ def add_connection_args(ap: argparse.ArgumentParser) -> None:
 
 def connection(config: str | None, run_dir: str | os.PathLike | None) -> tuple[ServiceConfig, str]:
     """(config, where it came from) for ``--config`` / ``--run-dir`` (see module docstring)."""
-    from streamflame.embedded.stack import read_run_json
 
     try:
         if config:

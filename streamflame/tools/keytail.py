@@ -1,6 +1,6 @@
 """Read the newest records of one key without reading the topic from the beginning.
 
-StreamFlame's producers put a key in the partition :func:`streamflame.kafka_io.key_partition`
+StreamFlame's producers put a key in the partition :func:`streamflame.adapters.kafka_io.key_partition`
 gives, so only that partition is read, from its end backwards in growing windows until
 the caller has what it needs (or the partition's start is reached).
 
@@ -14,9 +14,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from streamflame.kafka_io import key_partition
+from streamflame.adapters.kafka_io import key_partition
 from streamflame.tools import UsageError
-
 
 @dataclass
 class KeyTail:

@@ -20,9 +20,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from streamflame.schemas import PATCH_LEN
+from streamflame.core.constants import PATCH_LEN
+from streamflame.data.loader import DataError, load_table
+from streamflame.eval.scoring import QUANTILE_COLUMNS, ForecastFileError, check_contract, origin_lengths
+from streamflame.messages import decode_forecast, decode_patch
 from streamflame.tools import UsageError, add_connection_args, connection, fail
-
+from streamflame.tools.viz import save_fan_charts
 
 def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
@@ -46,8 +49,6 @@ def _parser() -> argparse.ArgumentParser:
 def from_eval(series_id: str, forecasts: str, data: str, origin: str | None, history: int,
               freq: str | None = None, tz: str | None = None) -> dict:
     """Fan chart arguments for one window of an eval forecast file."""
-    from streamflame.data.loader import load_table
-    from streamflame.eval.scoring import QUANTILE_COLUMNS, check_contract, origin_lengths
 
     df = check_contract(pd.read_csv(forecasts, dtype={"series_id": str, "origin": str}), forecasts)
     df = df[df.series_id == series_id]
@@ -125,8 +126,7 @@ def from_stack(cfg, series_id: str, history: int) -> dict:
     duplicate and invalid observations went to the DLQ and are not there; the open patch
     is not drawn), read from the end of the series' partition backwards as far as
     ``history`` grid steps need; the forecast likewise from the forecasts topic."""
-    from streamflame.schemas import decode_forecast, decode_patch
-    from streamflame.tools.keytail import read_key_tail
+    from streamflame.tools.keytail import read_key_tail  # lazy: kafka-python
 
     key = series_id.encode()
     consumer = _consumer(cfg)
@@ -157,13 +157,10 @@ def main(argv: list[str] | None = None) -> int:
         return fail("--eval and --data go together")
     if args.history < 1:
         return fail("--history must be at least 1")
-    from streamflame.viz import save_fan_charts
 
     out = Path(args.output or f"fan_{re.sub(r'[^A-Za-z0-9._-]+', '_', args.series)}.png")
     try:
         if args.eval:
-            from streamflame.data.loader import DataError
-            from streamflame.eval.scoring import ForecastFileError
 
             try:
                 panel = from_eval(args.series, args.eval, args.data, args.origin, args.history, args.freq, args.tz)

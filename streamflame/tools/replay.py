@@ -15,8 +15,8 @@ import time
 
 import numpy as np
 
+from streamflame.messages import ObservationBatchMessage, ObservationMessage, encode
 from streamflame.tools import UsageError, add_connection_args, connection, fail
-
 
 def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
@@ -44,7 +44,7 @@ def _parser() -> argparse.ArgumentParser:
 def plan(series, batch: int) -> list[tuple[int, str, np.ndarray, np.ndarray]]:
     """Messages as (send-time ms, series_id, timestamps ms, values), in time order:
     each series cut into runs of ``batch`` observations, runs ordered by their last timestamp."""
-    from streamflame.data.times import epoch_ms
+    from streamflame.data.times import epoch_ms  # lazy: pandas
 
     out = []
     for s in series:
@@ -58,7 +58,6 @@ def plan(series, batch: int) -> list[tuple[int, str, np.ndarray, np.ndarray]]:
 
 
 def encode_message(sid: str, ts: np.ndarray, vals: np.ndarray, batch: bool) -> bytes:
-    from streamflame.schemas import ObservationBatchMessage, ObservationMessage, encode
 
     if batch:
         return encode(ObservationBatchMessage(series_id=sid, timestamps=ts.tolist(), values=vals.tolist()))
@@ -97,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         return fail("--batch must be at least 1")
     if (args.rate is not None and args.rate <= 0) or (args.speedup is not None and args.speedup <= 0):
         return fail("--rate and --speedup must be positive")
-    from streamflame.data.loader import DataError, load_table
+    from streamflame.data.loader import DataError, load_table  # lazy: pandas
 
     try:
         cfg, source = connection(args.config, args.run_dir)
@@ -111,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     messages = plan(series, args.batch)
     total = sum(len(m[2]) for m in messages)
 
-    from streamflame.kafka_io import make_producer
+    from streamflame.adapters.kafka_io import make_producer  # lazy: kafka-python
 
     topic = cfg.topics.observations
     print(f"replaying {total} observations of {len(series)} series from {args.file} into {topic} "

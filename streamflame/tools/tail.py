@@ -20,6 +20,8 @@ import fnmatch
 import sys
 import time
 
+from streamflame.alerts.settings import SEVERITIES
+from streamflame.messages import AlertEpisode, decode_alert_any, decode_forecast
 from streamflame.tools import UsageError, add_connection_args, connection, fail
 
 RED, BOLD, RESET = "\033[31m", "\033[1m", "\033[0m"
@@ -70,7 +72,6 @@ class EpisodeFolder:
         self.peak: dict[str, tuple[str, float]] = {}  # alert_id -> (severity, score), open episodes
 
     def format(self, ev, color: bool = False) -> str | None:
-        from streamflame.alerts.settings import SEVERITIES
 
         sev, score = ev.severity, ev.score
         old = self.peak.get(ev.alert_id)
@@ -107,7 +108,6 @@ def main(argv: list[str] | None = None) -> int:
     from kafka import KafkaConsumer, TopicPartition
     from pydantic import ValidationError
 
-    from streamflame.schemas import AlertEpisode, decode_alert_any, decode_forecast
 
     color = args.color == "always" or (args.color == "auto" and sys.stdout.isatty())
     topics = {}

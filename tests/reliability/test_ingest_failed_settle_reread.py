@@ -14,10 +14,11 @@ import redis as redis_lib
 from kafka import KafkaConsumer, TopicPartition
 from kafka.partitioner.default import murmur2
 
+from streamflame.adapters.kafka_io import make_producer
+from streamflame.core.constants import PATCH_LEN
 from streamflame.embedded import RedisServer
-from streamflame.ingest.consumer import IngestConsumer
-from streamflame.kafka_io import make_producer
-from streamflame.schemas import PATCH_LEN, decode_patch
+from streamflame.messages import decode_patch
+from streamflame.pipeline.ingest.consumer import IngestConsumer
 
 T0 = 1_704_067_200_000
 

@@ -10,9 +10,10 @@ import time
 
 import orjson
 
-from streamflame.ingest.consumer import IngestConsumer
-from streamflame.kafka_io import make_producer
-from streamflame.schemas import PATCH_LEN, decode_patch
+from streamflame.adapters.kafka_io import make_producer
+from streamflame.core.constants import PATCH_LEN
+from streamflame.messages import decode_patch
+from streamflame.pipeline.ingest.consumer import IngestConsumer
 
 T0 = 1_704_067_200_000
 

@@ -8,8 +8,7 @@ import json
 
 import structlog
 
-from streamflame.logs import configure_logging
-
+from streamflame.core.logs import configure_logging
 
 def test_log_line_with_int_keys_is_written(capsys):
     try:

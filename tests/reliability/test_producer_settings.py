@@ -5,10 +5,9 @@ shows the loss, docs/reliability.md). With the setting off, producers send one r
 a time per connection (order kept) and a retry writes the batch again."""
 from __future__ import annotations
 
+from streamflame.adapters.kafka_io import make_producer
 from streamflame.config import ServiceConfig
 from streamflame.embedded.stack import EmbeddedStack
-from streamflame.kafka_io import make_producer
-
 
 def test_producer_idempotence_follows_the_config(embedded_kafka):
     for flag, idem, inflight in ((True, True, 5), (False, False, 1)):
@@ -38,7 +37,7 @@ def test_key_hash_partitioner_places_every_key_where_the_default_partitioner_doe
 
     from kafka.partitioner import DefaultPartitioner
 
-    from streamflame.kafka_io import KeyHashPartitioner
+    from streamflame.adapters.kafka_io import KeyHashPartitioner
 
     rng = random.Random(7)
     keys = [bytes(rng.randrange(256) for _ in range(rng.randrange(1, 40))) for _ in range(300)]

@@ -14,8 +14,7 @@ from kafka import KafkaProducer
 from streamflame import Forecaster
 from streamflame.config import ServiceConfig
 from streamflame.model import tiny_config
-from streamflame.worker.worker import Worker
-
+from streamflame.pipeline.worker.worker import Worker
 
 def test_batch_dropped_on_revoke_is_reread_on_a_kept_partition(service_config, tmp_path):
     data = service_config.effective(mask_secrets=False)

@@ -1,0 +1,1 @@
+"""Per-series worker state in Redis (see :mod:`streamflame.adapters.state.store`)."""

@@ -1,1 +1,0 @@
-"""Ingest: observations topic -> 48-slot patches (see :mod:`streamflame.ingest.consumer`)."""

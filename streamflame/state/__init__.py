@@ -1,1 +1,0 @@
-"""Per-series worker state in Redis (see :mod:`streamflame.state.store`)."""
