@@ -140,7 +140,7 @@ def test_model_streams_each_series_once_like_a_fresh_recompute(tiny_checkpoint, 
     from streamflame.messages import forecast_seed
 
     for k, length in enumerate(lengths):
-        state = f.state_from_history(series.values[:length])
+        state = f.state_from_history(series.values[:length], step_seconds=series.step_seconds)
         assert state.n_obs == length
         fc = f.forecast(state, H, quantiles=QUANTILES, num_samples=20, seed=forecast_seed(7, series.series_id, length))
         np.testing.assert_allclose(mean[k], fc.mean, rtol=1e-5, atol=1e-6)
