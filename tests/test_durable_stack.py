@@ -2,7 +2,7 @@
 `--durable` (Tansu on localbucket files, redis-server with an AOF) and the default
 (redis-server with an AOF, the broker in memory), with ingest and worker.
 
-Each test streams a seeded data set (streamflame.faults.chaos.make_dataset) in two
+Each test streams a seeded data set (streamflame.faults.stream.make_dataset) in two
 parts, the first ending with patches open, across an interruption of the whole
 stack, and checks the outcome with the chaos harness's verification against an
 uninterrupted in-process reference (ChaosRun._verify: states byte-identical,
@@ -31,7 +31,9 @@ import yaml
 from streamflame.config import ServiceConfig
 from streamflame.embedded.process import pid_alive
 from streamflame.embedded.stack import read_run_json
-from streamflame.faults.chaos import FAST_GROUP, ChaosRun, Dataset, make_dataset, read_topic
+from streamflame.faults.chaos import FAST_GROUP, ChaosRun
+from streamflame.faults.processes import read_topic
+from streamflame.faults.stream import Dataset, make_dataset
 from streamflame.tools.status import scrape
 
 PARTITIONS = 2
@@ -182,7 +184,8 @@ def _open_patches(ds: Dataset, part: list[tuple[bytes, bytes]]) -> int:
             last[m["series_id"]] = m["timestamps"][-1]
         else:
             last[m["series_id"]] = int(datetime.fromisoformat(m["timestamp"]).timestamp() * 1000)
-    from streamflame.faults.chaos import FREQ_MS, PATCH_LEN, T0_MS
+    from streamflame.core.constants import PATCH_LEN
+    from streamflame.faults.stream import FREQ_MS, T0_MS
 
     return sum(1 for ts in last.values() if ((ts - T0_MS) // FREQ_MS) % PATCH_LEN != PATCH_LEN - 1)
 
@@ -285,7 +288,8 @@ def test_persisted_redis_beside_a_fresh_broker_goes_on_safely(setup):
                 for o in ("applied", "stale", "conflict", "gap")}
     assert outcomes["applied"] == len(want) and outcomes["stale"] == outcomes["conflict"] == 0, outcomes
     # every observation of part B is inside its patch (slots from part A's open patches are lost with the broker)
-    from streamflame.faults.chaos import FREQ_MS, PATCH_LEN, T0_MS
+    from streamflame.core.constants import PATCH_LEN
+    from streamflame.faults.stream import FREQ_MS, T0_MS
 
     b_slots: dict[str, set[int]] = {}
     for _, v in s.b:

@@ -6,7 +6,8 @@ from __future__ import annotations
 import uuid
 
 from streamflame.adapters.kafka_io import create_topics
-from streamflame.faults.fuzz import build_traffic, fuzz_config, make_model, run_fuzz
+from streamflame.faults.fuzz import fuzz_config, make_model, run_fuzz
+from streamflame.faults.traffic import build_traffic
 
 def test_fuzz_5000_records_no_crash_every_rejection_in_dlq_valid_states_equal(embedded_kafka, embedded_redis,
                                                                               redis_client, tmp_path):

@@ -686,7 +686,7 @@ def _as_consumer_records(topic: str, recs, now_ms: int):
 def _hostile_singles(now_ms: int) -> list:
     """Single-observation records that look like the fast path's shape but must not take it
     (or must take it and be judged exactly as the general decoder would)."""
-    from streamflame.faults.fuzz import Rec
+    from streamflame.faults.traffic import Rec
 
     def rec(key, doc_bytes):
         return Rec(key, doc_bytes, None, "crafted")
@@ -726,7 +726,7 @@ def test_fast_path_gives_exactly_what_the_general_path_gives(service_config, red
     re-deliveries, off-grid, late, decode-level noise) plus crafted look-alikes, cut into
     random poll batches, gives the same patches, dead letters, counters and cursors; and
     the fast path is really taken for most valid records."""
-    from streamflame.faults.fuzz import build_traffic
+    from streamflame.faults.traffic import build_traffic
     from streamflame.messages import decode_dead_letter
 
     now_ms = int(time.time() * 1000)

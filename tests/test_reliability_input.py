@@ -70,7 +70,7 @@ from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 from streamflame.pipeline.ingest.assembler import REJECTED, AssemblerSettings, SeriesAssembler  # noqa: E402
-from streamflame.faults.fuzz import FREQ_MS, build_traffic  # noqa: E402
+from streamflame.faults.traffic import FREQ_MS, build_traffic  # noqa: E402
 from streamflame.messages import (  # noqa: E402
     MAX_ABS_VALUE,
     REJECT_REASONS,

@@ -44,270 +44,47 @@ import json
 import os
 import platform
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from streamflame.config import ServiceConfig
-from streamflame.core.constants import PATCH_LEN
 from streamflame.core.logs import configure_logging
-from streamflame.core.timefmt import iso_ms
 from streamflame.embedded import Broker, RedisServer
-from streamflame.embedded.process import log_tail, spawn, stop_process
-from streamflame.messages import decode_dead_letter, decode_forecast, decode_patch, forecast_seed
+from streamflame.faults.checks import ChaosChecks
+from streamflame.faults.processes import Child, wait_ready
+from streamflame.faults.stream import ChaosOptions, Dataset, Fault, make_dataset, plan_faults
 
 SCENARIOS = ("crash", "redis", "broker", "rebalance")
-T0_MS = 1_704_067_200_000
-FREQ_MS = 60_000
 FAST_GROUP = {"session_timeout_ms": 2000, "heartbeat_interval_ms": 600}
 
-
-@dataclass
-class ChaosOptions:
-    scenario: str
-    observations: int = 20_000
-    series: int = 60
-    kills: int = 4
-    seed: int = 0
-    partitions: int = 4
-    produce_s: float = 20.0
-    timeout_s: float = 300.0
-    run_dir: Path | None = None
-    keep: bool = False
-    model: str = "tiny"
-    quiet: bool = False
-    idempotent_producer: bool = False
-    """kafka.idempotent_producer of every producer of the run (false, as `streamflame up`
-    sets it for the embedded Tansu broker; true shows the loss on broker restarts)."""
-    redis_lose_s: float = 1.0
-    """redis scenario: after the SIGKILL, cut the AOF back to its size this many seconds
-    earlier (what ``appendfsync everysec`` may lose on a power loss; a SIGKILL of the
-    process alone loses nothing, the written AOF is in the page cache). 0 = plain SIGKILL."""
 
 
 # ---------------------------------------------------------------------------- input
 
 
-@dataclass
-class Dataset:
-    order: list[tuple[bytes, bytes]]          # (key, value) in produce order
-    values: dict[str, np.ndarray]            # sid -> slot values of the complete patches (NaN = none)
-    n_patches: dict[str, int]
-    observations: int                        # observations in the stream (nulls included)
-    non_null: int
-
-
-def make_dataset(n_obs: int, n_series: int, seed: int) -> Dataset:
-    """Seeded input: per series a sine + noise on a 1-minute grid with ~5 %
-    missing slots and ~3 % explicit nulls, sent as batch messages of 1-16
-    observations (every third series as single messages with ISO timestamps),
-    series interleaved at random (each series' own order kept)."""
-
-    rng = np.random.default_rng(seed)
-    w = rng.uniform(0.5, 1.5, n_series)
-    counts = np.floor(w / w.sum() * n_obs).astype(int)
-    counts[: n_obs - counts.sum()] += 1
-    per_series: dict[str, list[bytes]] = {}
-    values: dict[str, np.ndarray] = {}
-    n_patches: dict[str, int] = {}
-    non_null = 0
-    for i in range(n_series):
-        sid = f"chaos-{i:05d}"
-        c = int(counts[i])
-        span = int(np.ceil(c / 0.95)) + 1
-        slots = np.sort(rng.choice(np.arange(1, span), size=c - 1, replace=False)) if c > 1 else np.array([], int)
-        slots = np.concatenate([[0], slots]).astype(int)
-        v = 20 + 5 * np.sin(slots / (5 + i % 7)) + rng.normal(0, 0.3, c)
-        nulls = rng.random(c) < 0.03
-        nulls[0] = False
-        vals = [None if nulls[k] else float(v[k]) for k in range(c)]
-        non_null += int((~nulls).sum())
-        n = (int(slots[-1]) + 1) // PATCH_LEN
-        n_patches[sid] = n
-        grid = np.full(n * PATCH_LEN, np.nan)
-        for s, x in zip(slots, vals):
-            if s < n * PATCH_LEN and x is not None:
-                grid[s] = x
-        values[sid] = grid
-        msgs = []
-        a = 0
-        while a < c:
-            if i % 3 == 2:
-                msgs.append({"series_id": sid, "timestamp": iso_ms(T0_MS + int(slots[a]) * FREQ_MS), "value": vals[a]})
-                a += 1
-                continue
-            b = min(c, a + int(rng.integers(1, 17)))
-            msgs.append({"series_id": sid, "timestamps": [T0_MS + int(s) * FREQ_MS for s in slots[a:b]],
-                         "values": vals[a:b]})
-            a = b
-        per_series[sid] = [json.dumps(m).encode() for m in msgs]
-    draw = [sid for sid, msgs in per_series.items() for _ in msgs]
-    rng.shuffle(draw)
-    pos = dict.fromkeys(per_series, 0)
-    order = []
-    for sid in draw:
-        order.append((sid.encode(), per_series[sid][pos[sid]]))
-        pos[sid] += 1
-    return Dataset(order, values, n_patches, int(counts.sum()), non_null)
 
 
 # ---------------------------------------------------------------------------- processes
 
 
-class Child:
-    """One ingest/worker process (``python -m streamflame ROLE --config FILE``)."""
-
-    def __init__(self, role: str, index: int, run_dir: Path, config_path: Path):
-        self.role, self.index = role, index
-        self.name = f"{role}-{index}"
-        self.run_dir, self.config_path = run_dir, config_path
-        self.proc: subprocess.Popen | None = None
-        self.started_at = 0.0
-        self.starts = 0
-        self.expected_exit = False
-        self.unexpected_exits: list[int] = []
-
-    @property
-    def log_path(self) -> Path:
-        return self.run_dir / "logs" / f"{self.name}.log"
-
-    @property
-    def ready_file(self) -> Path:
-        return self.run_dir / "ready" / self.name
-
-    @property
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def start(self) -> None:
-
-        self.ready_file.parent.mkdir(parents=True, exist_ok=True)
-        self.ready_file.unlink(missing_ok=True)
-        env = {**os.environ, "STREAMFLAME_READY_FILE": str(self.ready_file)}
-        env.pop("STREAMFLAME_CONFIG", None)
-        self.proc = spawn([sys.executable, "-m", "streamflame", self.role, "--config", str(self.config_path)],
-                          log_path=self.log_path, env=env)
-        self.started_at = time.monotonic()
-        self.starts += 1
-        self.expected_exit = False
-
-    def kill(self) -> int | None:
-        if not self.alive:
-            return None
-        assert self.proc is not None
-        self.expected_exit = True
-        pid = self.proc.pid
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait()
-        return pid
-
-    def stop(self, timeout: float = 30.0) -> int | None:
-
-        if self.proc is None:
-            return None
-        self.expected_exit = True
-        return stop_process(self.proc, timeout=timeout)
-
-    def check(self) -> bool:
-        """True if the process exited without being asked to (it is restarted)."""
-        if self.proc is not None and self.proc.poll() is not None and not self.expected_exit:
-            self.unexpected_exits.append(self.proc.returncode)
-            self.start()
-            return True
-        return False
-
-
-def wait_ready(children: list[Child], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not all(c.ready_file.exists() for c in children):
-        for c in children:
-            if c.proc is not None and c.proc.poll() is not None and not c.expected_exit:
-
-                raise RuntimeError(f"{c.name} exited with {c.proc.returncode} while starting:\n{log_tail(c.log_path)}")
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"not ready after {timeout:.0f} s: "
-                               + ", ".join(c.name for c in children if not c.ready_file.exists()))
-        time.sleep(0.05)
 
 
 # ---------------------------------------------------------------------------- topics
 
 
-def read_topic(bootstrap: str, topic: str, timeout: float = 60.0) -> list:
-    """Every record of ``topic``, each partition read up to the high-water mark
-    returned with fetched data (Tansu's ``end_offsets()`` under-reports)."""
-    from kafka import KafkaConsumer, TopicPartition
-
-    c = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, fetch_max_bytes=52_428_800)
-    try:
-        parts = c.partitions_for_topic(topic) or set()
-        tps = [TopicPartition(topic, p) for p in sorted(parts)]
-        c.assign(tps)
-        c.seek_to_beginning(*tps)
-        out: list = []
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for recs in c.poll(timeout_ms=300, max_records=50_000).values():
-                out += recs
-            if all(c.highwater(tp) is not None and c.position(tp) >= c.highwater(tp) for tp in tps):
-                return out
-        raise RuntimeError(f"could not read {topic} to its end within {timeout:.0f} s")
-    finally:
-        c.close()
-
 
 # ---------------------------------------------------------------------------- the run
 
 
-@dataclass
-class Fault:
-    t: float            # seconds after the stream started
-    action: str         # kill-worker, kill-ingest, kill-redis, kill-broker, scale-up, scale-down-term, scale-down-kill
-    restart_after: float = 0.0
-    done_at: float | None = None
-    detail: dict = field(default_factory=dict)
 
 
-def plan_faults(o: ChaosOptions) -> list[Fault]:
-    rng = np.random.default_rng(o.seed + 1_000_003)
-    k = o.kills
-    if o.scenario == "rebalance":
-        # cycles of (scale up, scale down) spread over the stream
-        span = o.produce_s / max(1, k)
-        out = []
-        for i in range(k):
-            up = i * span + rng.uniform(0.1, 0.3) * span
-            down = i * span + rng.uniform(0.6, 0.9) * span
-            out += [Fault(float(up), "scale-up"),
-                    Fault(float(down), "scale-down-term" if i % 2 == 0 else "scale-down-kill")]
-        return out
-    # stratified over [1 s, 1.15 * produce_s] (most while the stream flows, some while it
-    # drains): one moment drawn uniformly in each of k equal slots
-    lo, hi = 1.0, max(2.0, 1.15 * o.produce_s)
-    edges = np.linspace(lo, hi, k + 1)
-    times = [float(rng.uniform(a, b)) for a, b in zip(edges[:-1], edges[1:])]
-    if o.scenario == "crash":
-        # alternating targets, the first one drawn: each process lives ~2 slots between kills
-        first = int(rng.integers(0, 2))
-        targets = [("worker", "ingest")[(first + i) % 2] for i in range(k)]
-        return [Fault(float(t), f"kill-{tg}", float(rng.uniform(0.0, 1.0))) for t, tg in zip(times, targets)]
-    if o.scenario == "redis":
-        # odd faults take the ingest and worker processes down with redis (one host lost)
-        return [Fault(float(t), "kill-redis" if i % 2 == 0 else "kill-redis+apps", float(rng.uniform(0.5, 2.0)))
-                for i, t in enumerate(times)]
-    return [Fault(float(t), "kill-broker", float(rng.uniform(0.5, 2.0))) for t in times]
-
-
-class ChaosRun:
+class ChaosRun(ChaosChecks):
     def __init__(self, o: ChaosOptions):
         if o.scenario not in SCENARIOS:
             raise ValueError(f"unknown scenario {o.scenario!r}; one of {', '.join(SCENARIOS)}")
@@ -636,215 +413,6 @@ class ChaosRun:
                 time.sleep(0.5)
         finally:
             r.close()
-
-    # -- checks -------------------------------------------------------------------
-    def _verify(self, ds: Dataset) -> None:
-        import redis
-
-        from streamflame import Forecaster  # lazy: torch
-        from streamflame.adapters.state.store import NaiveScale, StateMeta  # lazy: redis-py
-        from streamflame.pipeline.worker.accuracy import update_naive  # lazy: redis-py
-        from streamflame.pipeline.worker.batch import BatchProcessor  # lazy: redis-py
-
-        P = self.report["problems"]
-        cfg = self.cfg
-        bs = self.broker.bootstrap
-        t0 = time.monotonic()
-
-        # observations: what the broker holds of what was produced (acknowledged)
-        held = Counter((bytes(rec.key), bytes(rec.value)) for rec in read_topic(bs, cfg.topics.observations))
-        sent = Counter(ds.order)
-        lost = sent - held
-        self.report["observation_records_produced"] = len(ds.order)
-        self.report["observation_records_on_topic"] = sum(held.values())
-        self.report["observation_records_lost_by_broker"] = sum(lost.values())
-        if lost:
-            P.append(f"{sum(lost.values())} acknowledged observation records are not on the topic")
-        if sum((held - sent).values()):
-            self.report["observation_records_duplicated_by_broker"] = sum((held - sent).values())
-
-        # patches: every (sid, seq) with the produced values, duplicates identical
-        patches: dict[tuple[str, int], bytes] = {}
-        where: dict[tuple[int, int], tuple[str, int]] = {}
-        n_patch_records = 0
-        for rec in read_topic(bs, cfg.topics.patches):
-            n_patch_records += 1
-            p = decode_patch(rec.value)
-            key = (p.series_id, p.seq)
-            where[(rec.partition, rec.offset)] = key
-            if key in patches:
-                if patches[key] != rec.value:
-                    P.append(f"patch {key} re-emitted with different content")
-                continue
-            patches[key] = rec.value
-        want_keys = {(s, k) for s, n in ds.n_patches.items() for k in range(n)}
-        missing = want_keys - set(patches)
-        extra = set(patches) - want_keys
-        if missing:
-            P.append(f"{len(missing)} patches missing, e.g. {sorted(missing)[:3]}")
-        if extra:
-            P.append(f"{len(extra)} unexpected patches, e.g. {sorted(extra)[:3]}")
-        covered = 0
-        for (sid, k), raw in patches.items():
-            if (sid, k) not in want_keys:
-                continue
-            p = decode_patch(raw)
-            got = p.values_array()
-            exp = ds.values[sid][k * PATCH_LEN:(k + 1) * PATCH_LEN]
-            covered += p.n_observed
-            if p.start_ms != T0_MS + k * PATCH_LEN * FREQ_MS or not np.array_equal(got, exp, equal_nan=True):
-                P.append(f"patch {(sid, k)} does not hold the produced observations")
-        expected_covered = sum(int(np.isfinite(v).sum()) for v in ds.values.values())
-        if covered != expected_covered:
-            P.append(f"patches cover {covered} non-null observations, the input has {expected_covered} in complete patches")
-
-        # forecasts: every (sid, seq) at least once, duplicates identical except produced_at
-        fcs: dict[tuple[str, int], dict] = {}
-        n_fc_records = 0
-        for rec in read_topic(bs, cfg.topics.forecasts):
-            n_fc_records += 1
-            m = decode_forecast(rec.value).model_dump()
-            m.pop("produced_at", None)
-            m.pop("produced_at_ms", None)
-            key = (m["series_id"], m["seq"])
-            if key in fcs:
-                if fcs[key] != m:
-                    P.append(f"forecast {key} re-published with different content")
-                continue
-            fcs[key] = m
-
-        dlq = Counter(decode_dead_letter(rec.value).reason for rec in read_topic(bs, cfg.topics.dlq))
-        self.report["dead_letters"] = dict(dlq)
-        g0 = cfg.resolve_group(next(iter(ds.n_patches)))
-        want_fc = {(s, k) for s, k in want_keys if k + 1 >= g0.min_history_patches}
-        if want_fc - set(fcs):
-            P.append(f"{len(want_fc - set(fcs))} forecasts missing, e.g. {sorted(want_fc - set(fcs))[:3]}")
-
-        # reference: in-process Forecaster, one update per patch (batched per round)
-        f = Forecaster.load(cfg.worker.model_path)
-        sids = list(ds.n_patches)
-        states = {s: f.init_state(scale=cfg.resolve_group(s).scale, step_seconds=FREQ_MS / 1000) for s in sids}
-        naive = {s: NaiveScale() for s in sids}          # the worker's online-MASE scale, same updates
-        for k in range(max(ds.n_patches.values())):
-            live = [s for s in sids if ds.n_patches[s] > k]
-            x = np.stack([ds.values[s][k * PATCH_LEN:(k + 1) * PATCH_LEN] for s in live])
-            new = f.update_many([states[s] for s in live], x)
-            states.update(zip(live, new))
-            for s, row in zip(live, x):
-                naive[s] = update_naive(naive[s], np.asarray(row, dtype=np.float64))
-        r = redis.Redis.from_url(self.redis.url)
-        identical = 0
-        try:
-            pipe = r.pipeline(transaction=False)
-            for s in sids:
-                pipe.hgetall(f"sf:{{{s}}}:state")
-            stored = dict(zip(sids, pipe.execute()))
-        finally:
-            r.close()
-        bad_states = []
-        for s in sids:
-            n = ds.n_patches[s]
-            rec = stored[s]
-            g = cfg.resolve_group(s)
-            if n == 0:
-                if rec:
-                    bad_states.append((s, "state stored for a series without a complete patch"))
-                continue
-            if set(rec) != {b"seq", b"state", b"meta"}:
-                bad_states.append((s, f"fields {sorted(rec)}"))
-                continue
-            meta = json.loads(rec[b"meta"])
-            ptr = where.get((meta["src_partition"], meta["src_offset"]))
-            if ptr != (s, n - 1):
-                bad_states.append((s, f"meta.src_offset points at {ptr}, not at its last patch"))
-                continue
-            fc = f.forecast(states[s], g.horizon, g.quantiles, g.num_samples,
-                            seed=forecast_seed(cfg.worker.seed, s, n - 1))
-            origin = T0_MS + (n * PATCH_LEN - 1) * FREQ_MS
-            keys = list(g.quantile_keys)
-            last_fc = BatchProcessor._last_forecast(g, n - 1, origin + FREQ_MS, fc)
-            ref_meta = StateMeta(model_id=f.model_id, group=g.name, freq_ms=FREQ_MS, last_slot_ms=origin,
-                                 src_partition=meta["src_partition"], src_offset=meta["src_offset"],
-                                 forecast=last_fc, naive=naive[s])
-            ref = {b"seq": str(n - 1).encode(), b"state": states[s].to_bytes(), b"meta": ref_meta.to_json()}
-            diff = [k.decode() for k in ref if rec[k] != ref[k]]
-            if diff:
-                bad_states.append((s, f"differs from the reference in {diff}"))
-                continue
-            last = fcs.get((s, n - 1))
-            if last is not None:
-                if not (np.array_equal(np.asarray(last["mean"], np.float32), fc.mean.astype(np.float32))
-                        and all(np.array_equal(np.asarray(last["quantiles"][kk], np.float32),
-                                               fc.quantiles[j].astype(np.float32)) for j, kk in enumerate(keys))):
-                    bad_states.append((s, "last forecast differs from the reference forecast"))
-                    continue
-            identical += 1
-        if bad_states:
-            P.append(f"{len(bad_states)} series differ from the uninterrupted reference, e.g. {bad_states[:3]}")
-        n_complete = sum(1 for n in ds.n_patches.values() if n > 0)
-        self.report.update({
-            "observations": ds.observations,
-            "observations_non_null": ds.non_null,
-            "observations_in_complete_patches": expected_covered,
-            "observations_covered_by_patches": covered,
-            "series": len(sids),
-            "series_identical_to_reference": identical,
-            "series_with_patches": n_complete,
-            "patches_expected": len(want_keys),
-            "patches_distinct": len(patches),
-            "patch_records": n_patch_records,
-            "patch_duplicates": n_patch_records - len(patches),
-            "forecasts_expected": len(want_fc),
-            "forecasts_distinct": len(fcs),
-            "forecast_records": n_fc_records,
-            "forecast_duplicates": n_fc_records - len(fcs),
-            "unexpected_exits": {c.name: c.unexpected_exits for c in self.children + self._retired
-                                 if c.unexpected_exits},
-            "verify_s": round(time.monotonic() - t0, 1),
-        })
-        if self.report["unexpected_exits"]:
-            P.append(f"processes exited without being killed: {self.report['unexpected_exits']}")
-
-    def _log_counts(self) -> dict[str, int]:
-        """Totals from the JSON log lines of every ingest/worker process."""
-        c: Counter = Counter()
-        logs = self.run_dir / "logs"
-        for path in sorted(logs.glob("*-*.log")) if logs.exists() else []:
-            for line in path.read_text(errors="replace").splitlines():
-                if not line.startswith("{"):
-                    continue
-                try:
-                    ev = json.loads(line)
-                except ValueError:
-                    continue
-                e = ev.get("event", "")
-                if e == "worker.batch":
-                    for k in ("applied", "skipped", "refused", "forecasts"):
-                        c[f"worker_{k}"] += int(ev.get(k) or 0)
-                    c["worker_batches"] += 1
-                    c[f"applied_by_{path.stem}"] += int(ev.get("applied") or 0)
-                elif e == "worker.assigned":
-                    c["worker_assignments"] += 1
-                elif e == "worker.write_refused":
-                    c["worker_cas_conflict"] += int(ev.get("conflict") or 0)
-                    c["worker_cas_gap"] += int(ev.get("gap") or 0)
-                elif e == "worker.rewind":
-                    c["worker_rewinds"] += len(ev.get("partitions") or {})
-                elif e == "worker.batch_failed":
-                    c["worker_batch_failures"] += 1
-                elif e == "worker.batch_dropped_on_rebalance":
-                    c["worker_batches_dropped_on_rebalance"] += 1
-                elif e == "ingest.batch":
-                    c["ingest_patches"] += int(ev.get("patches") or 0)
-                    c["ingest_skipped_observations"] += int(ev.get("skipped") or 0)
-                    c["ingest_cursor_refused"] += int(ev.get("cursor_refused") or 0)
-                elif e == "ingest.batch_failed":
-                    c["ingest_batch_failures"] += 1
-                elif e == "ingest.poll_failed":
-                    c["ingest_poll_failures"] += 1
-                elif e == "ingest.commit_failed":
-                    c["ingest_commit_failures"] += 1
-        return dict(sorted(c.items()))
 
 
 def run_scenario(o: ChaosOptions) -> dict[str, Any]:

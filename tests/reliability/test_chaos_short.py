@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import pytest
 
-from streamflame.faults.chaos import ChaosOptions, format_report, run_scenario
+from streamflame.faults.chaos import format_report, run_scenario
+from streamflame.faults.stream import ChaosOptions
 
 SMALL = {"observations": 20_000, "series": 60, "produce_s": 12.0, "timeout_s": 90.0, "quiet": True}
 
