@@ -319,8 +319,7 @@ def run_latency(cfg, workdir: Path, rate: float, seconds: float, n_series: int, 
             log.close()
 
 
-# ---- main -----------------------------------------------------------------------------------
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="streamflame bench pipeline", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--series", type=int, default=2000, help="series in the throughput stages")
@@ -348,7 +347,56 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--durable", action="store_true",
                     help="persistence on, as `streamflame up` by default: broker data in files (localbucket, "
                          "synced every second) and Redis AOF everysec; ceilings read the same broker")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def _print_report(args, reps: dict, mb: int, wk: dict, ing_single: dict, sat: dict, saturated: bool,
+                  max_rate: float, estimate: float, lat: dict) -> None:
+    """The figures table (each figure beside its ceiling, the median round), the latency line and SUMMARY."""
+    def pick(name: str, ceiling: str, key: str | None = None):
+        """The round with the (lower) median ratio: (value, ceiling, [ratios of all rounds])."""
+        vs = [x[key] if key else x for x in reps[name]]
+        ratios = [v / c for v, c in zip(vs, reps[ceiling])]
+        k = sorted(range(len(ratios)), key=ratios.__getitem__)[(len(ratios) - 1) // 2]   # lower median
+        return vs[k], reps[ceiling][k], ratios
+
+    def row(name, picked, unit, target):
+        value, ceiling, ratios = picked
+        spread = " / ".join(f"{100 * x:.1f}" for x in ratios)
+        print(f"{name:<34} {value:>12,.0f} {unit:<12} {ceiling:>12,.0f} {100 * value / ceiling:>7.1f}%   "
+              f"target >= {target}%   (each round: {spread} %)")
+
+    single, single_oj = pick("ing_single", "ceil_single", "obs_per_s"), pick("ing_single", "ceil_single_oj", "obs_per_s")
+    batch, batch_oj = pick("ing_batch", "ceil_batch", "obs_per_s"), pick("ing_batch", "ceil_batch_oj", "obs_per_s")
+    worker = pick("worker", "model", "forecasts_per_s")
+    print(f"\n{'figure':<34} {'measured':>12} {'':<12} {'ceiling':>12} {'ratio':>8}   "
+          f"(median of {args.repeats} rounds, each measured beside its own ceiling)")
+    row("ingest, single-observation msgs", single, "obs/s", 50)
+    row("  (ceiling decoding with orjson)", single_oj, "obs/s", 50)
+    row("ingest, batch msgs", batch, "obs/s", 50)
+    row("  (ceiling decoding with orjson)", batch_oj, "obs/s", 50)
+    row(f"worker end to end (batch ~{mb}, {wk['torch_threads']} thr)", worker, "forecasts/s", 70)
+    print(f"group join / first batch: ingest {ing_single['join_s']:.1f} s, worker {wk['startup_s']:.1f} s "
+          f"(not in the rates); worker batches {wk['batches']}, mean size {wk['mean_batch']:.0f}")
+    print(f"max sustained rate: {'' if saturated else '>= '}{max_rate:,.0f} obs/s (offered {sat['offered_obs_per_s']:,.0f}, "
+          f"the pipeline completed {sat['sustained_obs_per_s']:,.0f} obs/s of forecasts: "
+          f"{'saturated' if saturated else 'kept up with all the load generator could offer'}; "
+          f"estimate from the stages above {estimate:,.0f})")
+    print(f"latency at half the max sustained rate ({max_rate / 2:,.0f} obs/s offered "
+          f"{lat['offered_obs_per_s']:,.0f}, {args.latency_series} series, {lat['patches']} patches, "
+          f"{lat['forecasts']} forecasts): p50 {lat['p50_ms']:.0f} ms, p99 {lat['p99_ms']:.0f} ms, "
+          f"max {lat['max_ms']:.0f} ms   target p99 <= 500 ms")
+    print("SUMMARY " + " ".join(f"{k}={v:.0f}" for k, v in {
+        "ingest_single_obs_per_s": single[0], "ceiling_single_obs_per_s": single[1],
+        "ingest_batch_obs_per_s": batch[0], "ceiling_batch_obs_per_s": batch[1],
+        "ceiling_single_orjson": single_oj[1], "ceiling_batch_orjson": batch_oj[1],
+        "worker_forecasts_per_s": worker[0], "model_forecasts_per_s": worker[1],
+        "max_sustained_obs_per_s": max_rate, "p50_ms": lat["p50_ms"], "p99_ms": lat["p99_ms"]}.items()))
+
+
+# ---- main -----------------------------------------------------------------------------------
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
 
     import torch
 
@@ -499,12 +547,6 @@ def main(argv: list[str] | None = None) -> int:
             print(f"worker round {r + 1}/{R}: {wk['forecasts_per_s']:,.1f} forecasts/s (batch ~{mb}) vs model "
                   f"{reps['model'][-1]:,.1f}", flush=True)
 
-        def pick(name: str, ceiling: str, key: str | None = None):
-            """The round with the (lower) median ratio: (value, ceiling, [ratios of all rounds])."""
-            vs = [x[key] if key else x for x in reps[name]]
-            ratios = [v / c for v, c in zip(vs, reps[ceiling])]
-            k = sorted(range(len(ratios)), key=ratios.__getitem__)[(len(ratios) - 1) // 2]   # lower median
-            return vs[k], reps[ceiling][k], ratios
         ing_single = reps["ing_single"][0]
         wk = reps["worker"][0]
         mb = max(1, int(round(wk["mean_batch"])))
@@ -539,38 +581,7 @@ def main(argv: list[str] | None = None) -> int:
         broker.stop()
         redis_srv.stop()
 
-    def row(name, picked, unit, target):
-        value, ceiling, ratios = picked
-        spread = " / ".join(f"{100 * x:.1f}" for x in ratios)
-        print(f"{name:<34} {value:>12,.0f} {unit:<12} {ceiling:>12,.0f} {100 * value / ceiling:>7.1f}%   "
-              f"target >= {target}%   (each round: {spread} %)")
-
-    single, single_oj = pick("ing_single", "ceil_single", "obs_per_s"), pick("ing_single", "ceil_single_oj", "obs_per_s")
-    batch, batch_oj = pick("ing_batch", "ceil_batch", "obs_per_s"), pick("ing_batch", "ceil_batch_oj", "obs_per_s")
-    worker = pick("worker", "model", "forecasts_per_s")
-    print(f"\n{'figure':<34} {'measured':>12} {'':<12} {'ceiling':>12} {'ratio':>8}   "
-          f"(median of {args.repeats} rounds, each measured beside its own ceiling)")
-    row("ingest, single-observation msgs", single, "obs/s", 50)
-    row("  (ceiling decoding with orjson)", single_oj, "obs/s", 50)
-    row("ingest, batch msgs", batch, "obs/s", 50)
-    row("  (ceiling decoding with orjson)", batch_oj, "obs/s", 50)
-    row(f"worker end to end (batch ~{mb}, {wk['torch_threads']} thr)", worker, "forecasts/s", 70)
-    print(f"group join / first batch: ingest {ing_single['join_s']:.1f} s, worker {wk['startup_s']:.1f} s "
-          f"(not in the rates); worker batches {wk['batches']}, mean size {wk['mean_batch']:.0f}")
-    print(f"max sustained rate: {'' if saturated else '>= '}{max_rate:,.0f} obs/s (offered {sat['offered_obs_per_s']:,.0f}, "
-          f"the pipeline completed {sat['sustained_obs_per_s']:,.0f} obs/s of forecasts: "
-          f"{'saturated' if saturated else 'kept up with all the load generator could offer'}; "
-          f"estimate from the stages above {estimate:,.0f})")
-    print(f"latency at half the max sustained rate ({max_rate / 2:,.0f} obs/s offered "
-          f"{lat['offered_obs_per_s']:,.0f}, {args.latency_series} series, {lat['patches']} patches, "
-          f"{lat['forecasts']} forecasts): p50 {lat['p50_ms']:.0f} ms, p99 {lat['p99_ms']:.0f} ms, "
-          f"max {lat['max_ms']:.0f} ms   target p99 <= 500 ms")
-    print("SUMMARY " + " ".join(f"{k}={v:.0f}" for k, v in {
-        "ingest_single_obs_per_s": single[0], "ceiling_single_obs_per_s": single[1],
-        "ingest_batch_obs_per_s": batch[0], "ceiling_batch_obs_per_s": batch[1],
-        "ceiling_single_orjson": single_oj[1], "ceiling_batch_orjson": batch_oj[1],
-        "worker_forecasts_per_s": worker[0], "model_forecasts_per_s": worker[1],
-        "max_sustained_obs_per_s": max_rate, "p50_ms": lat["p50_ms"], "p99_ms": lat["p99_ms"]}.items()))
+    _print_report(args, reps, mb, wk, ing_single, sat, saturated, max_rate, estimate, lat)
     if args.keep:
         print(f"logs: {workdir}")
     else:
