@@ -8,7 +8,8 @@ import uuid
 import pytest
 
 from streamflame.embedded import Broker, incarnation
-from streamflame.pipeline.ingest.assembler import ACCEPTED, SKIPPED, AssemblerSettings, IngestCursor, SeriesAssembler
+from streamflame.pipeline.ingest.assembler import ACCEPTED, SKIPPED, AssemblerSettings, SeriesAssembler
+from streamflame.pipeline.ingest.cursor import IngestCursor
 from streamflame.pipeline.ingest.cursors import CursorStore
 
 FREQ = 60_000

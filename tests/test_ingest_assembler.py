@@ -10,16 +10,8 @@ from hypothesis import strategies as st
 
 from streamflame.core.constants import PATCH_LEN
 from streamflame.messages import PatchMessage
-from streamflame.pipeline.ingest.assembler import (
-    ACCEPTED,
-    REJECTED,
-    SKIPPED,
-    AssemblerSettings,
-    CursorDecodeError,
-    IngestCursor,
-    ObsRef,
-    SeriesAssembler,
-)
+from streamflame.pipeline.ingest.assembler import ACCEPTED, REJECTED, SKIPPED, AssemblerSettings, SeriesAssembler
+from streamflame.pipeline.ingest.cursor import CursorDecodeError, IngestCursor, ObsRef
 
 N = PATCH_LEN
 T0 = 1_700_000_000_000

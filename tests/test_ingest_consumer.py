@@ -24,8 +24,8 @@ from streamflame.adapters.kafka_io import make_consumer, make_producer
 from streamflame.config import ServiceConfig, dump_yaml
 from streamflame.core.constants import PATCH_LEN
 from streamflame.messages import decode_dead_letter, decode_patch
-from streamflame.pipeline.ingest.assembler import IngestCursor
 from streamflame.pipeline.ingest.consumer import IngestConsumer
+from streamflame.pipeline.ingest.cursor import IngestCursor
 from streamflame.pipeline.ingest.cursors import CursorStore
 
 N = PATCH_LEN

@@ -226,7 +226,7 @@ def test_pickle_payload_as_stored_state_is_refused_never_unpickled(forecaster, r
 
 
 def test_pickle_payload_as_ingest_cursor_is_refused_never_unpickled(tmp_path):
-    from streamflame.pipeline.ingest.assembler import CursorDecodeError, IngestCursor
+    from streamflame.pipeline.ingest.cursor import CursorDecodeError, IngestCursor
 
     trap = tmp_path / "unpickled"
     with pytest.raises(CursorDecodeError):

@@ -43,7 +43,7 @@ from typing import Any
 import structlog
 
 from streamflame.embedded.broker import _admin, create_topics
-from streamflame.pipeline.ingest.assembler import IngestCursor
+from streamflame.pipeline.ingest.cursor import IngestCursor
 from streamflame.pipeline.ingest.cursors import CursorStore, cursor_args
 
 log = structlog.get_logger("streamflame.incarnation")

@@ -12,14 +12,8 @@ import structlog
 
 from streamflame.alerts.messages import encode_event
 from streamflame.core.timefmt import iso_ms
-from streamflame.pipeline.ingest.assembler import (
-    ACCEPTED,
-    REJECTED,
-    CursorDecodeError,
-    ObsRef,
-    Rejection,
-    SeriesAssembler,
-)
+from streamflame.pipeline.ingest.assembler import ACCEPTED, REJECTED, Rejection, SeriesAssembler
+from streamflame.pipeline.ingest.cursor import CursorDecodeError, ObsRef
 from streamflame.pipeline.ingest.entries import Entry, FastRun
 from streamflame.pipeline.ingest.outbox import RetryBatch
 

@@ -23,7 +23,7 @@ from typing import Iterable
 
 from redis.exceptions import NoScriptError
 
-from streamflame.pipeline.ingest.assembler import CursorDecodeError, IngestCursor
+from streamflame.pipeline.ingest.cursor import CursorDecodeError, IngestCursor
 
 CURSOR_CAS_SCRIPT = r"""
 -- KEYS[1] cursor hash; ARGV: seq, n, cursor JSON. Returns 1 written, 0 refused (stored version higher).
