@@ -39,10 +39,14 @@ STATE_FIELDS = {
     "ssm": (lambda c: (c.n_layers, c.n_heads, c.headdim, c.d_state), False),
     "cal": (lambda c: (2,), True),                             # calendar periods in steps (day, week; 0 = unknown)
     "clock": (lambda c: (), True),                             # steps applied (complete patches x p)
-    "profile": (lambda c: (sum(BINS), 2), False),              # seasonal memory: day and week profiles
+    "profile": (lambda c: (sum(BINS), 2), True),               # seasonal memory: day and week profiles
     "herr": (lambda c: (len(CANDIDATES), 2), True),            # tracked error of each hint candidate
     "next": (lambda c: (len(CANDIDATES), c.patch_len), True),  # each candidate's prediction of the next patch
 }
+
+# Fields where NaN marks "unknown" (no observation yet, no prediction); never +-inf. Every other
+# field is finite in a healthy state.
+NAN_FIELDS = frozenset({"ref", "window", "next"})
 
 
 class Flame(nn.Module):
