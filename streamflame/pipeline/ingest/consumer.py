@@ -51,8 +51,9 @@ import os
 import threading
 import time
 from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 import structlog
@@ -82,7 +83,24 @@ MAX_BACKOFF_S = 5.0
 _UNKNOWN = object()  # equal to no record key
 
 
+@dataclass(slots=True)
+class _Batch:
+    """What :meth:`IngestConsumer._process` gathers from one poll: the chunk being read
+    (series -> entries in Kafka order, see :mod:`~streamflame.pipeline.ingest.entries`), its
+    observation count, and the completed patches and their series since the last publish."""
 
+    chunk: dict[str, list[Entry]] = field(default_factory=dict)
+    n_obs: int = 0
+    patches: list = field(default_factory=list)
+    touched: dict[str, SeriesAssembler] = field(default_factory=dict)
+
+
+class _FastRules(NamedTuple):
+    """The fast path's limits for one poll (``ingest`` settings and the validated series' keys)."""
+
+    max_bytes: int
+    future_tolerance_ms: int | None
+    known_keys: dict[str, bytes]
 
 
 class IngestConsumer(IngestPartitions, IngestAssembling, IngestPublishing):
@@ -94,7 +112,7 @@ class IngestConsumer(IngestPartitions, IngestAssembling, IngestPublishing):
     batches) for metrics and tests.
 
     ``fast_path`` (default True) lets common single-observation records skip the general
-    decoder (see :meth:`_process`); False sends every record through it (the reference
+    decoder (see :meth:`_read_partition`); False sends every record through it (the reference
     the fast path is tested against).
     """
 
@@ -159,7 +177,7 @@ class IngestConsumer(IngestPartitions, IngestAssembling, IngestPublishing):
         self._reseek: dict[int, int] = {}  # revoked partition -> offset to re-read from if handed back
         self._closed = False
         # Series ids that passed full validation -> their record key (bytes): the fast path
-        # of _process takes a record only when its key equals this (bounded; cleared when large).
+        # of _read_partition takes a record only when its key equals this (bounded; cleared when large).
         self._known_keys: dict[str, bytes] = {}
 
     # ------------------------------------------------------------------ loop
@@ -246,75 +264,100 @@ class IngestConsumer(IngestPartitions, IngestAssembling, IngestPublishing):
         :meth:`settle` or the poll loop hands it over).
 
         Records are grouped by series (each series keeps its Kafka order; series are
-        independent, so their relative order does not matter). A single-observation
-        record of a series already validated, in the exact common shape (three fields,
-        int epoch-ms timestamp in range, finite float value, key = series_id, small
-        enough, not past the future limit), is appended to the series' run without
-        building per-record objects; consecutive such records are then assembled in one
-        :meth:`SeriesAssembler.add_run` call. Every other record takes the general path
-        (:meth:`_decode`), which applies the same rules and names the reason of a
-        rejection; both paths accept exactly the same records (tests/test_ingest_consumer.py)."""
-        c = self.counters
-        ing = self.cfg.ingest
-        max_bytes, tol = ing.max_message_bytes, ing.future_tolerance_ms
-        known, fast = self._known_keys, self.fast_path
-        if len(known) > 2 * ing.max_series_in_memory:
-            known.clear()
-        loads, decode_error = orjson.loads, orjson.JSONDecodeError
-        lo_ms, hi_ms, lo_v, hi_v = MIN_EPOCH_MS, MAX_EPOCH_MS, -MAX_ABS_VALUE, MAX_ABS_VALUE
-        chunk: dict[str, list[Entry]] = {}  # series_id -> entries in Kafka order (see _assemble)
-        n_obs = 0
-        patches: list = []
-        touched: dict[str, SeriesAssembler] = {}
+        independent, so their relative order does not matter): :meth:`_read_partition`
+        sorts each partition's records into the chunk, :meth:`_flush_chunk` assembles a
+        chunk every :data:`CHUNK_OBSERVATIONS` observations, the rest is assembled and
+        published at the end."""
+        batch = _Batch()
+        rules = self._fast_rules()
         self._note_read(records)  # (poll_once did; for a direct call) a chunk may fail before later partitions
         for tp, recs in records.items():
-            if not recs:
-                continue
-            p = tp.partition
-            runs: dict[str, FastRun] = {}  # series -> its open run of fast records on this partition
-            for rec in recs:
-                raw = rec.value
-                try:
-                    doc = loads(raw)
-                    sid, t, v = doc["series_id"], doc["timestamp"], doc["value"]
-                except (decode_error, TypeError, KeyError, IndexError):
-                    sid = None
-                if (fast and type(sid) is str and type(t) is int and type(v) is float and lo_v <= v <= hi_v
-                        and lo_ms <= t <= hi_ms and type(doc) is dict and len(doc) == 3
-                        and rec.key == known.get(sid, _UNKNOWN) and len(raw) <= max_bytes
-                        and (tol is None or rec.timestamp is None or rec.timestamp < 0 or t <= rec.timestamp + tol)):
-                    run = runs.get(sid)
-                    if run is None:
-                        run = runs[sid] = FastRun(p)
-                        entries = chunk.get(sid)
-                        if entries is None:
-                            chunk[sid] = [run]
-                        else:
-                            entries.append(run)
-                    run.offsets.append(rec.offset)
-                    run.records.append(rec)
-                    run.timestamps.append(t)
-                    run.values.append(v)
-                    n_obs += 1
-                else:
-                    entry = self._decode(rec, p)
-                    if entry is not None:
-                        sid = entry.run.series_id
-                        runs.pop(sid, None)  # a later fast record starts a new run after this entry
-                        chunk.setdefault(sid, []).append(entry)
-                        n_obs += len(entry.run.values)
-                if n_obs >= CHUNK_OBSERVATIONS:
-                    self._assemble(chunk, patches, touched)
-                    chunk, runs, n_obs = {}, {}, 0
-                    if len(patches) >= ing.max_buffered_patches:
-                        self._publish(patches, touched)
-                        self.settle()  # bounds the memory a poll of many patches takes
-                        patches, touched = [], {}
-            self.next_offset[p] = recs[-1].offset + 1
-            c["records"] += len(recs)
-        self._assemble(chunk, patches, touched)
-        self._publish(patches, touched)
-        c["batches"] += 1
+            if recs:
+                self._read_partition(tp.partition, recs, batch, rules)
+        self._assemble(batch.chunk, batch.patches, batch.touched)
+        self._publish(batch.patches, batch.touched)
+        self.counters["batches"] += 1
+
+    def _fast_rules(self) -> _FastRules | None:
+        """The fast path's limits for this poll (None: ``fast_path`` is off); bounds the known keys."""
+        ing = self.cfg.ingest
+        if len(self._known_keys) > 2 * ing.max_series_in_memory:
+            self._known_keys.clear()
+        if not self.fast_path:
+            return None
+        return _FastRules(ing.max_message_bytes, ing.future_tolerance_ms, self._known_keys)
+
+    def _read_partition(self, p: int, recs: list, batch: _Batch, rules: _FastRules | None) -> None:
+        """Sort one partition's records into ``batch.chunk``.
+
+        A single-observation record of a series already validated, in the exact common shape
+        (three fields, int epoch-ms timestamp in range, finite float value, key = series_id,
+        small enough, not past the future limit), is appended to the series' run without
+        building per-record objects; consecutive such records are then assembled in one
+        :meth:`SeriesAssembler.add_run` call. Every other record takes the general path
+        (:meth:`_decode`), which applies the same rules and names the reason of a rejection;
+        both paths accept exactly the same records (tests/test_ingest_consumer.py). The loop
+        is the ingest hot path: its checks stay inline (no call per record on the fast path)."""
+        fast = rules is not None
+        max_bytes, tol, known = rules if fast else (0, None, {})
+        loads, decode_error = orjson.loads, orjson.JSONDecodeError
+        lo_ms, hi_ms, lo_v, hi_v = MIN_EPOCH_MS, MAX_EPOCH_MS, -MAX_ABS_VALUE, MAX_ABS_VALUE
+        chunk, n_obs = batch.chunk, batch.n_obs
+        runs: dict[str, FastRun] = {}  # series -> its open run of fast records on this partition
+        for rec in recs:
+            raw = rec.value
+            try:
+                doc = loads(raw)
+                sid, t, v = doc["series_id"], doc["timestamp"], doc["value"]
+            except (decode_error, TypeError, KeyError, IndexError):
+                sid = None
+            if (fast and type(sid) is str and type(t) is int and type(v) is float and lo_v <= v <= hi_v
+                    and lo_ms <= t <= hi_ms and type(doc) is dict and len(doc) == 3
+                    and rec.key == known.get(sid, _UNKNOWN) and len(raw) <= max_bytes
+                    and (tol is None or rec.timestamp is None or rec.timestamp < 0 or t <= rec.timestamp + tol)):
+                run = runs.get(sid)
+                if run is None:
+                    run = runs[sid] = FastRun(p)
+                    entries = chunk.get(sid)
+                    if entries is None:
+                        chunk[sid] = [run]
+                    else:
+                        entries.append(run)
+                run.offsets.append(rec.offset)
+                run.records.append(rec)
+                run.timestamps.append(t)
+                run.values.append(v)
+                n_obs += 1
+            else:
+                n_obs += self._add_decoded(rec, p, chunk, runs)
+            if n_obs >= CHUNK_OBSERVATIONS:
+                batch.n_obs = n_obs
+                self._flush_chunk(batch)
+                chunk, n_obs, runs = batch.chunk, 0, {}
+        batch.n_obs = n_obs
+        self.next_offset[p] = recs[-1].offset + 1
+        self.counters["records"] += len(recs)
+
+    def _add_decoded(self, rec, p: int, chunk: dict[str, list[Entry]], runs: dict[str, FastRun]) -> int:
+        """The general path for one record: decode it (:meth:`_decode`), add the entry to its
+        series; the number of observations added (0: dead-lettered or empty)."""
+        entry = self._decode(rec, p)
+        if entry is None:
+            return 0
+        sid = entry.run.series_id
+        runs.pop(sid, None)  # a later fast record starts a new run after this entry
+        chunk.setdefault(sid, []).append(entry)
+        return len(entry.run.values)
+
+    def _flush_chunk(self, batch: _Batch) -> None:
+        """Assemble the chunk read so far; publish and settle once the batch holds
+        ``ingest.max_buffered_patches`` patches (bounds the memory a poll of many patches takes)."""
+        self._assemble(batch.chunk, batch.patches, batch.touched)
+        batch.chunk, batch.n_obs = {}, 0
+        if len(batch.patches) >= self.cfg.ingest.max_buffered_patches:
+            self._publish(batch.patches, batch.touched)
+            self.settle()
+            batch.patches, batch.touched = [], {}
 
     def _log_batch(self, records: dict, before: Counter, elapsed: float) -> None:
         """The one ``ingest.batch`` line of a poll cycle (its cursor writes are the
