@@ -148,90 +148,113 @@ class BatchProcessor:
         by_series: dict[str, list[PatchRecord]] = {}
         for r in batch:
             by_series.setdefault(r.patch.series_id, []).append(r)
-
         work: list[_Series] = []
-        policy = self.cfg.worker.on_corrupt_state
         for sid, items in by_series.items():
             items.sort(key=lambda r: (r.patch.seq, r.offset))
-            group = self.cfg.resolve_group(sid)
-            rec = loaded.get(sid)
-            problem: str | None = None
-            stored = -1
-            state = meta = None
-            if isinstance(rec, BrokenRecord):
-                if rec.quarantined:
-                    for r in items:
-                        if rec.seq is None or r.patch.seq > rec.seq:
-                            res.rejected.append(Rejected(r, "series_quarantined", f"series {sid!r} is quarantined: {rec.reason}"))
-                        else:
-                            res.skipped += 1
-                    continue
-                problem = rec.reason
-                stored = rec.seq if rec.seq is not None else None
-            elif isinstance(rec, StateRecord):
-                stored, meta = rec.seq, rec.meta
-
-            pending = self._dedupe([r for r in items if stored is None or r.patch.seq > stored])
-            res.skipped += len(items) - len(pending)
-            if not pending:
-                continue
-
-            if isinstance(rec, StateRecord):
-                try:
-                    if rec.meta.model_id != self.f.model_id:
-                        raise StateDecodeError(f"state was written by model {rec.meta.model_id}, "
-                                               f"this worker runs {self.f.model_id}")
-                    state = rec.decoded if rec.decoded is not None else SeriesState.from_bytes(rec.state)
-                    if state.model_id != self.f.model_id:
-                        raise StateDecodeError(f"state bytes belong to model {state.model_id}, "
-                                               f"this worker runs {self.f.model_id}")
-                    if len(state.buffer):
-                        raise StateDecodeError(f"stored state holds a partial patch of {len(state.buffer)} values")
-                except StateDecodeError as e:
-                    problem = str(e)
-
-            if problem is not None:
-                if policy == "quarantine":
-                    res.quarantine[sid] = f"corrupt_state: {problem}"
-                    for r in pending:
-                        res.rejected.append(Rejected(r, "series_quarantined", f"state of {sid!r} quarantined: {problem}"))
-                    continue
-                # reinit: a fresh state continues at the next seq (or, if even the
-                # stored seq is unreadable, at the first pending patch).
-                state, meta = None, None
-                res.reinitialised += 1
-                res.rejected.append(Rejected(pending[0], "corrupt_state",
-                                             f"state of {sid!r} could not be used ({problem}); "
-                                             f"re-initialised from scratch at seq {pending[0].patch.seq}"))
-                if stored is None:
-                    stored = pending[0].patch.seq - 1
-                    replace = True
-                else:
-                    replace = False
-                state = self.f.init_state(scale=group.scale, step_seconds=pending[0].patch.freq_ms / 1000)
-                w = _Series(sid, group, state, -1 if replace else stored, None, [], None, replace_broken=replace)
-            else:
-                if state is None:  # no record: the series starts at seq 0
-                    state = self.f.init_state(scale=group.scale, step_seconds=pending[0].patch.freq_ms / 1000)
-                w = _Series(sid, group, state, stored, meta, [], meta.forecast if meta else None,
-                            meta.naive if meta else NaiveScale())
-
-            # The consecutive run starting right after the stored seq.
-            nxt = stored + 1
-            for r in pending:
-                if r.patch.seq != nxt:
-                    break
-                w.pending.append(r)
-                nxt += 1
-            leftover = pending[len(w.pending):]
-            if leftover:
-                self._gap(res, sid, stored, meta, leftover, rewind=not w.pending)
-            if w.pending:
-                res.first_applied[sid] = (w.pending[0].partition, w.pending[0].offset)
+            w = self._plan(sid, items, loaded.get(sid), res)
+            if w is not None:
                 work.append(w)
-
         self._apply(work, res, produced_at_ms)
         return res
+
+    def _plan(self, sid: str, items: list[PatchRecord], rec, res: BatchResult) -> _Series | None:
+        """One series' decision against its stored record ``rec`` (items in seq order): skips,
+        rejections and gaps go into ``res``; the series' work (state and the consecutive run of
+        patches to apply) is returned, None when nothing of it is applied."""
+        problem: str | None = None
+        stored: int | None = -1
+        meta = None
+        if isinstance(rec, BrokenRecord):
+            if rec.quarantined:
+                self._quarantined(sid, items, rec, res)
+                return None
+            problem, stored = rec.reason, rec.seq
+        elif isinstance(rec, StateRecord):
+            stored, meta = rec.seq, rec.meta
+
+        pending = self._dedupe([r for r in items if stored is None or r.patch.seq > stored])
+        res.skipped += len(items) - len(pending)
+        if not pending:
+            return None
+        state = None
+        if isinstance(rec, StateRecord):
+            state, problem = self._usable_state(rec)
+        group = self.cfg.resolve_group(sid)
+        if problem is not None:
+            w = self._start_afresh(sid, group, stored, pending, problem, res)
+            if w is None:
+                return None
+            meta = None
+            if stored is None:  # even the stored seq is unreadable: the run starts at the first pending patch
+                stored = pending[0].patch.seq - 1
+        else:
+            if state is None:  # no record: the series starts at seq 0
+                state = self.f.init_state(scale=group.scale, step_seconds=pending[0].patch.freq_ms / 1000)
+            w = _Series(sid, group, state, stored, meta, [], meta.forecast if meta else None,
+                        meta.naive if meta else NaiveScale())
+        return self._take_run(w, stored, meta, pending, res)
+
+    @staticmethod
+    def _quarantined(sid: str, items: list[PatchRecord], rec: BrokenRecord, res: BatchResult) -> None:
+        """A quarantined series: its patches after the stored seq go to the DLQ, the others are skipped."""
+        for r in items:
+            if rec.seq is None or r.patch.seq > rec.seq:
+                res.rejected.append(Rejected(r, "series_quarantined", f"series {sid!r} is quarantined: {rec.reason}"))
+            else:
+                res.skipped += 1
+
+    def _usable_state(self, rec: StateRecord) -> tuple[SeriesState | None, str | None]:
+        """(decoded state, None), or (None, why it cannot be used): another model's record or
+        state bytes, unreadable bytes, a partial patch in the buffer."""
+        try:
+            if rec.meta.model_id != self.f.model_id:
+                raise StateDecodeError(f"state was written by model {rec.meta.model_id}, "
+                                       f"this worker runs {self.f.model_id}")
+            state = rec.decoded if rec.decoded is not None else SeriesState.from_bytes(rec.state)
+            if state.model_id != self.f.model_id:
+                raise StateDecodeError(f"state bytes belong to model {state.model_id}, "
+                                       f"this worker runs {self.f.model_id}")
+            if len(state.buffer):
+                raise StateDecodeError(f"stored state holds a partial patch of {len(state.buffer)} values")
+        except StateDecodeError as e:
+            return None, str(e)
+        return state, None
+
+    def _start_afresh(self, sid: str, group: GroupSettings, stored: int | None, pending: list[PatchRecord],
+                      problem: str, res: BatchResult) -> _Series | None:
+        """A stored record that cannot be used, per ``worker.on_corrupt_state``: ``quarantine``
+        (None: the series' patches go to the DLQ) or ``reinit``: a fresh state continues at the
+        next seq (or, if even the stored seq is unreadable, at the first pending patch)."""
+        if self.cfg.worker.on_corrupt_state == "quarantine":
+            res.quarantine[sid] = f"corrupt_state: {problem}"
+            for r in pending:
+                res.rejected.append(Rejected(r, "series_quarantined", f"state of {sid!r} quarantined: {problem}"))
+            return None
+        res.reinitialised += 1
+        res.rejected.append(Rejected(pending[0], "corrupt_state",
+                                     f"state of {sid!r} could not be used ({problem}); "
+                                     f"re-initialised from scratch at seq {pending[0].patch.seq}"))
+        replace = stored is None
+        state = self.f.init_state(scale=group.scale, step_seconds=pending[0].patch.freq_ms / 1000)
+        return _Series(sid, group, state, -1 if replace else stored, None, [], None, replace_broken=replace)
+
+    def _take_run(self, w: _Series, stored: int, meta: StateMeta | None, pending: list[PatchRecord],
+                  res: BatchResult) -> _Series | None:
+        """Move into ``w.pending`` the consecutive run starting right after the stored seq; what
+        follows a missing seq is a gap (:meth:`_gap`). None when nothing is applied."""
+        nxt = stored + 1
+        for r in pending:
+            if r.patch.seq != nxt:
+                break
+            w.pending.append(r)
+            nxt += 1
+        leftover = pending[len(w.pending):]
+        if leftover:
+            self._gap(res, w.sid, stored, meta, leftover, rewind=not w.pending)
+        if not w.pending:
+            return None
+        res.first_applied[w.sid] = (w.pending[0].partition, w.pending[0].offset)
+        return w
 
     @staticmethod
     def _dedupe(items: list[PatchRecord]) -> list[PatchRecord]:
