@@ -42,16 +42,7 @@ FACADE = {"SeriesForecaster": "streamflame.frame"}
 """``from streamflame import X``: the package's lazy ``__getattr__`` gives X from streamflame.frame
 (these names) or from streamflame.model (the other names of ``streamflame.__all__``)."""
 
-LAZY_NOT_YET_EXPLAINED = {
-    # The offline side's own function-level imports, in folders being edited by the model work at the
-    # time of writing (pandas / torch, no cycle); the comment goes in with its next edit. Listed one by
-    # one, so a new unexplained import still fails.
-    ("streamflame.model.ssd", "streamflame.model.hippo"),
-    ("streamflame.train.loop", "streamflame.data.synthetic"),
-    ("streamflame.train.loop", "streamflame.data.registry"),
-    ("streamflame.eval.run", "streamflame.messages"),
-    ("streamflame.eval.run", "streamflame.model"),
-}
+LAZY_NOT_YET_EXPLAINED: set[tuple[str, str]] = set()   # (src, dst) pairs waiting for their "# lazy:" reason
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-QUANTILES: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+from ..core.constants import DEFAULT_QUANTILES
+
+QUANTILES: tuple[float, ...] = DEFAULT_QUANTILES    # the eval contract's levels are the service default
 RATIO_FLOOR = 1e-4  # a perfect forecast against an imperfect reference counts as this ratio
 
 

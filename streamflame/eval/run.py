@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 import structlog
 
+from ..core.logs import configure_logging
 from ..data.loader import DataError, load_table
 from ..data.series import Series, format_timestamp, seasonality
 from .baselines import BASELINES
@@ -117,7 +118,7 @@ class StreamFlameAdapter:
 
     def forecast_series(self, series: Series, lengths: list[int], horizon: int) -> tuple[np.ndarray, np.ndarray]:
         """Mean (K, H) and quantiles (K, Q, H) at the origins ``lengths`` (ascending)."""
-        from ..messages import forecast_seed
+        from ..messages import forecast_seed  # lazy: pydantic message models, only with a model to run
 
         state = self.f.init_state(self.scale, step_seconds=series.step_seconds)
         fed = 0
@@ -134,7 +135,7 @@ class StreamFlameAdapter:
 
 def load_model(spec: str, seed: int = 0):
     """``default`` = shipped checkpoint, ``random`` = untrained default config, else a checkpoint path."""
-    from .. import Forecaster
+    from .. import Forecaster  # lazy: torch (scoring and baselines run without it)
 
     if spec == "default":
         return Forecaster.load()
@@ -224,24 +225,6 @@ def write_metrics(scores: Scores, path: Path, config: dict) -> None:
     else:
         scores.summary.to_csv(path, index=False, float_format="%.6g")
         scores.per_series.to_csv(sibling_path(path, "per_series"), index=False, float_format="%.6g")
-
-
-class _CurrentStderr:
-    """Writes to whatever ``sys.stderr`` is at the time (stdout is reserved for the table)."""
-
-    def write(self, text: str) -> int:
-        return sys.stderr.write(text)
-
-    def flush(self) -> None:
-        sys.stderr.flush()
-
-
-def _configure_logging() -> None:
-    if not structlog.is_configured():
-        structlog.configure(
-            processors=[structlog.processors.add_log_level, structlog.processors.TimeStamper(fmt="iso"),
-                        structlog.processors.JSONRenderer()],
-            logger_factory=structlog.PrintLoggerFactory(_CurrentStderr()))
 
 
 def _load(data: str, freq: str | None, tz: str | None) -> list[Series]:
@@ -362,7 +345,7 @@ def main_run(argv: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    _configure_logging()
+    configure_logging()      # the one set-up: JSON lines on stderr (stdout is reserved for the table)
     try:
         if argv and argv[0] == "score":
             return main_score(argv[1:])

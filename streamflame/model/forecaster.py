@@ -19,12 +19,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..core.constants import DEFAULT_QUANTILES
 from .config import ModelConfig
 from .flame import STATE_FIELDS, Flame
 from .perception import calendar_steps, mean_std
 from .state import SeriesState, StateDecodeError
 
-DEFAULT_QUANTILES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 CHECKPOINT_DIR = Path(__file__).resolve().parent.parent / "checkpoints" / "default"
 MAX_BLOCK = 256          # patches per parallel block in state_from_history / long updates
 # CPU GEMM kernels pick a different reduction order for very small row counts and for the

@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .hippo import legs
+
 
 def segsum(a: torch.Tensor) -> torch.Tensor:
     """(..., T) -> (..., T, T): out[i, j] = a[j+1] + ... + a[i] for j <= i, -inf above."""
@@ -101,7 +103,6 @@ class SSDLayer(nn.Module):
         self.conv_b = nn.Parameter(torch.zeros(cfg.conv_dim))
         dt = torch.exp(torch.rand(H) * (math.log(cfg.dt_max) - math.log(cfg.dt_min)) + math.log(cfg.dt_min))
         self.dt_bias = nn.Parameter(dt + torch.log(-torch.expm1(-dt)))  # softplus^-1(dt)
-        from .hippo import legs
         legs_diag = -torch.from_numpy(legs(H)[0].diagonal().copy()).float()  # q + 1
         self.A_log = nn.Parameter(torch.log(legs_diag))
         self.D = nn.Parameter(torch.ones(H))

@@ -95,7 +95,7 @@ class TrainConfig:
 
 def synth_config(overrides: dict):
     """The generator's SynthConfig with a training config's `synthetic` overrides."""
-    from streamflame.data.synthetic import DEFAULT, SynthConfig
+    from streamflame.data.synthetic import DEFAULT, SynthConfig  # lazy: only for synthetic overrides
     if not overrides:
         return DEFAULT
     known = {f.name for f in fields(SynthConfig)}
@@ -184,7 +184,7 @@ class SequenceSampler:
         return TrainBatch(out.reshape(self.cfg.batch, self.cfg.seq_patches, self.p), cal)
 
     def _synthetic(self, rng) -> tuple[np.ndarray, float | None]:
-        from streamflame.data.synthetic import generate_one
+        from streamflame.data.synthetic import generate_one  # lazy: imported in each DataLoader worker on use
         info: dict = {}
         x = generate_one(int(rng.integers(0, 2**31)), self.length, seed=self.cfg.synthetic_seed,
                          config=self.synth, info=info)
@@ -235,7 +235,7 @@ def load_real_training_values(min_len: int = 3 * 48, per_source: int | None = No
     """Values of every training-split series with at least `min_len` observations, by registry
     source; `per_source` caps the series of a source (seeded sub-sample; None = all of them).
     With ``with_steps``: (values, sampling steps in seconds, None for calendar frequencies)."""
-    from streamflame.data.registry import training_series
+    from streamflame.data.registry import training_series  # lazy: pandas and every data package's loader
     by_source: dict[str, list[tuple[np.ndarray, float | None]]] = {}
     for s in training_series():
         v = np.asarray(s.values, dtype=np.float64)
@@ -257,7 +257,7 @@ def _source_name(series) -> str:
 
 
 def training_source_weights() -> dict[str, float]:
-    from streamflame.data.registry import training_sources
+    from streamflame.data.registry import training_sources  # lazy: pandas and every data package's loader
     return {s.name: s.weight for s in training_sources(skip_missing=False)}
 
 
