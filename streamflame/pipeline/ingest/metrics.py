@@ -2,7 +2,8 @@
 ``STREAMFLAME_METRICS_PORT``), read at scrape time (no work on the hot path) from
 an :class:`IngestReadings` (the ingest consumer): its :meth:`~IngestReadings.gauges`
 snapshot (:class:`IngestGauges`) and its :class:`IngestHistograms`. This module
-knows nothing of the consumer's internals (it imports nothing of streamflame).
+knows nothing of the consumer's internals (it imports nothing of streamflame). The
+worker's metrics follow the same design (:mod:`streamflame.pipeline.worker.metrics`).
 
 Exposed (prefix ``streamflame_ingest_``): ``records_total``,
 ``observations_total``, ``accepted_total``, ``skipped_total``,

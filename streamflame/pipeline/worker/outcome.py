@@ -76,15 +76,15 @@ class WorkerOutcome:
         self._commit(offsets)
         if rewind:
             self._rewind({tp: rewind[tp.partition] for tp in b.end if tp.partition in rewind})
-            self.metrics.rewinds.inc(len(rewind))
+            self.metrics.count("rewinds", len(rewind))
             log.warning("worker.rewind", partitions=rewind)
 
         # Metrics and the one log line per batch.
         total_s = time.perf_counter() - cur.t_start
         self.batches += 1
-        self.metrics.observe_batch(b, res, save, out, cur.redis_load_s, total_s, self.accuracy)
-        self.metrics.state_cache.labels("hit").inc(cur.n_series - cur.n_misses)
-        self.metrics.state_cache.labels("miss").inc(cur.n_misses)
+        self.metrics.observe_batch(b, res, save, out, cur.redis_load_s, total_s)
+        self.metrics.count("state_cache_lookups", cur.n_series - cur.n_misses, "hit")
+        self.metrics.count("state_cache_lookups", cur.n_misses, "miss")
         self._log_batch(cur, out, total_s)
         clean = not (rewind or res.quarantine or save.refused)
         return None if clean else rewind

@@ -122,10 +122,7 @@ class _RebalanceListener(RebalanceListener):
         worker._batch = ReadBatch()
         worker.cache.clear()   # ownership changes: records of series we keep are re-read once
         for tp in revoked:  # the new owner reports their lag; a stale value would add up twice
-            try:
-                worker.metrics.lag.remove(str(tp.partition))
-            except KeyError:
-                pass
+            worker.metrics.lag.pop(tp.partition, None)
 
     def on_partitions_assigned(self, assigned):
         worker = self.worker
@@ -159,6 +156,7 @@ class Worker(WorkerOutcome):
             Path(os.environ[READY_FILE_ENV]) if os.environ.get(READY_FILE_ENV) else None)
         self.metrics = metrics or WorkerMetrics()
         self.accuracy = OnlineAccuracy(cfg.worker.accuracy_halflife_patches)
+        self.metrics.accuracy = self.accuracy  # the online_* gauges, read at scrape time
         self.ready = threading.Event()
         self._stop = threading.Event()
         self._batch = ReadBatch()
@@ -315,7 +313,7 @@ class Worker(WorkerOutcome):
             if msgs:
                 hw = self.consumer.highwater(tp)
                 if hw is not None:
-                    self.metrics.lag.labels(str(tp.partition)).set(max(0, hw - msgs[-1].offset - 1))
+                    self.metrics.lag[tp.partition] = max(0, hw - msgs[-1].offset - 1)
 
     def _handle(self) -> None:
         """Steps 1-5 for the open batch. Steps 1-2 run here; steps 3-4 are the
