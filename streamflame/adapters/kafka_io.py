@@ -249,6 +249,17 @@ def make_consumer(cfg: "ServiceConfig", group_id: str | None, **overrides: Any) 
     return KafkaConsumer(**kw)
 
 
+def make_reader(cfg: "ServiceConfig") -> Consumer:
+    """A consumer without a group for the operator tools (the caller assigns and seeks its
+    partitions): the config's client settings less the group-only ones, no auto-commit."""
+    from kafka import KafkaConsumer
+
+    kw: dict[str, Any] = cfg.kafka.client_kwargs("consumer")
+    for k in ("session_timeout_ms", "heartbeat_interval_ms"):
+        kw.pop(k, None)
+    return KafkaConsumer(enable_auto_commit=False, **kw)
+
+
 def make_admin(cfg: "ServiceConfig", **overrides: Any) -> "KafkaAdminClient":
     from kafka import KafkaAdminClient
 

@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from streamflame.adapters.kafka_io import key_partition
+from streamflame.adapters.kafka_io import TopicPartition, key_partition
 from streamflame.tools import UsageError
 
 @dataclass
@@ -56,7 +56,6 @@ def read_key_tail(consumer: Any, topic: str, key: bytes, enough: Callable[[list]
     ``consumer``: a kafka-python ``KafkaConsumer`` without a group (it is assigned the
     one partition). Each window is twice the previous one, so what is read stays within
     a small multiple of what is needed."""
-    from kafka import TopicPartition
 
     parts = consumer.partitions_for_topic(topic)
     if not parts:

@@ -78,15 +78,6 @@ def from_eval(series_id: str, forecasts: str, data: str, origin: str | None, his
                 title=f"{series_id}: forecast from {win.origin.iloc[0]} ({Path(forecasts).name}), {h} steps")
 
 
-def _consumer(cfg):
-    from kafka import KafkaConsumer
-
-    kw = cfg.kafka.client_kwargs("consumer")
-    for k in ("session_timeout_ms", "heartbeat_interval_ms"):
-        kw.pop(k, None)
-    return KafkaConsumer(enable_auto_commit=False, **kw)
-
-
 def accepted_history(patches: list, since_ms: int) -> tuple[np.ndarray, np.ndarray]:
     """(epoch ms, value) of every grid slot after ``since_ms`` in these patches of one
     series, in time order: the observations ingest accepted, NaN where a slot had none.
@@ -126,10 +117,11 @@ def from_stack(cfg, series_id: str, history: int) -> dict:
     duplicate and invalid observations went to the DLQ and are not there; the open patch
     is not drawn), read from the end of the series' partition backwards as far as
     ``history`` grid steps need; the forecast likewise from the forecasts topic."""
+    from streamflame.adapters.kafka_io import make_reader  # lazy: kafka-python
     from streamflame.tools.keytail import read_key_tail  # lazy: kafka-python
 
     key = series_id.encode()
-    consumer = _consumer(cfg)
+    consumer = make_reader(cfg)
     try:
         tail = read_key_tail(consumer, cfg.topics.forecasts, key,
                              enough=lambda recs: bool(_messages(recs, decode_forecast, series_id)))

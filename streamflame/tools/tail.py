@@ -105,9 +105,9 @@ def main(argv: list[str] | None = None) -> int:
         cfg, _ = connection(args.config, args.run_dir)
     except UsageError as e:
         return fail(str(e))
-    from kafka import KafkaConsumer, TopicPartition
     from pydantic import ValidationError
 
+    from streamflame.adapters.kafka_io import TopicPartition, make_reader  # lazy: kafka-python
 
     color = args.color == "always" or (args.color == "auto" and sys.stdout.isatty())
     topics = {}
@@ -116,10 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_alerts:
         topics[cfg.topics.alerts] = decode_alert_any
     episodes = EpisodeFolder(args.updates)
-    kw = cfg.kafka.client_kwargs("consumer")
-    for k in ("session_timeout_ms", "heartbeat_interval_ms"):
-        kw.pop(k, None)
-    consumer = KafkaConsumer(enable_auto_commit=False, **kw)
+    consumer = make_reader(cfg)
     try:
         tps = []
         for topic in topics:
