@@ -25,9 +25,10 @@ relies on:
 """
 from __future__ import annotations
 
+import threading
 import time
 from collections import deque
-from typing import TYPE_CHECKING, Any, Literal, Mapping, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Literal, Mapping, NamedTuple, Protocol, Sequence
 
 import structlog
 from kafka import ConsumerRebalanceListener as RebalanceListener
@@ -50,7 +51,7 @@ RECONNECT_BACKOFF_MAX_MS = 2_000
 restart look like a long outage)."""
 
 
-__all__ = ["Producer", "Consumer", "SendFuture", "RebalanceListener", "TopicPartition", "OffsetAndMetadata",
+__all__ = ["Producer", "Consumer", "SendFuture", "RebalanceListener", "RebalanceEvent", "RebalanceQueue", "TopicPartition", "OffsetAndMetadata",
            "KafkaError", "make_producer", "make_consumer", "make_admin", "create_topics", "ensure_topics",
            "discard_producer", "DelayedOffsets", "DeadLetterWriter", "KeyHashPartitioner", "key_hash", "key_partition"]
 
@@ -93,6 +94,41 @@ class Consumer(Protocol):
     def highwater(self, partition: TopicPartition) -> int | None: ...
 
     def close(self, autocommit: bool = True, timeout_ms: int | None = None) -> None: ...
+
+
+class RebalanceEvent(NamedTuple):
+    """One rebalance callback: ``kind`` ``"revoked"`` (lost partitions too) or ``"assigned"``."""
+
+    kind: str
+    partitions: list[TopicPartition]
+
+
+class RebalanceQueue(RebalanceListener):
+    """The one rebalance design of ingest and the worker: the callbacks only record events
+    (kafka-python 3 runs them on its I/O thread while the service's thread waits in ``poll``);
+    the service applies them (:meth:`drain`) in its own thread after ``poll`` returns, before it
+    handles the records that poll returned (those of a partition it seeks back are dropped)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.events: list[RebalanceEvent] = []
+
+    def on_partitions_revoked(self, revoked):
+        with self.lock:
+            self.events.append(RebalanceEvent("revoked", list(revoked)))
+
+    def on_partitions_assigned(self, assigned):
+        with self.lock:
+            self.events.append(RebalanceEvent("assigned", list(assigned)))
+
+    def on_partitions_lost(self, lost):
+        with self.lock:
+            self.events.append(RebalanceEvent("revoked", list(lost)))
+
+    def drain(self) -> list[RebalanceEvent]:
+        with self.lock:
+            ev, self.events = self.events, []
+        return ev
 
 
 def key_hash(key: bytes) -> int:

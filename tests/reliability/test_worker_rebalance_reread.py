@@ -38,8 +38,10 @@ def test_batch_dropped_on_revoke_is_reread_on_a_kept_partition(service_config, t
         assert w.consumer.position(tp) == end
         assigned = list(w.consumer.assignment())
         w._listener.on_partitions_revoked(assigned)   # what a rebalance does: drop the batch ...
+        w._apply_rebalance_events({})                # (applied after the poll that saw them)
         assert len(w._batch) == 0
         w._listener.on_partitions_assigned(assigned)  # ... and hand the same partitions back
+        w._apply_rebalance_events({})
         assert w.consumer.position(tp) == first, "the dropped patches are read again"
         got = []
         deadline = time.monotonic() + 30

@@ -58,7 +58,8 @@ from typing import Any, NamedTuple
 import orjson
 import structlog
 
-from streamflame.adapters.kafka_io import DeadLetterWriter, DelayedOffsets, TopicPartition, create_topics, make_consumer
+from streamflame.adapters.kafka_io import (DeadLetterWriter, DelayedOffsets, RebalanceQueue, TopicPartition, create_topics,
+                                           make_consumer)
 from streamflame.adapters.state.client import connect
 from streamflame.config import HotReloader, ServiceConfig
 from streamflame.core.constants import PATCH_LEN
@@ -71,7 +72,7 @@ from streamflame.pipeline.ingest.cursors import CursorStore
 from streamflame.pipeline.ingest.entries import DecodedRecord, Entry, FastRun
 from streamflame.pipeline.ingest.metrics import IngestGauges, IngestHistograms
 from streamflame.pipeline.ingest.outbox import IngestPublishing, RetryBatch
-from streamflame.pipeline.ingest.partitions import IngestPartitions, RebalanceListener
+from streamflame.pipeline.ingest.partitions import IngestPartitions
 
 log = structlog.get_logger("streamflame.ingest")
 
@@ -144,7 +145,7 @@ class IngestConsumer(IngestPartitions, IngestAssembling, IngestPublishing):
         self._consumer_overrides = dict(consumer_overrides or {})
         self.dlq = DeadLetterWriter.for_config(cfg, "ingest")  # builds the records; the publisher sends them
         self.publisher = self._start_publisher()
-        self.listener = RebalanceListener()
+        self.listener = RebalanceQueue()
         self.consumer = make_consumer(cfg, ing.group_id, max_poll_records=ing.max_poll_records,
                                       **self._consumer_overrides)
         self.consumer.subscribe([self.topic], listener=self.listener)

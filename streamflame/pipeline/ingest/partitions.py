@@ -1,45 +1,17 @@
-"""The ingest consumer's partitions and memory: rebalance events applied between polls (a revoked
-partition's series dropped), and the bounds on series and buffered observations held (the least
-recently seen series evicted).
+"""The ingest consumer's partitions and memory: rebalance events applied between polls
+(:class:`~streamflame.adapters.kafka_io.RebalanceQueue`; a revoked partition's series dropped),
+and the bounds on series and buffered observations held (the least recently seen series evicted).
 
 A mixin of :class:`~streamflame.pipeline.ingest.consumer.IngestConsumer` (its state lives there);
 one file per concern of the consumer."""
 from __future__ import annotations
 
-import threading
-
 import structlog
 
-from streamflame.adapters.kafka_io import RebalanceListener, TopicPartition
+from streamflame.adapters.kafka_io import TopicPartition
 from streamflame.pipeline.ingest.outbox import RetryBatch
 
 log = structlog.get_logger("streamflame.ingest")
-
-
-class RebalanceListener(RebalanceListener):
-    """Rebalance callbacks only record events; the poll loop applies them
-    (callbacks run on kafka-python's IO thread)."""
-
-    def __init__(self):
-        self.lock = threading.Lock()
-        self.events: list[tuple[str, list]] = []
-
-    def on_partitions_revoked(self, revoked):
-        with self.lock:
-            self.events.append(("revoked", list(revoked)))
-
-    def on_partitions_assigned(self, assigned):
-        with self.lock:
-            self.events.append(("assigned", list(assigned)))
-
-    def on_partitions_lost(self, lost):
-        with self.lock:
-            self.events.append(("revoked", list(lost)))
-
-    def drain(self) -> list[tuple[str, list]]:
-        with self.lock:
-            ev, self.events = self.events, []
-        return ev
 
 
 class IngestPartitions:

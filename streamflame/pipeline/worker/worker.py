@@ -78,7 +78,7 @@ from pathlib import Path
 
 import structlog
 
-from streamflame.adapters.kafka_io import DeadLetterWriter, DelayedOffsets, KafkaError, RebalanceListener, make_consumer
+from streamflame.adapters.kafka_io import DeadLetterWriter, DelayedOffsets, KafkaError, RebalanceQueue, make_consumer
 from streamflame.adapters.state.cache import StateCache
 from streamflame.adapters.state.client import connect
 from streamflame.adapters.state.store import StateStore, cas_args
@@ -97,42 +97,6 @@ log = structlog.get_logger("streamflame.worker")
 READY_FILE_ENV = "STREAMFLAME_READY_FILE"
 _IDLE_POLL_MS = 200
 _INFLIGHT_POLL_MS = 20   # poll wait while the publisher holds a batch, to commit it soon after
-
-
-class _RebalanceListener(RebalanceListener):
-    """The worker's side of a rebalance (runs on kafka-python's I/O thread, inside ``poll``)."""
-
-    def __init__(self, worker: "Worker"):
-        self.worker = worker
-
-    def on_partitions_revoked(self, revoked):
-        worker = self.worker
-        # Nothing of the open batch is committed: drop it. A new owner re-reads
-        # it from the committed offsets; a partition this worker keeps keeps its
-        # fetch position (kafka-python 3 preserves it across a rebalance), so it
-        # is sought back to the dropped batch's first offset on assignment.
-        # (A batch in the publisher's hands is settled after this poll, in the worker's
-        # thread: this runs on kafka-python's I/O thread, which must not block. It
-        # commits only offsets of partitions still assigned; a new owner that re-reads
-        # its patches meanwhile meets the compare-and-set like any second writer.)
-        if len(worker._batch):
-            log.info("worker.batch_dropped_on_rebalance", patches=len(worker._batch))
-            for tp, off in worker._batch.start.items():
-                worker._reseek[tp] = min(off, worker._reseek.get(tp, off))
-        worker._batch = ReadBatch()
-        worker.cache.clear()   # ownership changes: records of series we keep are re-read once
-        for tp in revoked:  # the new owner reports their lag; a stale value would add up twice
-            worker.metrics.lag.pop(tp.partition, None)
-
-    def on_partitions_assigned(self, assigned):
-        worker = self.worker
-        kept = {tp: off for tp, off in worker._reseek.items() if tp in set(assigned)}
-        worker._reseek = {}
-        for tp, off in kept.items():
-            worker.consumer.seek(tp, off)
-        log.info("worker.assigned", partitions=sorted(tp.partition for tp in assigned),
-                 reread_from={tp.partition: off for tp, off in kept.items()} or None)
-        worker._mark_ready()
 
 
 class Worker(WorkerOutcome):
@@ -223,7 +187,7 @@ class Worker(WorkerOutcome):
             max_poll_records=cfg.worker.batch_size,
             fetch_max_wait_ms=max(10, min(cfg.kafka.fetch_max_wait_ms, cfg.worker.batch_deadline_ms)),
         )
-        self._listener = _RebalanceListener(self)
+        self._listener = RebalanceQueue()   # applied after each poll: _apply_rebalance_events
         self.consumer.subscribe([cfg.topics.patches], listener=self._listener)
         log.info("worker.started", device=device, torch_threads=self.torch_threads,
                  model_id=self.forecaster.model_id, group=cfg.worker.group_id, topic=cfg.topics.patches, batch_size=cfg.worker.batch_size,
@@ -283,6 +247,7 @@ class Worker(WorkerOutcome):
                 if self.publisher.ready():   # settled before the poll: a rewind it makes applies to this poll
                     self._settle_inflight()
             polled = self.consumer.poll(timeout_ms=wait_ms, max_records=max(1, wcfg.batch_size - len(b)))
+            polled = self._apply_rebalance_events(polled)
             if self._inflight is not None and not polled:   # idle: settle (and commit) now
                 self._settle_inflight()
             if self._pending_commits and not polled:   # idle: commit what has become due
@@ -297,6 +262,48 @@ class Worker(WorkerOutcome):
         if len(self._batch):  # graceful stop: finish what we hold
             self._handle()
         self._settle_inflight()
+
+    # -- rebalance ---------------------------------------------------------------
+
+    def _apply_rebalance_events(self, polled: dict) -> dict:
+        """Apply the rebalance events of the last poll (recorded by the
+        :class:`~streamflame.adapters.kafka_io.RebalanceQueue`, applied here in the worker's
+        thread, as ingest does); returns the poll's records less those of partitions sought back."""
+        for ev in self._listener.drain():
+            if ev.kind == "revoked":
+                self._on_revoked(ev.partitions)
+            else:
+                kept = self._on_assigned(ev.partitions)
+                polled = {tp: msgs for tp, msgs in polled.items() if tp not in kept}
+        return polled
+
+    def _on_revoked(self, revoked: list) -> None:
+        """Nothing of the open batch is committed: drop it. A new owner re-reads it from the
+        committed offsets; a partition this worker keeps keeps its fetch position (kafka-python 3
+        preserves it across a rebalance), so it is sought back to the dropped batch's first offset
+        on assignment. (A batch in the publisher's hands is settled after this, as after any poll;
+        it commits only offsets of partitions still assigned; a new owner that re-reads its patches
+        meanwhile meets the compare-and-set like any second writer.)"""
+        if len(self._batch):
+            log.info("worker.batch_dropped_on_rebalance", patches=len(self._batch))
+            for tp, off in self._batch.start.items():
+                self._reseek[tp] = min(off, self._reseek.get(tp, off))
+        self._batch = ReadBatch()
+        self.cache.clear()   # ownership changes: records of series we keep are re-read once
+        for tp in revoked:  # the new owner reports their lag; a stale value would add up twice
+            self.metrics.lag.pop(tp.partition, None)
+
+    def _on_assigned(self, assigned: list) -> dict:
+        """Seek the kept partitions of a dropped batch back to its first offset; returns them
+        ({partition: offset}): what the same poll fetched of them came from the old position."""
+        kept = {tp: off for tp, off in self._reseek.items() if tp in set(assigned)}
+        self._reseek = {}
+        for tp, off in kept.items():
+            self.consumer.seek(tp, off)
+        log.info("worker.assigned", partitions=sorted(tp.partition for tp in assigned),
+                 reread_from={tp.partition: off for tp, off in kept.items()} or None)
+        self._mark_ready()
+        return kept
 
     def _take(self, polled) -> None:
 
