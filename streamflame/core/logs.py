@@ -21,6 +21,18 @@ def _dumps(obj, **_kw) -> str:
 _STDLIB_HANDLER = "streamflame-json"
 
 
+class _CurrentStderr:
+    """Writes to whatever ``sys.stderr`` is at the time of each line, not the one at set-up: a
+    command run in-process (``streamflame eval``'s main under pytest's capture, an embedded tool)
+    must not leave every later logger writing to a stream that has since been closed."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
 def configure_logging(level: str = "info") -> None:
     shared = [
         structlog.contextvars.merge_contextvars,
@@ -28,7 +40,7 @@ def configure_logging(level: str = "info") -> None:
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
     render = [structlog.processors.format_exc_info, structlog.processors.JSONRenderer(serializer=_dumps)]
-    handler = logging.StreamHandler(sys.stderr)
+    handler = logging.StreamHandler(_CurrentStderr())
     handler.set_name(_STDLIB_HANDLER)
     handler.setFormatter(structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name],
@@ -41,7 +53,7 @@ def configure_logging(level: str = "info") -> None:
     structlog.configure(
         processors=[*shared, *render],
         wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level.upper())),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(_CurrentStderr()),
         # Not cached: a hot-reloaded log_level (configure_logging again) reaches loggers already in use.
         cache_logger_on_first_use=False,
     )
