@@ -111,7 +111,7 @@ class Flame(nn.Module):
                "conv": torch.stack(conv, 1), "ssm": torch.stack(ssm, 1), "cal": state["cal"]}
         aux = {"h": h, "stats": stats, "ref": ref, "windows": windows, "period": period}
         if self.seasonal:
-            seas = self.seasonal_memory(state, patches, windows, period, stats, ref)
+            seas = self.seasonal_memory(state, patches, windows, period, std, ref)
             new.update({k: v[:, -1] for k, v in seas.items()})
             aux.update(seas)
         else:                                                     # kept as they are (empty)
@@ -124,15 +124,14 @@ class Flame(nn.Module):
         return self.cfg.seasonal_memory or self.cfg.hint_features
 
     @torch.no_grad()
-    def seasonal_memory(self, state, patches, windows, period, stats, ref):
+    def seasonal_memory(self, state, patches, windows, period, std, ref):
         """The seasonal memory after each of the T patches (model/seasonal.py), one patch at a time
         whatever T: -> clock (b,T), profile (b,T,NB,2), herr (b,T,C,2), next (b,T,C,p)."""
         p = self.cfg.patch_len
         clock, profile, herr, nxt, cal = state["clock"], state["profile"], state["herr"], state["next"], state["cal"]
         out = {"clock": [], "profile": [], "herr": [], "next": []}
         for k in range(patches.shape[1]):
-            _, std = mean_std(stats[:, k], ref)
-            herr = update_errors(herr, nxt, patches[:, k], std)
+            herr = update_errors(herr, nxt, patches[:, k], std[:, k])
             profile = update_profiles(profile, patches[:, k], ref, clock, cal)
             clock = clock + p
             nxt = candidates(seasonal_hint(windows[:, k], period[:, k], p), last_observed(windows[:, k]),
