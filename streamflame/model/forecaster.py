@@ -211,13 +211,7 @@ class Forecaster:
     @torch.no_grad()
     def _forecast(self, states, horizon, quantiles, num_samples, seeds, pad: bool) -> list[Forecast]:
         cfg = self.config
-        if not isinstance(horizon, (int, np.integer)) or not 1 <= horizon <= cfg.max_horizon:
-            raise ValueError(f"horizon must be an integer in [1, {cfg.max_horizon}], got {horizon!r}")
-        levels = tuple(float(q) for q in quantiles)
-        if not levels or any(not 0 < q < 1 for q in levels):
-            raise ValueError(f"quantile levels must lie strictly between 0 and 1, got {quantiles!r}")
-        if not isinstance(num_samples, (int, np.integer)) or num_samples < 1:
-            raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}")
+        levels = self._forecast_args(horizon, quantiles, num_samples)
         seeds = list(seeds) if seeds is not None else [None] * len(states)
         if len(seeds) != len(states):
             raise ValueError("one seed per state")
@@ -229,30 +223,53 @@ class Forecaster:
                 raise ValueError("a forecast needs at least one complete patch "
                                  f"({cfg.patch_len} observations); this series has {s.n_obs}")
             groups.setdefault(len(s.buffer), []).append(i)
-        dt = _TORCH[self.dtype]
-        q = torch.tensor(levels, dtype=torch.float64)
         chunk = CPU_FORECAST_CHUNK if self.device.type == "cpu" else len(states)
         jobs = [(skip, group[a:a + chunk]) for skip, group in groups.items() for a in range(0, len(group), chunk)]
         for skip, idx in jobs:
-            K = -(-(horizon + skip) // cfg.patch_len)
-            noise = [_noise(seeds[i], (num_samples, K, cfg.patch_len), dt) for i in idx]
             extra = _padded(len(idx)) - len(idx) if pad else 0
-            # The per-series layers run on the padded rows; the flow over samples (most of the
-            # cost) only on as many rows as make its matrices a multiple of MIN_ROWS tall.
-            # (with ar_patches the flow runs one future patch at a time: num_samples rows per series)
-            rows = num_samples if cfg.ar_patches else K * num_samples
-            n_flow = _flow_rows(len(idx), rows) if pad else len(idx)
-            noise = torch.stack(noise + [noise[0]] * (n_flow - len(idx)))
             stacked = self._stack([states[i] for i in idx], extra)
-            samples = self.model.sample(stacked, K, noise.to(self.device))[:len(idx), :, skip:skip + horizon].cpu()
-            means = samples.mean(1)
-            qs = sample_quantiles(samples, q)                               # (Q, b, H)
-            if self.dtype == "float32":                 # published at the float32 model's resolution
-                std = mean_std(stacked["stats"][:len(idx)], stacked["ref"][:len(idx)])[1].cpu()
-                means, qs = round_to_scale(means, std), round_to_scale(qs, std, dim=1)
+            means, qs, samples = self._forecast_stacked(stacked, [seeds[i] for i in idx], skip, horizon, levels,
+                                                        num_samples, pad)
             for j, i in enumerate(idx):
                 out[i] = Forecast(means[j].numpy(), qs[:, j].numpy(), samples[j].numpy(), levels)
         return out
+
+    def _forecast_args(self, horizon, quantiles, num_samples) -> tuple[float, ...]:
+        """Check a forecast's settings; returns the quantile levels as floats."""
+        cfg = self.config
+        if not isinstance(horizon, (int, np.integer)) or not 1 <= horizon <= cfg.max_horizon:
+            raise ValueError(f"horizon must be an integer in [1, {cfg.max_horizon}], got {horizon!r}")
+        levels = tuple(float(q) for q in quantiles)
+        if not levels or any(not 0 < q < 1 for q in levels):
+            raise ValueError(f"quantile levels must lie strictly between 0 and 1, got {quantiles!r}")
+        if not isinstance(num_samples, (int, np.integer)) or num_samples < 1:
+            raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}")
+        return levels
+
+    def _forecast_stacked(self, stacked: dict[str, torch.Tensor], seeds: list, skip: int, horizon: int,
+                          levels: tuple[float, ...], num_samples: int, pad: bool):
+        """Sample one chunk of already-stacked states (shared by ``_forecast`` and ``forecast_batch``).
+        stacked: STATE_FIELDS -> (m, ...) on the model's device, m >= n = len(seeds) (rows past n pad:
+        _padded(n) rows when ``pad``); every state has ``skip`` buffered observations.
+        Returns CPU tensors means (n, H), quantiles (Q, n, H), samples (n, S, H)."""
+        cfg, n = self.config, len(seeds)
+        dt = _TORCH[self.dtype]
+        q = torch.tensor(levels, dtype=torch.float64)
+        K = -(-(horizon + skip) // cfg.patch_len)
+        noise = [_noise(s, (num_samples, K, cfg.patch_len), dt) for s in seeds]
+        # The per-series layers run on the padded rows; the flow over samples (most of the
+        # cost) only on as many rows as make its matrices a multiple of MIN_ROWS tall.
+        # (with ar_patches the flow runs one future patch at a time: num_samples rows per series)
+        rows = num_samples if cfg.ar_patches else K * num_samples
+        n_flow = _flow_rows(n, rows) if pad else n
+        noise = torch.stack(noise + [noise[0]] * (n_flow - n))
+        samples = self.model.sample(stacked, K, noise.to(self.device))[:n, :, skip:skip + horizon].cpu()
+        means = samples.mean(1)
+        qs = sample_quantiles(samples, q)                               # (Q, b, H)
+        if self.dtype == "float32":                 # published at the float32 model's resolution
+            std = mean_std(stacked["stats"][:n], stacked["ref"][:n])[1].cpu()
+            means, qs = round_to_scale(means, std), round_to_scale(qs, std, dim=1)
+        return means, qs, samples
 
     # ---- internals -----------------------------------------------------------------------
     def _check(self, state: SeriesState) -> None:
