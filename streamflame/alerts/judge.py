@@ -112,8 +112,8 @@ def observe(st: JudgeState, y: float, windows: tuple[int, ...], p: TrackerParams
     hl.append(s_level)
     ht.append(s_trend)
     wmax = windows[-1]
-    if len(hy) > wmax:
-        del hy[0], hl[0], ht[0]
+    if len(hy) > wmax:  # (more than one only after a reload shortened the windows)
+        del hy[:-wmax], hl[:-wmax], ht[:-wmax]
     m = len(hy)
     if m >= 2:
         d = y - hy[-2]
