@@ -38,15 +38,29 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from streamflame.alerts.judge import JudgeState, TrackerParams, observe, skip
 from streamflame.alerts.settings import SEVERITIES, AlertSettings, Thresholds, tail_probability
 
-__all__ = ["AlertEvent", "SeriesAlerts", "KINDS"]
+__all__ = ["AlertEvent", "SeriesAlerts", "Verdict", "KINDS", "PARAMS"]
 
 KINDS = ("deviation", "flatline", "dropout", "out_of_range")
 _KIND_SEVERITY = {"flatline": "major", "dropout": "major", "out_of_range": "critical"}
-_PARAMS = TrackerParams()
+PARAMS = TrackerParams()
+"""The deviation judge's parameters (the same for every series)."""
+_PARAMS = PARAMS
+
+
+class Verdict(NamedTuple):
+    """The judge's word on one value, when it was judged apart (alerts/lockstep.py) before
+    :meth:`SeriesAlerts.feed`: ``Judgement.z``, ``.window``, ``.expected``, and ``n_before``
+    = ``judge.count[0]`` just before the value."""
+
+    z: float
+    window: int
+    expected: float
+    n_before: int
 _REPEAT_GAMMA = 0.01
 
 
@@ -137,15 +151,19 @@ class SeriesAlerts:
                               _KIND_SEVERITY["dropout"], 1.0, None, observations=1, silent=True))
 
     def feed(self, slot: int, ts_ms: int, value: float | None, freq_ms: int, s: AlertSettings,
-             thr: Thresholds, out: list[AlertEvent], alerted: int | None = None) -> None:
+             thr: Thresholds, out: list[AlertEvent], alerted: int | None = None,
+             judged_apart: bool = False, verdict: Verdict | None = None) -> None:
         """Judge one grid slot (``value`` None = explicit null) and append its events to ``out``.
         ``alerted``: the key of the last event already published (a dropout that :meth:`silent`
-        opened before a restart is then taken as open, not opened again)."""
+        opened before a restart is then taken as open, not opened again). ``judged_apart``: the
+        deviation judge's state has been moved over this slot already (alerts/lockstep.py),
+        and ``verdict`` is what it said about ``value``; the judge is then left alone."""
         prev = self.last_slot
         gap = 0 if prev is None else slot - prev - 1
         self.last_slot = slot
         if gap > 0:
-            skip(self.judge, gap)
+            if not judged_apart:
+                skip(self.judge, gap)
             if s.dropout_slots is not None and gap + self.nulls >= s.dropout_slots and "dropout" not in self.open:
                 # the same open as silent() would have made (only found now: the data came back)
                 start = self.null_start_ms if self.nulls else ts_ms - gap * freq_ms
@@ -159,7 +177,8 @@ class SeriesAlerts:
             self.run = 0
             self.last_value = None
         if value is None:
-            skip(self.judge, 1)
+            if not judged_apart:
+                skip(self.judge, 1)
             if self.nulls == 0:
                 self.null_start_ms = ts_ms
             self.nulls += 1
@@ -180,7 +199,8 @@ class SeriesAlerts:
         # flatline
         same = value == self.last_value
         if "flatline" not in self.open:
-            n = self.judge.count[0] if self.judge.count else 0  # values judged so far: a plain mean at first
+            # values judged so far: a plain mean at first
+            n = verdict.n_before if judged_apart else (self.judge.count[0] if self.judge.count else 0)
             self.repeat_rate += max(_REPEAT_GAMMA, 1.0 / (n + 1)) * ((1.0 if same else 0.0) - self.repeat_rate)
         if same:
             self.run += 1
@@ -221,7 +241,7 @@ class SeriesAlerts:
                 if ep.quiet >= s.resolve_after:
                     self._resolve("out_of_range", slot, ts_ms, value, out)
         # deviation
-        j = observe(self.judge, value, s.windows, _PARAMS)
+        j = verdict if judged_apart else observe(self.judge, float(value), s.windows, _PARAMS)
         az = abs(j.z)
         ep = self.open.get("deviation")
         if ep is not None:
@@ -244,6 +264,45 @@ class SeriesAlerts:
             self._open("deviation", slot, ts_ms, ts_ms - (j.window - 1) * freq_ms, az / thr.z_open, value, out,
                        severity=_severity(az, thr), expected=j.expected,
                        p_value=tail_probability(j.z, thr.n_windows), direction="above" if j.z > 0 else "below")
+
+    def feed_judged(self, slot: int, values: list, freq_ms: int, anchor_ms: int, s: AlertSettings,
+                    thr: Thresholds, verdicts, i: int, alerted: int | None, events: list) -> int:
+        """:meth:`feed` (``judged_apart``) of consecutive slots ``slot, slot + 1, ...`` whose values'
+        verdicts are ``verdicts.z[i:]``, ``.window[i:]``, ``.expected[i:]``, ``.n_before[i:]``
+        (alerts/lockstep.py ``Judged``); ``(key, event)`` pairs of slots after ``alerted`` go to
+        ``events``. Returns the index of the next verdict. The quiet case (nothing open, a new
+        value right after the last one, no range, below the opening threshold) is done here
+        with feed's own operations; everything else goes through feed."""
+        zs, ws, es, ns = verdicts.z, verdicts.window, verdicts.expected, verdicts.n_before
+        z_open = thr.z_open
+        quiet_ok = s.range is None
+        for value in values:
+            if value is not None:
+                z = zs[i]
+                if (quiet_ok and not self.open and not self.nulls and self.last_slot == slot - 1
+                        and value != self.last_value and -z_open < z < z_open):
+                    self.last_slot = slot
+                    rate = self.repeat_rate
+                    g = 1.0 / (ns[i] + 1)           # max(_REPEAT_GAMMA, 1 / (n + 1)), as feed
+                    rate += (g if g > _REPEAT_GAMMA else _REPEAT_GAMMA) * (0.0 - rate)
+                    self.repeat_rate = self.run_rate = rate
+                    if self.run > self.max_run:
+                        self.max_run = self.run
+                    self.run = 1
+                    self.last_value = value
+                    i += 1
+                    slot += 1
+                    continue
+                verdict = Verdict(z, ws[i], es[i], ns[i])
+                i += 1
+            else:
+                verdict = None
+            out: list[AlertEvent] = []
+            self.feed(slot, anchor_ms + slot * freq_ms, value, freq_ms, s, thr, out, alerted, True, verdict)
+            if out and (alerted is None or 2 * slot > alerted):
+                events += [(ev.key, ev) for ev in out]
+            slot += 1
+        return i
 
     # ---------------------------------------------------------------- helpers
 

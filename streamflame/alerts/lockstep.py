@@ -33,18 +33,24 @@ SNAPSHOT = "snapshot"
 
 @dataclass
 class Ops:
-    """One series' work: ``items`` in order, each a float (observe it), an int ``n``
-    (``skip(state, n)``) or :data:`SNAPSHOT`."""
+    """One series' work: observe ``values`` in order; ``side[k]`` lists what comes right
+    before value ``k`` (``k == len(values)``: after the last), in order, each an int ``n``
+    (``skip(state, n)``: missing slots) or :data:`SNAPSHOT`."""
 
     state: JudgeState
-    items: list = field(default_factory=list)
+    values: list[float] = field(default_factory=list)
+    side: dict[int, list] = field(default_factory=dict)
+
+    def add_side(self, item) -> None:
+        """Queue a skip or a snapshot after the values added so far."""
+        self.side.setdefault(len(self.values), []).append(item)
 
 
 @dataclass
 class Judged:
-    """What the judge said about each observed value of one series, in order (z, window,
-    expected as :class:`judge.Judgement`; ``n_before`` = ``state.count[0]`` just before it),
-    and the snapshots, in order. The series' ``state`` is left as after all its items."""
+    """What the judge said about each value of one series, in order (z, window, expected as
+    :class:`judge.Judgement`; ``n_before`` = ``state.count[0]`` just before it), and the
+    snapshots, in order. The series' ``state`` is left as after all its work."""
 
     z: list[float]
     window: list[int]
@@ -53,41 +59,44 @@ class Judged:
     snapshots: list[list]
 
 
-def judge_one(ops: Ops, windows: tuple[int, ...], p: TrackerParams = TrackerParams()) -> Judged:
-    """The reference: judge.py's functions, one item at a time."""
-    st = ops.state
-    out = Judged([], [], [], [], [])
-    for it in ops.items:
-        if it is SNAPSHOT:   # a copy: to_list() hands out the state's own lists
-            out.snapshots.append([x[:] if type(x) is list else x for x in st.to_list()])
-        elif type(it) is int:
-            skip(st, it)
-        else:
-            out.n_before.append(st.count[0] if st.count else 0)
-            j = observe(st, it, windows, p)
-            out.z.append(j.z)
-            out.window.append(j.window)
-            out.expected.append(j.expected)
+def judge_one(ops: Ops, windows: tuple[int, ...], p: TrackerParams = TrackerParams(),
+              start: int = 0, stop: int | None = None, out: Judged | None = None) -> Judged:
+    """The reference: judge.py's functions, one at a time (values ``start:stop`` and the side
+    items before each of them; with ``stop`` None also those after the last)."""
+    st, side = ops.state, ops.side
+    out = out or Judged([], [], [], [], [])
+    stop = len(ops.values) if stop is None else stop
+    for k in range(start, stop + 1):
+        for it in side.get(k, ()):
+            if it is SNAPSHOT:   # a copy: to_list() hands out the state's own lists
+                out.snapshots.append([x[:] if type(x) is list else x for x in st.to_list()])
+            else:
+                skip(st, it)
+        if k == stop:
+            break
+        out.n_before.append(st.count[0] if st.count else 0)
+        j = observe(st, ops.values[k], windows, p)
+        out.z.append(j.z)
+        out.window.append(j.window)
+        out.expected.append(j.expected)
     return out
 
 
 def judge_many(series: list[Ops], windows: tuple[int, ...], p: TrackerParams = TrackerParams()) -> list[Judged]:
     """:func:`judge_one` of every series, in lockstep (same results, bit for bit)."""
     results: list[Judged] = []
-    rows: list[tuple[int, Ops, int]] = []      # (index, ops, first item left to the lockstep)
+    rows: list[tuple[int, Ops, int]] = []      # (index, ops, first value left to the lockstep)
     for i, ops in enumerate(series):
         # a state that observe() sets up or trims first (level None: a new series; windows
-        # changed by a reload) takes its items one by one up to its first value, the rest in lockstep
-        st, start = ops.state, 0
+        # changed by a reload) takes its first value one by one, the rest goes in lockstep
+        st, n = ops.state, len(ops.values)
         if st.level is None or len(st.var) != len(windows) or len(st.hist_y) > windows[-1]:
-            while start < len(ops.items):
-                it = ops.items[start]
-                start += 1
-                if it is not SNAPSHOT and type(it) is not int:
-                    break
-        results.append(judge_one(Ops(st, ops.items[:start]), windows, p))
-        if start < len(ops.items):
-            rows.append((i, ops, start))
+            results.append(judge_one(ops, windows, p, 0, min(1, n)) if n else judge_one(ops, windows, p))
+            if n:
+                rows.append((i, ops, 1))
+        else:
+            results.append(Judged([], [], [], [], []))
+            rows.append((i, ops, 0))
     for i, judged in (_lockstep(rows, windows, p) if rows else ()):
         done = results[i]
         for name in ("z", "window", "expected", "n_before", "snapshots"):
@@ -97,19 +106,10 @@ def judge_many(series: list[Ops], windows: tuple[int, ...], p: TrackerParams = T
 
 def _lockstep(rows, windows: tuple[int, ...], p: TrackerParams):
     S, nw, W = len(rows), len(windows), windows[-1]
-    # per series: its values and, between them, the skips / snapshots (position k = before value k)
-    vals: list[list[float]] = []
-    between: list[dict[int, list]] = []
-    for _, ops, start in rows:
-        v: list[float] = []
-        b: dict[int, list] = {}
-        for it in ops.items[start:]:
-            if it is SNAPSHOT or type(it) is int:
-                b.setdefault(len(v), []).append(it)
-            else:
-                v.append(it)
-        vals.append(v)
-        between.append(b)
+    # per series: its values from ``start`` and the side items before each (renumbered from 0)
+    vals = [ops.values[start:] if start else ops.values for _, ops, start in rows]
+    between = [{k - start: v for k, v in ops.side.items() if k > start} if start else ops.side
+               for _, ops, start in rows]
     order = sorted(range(S), key=lambda r: -len(vals[r]))
     lens = [len(vals[r]) for r in order]
     K = lens[0] if lens else 0
@@ -171,9 +171,10 @@ def _lockstep(rows, windows: tuple[int, ...], p: TrackerParams):
 
 
 class _Consts:
-    """judge.py's constants as the Python floats it computes them to."""
+    """judge.py's constants as the Python floats it computes them to, per window as arrays."""
 
     def __init__(self, windows: tuple[int, ...], p: TrackerParams):
+        W = windows[-1]
         self.windows = windows
         self.min_count = p.min_count
         self.clip_s = p.clip_scale * _ABS_TO_SD
@@ -181,10 +182,19 @@ class _Consts:
         self.lim = p.clip * _ABS_TO_SD
         self.alpha, self.alpha_beta = p.alpha, p.alpha * p.beta
         self.alpha_slow, self.alpha_slow_beta = p.alpha_slow, p.alpha_slow * p.beta
+        self.w = np.array(windows, dtype=np.int64)                 # (nw,)
+        self.wf = self.w.astype(np.float64)                          # w * hl[-w]: int times float
+        self.tri = np.array([_TRI[w] for w in windows])
+        self.sqrt = np.array([_SQRT[w] for w in windows])
+        self.col = W - self.w                                         # column of hl[-w], ht[-w]
+        # column j of the history joins the sum of window w from j = W - w on (oldest first)
+        self.adds = [np.nonzero(self.col <= j)[0] for j in range(W)]
+        self.one = windows[0] == 1                                    # window 1 is y - (L + T)
 
 
 def _observe_rows(k: int, n: int, V, arrays, outs, c: _Consts) -> None:
-    """``observe`` of value ``k`` of rows ``:n``, each line as judge.py's (same order of operations)."""
+    """``observe`` of value ``k`` of rows ``:n``: judge.py's operations, in its order, on
+    (n,) arrays, and the window loop on (n, nw) arrays."""
     level, trend, slevel, strend, quantum, var, count, m, Y, HL, HT = arrays
     Z, WIN, EXP, NB = outs
     y = V[:n, k]
@@ -200,45 +210,46 @@ def _observe_rows(k: int, n: int, V, arrays, outs, c: _Consts) -> None:
     W = Y.shape[1]
     mm = np.minimum(m[:n] + 1, W)
     m[:n] = mm
-    d = np.abs(y - Y[:n, -2]) if W >= 2 else np.zeros(n)
-    q = quantum[:n]
-    quantum[:n] = np.where((mm >= 2) & (d > 0.0) & ((d < q) | (q == 0.0)), d, q)
-    q = quantum[:n]
-    best_z, best_az = np.zeros(n), np.zeros(n)
-    best_w = np.full(n, c.windows[0], dtype=np.int64)
-    z1 = np.zeros(n)
-    for i, w in enumerate(c.windows):
-        valid = mm >= w
-        if w == 1:
-            e = y - expected
-        else:
-            s = 0.0 + Y[:n, W - w]
-            for j in range(W - w + 1, W):
-                s = s + Y[:n, j]
-            e = s - (w * HL[:n, W - w] + HT[:n, W - w] * _TRI[w])
-        ae = np.abs(e)
-        cnt, v = count[:n, i], var[:n, i]
-        cal = valid & (cnt >= c.min_count) & (v > 0.0)
-        sd = _ABS_TO_SD * v
-        qsd = q * _SQRT[w]
-        sd = np.where(qsd > sd, qsd, sd)
-        az = ae / sd
-        zz = e / sd
-        better = cal & (az > best_az)
-        best_az = np.where(better, az, best_az)
-        best_w = np.where(better, w, best_w)
-        best_z = np.where(better, zz, best_z)
-        if w == 1:
-            z1 = np.where(cal, zz, z1)
-        cv = c.clip_s * v
-        ae = np.where(cal & (ae > cv), cv, ae)
-        cnt1 = cnt + 1
-        upd = np.where(cnt1 < c.inv_gamma, v + (ae - v) / cnt1,
-                       v + np.where(ae > v, c.gamma, c.gamma_down) * (ae - v))
-        var[:n, i] = np.where(valid, upd, v)
-        count[:n, i] = np.where(valid, cnt1, cnt)
+    if W >= 2:
+        d = np.abs(y - Y[:n, -2])
+        q = quantum[:n]
+        quantum[:n] = np.where((mm >= 2) & (d > 0.0) & ((d < q) | (q == 0.0)), d, q)
+    q = quantum[:n, None]
+    # e per window: sum(hy[-w:]) - (w * hl[-w] + ht[-w] * tri[w]); window 1: y - expected
+    acc = np.zeros((n, len(c.windows)))
+    for j in range(W):
+        idx = c.adds[j]
+        if len(idx) == len(c.windows):
+            acc += Y[:n, j:j + 1]
+        elif len(idx):
+            acc[:, idx] += Y[:n, j:j + 1]
+    e = acc - (c.wf * HL[:n, c.col] + HT[:n, c.col] * c.tri)
+    if c.one:
+        e[:, 0] = y - expected
+    valid = mm[:, None] >= c.w                  # (n, nw): the windows judge.py reaches
+    ae = np.abs(e)
+    cnt, v = count[:n], var[:n]
+    cal = valid & (cnt >= c.min_count) & (v > 0.0)
+    sd = _ABS_TO_SD * v
+    qsd = q * c.sqrt
+    sd = np.where(qsd > sd, qsd, sd)
+    az = np.where(cal, ae / sd, 0.0)
+    zz = e / sd
+    # the first window of the largest |z| (judge.py: strictly larger replaces), if any is > 0
+    best = np.argmax(az, axis=1)
+    rows = np.arange(n)
+    some = az[rows, best] > 0.0
+    Z[:n, k] = np.where(some, zz[rows, best], 0.0)
+    WIN[:n, k] = np.where(some, c.w[best], c.windows[0])
+    cv = c.clip_s * v
+    ae = np.where(cal & (ae > cv), cv, ae)
+    cnt1 = cnt + 1
+    upd = np.where(cnt1 < c.inv_gamma, v + (ae - v) / cnt1,
+                   v + np.where(ae > v, c.gamma, c.gamma_down) * (ae - v))
+    var[:n] = np.where(valid, upd, v)
+    count[:n] = np.where(valid, cnt1, cnt)
     e1, e2 = y - expected, y - (sl + stt)
-    if c.windows[0] == 1:
+    if c.one:
         v1 = var[:n, 0]
         lim = c.lim * v1
         ok = (count[:n, 0] > c.min_count) & (v1 > 0.0)
@@ -248,8 +259,6 @@ def _observe_rows(k: int, n: int, V, arrays, outs, c: _Consts) -> None:
     trend[:n] = tr + c.alpha_beta * e1
     slevel[:n] = (sl + stt) + c.alpha_slow * e2
     strend[:n] = stt + c.alpha_slow_beta * e2
-    Z[:n, k] = best_z
-    WIN[:n, k] = best_w
     EXP[:n, k] = expected
 
 

@@ -67,10 +67,10 @@ from statistics import median_low
 from typing import Any, NamedTuple
 
 from streamflame.alerts.episodes import SeriesAlerts
-from streamflame.alerts.settings import thresholds
 from streamflame.core.constants import PATCH_LEN
 from streamflame.core.timefmt import iso_ms
 from streamflame.pipeline.ingest.cursor import CursorDecodeError, IngestCursor, ObsRef, copy_list
+from streamflame.pipeline.ingest.judging import SeriesJudging
 
 __all__ = ["AssemblerSettings", "Patch", "Rejection", "SeriesAssembler"]
 
@@ -137,7 +137,7 @@ class Rejection(NamedTuple):
 
 
 
-class SeriesAssembler:
+class SeriesAssembler(SeriesJudging):
     """Assembles the patches of one series (see the module docstring for the policy).
 
     ``freq_ms`` is the configured grid step or None to infer it. Feed
@@ -150,7 +150,7 @@ class SeriesAssembler:
         "_values", "_seen", "_n_open", "_open_first", "_open_last", "_open_partition",
         "_pending", "n_accepted", "_covered", "_tol_ms", "pin_offset", "pin_partition",
         "_skip_partition", "_skip_offset", "_skip_index", "_open_last_index",
-        "alert_settings", "alerts", "alert_events", "alerted", "_covered_alerts", "_thr",
+        "alert_settings", "alerts", "alert_events", "alerted", "_covered_alerts", "_thr", "deferred", "_defer",
     )
 
     def __init__(self, series_id: str, settings: AssemblerSettings, freq_ms: int | None = None,
@@ -193,6 +193,8 @@ class SeriesAssembler:
         self.alerted: int | None = None
         self._covered_alerts: list | None = None
         self._thr = None  # (settings, freq_ms, Thresholds) cache
+        self.deferred = None  # DeferredJudging while judging is deferred (see defer_judging())
+        self._defer = False
 
     # ------------------------------------------------------------------ state
 
@@ -210,6 +212,7 @@ class SeriesAssembler:
         """The persisted form. Without ``include_open`` it covers the observations
         inside emitted patches only; with it, also the open patch and the
         inference buffer (then nothing needs re-reading from Kafka)."""
+        self.flush_alerts()
         n_cov, part, off, idx, slot, ms = self._covered
         c = IngestCursor(
             series_id=self.series_id, freq_ms=self.freq_ms, anchor_ms=self.anchor_ms,
@@ -351,7 +354,9 @@ class SeriesAssembler:
             self.last_obs_ms = ts_ms[pos + take - 1]
             self.n_accepted += take
             self._pin(partition, o_first)
-            if self.alerts is not None:
+            if self.deferred is not None:
+                self.deferred.add_run(q0 + pos, values[pos:pos + take])
+            elif self.alerts is not None:
                 for j in range(take):
                     self._judge(q0 + pos + j, values[pos + j])
             pos += take
@@ -453,37 +458,6 @@ class SeriesAssembler:
             self._emit(patches_out, partition, offset)
         return ACCEPTED
 
-    def set_alert_settings(self, alert_settings) -> None:
-        """New settings (config reload); None switches the detectors off, and on again afresh."""
-        if alert_settings is None:
-            self.alerts = self._covered_alerts = None
-        elif self.alerts is None:
-            self.alerts = SeriesAlerts()
-        self.alert_settings = alert_settings
-
-    def _judge(self, slot: int, value) -> None:
-        """Feed one accepted slot to the alert detectors (events before ``alerted`` were published already)."""
-        s, freq = self.alert_settings, self.freq_ms
-        thr = self._thr
-        if thr is None or thr[0] is not s or thr[1] != freq:
-            thr = self._thr = (s, freq, thresholds(s, freq))
-        out: list = []
-        self.alerts.feed(slot, self.anchor_ms + slot * freq, value, freq, s, thr[2], out, self.alerted)
-        if out and (self.alerted is None or 2 * slot > self.alerted):
-            self.alert_events += [(ev.key, ev) for ev in out]
-
-    def check_silence(self, event_ms: int) -> None:
-        """Event time of the series' partition has reached ``event_ms``: a dropout if this
-        series has been silent for ``dropout_slots`` slots (``SeriesAlerts.silent``)."""
-        if self.alerts is None or self.anchor_ms is None or self.last_slot is None or self._pending:
-            return
-        event_slot = (event_ms - self.anchor_ms) // self.freq_ms
-        if event_slot <= self.last_slot:
-            return
-        out: list = []
-        self.alerts.silent(event_slot, self.freq_ms, self.anchor_ms, self.alert_settings, out)
-        self.alert_events += [(ev.key, ev) for ev in out if self.alerted is None or ev.key > self.alerted]
-
     def _emit(self, patches_out: list, partition: int, offset: int) -> None:
         """Close the open patch (possibly empty) as patch ``self.seq``."""
         n = self.settings.patch_len
@@ -493,7 +467,9 @@ class SeriesAssembler:
             # everything accepted so far is inside an emitted patch now
             self._covered = (self.n_accepted, part, last, self._open_last_index, self.last_slot, self.last_obs_ms)
             self.pin_offset = self.pin_partition = None
-            if self.alerts is not None:
+            if self.deferred is not None:
+                self.deferred.snapshot()
+            elif self.alerts is not None:
                 self._covered_alerts = copy_list(self.alerts.to_list())
         else:  # an all-missing patch skipped by a gap: located at the observation closing it
             first = last = offset

@@ -15,6 +15,7 @@ from streamflame.core.timefmt import iso_ms
 from streamflame.pipeline.ingest.assembler import ACCEPTED, REJECTED, Rejection, SeriesAssembler
 from streamflame.pipeline.ingest.cursor import CursorDecodeError, ObsRef
 from streamflame.pipeline.ingest.entries import Entry, FastRun
+from streamflame.pipeline.ingest.judging import judge_deferred
 from streamflame.pipeline.ingest.outbox import RetryBatch
 
 log = structlog.get_logger("streamflame.ingest")
@@ -34,6 +35,7 @@ class IngestAssembling:
         accepted = skipped = 0
         event_time: dict[int, int] = {}  # partition -> latest observation time assembled now
         future_tol = self.cfg.ingest.future_tolerance_ms
+        judging: list[tuple[str, SeriesAssembler]] = []   # series whose alert judgement waits for the batch
         for sid, entries in chunk.items():
             a = self.assemblers.pop(sid, None)
             if a is None:  # quarantined: its cursor in Redis is unreadable
@@ -84,7 +86,9 @@ class IngestAssembling:
                         skipped += 1
             if len(patches) > n_before:
                 touched[sid] = a
-            if a.alert_events:
+            if a.deferred is not None and a.deferred.runs:
+                judging.append((sid, a))
+            elif a.alert_events:
                 self._alert_events(sid, a)
             if a.last_obs_ms is not None:
                 p0 = entries[0].partition
@@ -94,6 +98,10 @@ class IngestAssembling:
                 self._dead_letter(sid, rejects[r_before:])
         c["accepted"] += accepted
         c["skipped"] += skipped
+        judge_deferred([a for _, a in judging])     # every series' deviation judge in lockstep
+        for sid, a in judging:
+            if a.alert_events:
+                self._alert_events(sid, a)
         self._check_silence(event_time)
 
     def _alert_events(self, sid: str, a: SeriesAssembler) -> None:
@@ -196,6 +204,7 @@ class IngestAssembling:
                     self.series_partition[sid] = p
                     self.partition_series.setdefault(p, set()).add(sid)
                     continue
+                a.defer_judging()                       # judged per batch: _assemble
                 self.assemblers[sid] = a
                 if cur is None:
                     self.counters["series_new"] += 1
