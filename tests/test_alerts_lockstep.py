@@ -37,6 +37,16 @@ def _series_items(rng: random.Random, n: int, kind: int) -> list:
     return items
 
 
+def ops_of(state: JudgeState, items: list) -> Ops:
+    o = Ops(state)
+    for it in items:
+        if it is SNAPSHOT or type(it) is int:
+            o.add_side(it)
+        else:
+            o.values.append(it)
+    return o
+
+
 def _warm_state(rng: random.Random, windows) -> JudgeState:
     st = JudgeState()
     for t in range(rng.randint(1, 300)):
@@ -52,8 +62,8 @@ def test_lockstep_equals_one_by_one(windows, seed):
     for i in range(rng.randint(20, 60)):
         st = JudgeState() if rng.random() < 0.3 else _warm_state(rng, (1, 2, 3, 5, 8) if rng.random() < 0.2 else windows)
         items = _series_items(rng, rng.choice([0, 1, 5, 48, 96, 150]), i % 4)
-        series.append(Ops(st, items))
-    ref = [Ops(copy.deepcopy(o.state), list(o.items)) for o in series]
+        series.append(ops_of(st, items))
+    ref = [Ops(copy.deepcopy(o.state), o.values, o.side) for o in series]
     want = [judge_one(o, windows) for o in ref]
     got = judge_many(series, windows)
     assert sum(len(w.z) for w in want) > 300 and sum(len(w.snapshots) for w in want) > 10
@@ -67,8 +77,8 @@ def test_final_states_equal_the_reference():
     rng = random.Random(7)
     windows = (1, 2, 3, 5, 8)
     base = [(_warm_state(rng, windows), _series_items(rng, rng.choice([10, 48, 200]), i % 4)) for i in range(40)]
-    a = [Ops(copy.deepcopy(st), items) for st, items in base]
-    b = [Ops(copy.deepcopy(st), items) for st, items in base]
+    a = [ops_of(copy.deepcopy(st), items) for st, items in base]
+    b = [ops_of(copy.deepcopy(st), items) for st, items in base]
     for o in a:
         judge_one(o, windows)
     judge_many(b, windows)
