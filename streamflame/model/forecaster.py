@@ -23,6 +23,7 @@ from ..core.constants import DEFAULT_QUANTILES
 from .config import ModelConfig
 from .flame import STATE_FIELDS, Flame
 from .perception import calendar_steps, mean_std
+from .batch import StateBatch
 from .state import SeriesState, StateDecodeError
 
 CHECKPOINT_DIR = Path(__file__).resolve().parent.parent / "checkpoints" / "default"
@@ -74,6 +75,22 @@ class Forecast:
 
     def quantile(self, q: float) -> np.ndarray:
         return self.quantiles[self.quantile_levels.index(q)]
+
+
+@dataclass
+class BatchForecast:
+    """``forecast_batch``'s forecasts of n series: mean (n, H), quantiles (Q, n, H), samples (n, S, H)."""
+    mean: np.ndarray
+    quantiles: np.ndarray
+    samples: np.ndarray
+    quantile_levels: tuple[float, ...]
+
+    def __len__(self) -> int:
+        return int(self.mean.shape[0])
+
+    def get(self, j: int) -> Forecast:
+        """Series j's forecast (views of the batch's arrays)."""
+        return Forecast(self.mean[j], self.quantiles[:, j], self.samples[j], self.quantile_levels)
 
 
 class Forecaster:
@@ -270,6 +287,71 @@ class Forecaster:
             std = mean_std(stacked["stats"][:n], stacked["ref"][:n])[1].cpu()
             means, qs = round_to_scale(means, std), round_to_scale(qs, std, dim=1)
         return means, qs, samples
+
+    # ---- state batches (the worker's hot path: model/batch.py) ------------------------------
+    def state_batch(self, capacity: int) -> StateBatch:
+        """An empty StateBatch for up to ``capacity`` series of this model, on its device (its rows
+        are rounded up to a multiple of MIN_ROWS: the padding of the batched calls fits in place)."""
+        return StateBatch.for_forecaster(self, _padded(capacity))
+
+    @torch.no_grad()
+    def step_batch(self, batch: StateBatch, patches, rows=None) -> None:
+        """``update_many`` on a StateBatch, in place: one patch per row of ``rows`` (default: all, in
+        order); patches (len(rows), patch_len). The same numbers as update_many, for any rows."""
+        self._check_batch(batch)
+        rows = list(range(batch.size)) if rows is None else list(rows)
+        n, p = len(rows), self.config.patch_len
+        patches = np.asarray(patches, dtype=np.float64)
+        if patches.shape != (n, p):
+            raise ValueError(f"patches must have shape ({n}, {p}), got {patches.shape}")
+        _check_range(patches, self.dtype)
+        if not n:
+            return
+        m = _padded(n)
+        idx = np.asarray(rows + rows[:1] * (m - n))
+        x = patches.astype(self.dtype)
+        x = torch.from_numpy(np.concatenate([x, np.repeat(x[:1], m - n, 0)])[:, None, :])
+        scale = torch.from_numpy(batch.scale[idx]).to(_TORCH[self.dtype])
+        new, _ = self.model.advance(batch.gather(rows, m), x.to(self.device), scale.to(self.device))
+        batch.put(rows, {k: new[k] for k in STATE_FIELDS})
+        batch.n_obs[idx[:n]] += p
+        batch.n_patches[idx[:n]] += 1
+
+    @torch.no_grad()
+    def forecast_batch(self, batch: StateBatch, rows, horizon: int, quantiles=DEFAULT_QUANTILES,
+                       num_samples: int = 100, seeds: list[int | None] | None = None) -> BatchForecast:
+        """``forecast_many`` of the states in ``rows`` of a StateBatch (None: all), one seed each:
+        the same numbers, chunked and padded as forecast_many is."""
+        self._check_batch(batch)
+        levels = self._forecast_args(horizon, quantiles, num_samples)
+        rows = list(range(batch.size)) if rows is None else list(rows)
+        seeds = list(seeds) if seeds is not None else [None] * len(rows)
+        if len(seeds) != len(rows):
+            raise ValueError("one seed per state")
+        short = [r for r in rows if batch.n_patches[r] < 1]
+        if short:
+            raise ValueError("a forecast needs at least one complete patch "
+                             f"({self.config.patch_len} observations); row {short[0]} has {batch.n_obs[short[0]]}")
+        chunk = CPU_FORECAST_CHUNK if self.device.type == "cpu" else max(1, len(rows))
+        parts = [self._forecast_stacked(batch.gather(rows[a:a + chunk], _padded(len(rows[a:a + chunk]))),
+                                        seeds[a:a + chunk], 0, horizon, levels, num_samples, True)
+                 for a in range(0, len(rows), chunk)]
+        if not parts:
+            h, s = np.zeros((0, horizon)), np.zeros((0, num_samples, horizon))
+            return BatchForecast(h, np.zeros((len(levels), 0, horizon)), s, levels)
+        if len(parts) == 1:
+            means, qs, samples = parts[0]
+        else:
+            means, qs, samples = (torch.cat([x[0] for x in parts]), torch.cat([x[1] for x in parts], 1),
+                                  torch.cat([x[2] for x in parts]))
+        return BatchForecast(means.numpy(), qs.numpy(), samples.numpy(), levels)
+
+    def _check_batch(self, batch: StateBatch) -> None:
+        if not isinstance(batch, StateBatch):
+            raise TypeError(f"expected a StateBatch, got {type(batch).__name__}")
+        if batch.layout.model_id != self.model_id or batch.layout.dtype != self.dtype:
+            raise StateDecodeError(f"the batch holds states of model {batch.layout.model_id} "
+                                   f"({batch.layout.dtype}); this forecaster is {self.model_id} ({self.dtype})")
 
     # ---- internals -----------------------------------------------------------------------
     def _check(self, state: SeriesState) -> None:
