@@ -358,3 +358,77 @@ def test_kept_forecast_of_a_series_near_float32_max_stays_finite():
     assert kept.quantiles.shape == (2, 48) and kept.mean.shape == (48,)
     assert np.isfinite(kept.quantiles).all() and np.isfinite(kept.mean).all()
     assert kept.quantiles[1, 0] == np.float32(MAX_ABS_VALUE) and kept.quantiles[0, 0] == -np.float32(MAX_ABS_VALUE)
+
+
+def _plain(res) -> tuple:
+    """A result's published numbers and written bytes, comparable across runs."""
+    from streamflame.messages.codec import encode
+    fcs = sorted((fc.series_id, fc.seq, encode(fc)) for fc in res.forecasts)
+    return fcs, {sid: (r.seq, r.state, r.meta_json) for sid, r in res.records.items()}
+
+
+@pytest.mark.parametrize("trial", range(3))
+def test_any_batch_split_and_state_source_gives_the_same_bytes(forecaster, trial):
+    """The worker's StateBatch path: one batch with every patch, or random splits into smaller
+    batches whose states come back as bytes (a Redis load) or as the record the worker computed
+    (its cache, without the bytes): the same forecasts and state bytes, equal to the single-series API."""
+    rng = np.random.default_rng(trial)
+    cfg = make_cfg()
+    data = {f"s{i}" if i % 4 else f"late-{i}": series_values(50 + 10 * trial + i, int(rng.integers(1, 5)))
+            for i in range(int(rng.integers(3, 20)))}
+    every = [patch(sid, k, v[k * PATCH_LEN:(k + 1) * PATCH_LEN]) for sid, v in data.items()
+             for k in range(len(v) // PATCH_LEN)]
+    whole = BatchProcessor(forecaster, cfg).process(every, {sid: None for sid in data}, produced_at_ms=0)
+    proc = BatchProcessor(forecaster, cfg)
+    stored: dict = {}
+    got_fcs, last = [], {}
+    order = sorted(every, key=lambda r: r.patch.seq)            # a series' seqs in order across batches
+    cuts = sorted(rng.choice(np.arange(1, len(order)), int(rng.integers(0, min(5, len(order)))), replace=False))
+    for part in np.split(np.array(order, dtype=object), cuts):
+        loaded = {}
+        for r in part:
+            sid = r.patch.series_id
+            rec = stored.get(sid)
+            if rec is not None and rng.random() < 0.5:
+                rec = dataclasses.replace(rec, decoded=None)      # as loaded from Redis
+            elif rec is not None:
+                rec = dataclasses.replace(rec, state=b"")         # as kept by the state cache
+            loaded[sid] = rec
+        res = proc.process(list(part), loaded, produced_at_ms=0)
+        assert not res.rejected
+        stored.update(res.records)
+        got_fcs += _plain(res)[0]
+        last.update(_plain(res)[1])
+    assert sorted(got_fcs) == _plain(whole)[0] and last == _plain(whole)[1]
+    for sid, v in data.items():
+        assert whole.records[sid].state == in_process(forecaster, cfg, sid, v)[-1][0].to_bytes()
+
+
+def test_bad_state_bytes_reinitialise_only_their_own_series(forecaster):
+    """Truncated bytes, a checksum mismatch and a float64 state of the same model in one batch
+    with good series: those three start afresh (dead letter), the others continue unchanged."""
+    import torch
+    cfg = make_cfg()
+    proc = BatchProcessor(forecaster, cfg)
+    sids = ["g0", "bad-trunc", "g1", "bad-crc", "g2", "bad-f64"]
+    data = {sid: series_values(70 + i, 3) for i, sid in enumerate(sids)}
+    first = proc.process([patch(sid, k, v[k * PATCH_LEN:(k + 1) * PATCH_LEN]) for sid, v in data.items()
+                          for k in range(2)], {sid: None for sid in sids})
+    loaded = {sid: dataclasses.replace(r, decoded=None) for sid, r in first.records.items()}
+    b = loaded["bad-crc"].state
+    loaded["bad-crc"] = dataclasses.replace(loaded["bad-crc"], state=b[:100] + bytes([b[100] ^ 1]) + b[101:])
+    loaded["bad-trunc"] = dataclasses.replace(loaded["bad-trunc"], state=loaded["bad-trunc"].state[:-20])
+    f64 = Forecaster.from_config(tiny_config(), seed=0).to(dtype=torch.float64)
+    assert f64.model_id == forecaster.model_id
+    loaded["bad-f64"] = dataclasses.replace(loaded["bad-f64"], state=f64.update(f64.init_state(), data["bad-f64"][:96])
+                                            .to_bytes())
+    res = proc.process([patch(sid, 2, v[2 * PATCH_LEN:]) for sid, v in data.items()], loaded)
+    assert res.reinitialised == 3
+    assert sorted(r.record.patch.series_id for r in res.rejected) == ["bad-crc", "bad-f64", "bad-trunc"]
+    assert {r.reason for r in res.rejected} == {"corrupt_state"}
+    for sid, v in data.items():
+        if sid.startswith("g"):
+            assert res.records[sid].state == in_process(forecaster, cfg, sid, v)[-1][0].to_bytes()
+        else:
+            fresh = forecaster.update(forecaster.init_state(step_seconds=FREQ / 1000), v[2 * PATCH_LEN:])
+            assert res.records[sid].state == fresh.to_bytes()

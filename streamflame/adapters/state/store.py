@@ -249,7 +249,8 @@ class StateMeta:
 class StateRecord:
     """One series' stored state: last applied patch ``seq``, model state bytes, meta.
 
-    ``decoded``: the same state as a ``SeriesState`` when the worker has it at hand
+    ``decoded``: the same state when the worker has it at hand (a ``SeriesState``, or the bytes
+    it encoded itself as a ``model.batch.EncodedState``, decoded again without the checksum)
     (the records it computes, and its cache of them: :mod:`streamflame.adapters.state.cache`,
     where ``state`` is left empty to halve the memory); never stored, not compared.
     """

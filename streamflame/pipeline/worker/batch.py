@@ -8,8 +8,8 @@ applied patch, -1 = none):
   before the state was written);
 * ``seq == stored + 1``: applied; several consecutive patches of one series in
   one batch are applied in seq order, one *round* per position (round r takes
-  the r-th pending patch of every series, one ``update_many`` per round, then
-  one ``forecast_many`` per forecast setting);
+  the r-th pending patch of every series, one ``Forecaster.step_batch`` per round,
+  then one ``forecast_batch`` per forecast setting);
 * ``seq > stored + 1``: a gap. Ingest never skips a seq, so the missing patches
   are on the topic before this one and Redis lost the state that covered them
   (e.g. an AOF ``everysec`` window). When the stored meta says where the last
@@ -22,6 +22,12 @@ applied patch, -1 = none):
   state at the next patch (DLQ notice ``corrupt_state``), ``quarantine`` moves
   the record aside and sends the series' patches to the DLQ
   (``series_quarantined``).
+
+The states live in one :class:`streamflame.model.batch.StateBatch` per batch: decoded
+from the stored bytes straight into its buffers, stepped and forecast there and encoded
+back (no ``SeriesState`` per series); the same bytes and numbers as the single-series
+calls. A record this worker computed carries its bytes as ``decoded``
+(:class:`~streamflame.model.batch.EncodedState`), which the state cache keeps.
 
 Forecasts are made after every applied patch of a series with at least
 ``min_history_patches`` patches; the sampling seed is
@@ -41,6 +47,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from streamflame import SeriesState, StateDecodeError
+from streamflame.model.batch import EncodedState, StateBatch
 from streamflame.adapters.state.store import BrokenRecord, LastForecast, NaiveScale, StateMeta, StateRecord
 from streamflame.config import ConfigError, GroupSettings, ServiceConfig
 from streamflame.core.constants import PATCH_LEN
@@ -93,15 +100,15 @@ class BatchResult:
     skipped: int = 0
     rounds: int = 0
     reinitialised: int = 0
-    step_s: float = 0.0      # update_many total
-    forecast_s: float = 0.0  # forecast_many total
+    step_s: float = 0.0      # step_batch total
+    forecast_s: float = 0.0  # forecast_batch total
 
 
 @dataclass
 class _Series:
     sid: str
     group: GroupSettings
-    state: object  # SeriesState
+    row: int  # the series' row in the batch's StateBatch
     expected: int
     meta: StateMeta | None
     pending: list[PatchRecord]
@@ -131,6 +138,7 @@ class BatchProcessor:
         self.cfg = cfg
         self._rewound: set[tuple[str, int]] = set()
         self._freq_names: dict[int, str] = {}
+        self._sb: StateBatch | None = None   # reused from batch to batch (its buffers are kept)
         cfg.check_horizons(forecaster.config.max_horizon)
         check_patch_len(forecaster.config.patch_len)
 
@@ -148,6 +156,9 @@ class BatchProcessor:
         by_series: dict[str, list[PatchRecord]] = {}
         for r in batch:
             by_series.setdefault(r.patch.series_id, []).append(r)
+        if self._sb is None or self._sb.capacity < len(by_series):
+            self._sb = self.f.state_batch(len(by_series))
+        self._sb.clear()
         work: list[_Series] = []
         for sid, items in by_series.items():
             items.sort(key=lambda r: (r.patch.seq, r.offset))
@@ -176,9 +187,9 @@ class BatchProcessor:
         res.skipped += len(items) - len(pending)
         if not pending:
             return None
-        state = None
+        row = None
         if isinstance(rec, StateRecord):
-            state, problem = self._usable_state(rec)
+            row, problem = self._usable_state(rec)
         group = self.cfg.resolve_group(sid)
         if problem is not None:
             w = self._start_afresh(sid, group, stored, pending, problem, res)
@@ -188,9 +199,9 @@ class BatchProcessor:
             if stored is None:  # even the stored seq is unreadable: the run starts at the first pending patch
                 stored = pending[0].patch.seq - 1
         else:
-            if state is None:  # no record: the series starts at seq 0
-                state = self.f.init_state(scale=group.scale, step_seconds=pending[0].patch.freq_ms / 1000)
-            w = _Series(sid, group, state, stored, meta, [], meta.forecast if meta else None,
+            if row is None:  # no record: the series starts at seq 0
+                row = self._fresh(group, pending[0])
+            w = _Series(sid, group, row, stored, meta, [], meta.forecast if meta else None,
                         meta.naive if meta else NaiveScale())
         return self._take_run(w, stored, meta, pending, res)
 
@@ -203,22 +214,26 @@ class BatchProcessor:
             else:
                 res.skipped += 1
 
-    def _usable_state(self, rec: StateRecord) -> tuple[SeriesState | None, str | None]:
-        """(decoded state, None), or (None, why it cannot be used): another model's record or
-        state bytes, unreadable bytes, a partial patch in the buffer."""
+    def _usable_state(self, rec: StateRecord) -> tuple[int | None, str | None]:
+        """(the state's row in the batch, None), or (None, why it cannot be used): another
+        model's record or state bytes, unreadable bytes or dtype, a partial patch in the buffer
+        (nothing of it enters the batch)."""
         try:
             if rec.meta.model_id != self.f.model_id:
                 raise StateDecodeError(f"state was written by model {rec.meta.model_id}, "
                                        f"this worker runs {self.f.model_id}")
-            state = rec.decoded if rec.decoded is not None else SeriesState.from_bytes(rec.state)
-            if state.model_id != self.f.model_id:
-                raise StateDecodeError(f"state bytes belong to model {state.model_id}, "
-                                       f"this worker runs {self.f.model_id}")
-            if len(state.buffer):
-                raise StateDecodeError(f"stored state holds a partial patch of {len(state.buffer)} values")
+            d = rec.decoded
+            if isinstance(d, EncodedState):
+                return self._sb.append_encoded(d), None
+            if isinstance(d, SeriesState):
+                return self._sb.append_state(d), None
+            return self._sb.append_bytes(rec.state), None
         except StateDecodeError as e:
             return None, str(e)
-        return state, None
+
+    def _fresh(self, group: GroupSettings, first: PatchRecord) -> int:
+        """A fresh state's row (the series' sampling step makes its calendar periods)."""
+        return self._sb.append_state(self.f.init_state(scale=group.scale, step_seconds=first.patch.freq_ms / 1000))
 
     def _start_afresh(self, sid: str, group: GroupSettings, stored: int | None, pending: list[PatchRecord],
                       problem: str, res: BatchResult) -> _Series | None:
@@ -235,8 +250,7 @@ class BatchProcessor:
                                      f"state of {sid!r} could not be used ({problem}); "
                                      f"re-initialised from scratch at seq {pending[0].patch.seq}"))
         replace = stored is None
-        state = self.f.init_state(scale=group.scale, step_seconds=pending[0].patch.freq_ms / 1000)
-        return _Series(sid, group, state, -1 if replace else stored, None, [], None, replace_broken=replace)
+        return _Series(sid, group, self._fresh(group, pending[0]), -1 if replace else stored, None, [], None, replace_broken=replace)
 
     def _take_run(self, w: _Series, stored: int, meta: StateMeta | None, pending: list[PatchRecord],
                   res: BatchResult) -> _Series | None:
@@ -292,6 +306,7 @@ class BatchProcessor:
     # -- model work ------------------------------------------------------------
 
     def _apply(self, work: list[_Series], res: BatchResult, produced_at_ms: int) -> None:
+        sb = self._sb
         r = 0
         while True:
             active = [w for w in work if len(w.pending) > r]
@@ -301,26 +316,26 @@ class BatchProcessor:
             recs = [w.pending[r] for w in active]
             patches = np.stack([x.patch.values_array() for x in recs])
             t0 = time.perf_counter()
-            new_states = self.f.update_many([w.state for w in active], patches)
+            self.f.step_batch(sb, patches, [w.row for w in active])
             res.step_s += time.perf_counter() - t0
             to_score: list[tuple] = []
-            for w, x, st in zip(active, recs, new_states):
+            for w, x in zip(active, recs):
                 self._judge(w, x.patch, res, to_score)
-                w.state = st
             for sc in score_many(to_score):
                 if sc is not None:
                     res.scores.setdefault(sc.series_id, []).append(sc)
             self._forecasts(active, recs, res, produced_at_ms)
             res.applied += len(active)
             r += 1
-        for w in work:
+        encoded = sb.to_bytes([w.row for w in work])
+        for w, data in zip(work, encoded):
             last = w.pending[-1]
             p = last.patch
             meta = StateMeta(model_id=self.f.model_id, group=w.group.name, freq_ms=p.freq_ms,
                              last_slot_ms=p.start_ms + (PATCH_LEN - 1) * p.freq_ms,
                              src_partition=last.partition, src_offset=last.offset, forecast=w.forecast,
                              naive=w.naive)
-            res.records[w.sid] = StateRecord(p.seq, w.state.to_bytes(), meta, decoded=w.state)
+            res.records[w.sid] = StateRecord(p.seq, data, meta, decoded=EncodedState(data))
             res.expected[w.sid] = w.expected
             if w.replace_broken:
                 res.replace_broken.add(w.sid)
@@ -360,8 +375,9 @@ class BatchProcessor:
     def _forecasts(self, active: list[_Series], recs: list[PatchRecord], res: BatchResult,
                    produced_at_ms: int) -> None:
         groups: dict[tuple, list[int]] = {}
+        n_patches = self._sb.n_patches
         for i, w in enumerate(active):
-            if w.state.n_patches >= w.group.min_history_patches:
+            if n_patches[w.row] >= w.group.min_history_patches:
                 g = w.group
                 groups.setdefault((g.horizon, g.quantiles, g.num_samples), []).append(i)
             else:
@@ -370,10 +386,10 @@ class BatchProcessor:
         for (horizon, quantiles, num_samples), idx in groups.items():
             seeds = [forecast_seed(seed, active[i].sid, recs[i].patch.seq) for i in idx]
             t0 = time.perf_counter()
-            fcs = self.f.forecast_many([active[i].state for i in idx], horizon, quantiles, num_samples, seeds)
+            fcs = self.f.forecast_batch(self._sb, [active[i].row for i in idx], horizon, quantiles, num_samples, seeds)
             res.forecast_s += time.perf_counter() - t0
-            for i, fc in zip(idx, fcs):
-                w, p = active[i], recs[i].patch
+            for j, i in enumerate(idx):
+                w, p, fc = active[i], recs[i].patch, fcs.get(j)
                 origin = p.start_ms + (PATCH_LEN - 1) * p.freq_ms
                 res.forecasts.append(ForecastMessage.build(
                     series_id=w.sid, seq=p.seq, origin_ms=origin, freq_ms=p.freq_ms, mean=fc.mean,
