@@ -125,12 +125,10 @@ def _lockstep(rows, windows: tuple[int, ...], p: TrackerParams):
     var = np.array([s.var for s in states], dtype=np.float64).reshape(S, nw)
     count = np.array([s.count for s in states], dtype=np.int64).reshape(S, nw)
     m = np.array([len(s.hist_y) for s in states], dtype=np.int64)
-    Y, HL, HT = np.zeros((S, W)), np.zeros((S, W)), np.zeros((S, W))
-    for row, s in enumerate(states):
-        if s.hist_y:
-            Y[row, W - len(s.hist_y):] = s.hist_y
-            HL[row, W - len(s.hist_l):] = s.hist_l
-            HT[row, W - len(s.hist_t):] = s.hist_t
+    pad = [[0.0] * (W - len(s.hist_y)) for s in states]
+    Y = np.array([z + s.hist_y for z, s in zip(pad, states)], dtype=np.float64).reshape(S, W)
+    HL = np.array([z + s.hist_l for z, s in zip(pad, states)], dtype=np.float64).reshape(S, W)
+    HT = np.array([z + s.hist_t for z, s in zip(pad, states)], dtype=np.float64).reshape(S, W)
     Z, WIN, EXP, NB = (np.zeros((S, max(K, 1))), np.zeros((S, max(K, 1)), dtype=np.int64),
                        np.zeros((S, max(K, 1))), np.zeros((S, max(K, 1)), dtype=np.int64))
     snaps: list[list] = [[] for _ in range(S)]
@@ -144,7 +142,7 @@ def _lockstep(rows, windows: tuple[int, ...], p: TrackerParams):
     def side(k: int, row: int) -> None:
         for it in between[order[row]][k]:
             if it is SNAPSHOT:
-                snaps[row].append(_state_of(arrays, row, W).to_list())
+                snaps[row].append(_states(arrays, W, row)[0].to_list())
             elif it > 0:                 # skip(): the trackers move by their trend, the windows restart
                 level[row] += trend[row] * it
                 slevel[row] += strend[row] * it
@@ -159,15 +157,24 @@ def _lockstep(rows, windows: tuple[int, ...], p: TrackerParams):
             for row in events.get(k, ()):
                 side(k, row)
             _observe_rows(k, n, V, arrays, (Z, WIN, EXP, NB), c)
-    for row in range(S):                        # what comes after each series' last value
-        if lens[row] in between[order[row]]:
+    # what comes after each series' last value: snapshots of the final state (the usual case,
+    # a patch closed at the batch's last value) are taken from it below
+    final_snaps = [0] * S
+    for row in range(S):
+        tail = between[order[row]].get(lens[row], ())
+        if tail and all(it is SNAPSHOT for it in tail):
+            final_snaps[row] = len(tail)
+        elif tail:
             side(lens[row], row)
-    for row, s in enumerate(states):
-        _store(arrays, row, W, s)
+    for row, (s, t) in enumerate(zip(states, _states(arrays, W))):
+        s.level, s.trend, s.slow_level, s.slow_trend, s.quantum = t.level, t.trend, t.slow_level, t.slow_trend, t.quantum
+        s.var, s.count, s.hist_y, s.hist_l, s.hist_t = t.var, t.count, t.hist_y, t.hist_l, t.hist_t
+        for _ in range(final_snaps[row]):
+            snaps[row].append([x[:] if type(x) is list else x for x in s.to_list()])
+    Zl, Wl, El, Nl = Z.tolist(), WIN.tolist(), EXP.tolist(), NB.tolist()
     for row, r in enumerate(order):
         L = lens[row]
-        yield rows[r][0], Judged(Z[row, :L].tolist(), WIN[row, :L].tolist(), EXP[row, :L].tolist(),
-                                 NB[row, :L].tolist(), snaps[row])
+        yield rows[r][0], Judged(Zl[row][:L], Wl[row][:L], El[row][:L], Nl[row][:L], snaps[row])
 
 
 class _Consts:
@@ -262,16 +269,9 @@ def _observe_rows(k: int, n: int, V, arrays, outs, c: _Consts) -> None:
     EXP[:n, k] = expected
 
 
-def _state_of(arrays, row: int, W: int) -> JudgeState:
-    level, trend, slevel, strend, quantum, var, count, m, Y, HL, HT = arrays
-    h = int(m[row])
-    return JudgeState(float(level[row]), float(trend[row]), float(slevel[row]), float(strend[row]),
-                      float(quantum[row]), var[row].tolist(), count[row].tolist(),
-                      Y[row, W - h:].tolist() if h else [], HL[row, W - h:].tolist() if h else [],
-                      HT[row, W - h:].tolist() if h else [])
-
-
-def _store(arrays, row: int, W: int, s: JudgeState) -> None:
-    t = _state_of(arrays, row, W)
-    s.level, s.trend, s.slow_level, s.slow_trend, s.quantum = t.level, t.trend, t.slow_level, t.slow_trend, t.quantum
-    s.var, s.count, s.hist_y, s.hist_l, s.hist_t = t.var, t.count, t.hist_y, t.hist_l, t.hist_t
+def _states(arrays, W: int, row: int | None = None) -> list[JudgeState]:
+    """The judge states of every row (or of ``row`` alone) as judge.py keeps them (Python floats and lists)."""
+    sel = slice(None) if row is None else slice(row, row + 1)
+    level, trend, slevel, strend, quantum, var, count, m, Y, HL, HT = (a[sel].tolist() for a in arrays)
+    return [JudgeState(level[i], trend[i], slevel[i], strend[i], quantum[i], var[i], count[i],
+                       Y[i][W - m[i]:], HL[i][W - m[i]:], HT[i][W - m[i]:]) for i in range(len(level))]
