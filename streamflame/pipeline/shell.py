@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import threading
 from typing import Callable, Protocol
 
 import structlog
@@ -17,6 +18,28 @@ class Service(Protocol):
     def run(self) -> None: ...
     def stop(self) -> None: ...
     def request_reload(self) -> None: ...
+
+
+class ServiceControls:
+    """``stop`` and ``request_reload`` of a :class:`Service` (ingest, worker), which sets
+    ``_stop`` (the event its ``run`` loop watches), ``reloader`` (the config file's
+    ``HotReloader``, None without a file) and ``component``."""
+
+    component = "service"
+    _stop: threading.Event
+    reloader = None
+
+    def stop(self) -> None:
+        """Ask ``run()`` to finish its batch, commit and return (thread/signal safe)."""
+        self._stop.set()
+
+    def request_reload(self) -> None:
+        """Re-read the config file before the next batch (SIGHUP; signal safe)."""
+        if self.reloader is not None:
+            self.reloader.request()
+        else:
+            structlog.get_logger(f"streamflame.{self.component}").warning(
+                "config.reload_unavailable", detail=f"{self.component} runs without a config file")
 
 
 def load(config: str | None) -> tuple[ServiceConfig | None, str | None]:

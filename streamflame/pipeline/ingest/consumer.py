@@ -73,6 +73,7 @@ from streamflame.pipeline.ingest.entries import DecodedRecord, Entry, FastRun
 from streamflame.pipeline.ingest.metrics import IngestGauges, IngestHistograms
 from streamflame.pipeline.ingest.outbox import IngestPublishing, RetryBatch
 from streamflame.pipeline.ingest.partitions import IngestPartitions
+from streamflame.pipeline.shell import ServiceControls
 
 log = structlog.get_logger("streamflame.ingest")
 
@@ -104,7 +105,7 @@ class _FastRules(NamedTuple):
     known_keys: dict[str, bytes]
 
 
-class IngestConsumer(IngestPartitions, IngestAssembling, IngestPublishing):
+class IngestConsumer(ServiceControls, IngestPartitions, IngestAssembling, IngestPublishing):
     """One ingest consumer-group member. ``run()`` blocks until :meth:`stop`.
 
     ``redis_client`` defaults to one built from ``cfg.redis``. ``counters`` holds
@@ -118,6 +119,7 @@ class IngestConsumer(IngestPartitions, IngestAssembling, IngestPublishing):
     """
 
     fast_path = True
+    component = "ingest"
 
     def __init__(self, cfg: ServiceConfig, *, redis_client=None, ready_file: str | os.PathLike | None = None,
                  create_missing_topics: bool = True, consumer_overrides: dict[str, Any] | None = None,
@@ -182,17 +184,6 @@ class IngestConsumer(IngestPartitions, IngestAssembling, IngestPublishing):
         self._known_keys: dict[str, bytes] = {}
 
     # ------------------------------------------------------------------ loop
-
-    def stop(self) -> None:
-        """Ask ``run()`` to finish its batch, commit and return (thread/signal safe)."""
-        self._stop.set()
-
-    def request_reload(self) -> None:
-        """Re-read the config file before the next poll (SIGHUP; signal safe)."""
-        if self.reloader is not None:
-            self.reloader.request()
-        else:
-            log.warning("config.reload_unavailable", detail="ingest runs without a config file")
 
     def run(self, max_batches: int | None = None) -> None:
         """Poll and process until :meth:`stop` (or ``max_batches`` non-empty batches)."""

@@ -86,6 +86,7 @@ from streamflame.config import HotReloader, ServiceConfig
 from streamflame.core.logs import configure_logging
 from streamflame.messages import decode_patch, encode
 from streamflame.pipeline.publisher import WorkerJob, start
+from streamflame.pipeline.shell import ServiceControls
 from streamflame.pipeline.worker.accuracy import OnlineAccuracy
 from streamflame.pipeline.worker.batch import BatchProcessor, PatchRecord
 from streamflame.pipeline.worker.batches import Computed, ReadBatch
@@ -99,7 +100,7 @@ _IDLE_POLL_MS = 200
 _INFLIGHT_POLL_MS = 20   # poll wait while the publisher holds a batch, to commit it soon after
 
 
-class Worker(WorkerOutcome):
+class Worker(ServiceControls, WorkerOutcome):
     """One worker process' loop; ``run()`` blocks until :meth:`stop` (thread-safe).
 
     ``cfg``: the service config. The model is ``Forecaster.load(cfg.worker.model_path)``
@@ -108,6 +109,8 @@ class Worker(WorkerOutcome):
     ``config_path``: the file ``cfg`` came from, re-read between batches when it changes or
     after :meth:`request_reload` (SIGHUP); see docs/configuration.md, "Hot reload".
     """
+
+    component = "worker"
 
     def __init__(self, cfg: ServiceConfig, *, ready_file: str | os.PathLike | None = None,
                  metrics: WorkerMetrics | None = None, config_path: str | os.PathLike | None = None):
@@ -131,16 +134,6 @@ class Worker(WorkerOutcome):
         self.batches = 0  # batches handled (for tests and logs)
 
     # -- lifecycle ---------------------------------------------------------------
-
-    def stop(self) -> None:
-        self._stop.set()
-
-    def request_reload(self) -> None:
-        """Re-read the config file before the next batch (SIGHUP; signal safe)."""
-        if self.reloader is not None:
-            self.reloader.request()
-        else:
-            log.warning("config.reload_unavailable", detail="the worker runs without a config file")
 
     def _check_reload(self) -> None:
         new = self.reloader.check() if self.reloader is not None else None
