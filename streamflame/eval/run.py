@@ -3,6 +3,7 @@
     streamflame eval DATA --horizon H --windows W --output FORECASTS.csv
                      [--model PATH|default|random|none] [--baselines seasonal_naive,autoets,fracast]
                      [--metrics METRICS.csv|.json] [--freq F] [--tz TZ] [--num-samples 100] [--seed 0]
+                     [--matmul float32|bf16|tf32]
     streamflame eval score FORECASTS.csv [MORE.csv ...] DATA [--metrics ...] [--freq F] [--tz TZ]
 
 Windows: per series, the last W non-overlapping blocks of H grid steps counted back from the
@@ -254,6 +255,8 @@ def _parser_run() -> argparse.ArgumentParser:
                    help="windows with fewer history points are dropped for every model (default 96)")
     p.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="processes for AutoETS fits")
     p.add_argument("--device", help="torch device for StreamFlame (default: cpu)")
+    p.add_argument("--matmul", default="float32", choices=("float32", "bf16", "tf32"),
+                   help="StreamFlame's sampling arithmetic (Forecaster.set_arithmetic; docs/model.md): float32 = exact")
     return p
 
 
@@ -313,6 +316,7 @@ def main_run(argv: list[str]) -> int:
         forecaster = load_model(args.model, args.seed)
         if args.device:
             forecaster = forecaster.to(device=args.device)
+        forecaster.set_arithmetic(args.matmul)
         adapter = StreamFlameAdapter(forecaster, args.num_samples, args.seed)
         adapter.check_horizon(args.horizon)
         min_history = max(min_history, adapter.min_history)

@@ -21,7 +21,9 @@ import torch
 
 from ..core.constants import DEFAULT_QUANTILES
 from .config import ModelConfig
+from .arithmetic import Arithmetic, bucket
 from .flame import STATE_FIELDS, Flame
+from .noise import series_keys, standard_normal
 from .perception import calendar_steps, mean_std
 from .batch import StateBatch
 from .state import SeriesState, StateDecodeError
@@ -66,7 +68,7 @@ _DTYPE_NAMES = {v: k for k, v in _TORCH.items()}
 class Forecast:
     mean: np.ndarray                 # (H,)
     quantiles: np.ndarray            # (Q, H), rows follow quantile_levels
-    samples: np.ndarray              # (S, H)
+    samples: np.ndarray | None       # (S, H); None when the call asked for no samples
     quantile_levels: tuple[float, ...]
 
     @property
@@ -102,6 +104,8 @@ class Forecaster:
         # and the batched calls ask several times per series).
         self._p0 = next(model.parameters())
         self._empty: dict[str, dict[str, np.ndarray]] = {}   # dtype -> init_state's arrays
+        self.arithmetic = Arithmetic()          # exact float32 sampling unless set_arithmetic says otherwise
+        self._compiled_sample = None
 
     # ---- construction --------------------------------------------------------------------
     @classmethod
@@ -142,6 +146,15 @@ class Forecaster:
 
     def to(self, device=None, dtype=None) -> "Forecaster":
         self.model.to(device=device, dtype=dtype)
+        self._compiled_sample = None
+        return self
+
+    def set_arithmetic(self, matmul: str = "float32", compile: bool = False) -> "Forecaster":
+        """Cheaper arithmetic for the sampling pass (model/arithmetic.py; off by default): matmul
+        "float32" (exact), "bf16" or "tf32" (CUDA); compile: torch.compile at bucketed batch sizes
+        (CUDA graphs on CUDA). Changes the published numbers within the errors in docs/model.md."""
+        self.arithmetic = Arithmetic(matmul, compile)
+        self._compiled_sample = None
         return self
 
     # ---- facts ---------------------------------------------------------------------------
@@ -221,12 +234,16 @@ class Forecaster:
                             n_patches=s.n_patches + 1, scale=s.scale) for s, n in zip(states, new)]
 
     def forecast_many(self, states: list[SeriesState], horizon: int, quantiles=DEFAULT_QUANTILES,
-                      num_samples: int = 100, seeds: list[int | None] | None = None) -> list[Forecast]:
-        """`forecast` for many series at once (one seed each), bit-identical for any batch."""
-        return self._forecast(states, horizon, quantiles, num_samples, seeds, pad=True)
+                      num_samples: int = 100, seeds: list[int | None] | None = None,
+                      samples: bool = True) -> list[Forecast]:
+        """`forecast` for many series at once (one seed each), bit-identical for any batch.
+        ``samples=False``: the sample paths stay on the device (``Forecast.samples`` is None);
+        only the mean and the quantiles are copied back."""
+        return self._forecast(states, horizon, quantiles, num_samples, seeds, pad=True, with_samples=samples)
 
     @torch.no_grad()
-    def _forecast(self, states, horizon, quantiles, num_samples, seeds, pad: bool) -> list[Forecast]:
+    def _forecast(self, states, horizon, quantiles, num_samples, seeds, pad: bool,
+                  with_samples: bool = True) -> list[Forecast]:
         cfg = self.config
         levels = self._forecast_args(horizon, quantiles, num_samples)
         seeds = list(seeds) if seeds is not None else [None] * len(states)
@@ -246,9 +263,10 @@ class Forecaster:
             extra = _padded(len(idx)) - len(idx) if pad else 0
             stacked = self._stack([states[i] for i in idx], extra)
             means, qs, samples = self._forecast_stacked(stacked, [seeds[i] for i in idx], skip, horizon, levels,
-                                                        num_samples, pad)
+                                                        num_samples, pad, with_samples)
             for j, i in enumerate(idx):
-                out[i] = Forecast(means[j].numpy(), qs[:, j].numpy(), samples[j].numpy(), levels)
+                out[i] = Forecast(means[j].numpy(), qs[:, j].numpy(),
+                                  samples[j].numpy() if samples is not None else None, levels)
         return out
 
     def _forecast_args(self, horizon, quantiles, num_samples) -> tuple[float, ...]:
@@ -264,29 +282,32 @@ class Forecaster:
         return levels
 
     def _forecast_stacked(self, stacked: dict[str, torch.Tensor], seeds: list, skip: int, horizon: int,
-                          levels: tuple[float, ...], num_samples: int, pad: bool):
+                          levels: tuple[float, ...], num_samples: int, pad: bool, with_samples: bool = True):
         """Sample one chunk of already-stacked states (shared by ``_forecast`` and ``forecast_batch``).
         stacked: STATE_FIELDS -> (m, ...) on the model's device, m >= n = len(seeds) (rows past n pad:
         _padded(n) rows when ``pad``); every state has ``skip`` buffered observations.
-        Returns CPU tensors means (n, H), quantiles (Q, n, H), samples (n, S, H)."""
-        cfg, n = self.config, len(seeds)
-        dt = _TORCH[self.dtype]
-        q = torch.tensor(levels, dtype=torch.float64)
+        seeds: n ints / None, or an (n, 2) int64 tensor of noise.series_keys.
+        Returns CPU tensors means (n, H), quantiles (Q, n, H), samples (n, S, H) or None; the
+        noise, the mean and the quantiles are computed on the model's device."""
+        cfg = self.config
+        keys = seeds if isinstance(seeds, torch.Tensor) else series_keys(seeds)
+        n = keys.shape[0]
         K = -(-(horizon + skip) // cfg.patch_len)
-        noise = [_noise(s, (num_samples, K, cfg.patch_len), dt) for s in seeds]
         # The per-series layers run on the padded rows; the flow over samples (most of the
         # cost) only on as many rows as make its matrices a multiple of MIN_ROWS tall.
         # (with ar_patches the flow runs one future patch at a time: num_samples rows per series)
         rows = num_samples if cfg.ar_patches else K * num_samples
         n_flow = _flow_rows(n, rows) if pad else n
-        noise = torch.stack(noise + [noise[0]] * (n_flow - n))
-        samples = self.model.sample(stacked, K, noise.to(self.device))[:n, :, skip:skip + horizon].cpu()
+        keys = torch.cat([keys, keys[:1].expand(n_flow - n, 2)]).to(self.device)    # pad rows: row 0's noise
+        noise = _noise(keys, (num_samples, K, cfg.patch_len), _TORCH[self.dtype])
+        with self.arithmetic.sampling(self.device):
+            samples = self._sample(stacked, K, noise)[:n, :, skip:skip + horizon]
         means = samples.mean(1)
-        qs = sample_quantiles(samples, q)                               # (Q, b, H)
+        qs = sample_quantiles(samples, torch.tensor(levels, dtype=torch.float64, device=samples.device))
         if self.dtype == "float32":                 # published at the float32 model's resolution
-            std = mean_std(stacked["stats"][:n], stacked["ref"][:n])[1].cpu()
+            std = mean_std(stacked["stats"][:n], stacked["ref"][:n])[1]
             means, qs = round_to_scale(means, std), round_to_scale(qs, std, dim=1)
-        return means, qs, samples
+        return means.cpu(), qs.cpu(), samples.cpu() if with_samples else None
 
     # ---- state batches (the worker's hot path: model/batch.py) ------------------------------
     def state_batch(self, capacity: int) -> StateBatch:
@@ -354,6 +375,19 @@ class Forecaster:
                                    f"({batch.layout.dtype}); this forecaster is {self.model_id} ({self.dtype})")
 
     # ---- internals -----------------------------------------------------------------------
+    def _sample(self, stacked: dict[str, torch.Tensor], K: int, noise: torch.Tensor) -> torch.Tensor:
+        """model.sample, or with ``compile`` its compiled form on rows padded to whole buckets
+        (repeats of row 0), so varying batches reuse a few graphs."""
+        if not self.arithmetic.compile:
+            return self.model.sample(stacked, K, noise)
+        if self._compiled_sample is None:
+            self._compiled_sample = torch.compile(self.model.sample, mode="reduce-overhead", dynamic=False)
+        m, n = next(iter(stacked.values())).shape[0], noise.shape[0]
+        mb, nb = bucket(m), bucket(n)
+        stacked = {k: torch.cat([v, v[:1].expand(mb - m, *v.shape[1:])]) for k, v in stacked.items()}
+        noise = torch.cat([noise, noise[:1].expand(nb - n, *noise.shape[1:])])
+        return self._compiled_sample(stacked, K, noise)[:n].clone()
+
     def _check(self, state: SeriesState) -> None:
         if not isinstance(state, SeriesState):
             raise TypeError(f"expected a SeriesState, got {type(state).__name__}")
@@ -399,15 +433,21 @@ def _check_range(v: np.ndarray, dtype: str) -> None:
                              f"got {float(v[np.abs(v) > top].flat[0])!r}")
 
 
-def sample_quantiles(samples: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+def sample_quantiles(samples: torch.Tensor, q: torch.Tensor, numpy_sort: bool | None = None) -> torch.Tensor:
     """``torch.quantile(samples, q, dim=1)`` (linear interpolation, NaN rows -> NaN), bit
-    for bit, with the sort done by numpy: (b, S, H) CPU samples, (Q,) float64 levels ->
-    (Q, b, H). torch's own sort is the cost there (60 of 68 ms for 128 series x 100
-    samples x 96 steps on the 2-core machine, ~10 ms this way); the rank, gather and
-    lerp steps below are torch.quantile's. Reference check:
-    tests/test_model_parts.py::test_sample_quantiles_equal_torch_quantile."""
+    for bit, on the samples' device: (b, S, H) samples, (Q,) float64 levels -> (Q, b, H).
+    On CPU the sort is numpy's: torch's own is the cost there (60 of 68 ms for 128 series x
+    100 samples x 96 steps on the 2-core machine, ~10 ms this way); elsewhere torch.sort.
+    (``numpy_sort``: force either, for tests; None = by device.) The rank, gather and lerp
+    steps below are torch.quantile's. Reference checks: tests/test_model_parts.py::
+    test_sample_quantiles_equal_torch_quantile, tests/test_arithmetic.py (the torch.sort path)."""
     b, n, h = samples.shape
-    srt = torch.from_numpy(np.sort(samples.numpy(), axis=1)).permute(0, 2, 1)   # (b, H, S), NaN last
+    q = q.to(samples.device)
+    if numpy_sort if numpy_sort is not None else samples.device.type == "cpu":
+        srt = torch.from_numpy(np.sort(samples.numpy(), axis=1))
+    else:
+        srt = samples.sort(dim=1).values                                     # NaN last, as numpy
+    srt = srt.permute(0, 2, 1)                                               # (b, H, S), NaN last
     ranks = (q * (n - 1)).expand(b, h, len(q)).contiguous()                   # (b, H, Q)
     ranks = ranks.masked_fill(srt[..., -1:].isnan(), n - 1)                    # NaN in a row -> NaN
     below = ranks.long()
@@ -418,7 +458,7 @@ def sample_quantiles(samples: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
 
 
 RESOLUTION_DIGITS = 7                     # float32: 2**-23 = 1.2e-7 relative
-_POW10 = torch.tensor([float(10 ** k) for k in range(23)], dtype=torch.float64)   # exact
+_POW10 = {"cpu": torch.tensor([float(10 ** k) for k in range(23)], dtype=torch.float64)}   # exact; per device
 
 
 def round_to_scale(x: torch.Tensor, std: torch.Tensor, dim: int = 0) -> torch.Tensor:
@@ -432,14 +472,17 @@ def round_to_scale(x: torch.Tensor, std: torch.Tensor, dim: int = 0) -> torch.Te
     record of 11 quantiles x 96 steps: 22 -> 13 KB). Rounded as k / 10**-e (or k * 10**e),
     which is the nearest float64 to that decimal. Left unchanged: NaN and inf, grids beyond
     1e+-22, and values of 2**52 grid steps or more (the grid cannot hold them exactly).
-    Elementwise, so batched and single-series forecasts stay bit-identical.
+    Elementwise, so batched and single-series forecasts stay bit-identical. Runs on x's device.
     """
     e = torch.floor(torch.log10(std.to(torch.float64))) - RESOLUTION_DIGITS
     shape = [1] * x.dim()
     shape[dim] = -1
     e = e.reshape(shape)
     ok = e.abs() <= 22
-    p = _POW10[torch.where(ok, e.abs(), 0).long()]
+    pow10 = _POW10.get(str(x.device))
+    if pow10 is None:
+        pow10 = _POW10[str(x.device)] = _POW10["cpu"].to(x.device)
+    p = pow10[torch.where(ok, e.abs(), 0).long()]
     fine = e < 0                                   # step 10**e < 1: scale up by p = 10**-e
     scaled = torch.where(fine, x * p, x / p)
     k = torch.round(scaled)
@@ -448,10 +491,9 @@ def round_to_scale(x: torch.Tensor, std: torch.Tensor, dim: int = 0) -> torch.Te
     return torch.where(keep, y, x)
 
 
-def _noise(seed: int | None, shape, dtype) -> torch.Tensor:
-    g = torch.Generator()
-    g.manual_seed(int(seed) if seed is not None else int(torch.randint(0, 2**62, ()).item()))
-    return torch.randn(shape, generator=g, dtype=dtype)
+def _noise(keys: torch.Tensor, shape, dtype) -> torch.Tensor:
+    """(n, *shape) standard normal noise on keys' device, series i's from keys[i] alone (model/noise.py)."""
+    return standard_normal(keys, shape, dtype, keys.device)
 
 
 def _model_id(model: Flame) -> str:
