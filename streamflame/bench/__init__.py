@@ -5,6 +5,7 @@
     streamflame bench soak       # steady rate through the embedded stack: RSS per process and lag over time
     streamflame bench alerts     # injected anomalies in held-out series through ingest: recall, delay, false episodes
     streamflame bench train      # training throughput (observations/s): sampler, model step, the loop
+    streamflame bench reencode   # a Chronos-Bolt-small-sized model re-reading each context (the comparison)
 """
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ import importlib
 import sys
 
 SUBCOMMANDS = {"step": "streamflame.bench.step", "pipeline": "streamflame.bench.pipeline",
-               "soak": "streamflame.bench.soak", "alerts": "streamflame.bench.alerts", "train": "streamflame.bench.train"}
+               "soak": "streamflame.bench.soak", "alerts": "streamflame.bench.alerts", "train": "streamflame.bench.train",
+               "reencode": "streamflame.bench.reencode"}
 
 
 def main(argv: list[str] | None = None) -> int:
