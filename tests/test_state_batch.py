@@ -103,12 +103,14 @@ def test_step_and_forecast_equal_update_many_and_forecast_many_for_any_compositi
         seeds = rng.integers(0, 2 ** 62, len(frows)).tolist()
         h = int(rng.integers(1, f.config.max_horizon + 1))
         want = f.forecast_many([ref[r] for r in frows], h, (0.1, 0.5, 0.9), 17, seeds)
-        got = f.forecast_batch(sb, frows, h, (0.1, 0.5, 0.9), 17, seeds)
+        with_samples = bool(rng.random() < 0.7)
+        got = f.forecast_batch(sb, frows, h, (0.1, 0.5, 0.9), 17, seeds, samples=with_samples)
         assert len(got) == len(frows)
         for j, w in enumerate(want):
             g = got.get(j)
             assert g.mean.tobytes() == w.mean.tobytes() and g.quantiles.tobytes() == w.quantiles.tobytes()
-            assert g.samples.tobytes() == w.samples.tobytes() and g.quantile_levels == w.quantile_levels
+            assert g.quantile_levels == w.quantile_levels
+            assert g.samples.tobytes() == w.samples.tobytes() if with_samples else g.samples is None
 
 
 def test_batch_equals_the_single_series_calls(f):
@@ -198,3 +200,41 @@ def test_misuse_is_a_clear_error(f):
     other = Forecaster.from_config(tiny_config(), seed=1)
     with pytest.raises(StateDecodeError, match="model"):
         other.step_batch(sb, np.zeros((1, P)))
+
+
+def _with_header(b: bytes, old: bytes, new: bytes) -> bytes:
+    """State bytes with ``old`` replaced by ``new`` in the header, length and checksum redone."""
+    import struct
+    import zlib
+    hlen = struct.unpack("<I", b[6:10])[0]
+    h = b[10:10 + hlen]
+    assert h.count(old) == 1
+    h = h.replace(old, new)
+    out = b[:4] + struct.pack("<HI", 1, len(h)) + h + b[10 + hlen:-4]
+    return out + struct.pack("<I", zlib.crc32(out))
+
+
+@pytest.mark.parametrize("old,new", [
+    (b'"n_obs":240', b'"n_obs":0240'), (b'"n_obs":240', b'"n_obs":2.4e2'), (b'"n_obs":240', b'"n_obs":-240'),
+    (b'"n_obs":240', b'"n_obs": 240'), (b'"n_obs":240', b'"n_obs":"240"'), (b'"n_obs":240', b'"n_obs":1_0'),
+    (b'"n_patches":5', b'"n_patches":+5'), (b'"scale":3.0', b'"scale":3'), (b'"scale":3.0', b'"scale":3.00e0'),
+    (b'"scale":3.0', b'"scale":1_0.0'), (b'"scale":3.0', b'"scale":NaN'), (b'"scale":3.0', b'"scale":.5'),
+    (b'"meta":{}', b'"meta":{"a":1}'), (b'"meta":{}', b'"meta":5'), (b'"dtype":"float32"', b'"dtype":"float64"'),
+])
+def test_hand_made_headers_are_judged_as_from_bytes_judges_them(f, old, new):
+    """The batch reads a header in its fast path only when it is the template; every variant is
+    accepted or refused as SeriesState.from_bytes does, and accepted ones re-encode alike."""
+    s = SeriesState(f.model_id, f.dtype, f.init_state().tensors, np.zeros(0, np.float32), 240, 5, 3.0)
+    data = _with_header(s.to_bytes(), old, new)
+    sb = f.state_batch(1)
+    try:
+        ref = SeriesState.from_bytes(data)
+        assert ref.dtype == f.dtype and ref.model_id == f.model_id
+    except (StateDecodeError, AssertionError):
+        with pytest.raises(StateDecodeError):
+            sb.append_bytes(data)
+        assert sb.size == 0
+        return
+    sb.append_bytes(data)
+    ref.meta = {}                                     # the batch keeps no meta (a step drops it)
+    assert sb.to_bytes() == [ref.to_bytes()]

@@ -1,6 +1,7 @@
 """Model cost: advancing a state by one patch vs rebuilding it from the whole history, and forecasting.
 
     python -m streamflame.bench step [--histories 512,2048,8192] [--batch 256] [--device cpu|cuda]
+    python -m streamflame.bench step --path list,batch [--tiny]   # host overhead per series (bench/step_paths.py)
 
 Single-series figures use the public calls (`update`, `state_from_history`, `forecast`).
 Batched figures (per series, amortised over --batch series) use the worker's calls
@@ -16,7 +17,8 @@ import time
 import numpy as np
 import torch
 
-from streamflame.model import Forecaster
+from streamflame.bench.step_paths import compare_paths
+from streamflame.model import Forecaster, tiny_config
 from streamflame.model.forecaster import _TORCH
 from streamflame.model.flame import Flame, load_compatible
 
@@ -57,9 +59,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seasonal", action="store_true",
                     help="also time them with the seasonal memory (seasonal_memory + hint_features; with --ar, "
                          "both levers together as well), alternating with the model as loaded")
+    ap.add_argument("--path", default="",
+                    help="only time the worker's refresh of --batch series from state bytes to state bytes by these "
+                         "paths (list = SeriesState + update_many/forecast_many, batch = StateBatch), in alternating "
+                         "rounds: the host overhead per series, time outside the model calls (bench/step_paths.py)")
+    ap.add_argument("--tiny", action="store_true", help="the small test config (random weights) instead")
+    ap.add_argument("--rounds", type=int, default=5, help="alternating rounds for --path")
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
     args = ap.parse_args(argv)
     torch.set_grad_enabled(False)
-    f = Forecaster.load(args.checkpoint) if args.checkpoint else Forecaster.from_config()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    f = (Forecaster.load(args.checkpoint) if args.checkpoint else
+         Forecaster.from_config(tiny_config() if args.tiny else None))
     f.to(device=args.device)
     rng = np.random.default_rng(0)
     p = f.config.patch_len
@@ -68,6 +80,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"# streamflame bench step | device={args.device} ({name}) threads={torch.get_num_threads()} "
           f"| params={f.num_parameters()} state_bytes={f.init_state().nbytes} | {time.strftime('%Y-%m-%d')}")
     sync = (lambda: torch.cuda.synchronize()) if dev.type == "cuda" else (lambda: None)
+    if args.path:
+        compare_paths(f, args, series)
+        return 0
 
     print("\n## single series (public API)")
     print(f"{'history':>8} {'update ms':>10} {'rebuild ms':>11} {'rebuild/update':>15}")

@@ -21,20 +21,24 @@ today) is not kept: a step drops it as update_many does.
 """
 from __future__ import annotations
 
+import re
 import struct
 import sys
-import zlib
 from dataclasses import dataclass
 
 import numpy as np
 import orjson
 import torch
+from isal.isal_zlib import crc32   # zlib's CRC-32, ~10x faster (pyproject.toml)
 
 from .flame import STATE_FIELDS
 from .state import FORMAT_VERSION, MAGIC, MAX_STATE_BYTES, SeriesState, StateDecodeError, _dtype_name
 
 _LITTLE = sys.byteorder == "little"
 _HEAD = struct.Struct("<4sHI")
+_VERSION_HLEN = struct.Struct("<HI")
+# the header's varying middle as orjson reads it: non-negative integers without a leading zero
+_COUNTS = re.compile(rb'(0|[1-9][0-9]{0,17}),"n_patches":(0|[1-9][0-9]{0,17}),"scale":([-+.0-9eE]{1,32})')
 _CRC = struct.Struct("<I")
 
 
@@ -74,7 +78,8 @@ class StateLayout:
         h = self.header(0, 0, 1.0, self.specs)
         a, b = h.index(b'"n_obs":0,'), h.index(b',"tensors":')
         self._head, self._tail = h[:a + 8], h[b:]
-        self._scales: dict[float, bytes] = {}
+        self._scales: dict[float, bytes] = {}                  # scale -> its JSON
+        self._scale_of: dict[bytes, float] = {}                # and back
         assert self._header(7, 3, 0.5) == self.header(7, 3, 0.5, self.specs), "header template"
 
     def header(self, n_obs: int, n_patches: int, scale: float, specs: list) -> bytes:
@@ -91,6 +96,31 @@ class StateLayout:
             s = self._scales[scale] = orjson.dumps(scale)
         return b"%s%d,\"n_patches\":%d,\"scale\":%s%s" % (self._head, n_obs, n_patches, s, self._tail)
 
+    def parse(self, data: bytes, a: int, b: int) -> tuple[int, int, float] | None:
+        """(n_obs, n_patches, scale) of the header in data[a:b] when it is this layout's template
+        (this model and dtype, no meta, the canonical fields), read as orjson would read it;
+        None for anything else (the reference decoder then judges it)."""
+        head, tail = self._head, self._tail
+        if not (data.startswith(head, a) and data.endswith(tail, a, b)):
+            return None
+        m = _COUNTS.fullmatch(data, a + len(head), b - len(tail))
+        if m is None:
+            return None
+        obs, pat, sc = m.groups()
+        scale = self._scale_of.get(sc)
+        if scale is None:
+            try:
+                v = orjson.loads(sc)
+            except orjson.JSONDecodeError:
+                return None
+            if type(v) not in (int, float):
+                return None
+            scale = float(v)
+            if len(self._scale_of) > 4096:
+                self._scale_of.clear()
+            self._scale_of[sc] = scale
+        return int(obs), int(pat), scale
+
 
 class StateBatch:
     """Up to ``capacity`` series' states; see the module docstring for the shapes."""
@@ -101,6 +131,7 @@ class StateBatch:
         self.device = torch.device(device)
         pin = self.device.type == "cuda"
         self._staging = torch.empty((self.capacity, layout.body), dtype=torch.uint8, pin_memory=pin).numpy()
+        self._flat = memoryview(self._staging.reshape(-1))     # row i = [i * body, (i + 1) * body)
         self._host = {f.name: torch.empty((self.capacity, *f.shape), dtype=_torch_dtype(f.dtype), pin_memory=pin)
                       for f in layout.fields}
         self.n_obs = np.zeros(self.capacity, np.int64)
@@ -140,24 +171,15 @@ class StateBatch:
                 raise StateDecodeError(f"state must be bytes, got {type(data).__name__}")
             data = bytes(data)
         lay, n = self.layout, len(data)
-        if 14 <= n <= MAX_STATE_BYTES:
-            magic, version, hlen = _HEAD.unpack_from(data)
+        if 14 <= n <= MAX_STATE_BYTES and data.startswith(MAGIC):
+            version, hlen = _VERSION_HLEN.unpack_from(data, 4)
             start = 10 + hlen
-            if (magic == MAGIC and version == FORMAT_VERSION and start + lay.body + 4 == n
-                    and (not verify or zlib.crc32(memoryview(data)[:-4]) == _CRC.unpack_from(data, n - 4)[0])):
-                try:
-                    h = orjson.loads(memoryview(data)[10:start])
-                    ok = (type(h) is dict and h.get("tensors") == lay.specs and h.get("dtype") == lay.dtype
-                          and type(h.get("meta") or {}) is dict)
-                    if ok:
-                        mid, n_obs, n_patches, scale = str(h["model_id"]), int(h["n_obs"]), int(h["n_patches"]), \
-                            float(h["scale"])
-                except (KeyError, TypeError, ValueError, orjson.JSONDecodeError):
-                    ok = False
-                if ok:
-                    self._check_model(mid)
-                    self._staging[i] = np.frombuffer(data, np.uint8, lay.body, start)
-                    self.n_obs[i], self.n_patches[i], self.scale[i] = n_obs, n_patches, scale
+            if (version == FORMAT_VERSION and start + lay.body + 4 == n
+                    and (not verify or crc32(memoryview(data)[:-4]) == _CRC.unpack_from(data, n - 4)[0])):
+                counts = lay.parse(data, 10, start)
+                if counts is not None:
+                    self._flat[i * lay.body:(i + 1) * lay.body] = memoryview(data)[start:n - 4]
+                    self.n_obs[i], self.n_patches[i], self.scale[i] = counts
                     self.size = i + 1
                     return i
         return self.append_state(SeriesState.from_bytes(data))   # anything else: the reference decoder
@@ -257,7 +279,7 @@ class StateBatch:
             st[:n, f.offset:f.offset + f.nbytes] = a.view(np.uint8) if _LITTLE else a.astype(
                 f.dtype.newbyteorder("<")).view(np.uint8)
         out = []
-        head, crc32 = _HEAD.pack, zlib.crc32
+        head = _HEAD.pack
         n_obs, n_patches, scale = self.n_obs.tolist(), self.n_patches.tolist(), self.scale.tolist()
         for i in (range(n) if rows is None else rows):
             odd = self._odd.get(i)

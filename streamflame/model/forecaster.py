@@ -81,18 +81,21 @@ class Forecast:
 
 @dataclass
 class BatchForecast:
-    """``forecast_batch``'s forecasts of n series: mean (n, H), quantiles (Q, n, H), samples (n, S, H)."""
-    mean: np.ndarray
-    quantiles: np.ndarray
-    samples: np.ndarray
+    """``forecast_batch``'s forecasts of n series, as its chunks computed them (not copied
+    together): chunk c holds series [c * chunk, (c + 1) * chunk) as mean (b, H), quantiles
+    (Q, b, H), samples (b, S, H) or None (``samples=False``)."""
+    chunks: list[tuple[np.ndarray, np.ndarray, np.ndarray | None]]
+    chunk: int
     quantile_levels: tuple[float, ...]
 
     def __len__(self) -> int:
-        return int(self.mean.shape[0])
+        return sum(int(c[0].shape[0]) for c in self.chunks)
 
     def get(self, j: int) -> Forecast:
-        """Series j's forecast (views of the batch's arrays)."""
-        return Forecast(self.mean[j], self.quantiles[:, j], self.samples[j], self.quantile_levels)
+        """Series j's forecast (views of its chunk's arrays)."""
+        mean, qs, samples = self.chunks[j // self.chunk]
+        k = j % self.chunk
+        return Forecast(mean[k], qs[:, k], None if samples is None else samples[k], self.quantile_levels)
 
 
 class Forecaster:
@@ -340,9 +343,11 @@ class Forecaster:
 
     @torch.no_grad()
     def forecast_batch(self, batch: StateBatch, rows, horizon: int, quantiles=DEFAULT_QUANTILES,
-                       num_samples: int = 100, seeds: list[int | None] | None = None) -> BatchForecast:
+                       num_samples: int = 100, seeds: list[int | None] | None = None,
+                       samples: bool = True) -> BatchForecast:
         """``forecast_many`` of the states in ``rows`` of a StateBatch (None: all), one seed each:
-        the same numbers, chunked and padded as forecast_many is."""
+        the same numbers, chunked and padded as forecast_many is. ``samples=False``: the sample
+        paths are not copied back (``Forecast.samples`` is None)."""
         self._check_batch(batch)
         levels = self._forecast_args(horizon, quantiles, num_samples)
         rows = list(range(batch.size)) if rows is None else list(rows)
@@ -355,17 +360,9 @@ class Forecaster:
                              f"({self.config.patch_len} observations); row {short[0]} has {batch.n_obs[short[0]]}")
         chunk = CPU_FORECAST_CHUNK if self.device.type == "cpu" else max(1, len(rows))
         parts = [self._forecast_stacked(batch.gather(rows[a:a + chunk], _padded(len(rows[a:a + chunk]))),
-                                        seeds[a:a + chunk], 0, horizon, levels, num_samples, True)
+                                        seeds[a:a + chunk], 0, horizon, levels, num_samples, True, samples)
                  for a in range(0, len(rows), chunk)]
-        if not parts:
-            h, s = np.zeros((0, horizon)), np.zeros((0, num_samples, horizon))
-            return BatchForecast(h, np.zeros((len(levels), 0, horizon)), s, levels)
-        if len(parts) == 1:
-            means, qs, samples = parts[0]
-        else:
-            means, qs, samples = (torch.cat([x[0] for x in parts]), torch.cat([x[1] for x in parts], 1),
-                                  torch.cat([x[2] for x in parts]))
-        return BatchForecast(means.numpy(), qs.numpy(), samples.numpy(), levels)
+        return BatchForecast([tuple(None if x is None else x.numpy() for x in part) for part in parts], chunk, levels)
 
     def _check_batch(self, batch: StateBatch) -> None:
         if not isinstance(batch, StateBatch):

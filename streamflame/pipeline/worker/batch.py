@@ -386,7 +386,8 @@ class BatchProcessor:
         for (horizon, quantiles, num_samples), idx in groups.items():
             seeds = [forecast_seed(seed, active[i].sid, recs[i].patch.seq) for i in idx]
             t0 = time.perf_counter()
-            fcs = self.f.forecast_batch(self._sb, [active[i].row for i in idx], horizon, quantiles, num_samples, seeds)
+            fcs = self.f.forecast_batch(self._sb, [active[i].row for i in idx], horizon, quantiles, num_samples, seeds,
+                                        samples=any(active[i].group.include_samples for i in idx))
             res.forecast_s += time.perf_counter() - t0
             for j, i in enumerate(idx):
                 w, p, fc = active[i], recs[i].patch, fcs.get(j)
