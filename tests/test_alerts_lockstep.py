@@ -10,6 +10,7 @@ import random
 import pytest
 
 from streamflame.alerts.judge import JudgeState, TrackerParams, observe
+from streamflame.alerts import lockstep
 from streamflame.alerts.lockstep import SNAPSHOT, Ops, judge_many, judge_one
 
 
@@ -54,9 +55,11 @@ def _warm_state(rng: random.Random, windows) -> JudgeState:
     return st
 
 
+@pytest.mark.parametrize("min_rows", [0, 24, 10_000])   # lockstep to the end / the few longest one by one / none
 @pytest.mark.parametrize("windows", [(1, 2, 3, 5, 8), (1,), (2, 4), (1, 3, 16)])
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_lockstep_equals_one_by_one(windows, seed):
+def test_lockstep_equals_one_by_one(windows, seed, min_rows, monkeypatch):
+    monkeypatch.setattr(lockstep, "MIN_ROWS", min_rows)
     rng = random.Random(seed)
     series = []
     for i in range(rng.randint(20, 60)):

@@ -29,6 +29,8 @@ from streamflame.alerts.judge import _ABS_TO_SD, _SQRT, _TRI, JudgeState, Tracke
 __all__ = ["Ops", "Judged", "judge_many", "judge_one"]
 
 SNAPSHOT = "snapshot"
+MIN_ROWS = 24
+"""Below this many series still running, the lockstep hands the rest to :func:`judge_one`."""
 
 
 @dataclass
@@ -149,18 +151,23 @@ def _lockstep(rows, windows: tuple[int, ...], p: TrackerParams):
                 m[row] = 0
 
     c = _Consts(windows, p)
-    n = S
+    n, stop = S, K
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         for k in range(K):
             while n and lens[n - 1] <= k:
                 n -= 1
+            if n < MIN_ROWS:            # the few longest go on one by one (numpy's per-call cost)
+                stop = k
+                break
             for row in events.get(k, ()):
                 side(k, row)
             _observe_rows(k, n, V, arrays, (Z, WIN, EXP, NB), c)
-    # what comes after each series' last value: snapshots of the final state (the usual case,
-    # a patch closed at the batch's last value) are taken from it below
+        else:
+            n = 0
+    # what comes after the last value of the series done here: snapshots of the final state
+    # (the usual case, a patch closed at the batch's last value) are taken from it below
     final_snaps = [0] * S
-    for row in range(S):
+    for row in range(n, S):
         tail = between[order[row]].get(lens[row], ())
         if tail and all(it is SNAPSHOT for it in tail):
             final_snaps[row] = len(tail)
@@ -174,7 +181,13 @@ def _lockstep(rows, windows: tuple[int, ...], p: TrackerParams):
     Zl, Wl, El, Nl = Z.tolist(), WIN.tolist(), EXP.tolist(), NB.tolist()
     for row, r in enumerate(order):
         L = lens[row]
-        yield rows[r][0], Judged(Zl[row][:L], Wl[row][:L], El[row][:L], Nl[row][:L], snaps[row])
+        if row < n:                     # values stop.. one by one, from the state just stored
+            rest = judge_one(Ops(states[row], vals[r], between[r]), windows, p, start=stop)
+            yield rows[r][0], Judged(Zl[row][:stop] + rest.z, Wl[row][:stop] + rest.window,
+                                     El[row][:stop] + rest.expected, Nl[row][:stop] + rest.n_before,
+                                     snaps[row] + rest.snapshots)
+        else:
+            yield rows[r][0], Judged(Zl[row][:L], Wl[row][:L], El[row][:L], Nl[row][:L], snaps[row])
 
 
 class _Consts:
