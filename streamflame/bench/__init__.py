@@ -4,6 +4,7 @@
     streamflame bench pipeline   # the embedded stack end to end, each figure beside its ceiling
     streamflame bench soak       # steady rate through the embedded stack: RSS per process and lag over time
     streamflame bench alerts     # injected anomalies in held-out series through ingest: recall, delay, false episodes
+    streamflame bench alerts-offline  # the same scoring on the detectors alone, on training series (for tuning)
     streamflame bench train      # training throughput (observations/s): sampler, model step, the loop
     streamflame bench reencode   # a Chronos-Bolt-small-sized model re-reading each context (the comparison)
 """
@@ -13,7 +14,8 @@ import importlib
 import sys
 
 SUBCOMMANDS = {"step": "streamflame.bench.step", "pipeline": "streamflame.bench.pipeline",
-               "soak": "streamflame.bench.soak", "alerts": "streamflame.bench.alerts", "train": "streamflame.bench.train",
+               "soak": "streamflame.bench.soak", "alerts": "streamflame.bench.alerts",
+               "alerts-offline": "streamflame.bench.alerts_offline", "train": "streamflame.bench.train",
                "reencode": "streamflame.bench.reencode"}
 
 
