@@ -20,11 +20,13 @@ export PYTHONUNBUFFERED=1
 CKPT=streamflame/checkpoints/default
 if [ "${SF_GPU_BENCH_SMOKE:-0}" = 1 ]; then
     PY=${PYTHON:-.venv/bin/python}; DEV=cpu; BATCHES="32"; ROUNDS=1; REPS=2
-    RE_BATCH=2; RE_CONTEXT=256; PIPE="--series 40 --patches 1 --worker-batch 16 --latency-seconds 2 --latency-series 10"
+    RE_BATCH=2; RE_CONTEXT=256; PIPE="--series 40 --patches 1 --batch-patches 2 --worker-batch 16 --latency-seconds 2 --latency-series 10"
     T_STEP=400; T_RE=120; T_PIPE=400; export SF_GPU_BENCH_SECONDS=${SF_GPU_BENCH_SECONDS:-3000}
 else
     PY=${PYTHON:-python3}; DEV=cuda; BATCHES="4096 16384 65536"; ROUNDS=3; REPS=4
-    RE_BATCH=4096; RE_CONTEXT=2048; PIPE="--series 40000 --patches 2 --worker-batch 4096 --latency-seconds 10"
+    RE_BATCH=4096; RE_CONTEXT=2048
+    # worker stage: 24,576 forecasts in batches of 4,096; the ingest stages before it see the same series
+    PIPE="--series 8192 --patches 3 --batch-patches 4 --worker-batch 4096 --latency-seconds 10 --latency-series 500"
     T_STEP=100; T_RE=45; T_PIPE=150
 fi
 if [ -d gpu/bench/wheels ] && [ "$DEV" = cuda ]; then

@@ -2,6 +2,7 @@
 
     python -m streamflame.bench step [--histories 512,2048,8192] [--batch 256] [--device cpu|cuda]
     python -m streamflame.bench step --path list,batch [--tiny]   # host overhead per series (bench/step_paths.py)
+    python -m streamflame.bench step --refresh batch:float32,batch:bf16 [--baseline-tree DIR]   # series/s (step_refresh.py)
 
 Single-series figures use the public calls (`update`, `state_from_history`, `forecast`).
 Batched figures (per series, amortised over --batch series) use the worker's calls
@@ -18,6 +19,7 @@ import numpy as np
 import torch
 
 from streamflame.bench.step_paths import compare_paths
+from streamflame.bench.step_refresh import compare_refresh
 from streamflame.model import Forecaster, tiny_config
 from streamflame.model.forecaster import _TORCH
 from streamflame.model.flame import Flame, load_compatible
@@ -64,7 +66,13 @@ def main(argv: list[str] | None = None) -> int:
                          "paths (list = SeriesState + update_many/forecast_many, batch = StateBatch), in alternating "
                          "rounds: the host overhead per series, time outside the model calls (bench/step_paths.py)")
     ap.add_argument("--tiny", action="store_true", help="the small test config (random weights) instead")
-    ap.add_argument("--rounds", type=int, default=5, help="alternating rounds for --path")
+    ap.add_argument("--rounds", type=int, default=5, help="alternating rounds for --path and --refresh")
+    ap.add_argument("--refresh", default="",
+                    help="only time series refreshed per second by these paths, [list:|batch:]MATMUL[/compile][+SAMPLES] "
+                         "comma-separated (bench/step_refresh.py), in alternating rounds")
+    ap.add_argument("--baseline-tree", default=None,
+                    help="with --refresh: also time the list path of the StreamFlame source tree in this directory "
+                         "(e.g. today's code: git archive REV streamflame | tar -x -C DIR) as 'baseline'")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
     args = ap.parse_args(argv)
     torch.set_grad_enabled(False)
@@ -80,6 +88,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"# streamflame bench step | device={args.device} ({name}) threads={torch.get_num_threads()} "
           f"| params={f.num_parameters()} state_bytes={f.init_state().nbytes} | {time.strftime('%Y-%m-%d')}")
     sync = (lambda: torch.cuda.synchronize()) if dev.type == "cuda" else (lambda: None)
+    if args.refresh:
+        compare_refresh(f, args, series, STEP)
+        return 0
     if args.path:
         compare_paths(f, args, series)
         return 0

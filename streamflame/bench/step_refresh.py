@@ -87,7 +87,7 @@ def _path(f, name: str, histories: np.ndarray, nxt: np.ndarray, step: float, arg
                 sb.append_bytes(b)
             sb.seal()
             f.step_batch(sb, nxt)
-            f.forecast_batch(sb, None, H, num_samples=samples, seeds=seeds)
+            f.forecast_batch(sb, None, H, num_samples=samples, seeds=seeds, samples=False)
             return sb.to_bytes()
     return RefreshPath(f"{kind}:{spec}" if name != "baseline" else name, run, samples)
 
@@ -113,22 +113,27 @@ def compare_refresh(f, args, series: Callable, step: float) -> None:
         paths.append(_path(g, name, histories, nxt, step, args))
     sync = torch.cuda.synchronize if torch.device(args.device).type == "cuda" else (lambda: None)
     times: dict[str, list[float]] = {q.name: [] for q in paths}
+    cpu: dict[str, list[float]] = {q.name: [] for q in paths}     # this process' CPU time, all threads
     written = [q.run() for q in paths]               # warm-up (compiles, caches) and a check
     same = all(w == written[0] for w in written)
     for _ in range(args.rounds):
         for q in paths:
             sync()
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             q.run()
             sync()
             times[q.name].append(time.perf_counter() - t)
+            cpu[q.name].append(time.process_time() - c)
     print(f"\n## refresh = state bytes -> one patch -> forecast (H={args.horizon}) -> state bytes, batch of {B}, "
           f"{args.rounds} rounds alternating, {args.device}, torch threads {torch.get_num_threads()}, "
           f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
     print("state bytes written: " + ("the same by every path" if same else "DIFFERENT between paths"))
-    print(f"{'path':<16} {'samples':>7} {'series/s':>9} {'ms/batch':>9} {'min ms':>8} {'vs first':>9}")
-    first = statistics.median(times[paths[0].name])
+    print("wall = elapsed (medians over rounds); cpu = this process' CPU time, all threads (on a shared machine the "
+          "steadier of the two: other processes' load moves it less)")
+    print(f"{'path':<20} {'samples':>7} {'series/s':>9} {'ms/batch':>9} {'min ms':>8} {'vs first':>9} "
+          f"{'cpu series/s':>13} {'cpu ms':>8} {'vs first':>9}")
+    first, first_c = statistics.median(times[paths[0].name]), statistics.median(cpu[paths[0].name])
     for q in paths:
-        med = statistics.median(times[q.name])
-        print(f"{q.name:<16} {q.samples:>7} {B / med:>9.0f} {med * 1e3:>9.1f} {min(times[q.name]) * 1e3:>8.1f} "
-              f"{first / med:>8.2f}x")
+        med, mc = statistics.median(times[q.name]), statistics.median(cpu[q.name])
+        print(f"{q.name:<20} {q.samples:>7} {B / med:>9.0f} {med * 1e3:>9.1f} {min(times[q.name]) * 1e3:>8.1f} "
+              f"{first / med:>8.2f}x {B / mc:>13.0f} {mc * 1e3:>8.1f} {first_c / mc:>8.2f}x")
