@@ -156,7 +156,9 @@ class BatchProcessor:
         by_series: dict[str, list[PatchRecord]] = {}
         for r in batch:
             by_series.setdefault(r.patch.series_id, []).append(r)
-        if self._sb is None or self._sb.capacity < len(by_series):
+        sb = self._sb
+        if (sb is None or sb.capacity < len(by_series) or sb.layout.model_id != self.f.model_id
+                or sb.layout.dtype != self.f.dtype or sb.device != self.f.device):
             self._sb = self.f.state_batch(len(by_series))
         self._sb.clear()
         work: list[_Series] = []

@@ -8,7 +8,7 @@ one, then handles the batch in this order (the crash-consistency design)::
 
     1. load      every series' record: from the worker's cache of its own applied
                  writes, the others from Redis          (one pipelined HMGET round trip)
-    2. compute   update_many per round + forecast_many (streamflame.pipeline.worker.batch)
+    2. compute   one StateBatch: step_batch per round + forecast_batch (streamflame.pipeline.worker.batch)
     3. publish   forecasts, alerts, dead letters; producer.flush(), every send checked
     4. write     states by Lua compare-and-set         (one pipelined EVALSHA round trip)
     5. commit    Kafka offsets of the batch
