@@ -231,7 +231,8 @@ class StateBatch:
                 dst.view(np.uint8)[:] = src
             else:
                 dst[:] = src.copy().view(f.dtype.newbyteorder("<"))
-            self.tensors[f.name] = t if self.device.type == "cpu" else t.to(self.device, non_blocking=True)
+            # on a device only the filled rows travel (gather pads there by index_select)
+            self.tensors[f.name] = t if self.device.type == "cpu" else t[:n].to(self.device, non_blocking=True)
         self._sealed = True
 
     # ---- rows ------------------------------------------------------------------------------
