@@ -9,9 +9,9 @@ One run starts a Tansu broker and a redis-server in a temporary directory and me
    kafka-python consumer that only polls and `json.loads` the same topic (the ceiling); a
    second, stricter ceiling decodes with orjson (the parser ingest itself uses);
 2. ingest, batch messages (`--batch-values` values each, `--batch-patches` patches per series): the same pair;
-3. worker: forecasts/s end to end (`Worker`: Redis load, update_many, forecast_many, publish,
-   Redis CAS write, commit), beside the model alone (`update_many` + `forecast_many` on the
-   same device at the worker's measured mean batch size; no Kafka, no Redis);
+3. worker: forecasts/s end to end (`Worker`: Redis load, decode, step_batch, forecast_batch, encode,
+   publish, Redis CAS write, commit), beside the model alone (`step_batch` + `forecast_batch` on one
+   StateBatch on the same device at the worker's measured mean batch size; no Kafka, no Redis);
 4. latency at half the maximum sustained rate, with ingest and worker as their own processes
    (`streamflame ingest`, `streamflame worker`): from producing a patch's last observation to
    consuming its forecast, p50/p99. The maximum sustained rate is measured on that running
@@ -193,17 +193,25 @@ def run_worker(cfg, n_forecasts: int) -> dict:
 
 
 def model_ceiling(forecaster, group, batch: int, rounds: int, rng) -> float:
-    """update_many + forecast_many alone (same device, batch, horizon, samples, levels)."""
+    """The worker's model calls alone: step_batch + forecast_batch on one StateBatch (same device,
+    batch, horizon, samples, levels, sample paths copied back as the group asks; no state decode
+    or encode, no Kafka, no Redis)."""
     p = forecaster.config.patch_len
-    states = [forecaster.init_state(scale=group.scale) for _ in range(batch)]
-    states = forecaster.update_many(states, np.stack([series_values(i, p, rng) for i in range(batch)]))
+    sb = forecaster.state_batch(batch)
+    for _ in range(batch):
+        sb.append_state(forecaster.init_state(scale=group.scale))
+    sb.seal()
+    forecaster.step_batch(sb, np.stack([series_values(i, p, rng) for i in range(batch)]))
     seeds = list(range(batch))
-    forecaster.forecast_many(states, group.horizon, group.quantiles, group.num_samples, seeds)  # warm-up
+
+    def forecast():
+        forecaster.forecast_batch(sb, None, group.horizon, group.quantiles, group.num_samples, seeds,
+                                  samples=group.include_samples)
+    forecast()  # warm-up
     t = time.perf_counter()
     for r in range(rounds):
-        x = np.stack([series_values(i, p, rng) for i in range(batch)])
-        states = forecaster.update_many(states, x)
-        forecaster.forecast_many(states, group.horizon, group.quantiles, group.num_samples, seeds)
+        forecaster.step_batch(sb, np.stack([series_values(i, p, rng) for i in range(batch)]))
+        forecast()
     return batch * rounds / (time.perf_counter() - t)
 
 
