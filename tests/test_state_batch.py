@@ -200,6 +200,13 @@ def test_misuse_is_a_clear_error(f):
     other = Forecaster.from_config(tiny_config(), seed=1)
     with pytest.raises(StateDecodeError, match="model"):
         other.step_batch(sb, np.zeros((1, P)))
+    with pytest.raises(IndexError, match="rows"):
+        f.step_batch(sb, np.zeros((1, P)), rows=[1])
+    two = f.state_batch(2)
+    two.append_state(f.init_state())
+    two.append_state(f.init_state())
+    with pytest.raises(ValueError, match="once"):
+        f.step_batch(two, np.zeros((2, P)), rows=[1, 1])
 
 
 def _with_header(b: bytes, old: bytes, new: bytes) -> bytes:

@@ -242,6 +242,8 @@ class StateBatch:
         self.seal()
         rows = list(rows)
         n = len(rows)
+        if n and not (0 <= min(rows) and max(rows) < self.size):
+            raise IndexError(f"rows {min(rows)}..{max(rows)} of a batch of {self.size}")
         if n and rows == list(range(rows[0], rows[0] + n)):
             a = rows[0]
             if m == n:                                    # a run of rows: views, no copy
@@ -259,6 +261,8 @@ class StateBatch:
         """Write (len(rows), ...) new field values into ``rows`` (a step's results)."""
         rows = list(rows)
         n = len(rows)
+        if len(set(rows)) != n:
+            raise ValueError("each row at most once in a step")
         if rows == list(range(self.size)):
             self.tensors = dict(new)                     # the whole batch: take the new tensors
             return
