@@ -34,7 +34,7 @@ class DeferredJudging:
     marks; ``ops`` is the same for the deviation judge (values, and skips for the missing
     slots and nulls, exactly as :meth:`SeriesAlerts.feed` would skip)."""
 
-    __slots__ = ("ops", "runs", "last_slot")
+    __slots__ = ("ops", "runs", "last_slot", "_snap")
 
     def __init__(self, alerts: SeriesAlerts):
         self.reset(alerts)
@@ -43,6 +43,7 @@ class DeferredJudging:
         self.ops = Ops(alerts.judge)
         self.runs: list = []
         self.last_slot: int | None = alerts.last_slot
+        self._snap: tuple[int, int] | None = None   # (position in ops.side, in runs) of the snapshot mark
 
     @property
     def pending(self) -> bool:
@@ -65,8 +66,18 @@ class DeferredJudging:
                 ops.values.append(float(v))
 
     def snapshot(self) -> None:
-        """The detector state is wanted here (a patch closed): see ``Judged.snapshots``."""
-        self.ops.add_side(SNAPSHOT)
+        """The detector state is wanted here (a patch closed): see ``Judged.snapshots``. Only
+        the last one until the next judgement is kept: the cursor copy it feeds is replaced by
+        each later one and read only after the judgement."""
+        ops = self.ops
+        if self._snap is not None:
+            k, i = self._snap
+            ops.side[k].remove(SNAPSHOT)
+            if not ops.side[k]:
+                del ops.side[k]
+            del self.runs[i]
+        self._snap = (len(ops.values), len(self.runs))
+        ops.add_side(SNAPSHOT)
         self.runs.append(SNAPSHOT)
 
 
