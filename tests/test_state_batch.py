@@ -15,9 +15,12 @@ P = 48
 SEASONAL = ("cal", "clock", "profile", "herr", "next")     # fields newer than the first stored states
 
 
-@pytest.fixture(scope="module")
-def f() -> Forecaster:
-    return Forecaster.from_config(tiny_config(), seed=0)
+@pytest.fixture(scope="module", params=["plain", "seasonal"])
+def f(request) -> Forecaster:
+    """The tiny config, and with the shipped checkpoint's seasonal levers (fields a step passes
+    through unchanged: a partial step must not copy a field onto itself)."""
+    levers = {"seasonal_memory": True, "hint_features": True} if request.param == "seasonal" else {}
+    return Forecaster.from_config(tiny_config(**levers), seed=0)
 
 
 def random_states(f: Forecaster, rng, n: int) -> list[SeriesState]:
@@ -90,7 +93,12 @@ def test_step_and_forecast_equal_update_many_and_forecast_many_for_any_compositi
     sb = fill(f, blobs)
     for rnd in range(3):
         rows = sorted(rng.choice(n, int(rng.integers(1, n + 1)), replace=False).tolist()) if rnd else list(range(n))
-        if rng.random() < 0.5:
+        if rnd and rng.random() < 0.4:
+            rows = list(range(int(rng.integers(1, n + 1))))   # a prefix (the worker's later rounds often are)
+        elif rnd and n >= 16 and rng.random() < 0.5:
+            a = int(rng.integers(0, n - 15))                   # a run of 16: gather hands the step views
+            rows = list(range(a, a + 16))
+        elif rng.random() < 0.5:
             rng.shuffle(rows)
         patches = rng.normal(5, 2, (len(rows), P))
         patches[rng.random(patches.shape) < 0.1] = np.nan

@@ -268,7 +268,10 @@ class StateBatch:
             return
         idx = torch.tensor(rows, dtype=torch.long, device=self.device)
         for k, t in self.tensors.items():
-            t.index_copy_(0, idx, new[k][:n])
+            src = new[k][:n]
+            if src.untyped_storage().data_ptr() == t.untyped_storage().data_ptr():
+                src = src.clone()      # a field the step passed through: a view of these very rows (gather)
+            t.index_copy_(0, idx, src)
 
     # ---- encoding --------------------------------------------------------------------------
     def to_bytes(self, rows=None) -> list[bytes]:
