@@ -261,3 +261,15 @@ def test_a_silent_series_opens_a_dropout_on_event_time_once():
     again: list = []
     before.feed(240, 240 * FREQ, ys[240], FREQ, s, thr, again, alerted=2 * 199 + 1)
     assert [(e.event, e.started_ms) for e in again if e.kind == "dropout"] == [("resolve", 200 * FREQ)]
+
+
+def test_alerts_offline_scores_the_detectors_on_injected_series(capsys):
+    """`streamflame bench alerts-offline`: injections into real series, episodes scored per kind."""
+    from streamflame.bench import alerts_offline
+
+    assert alerts_offline.main(["--split", "validation", "--series", "2"]) == 0
+    out = capsys.readouterr().out
+    rows = {line.split()[0]: line.split() for line in out.splitlines() if line[:1].isalpha() and "σ" in line}
+    assert {"spike", "level_shift", "dropout", "flatline"} <= set(rows), out
+    assert float(rows["dropout"][3]) == 1.0           # every injected dropout is found (a 12-slot gap)
+    assert "false episodes per series-week" in out

@@ -23,7 +23,7 @@ from streamflame.alerts.episodes import SeriesAlerts
 from streamflame.alerts.judge import TrackerParams
 from streamflame.alerts.settings import WEEK_MS, AlertSettings, thresholds
 from streamflame.bench import inject as I
-from streamflame.bench.alerts import _series
+from streamflame.bench.alerts import _aggregate, _series
 
 LENGTH = 4032
 MAX_FREQ_MS = 3_600_000
@@ -88,22 +88,16 @@ def main(argv: list[str] | None = None) -> int:
     params = TrackerParams(alpha=args.alpha, beta=args.beta)
     rng = np.random.default_rng(args.seed)
     t0 = time.perf_counter()
-    agg: dict = {}
+    labels: dict[str, list] = {}
+    found: dict[str, list] = {}
     false_eps: Counter = Counter()
     weeks = 0.0
-    episodes = matched = 0
     for sid, freq, v in base:
-        injs = I.plan(v, rng, 2 * 48 + 100, 240)
-        sc = I.score(injs, opens(I.apply(v, injs, rng), freq, s, params))
-        episodes += sc.episodes
-        matched += sc.matched_episodes
-        for key, n in sc.injected.items():
-            a = agg.setdefault(key, [0, 0, []])
-            a[0] += n
-            a[1] += sc.detected.get(key, 0)
-            a[2] += sc.delays.get(key, [])
+        labels[sid] = injs = I.plan(v, rng, 2 * 48 + 100, 240)
+        found[sid] = opens(I.apply(v, injs, rng), freq, s, params)
         false_eps.update(k for k, _ in opens(v, freq, s, params))
         weeks += float(np.isfinite(v[96:]).sum()) * freq / WEEK_MS
+    agg, episodes, matched = _aggregate(labels, lambda sid, injs: I.score(injs, found[sid]))
     print(f"# streamflame bench alerts-offline | {time.strftime('%Y-%m-%d %H:%M')} | split {args.split}, "
           f"{len(base)} series x {LENGTH} slots ({', '.join(f'{k} {n}' for k, n in sorted(Counter(b[0].split('/')[0] for b in base).items()))}) "
           f"| budget {s.false_alarm_budget}, windows {list(s.windows)}, alpha {params.alpha}, beta {params.beta} "
