@@ -39,16 +39,19 @@ class RefreshPath:
 
 
 def load_baseline(tree: str | Path):
-    """The ``Forecaster`` class of the StreamFlame package under ``tree`` (its model/ and core/ use
+    """The ``model`` package of the StreamFlame source under ``tree`` (its model/ and core/ use
     relative imports only), imported as a separate package beside this one."""
     pkg = Path(tree) / "streamflame"
     if not (pkg / "model" / "forecaster.py").is_file():
         raise FileNotFoundError(f"no streamflame/model/forecaster.py under {tree}")
-    if BASELINE_PACKAGE not in sys.modules:
+    loaded = sys.modules.get(BASELINE_PACKAGE)
+    if loaded is not None and list(loaded.__path__) != [str(pkg)]:
+        raise ValueError(f"a baseline tree is already loaded from {loaded.__path__[0]}; one per process")
+    if loaded is None:
         spec = importlib.util.spec_from_file_location(BASELINE_PACKAGE, pkg / "__init__.py",
                                                       submodule_search_locations=[str(pkg)])
         sys.modules[BASELINE_PACKAGE] = importlib.util.module_from_spec(spec)   # its __init__ is not run
-    return importlib.import_module(BASELINE_PACKAGE + ".model.forecaster").Forecaster
+    return importlib.import_module(BASELINE_PACKAGE + ".model")
 
 
 def _path(f, name: str, histories: np.ndarray, nxt: np.ndarray, step: float, args) -> RefreshPath:
@@ -92,8 +95,18 @@ def _path(f, name: str, histories: np.ndarray, nxt: np.ndarray, step: float, arg
     return RefreshPath(f"{kind}:{spec}" if name != "baseline" else name, run, samples)
 
 
+def _new(model_pkg, args):
+    """A Forecaster of ``model_pkg`` (streamflame.model or a baseline tree's) as bench step builds one."""
+    F = model_pkg.Forecaster
+    if args.checkpoint:
+        f = F.load(args.checkpoint)
+    else:
+        f = F.from_config(model_pkg.tiny_config() if getattr(args, "tiny", False) else None)
+    return f.to(device=args.device)
+
+
 def compare_refresh(f, args, series: Callable, step: float) -> None:
-    from streamflame.model import Forecaster
+    import streamflame.model as this
 
     names = [n.strip() for n in args.refresh.split(",") if n.strip()]
     rng = np.random.default_rng(0)
@@ -103,14 +116,9 @@ def compare_refresh(f, args, series: Callable, step: float) -> None:
     nxt = np.stack([series(p, rng) for _ in range(B)])
     paths = []
     if args.baseline_tree:
-        Old = load_baseline(args.baseline_tree)
-        old = Old.load(args.checkpoint) if args.checkpoint else Old.from_config()
-        old.to(device=args.device)
-        paths.append(_path(old, "baseline", histories, nxt, step, args))
+        paths.append(_path(_new(load_baseline(args.baseline_tree), args), "baseline", histories, nxt, step, args))
     for name in names:   # one Forecaster per path: each keeps its own arithmetic setting
-        g = Forecaster.load(args.checkpoint) if args.checkpoint else Forecaster.from_config()
-        g.to(device=args.device)
-        paths.append(_path(g, name, histories, nxt, step, args))
+        paths.append(_path(_new(this, args), name, histories, nxt, step, args))
     sync = torch.cuda.synchronize if torch.device(args.device).type == "cuda" else (lambda: None)
     times: dict[str, list[float]] = {q.name: [] for q in paths}
     cpu: dict[str, list[float]] = {q.name: [] for q in paths}     # this process' CPU time, all threads

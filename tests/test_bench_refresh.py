@@ -1,0 +1,30 @@
+"""bench step --refresh (streamflame/bench/step_refresh.py): every path writes the same state bytes,
+and another source tree can be timed beside this one (here: this tree again, as a second package).
+Figures only, no timing assertions."""
+from pathlib import Path
+
+import pytest
+
+from streamflame.bench import step
+from streamflame.bench.step_refresh import load_baseline
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_refresh_paths_write_the_same_bytes_and_print_a_row_each(capsys):
+    assert step.main(["--refresh", "list:float32,batch:float32+8,batch:bf16", "--baseline-tree", str(ROOT),
+                      "--tiny", "--batch", "16", "--rounds", "1", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "state bytes written: the same by every path" in out
+    rows = {line.split()[0]: line.split()[1] for line in out.splitlines()
+            if line.startswith(("baseline", "list:", "batch:"))}
+    assert rows == {"baseline": "100", "list:float32": "100", "batch:float32+8": "8", "batch:bf16": "100"}
+    baseline = load_baseline(ROOT)
+    assert baseline.__name__ != "streamflame.model" and baseline.Forecaster.__module__.startswith("_streamflame")
+
+
+def test_refresh_names_are_checked(tmp_path):
+    with pytest.raises(ValueError, match=r"\[list:\|batch:\]MATMUL"):
+        step.main(["--refresh", "gpu:float32", "--tiny", "--batch", "16", "--rounds", "1", "--device", "cpu"])
+    with pytest.raises(FileNotFoundError, match="no streamflame/model/forecaster.py"):
+        load_baseline(tmp_path)
