@@ -28,6 +28,8 @@ from typing import Callable
 import numpy as np
 import torch
 
+import streamflame.model as this
+
 BASELINE_PACKAGE = "_streamflame_baseline"
 
 
@@ -106,8 +108,6 @@ def _new(model_pkg, args):
 
 
 def compare_refresh(f, args, series: Callable, step: float) -> None:
-    import streamflame.model as this
-
     names = [n.strip() for n in args.refresh.split(",") if n.strip()]
     rng = np.random.default_rng(0)
     p, B = f.config.patch_len, args.batch
