@@ -388,7 +388,7 @@ class Forecaster:
             return self.model.sample(stacked, K, noise)
         if self._compiled_sample is None:
             # one graph per (bucket, patches sampled): up to 11 buckets x a few K, beyond dynamo's default 8
-            import torch._dynamo.config as dynamo_config
+            import torch._dynamo.config as dynamo_config   # lazy: dynamo is loaded only with compile=True
             dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, 64)
             self._compiled_sample = torch.compile(self.model.sample, mode="reduce-overhead", dynamic=False)
         m, n = next(iter(stacked.values())).shape[0], noise.shape[0]
