@@ -467,3 +467,16 @@ def test_embedded_default_leaves_connections_unset():
     cfg = load_config(default_config_path())
     assert "bootstrap" not in cfg.kafka.model_fields_set and "url" not in cfg.redis.model_fields_set
     assert (cfg.kafka.session_timeout_ms, cfg.kafka.heartbeat_interval_ms) == (2000, 600)  # fast Tansu joins
+
+
+@pytest.mark.parametrize("text, words", [
+    ("worker: {matmul: fp16}\n", "worker.matmul"),
+    ("worker: {matmul: tf32, device: cpu}\n", "tf32 needs a CUDA device"),
+    ("worker: {compile: maybe}\n", "worker.compile"),
+])
+def test_worker_arithmetic_settings_are_checked(tmp_path, text, words):
+    with pytest.raises(ConfigError) as e:
+        load_config(write(tmp_path, text))
+    assert words in str(e.value), str(e.value)
+    ok = load_config(write(tmp_path, "worker: {matmul: bf16, compile: true}\n", "ok.yaml")).worker
+    assert (ok.matmul, ok.compile) == ("bf16", True)

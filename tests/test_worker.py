@@ -18,7 +18,7 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from streamflame import Forecaster, SeriesState
 from streamflame.adapters.state.store import StateStore
-from streamflame.config import GroupSettings, ServiceConfig, dump_yaml
+from streamflame.config import ConfigError, GroupSettings, ServiceConfig, dump_yaml
 from streamflame.core.constants import PATCH_LEN
 from streamflame.messages import PatchMessage, decode_alert, decode_dead_letter, decode_forecast, encode, forecast_seed
 from streamflame.model import tiny_config
@@ -517,3 +517,35 @@ def test_a_batch_computed_on_a_refused_write_is_read_again(cfg, redis_client, re
     (f1,) = [f for f in fcs if f.seq == 1]
     ref = ref_model.forecast(mine, g.horizon, g.quantiles, g.num_samples, seed=forecast_seed(0, sid, 1))
     np.testing.assert_array_equal(np.asarray(f1.mean), ref.mean)
+
+
+def test_worker_matmul_bf16_publishes_the_bf16_forecasters_numbers(cfg, redis_client, tmp_path):
+    """worker.matmul: the worker forecasts with that arithmetic (here bf16, as Forecaster.set_arithmetic),
+    and a CPU worker refuses tf32 at start with a clear config error."""
+    import torch
+
+    f = Forecaster.from_config(tiny_config(), seed=5)
+    with torch.no_grad():     # a trained-like flow: a fresh one is the identity (zero-initialised outputs)
+        gen = torch.Generator().manual_seed(0)
+        for p in f.model.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=gen, dtype=p.dtype))
+    model_dir = f.save(tmp_path / "ckpt")
+    cfg = with_worker(cfg, matmul="bf16", group_id="worker-bf16", model_path=str(model_dir))
+    ref = Forecaster.load(model_dir).set_arithmetic("bf16")
+    exact = Forecaster.load(model_dir)
+    g = cfg.defaults
+    data = {f"bf16-{i}/temp": values_for(100 + i, 2) for i in range(3)}
+    send(cfg, [make_patch(sid, k, v[k * 48:(k + 1) * 48]) for k in range(2) for sid, v in data.items()])
+    with running(cfg) as w:
+        wait_for(lambda: applied(w) >= 6, what="6 patches applied")
+    fcs = {(f.series_id, f.seq): f for f in map(decode_forecast, (r.value for r in read_all(cfg, cfg.topics.forecasts, 6)))
+           if f.series_id in data}
+    differs = False
+    for sid, v in data.items():
+        for k, ((_, want), (_, plain)) in enumerate(zip(in_process(ref, g, sid, v), in_process(exact, g, sid, v))):
+            np.testing.assert_array_equal(np.asarray(fcs[(sid, k)].mean), want.mean)
+            differs |= not np.array_equal(want.mean, plain.mean)
+    assert differs   # bf16 is not float32: the setting took effect
+
+    with pytest.raises(ConfigError, match="tf32 needs a CUDA device"):
+        Worker(with_worker(cfg, matmul="tf32", device="auto")).run()

@@ -250,6 +250,12 @@ class WorkerSettings(_Section):
         "every write of the one before is seen applied); inline = in the worker process, one batch after "
         "the other (streamflame/pipeline/publisher.py)")
     model_path: str | None = Field(None, description="checkpoint; None = the shipped default")
+    matmul: Literal["float32", "bf16", "tf32"] = Field(
+        "float32", description="arithmetic of the forecasts' sampling pass (model/arithmetic.py): float32 = the "
+        "model's own numbers; bf16 = bf16 matmuls (CPUs with AVX-512 BF16, CUDA; 1.3-1.7x the series/s on the "
+        "2-core CPU, WQL +0.1 %: docs/model.md); tf32 = CUDA tensor cores (needs a CUDA device)")
+    compile: bool = Field(False, description="torch.compile the sampling pass at bucketed batch sizes (CUDA "
+                          "graphs on CUDA); the first batch of each size compiles")
     seed: int = Field(0, ge=0, lt=2**63, description="global forecast seed")
     on_corrupt_state: Literal["reinit", "quarantine"] = "reinit"
     accuracy_halflife_patches: float = Field(
@@ -264,6 +270,12 @@ class WorkerSettings(_Section):
         if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", v):
             raise ValueError(f"{v!r}: use auto, cpu, cuda or cuda:N")
         return v
+
+    @model_validator(mode="after")
+    def _check_matmul(self) -> "WorkerSettings":
+        if self.matmul == "tf32" and self.device == "cpu":
+            raise ValueError("matmul tf32 needs a CUDA device (device is cpu): use float32 or bf16")
+        return self
 
 
 class MetricsSettings(_Section):

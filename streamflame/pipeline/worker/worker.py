@@ -82,7 +82,7 @@ from streamflame.adapters.kafka_io import DeadLetterWriter, DelayedOffsets, Kafk
 from streamflame.adapters.state.cache import StateCache
 from streamflame.adapters.state.client import connect
 from streamflame.adapters.state.store import StateStore, cas_args
-from streamflame.config import HotReloader, ServiceConfig
+from streamflame.config import ConfigError, HotReloader, ServiceConfig
 from streamflame.core.logs import configure_logging
 from streamflame.messages import decode_patch, encode
 from streamflame.pipeline.publisher import WorkerJob, start
@@ -165,7 +165,10 @@ class Worker(ServiceControls, WorkerOutcome):
             device = "cuda" if torch.cuda.is_available() else "cpu"
         torch.set_num_threads(model_threads(cfg))   # OpenMP: for the calling thread, the one that runs the model
         self.torch_threads = torch.get_num_threads()
-        self.forecaster = Forecaster.load(cfg.worker.model_path).to(device)
+        if cfg.worker.matmul == "tf32" and not device.startswith("cuda"):
+            raise ConfigError([f"worker.matmul: tf32 needs a CUDA device, and the worker runs on {device}"])
+        self.forecaster = Forecaster.load(cfg.worker.model_path).to(device).set_arithmetic(
+            cfg.worker.matmul, cfg.worker.compile)
         self.processor = BatchProcessor(self.forecaster, cfg)
         if self.reloader is not None:
             max_horizon = self.forecaster.config.max_horizon
