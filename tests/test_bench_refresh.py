@@ -12,8 +12,13 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_refresh_paths_write_the_same_bytes_and_print_a_row_each(capsys):
+    import torch
+
+    threads = torch.get_num_threads()
     assert step.main(["--refresh", "list:float32,batch:float32+8,batch:bf16", "--baseline-tree", str(ROOT),
-                      "--tiny", "--batch", "16", "--rounds", "1", "--device", "cpu"]) == 0
+                      "--tiny", "--batch", "16", "--rounds", "1", "--device", "cpu", "--threads", "1"]) == 0
+    # run in-process, it leaves torch as it found it (a test after it trains a model)
+    assert torch.is_grad_enabled() and torch.get_num_threads() == threads
     out = capsys.readouterr().out
     assert "state bytes written: the same by every path" in out
     rows = {line.split()[0]: line.split()[1] for line in out.splitlines()

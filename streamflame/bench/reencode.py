@@ -68,6 +68,16 @@ class BoltSized(nn.Module):
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The benchmark; torch's global grad mode are as before afterwards (it also runs
+    in-process, e.g. in tests)."""
+    grad = torch.is_grad_enabled()
+    try:
+        return _main(argv)
+    finally:
+        torch.set_grad_enabled(grad)
+
+
+def _main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="streamflame bench reencode", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--batch", type=int, default=4096, help="series per forward pass")

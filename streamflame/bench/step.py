@@ -45,6 +45,17 @@ def series(n: int, rng) -> np.ndarray:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The benchmark; torch's global grad mode and thread count are as before afterwards (it also runs
+    in-process, e.g. in tests)."""
+    grad, threads = torch.is_grad_enabled(), torch.get_num_threads()
+    try:
+        return _main(argv)
+    finally:
+        torch.set_grad_enabled(grad)
+        torch.set_num_threads(threads)
+
+
+def _main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="streamflame bench step", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--histories", default="512,2048,8192")
