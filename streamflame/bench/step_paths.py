@@ -23,7 +23,7 @@ import time
 import numpy as np
 import torch
 
-from streamflame.model import DEFAULT_QUANTILES, Forecaster, SeriesState
+from streamflame.model import Forecaster, SeriesState
 
 
 def _prepare(f: Forecaster, B: int, rng, series) -> tuple[list[bytes], np.ndarray]:
