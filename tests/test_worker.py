@@ -466,12 +466,14 @@ def test_a_killed_publisher_is_replaced_and_no_forecast_is_lost(cfg, redis_clien
         assert store.load(sid).state == ref[-1][0].to_bytes()
 
 
-def test_a_batch_computed_on_a_refused_write_is_read_again(cfg, redis_client, ref_model):
+@pytest.mark.parametrize("read_ahead", [False, True], ids=["serial", "read-ahead"])
+def test_a_batch_computed_on_a_refused_write_is_read_again(cfg, redis_client, ref_model, read_ahead):
     """With the publisher process, batch k+1 is computed from the records batch k is
     writing. When k's write is refused (another writer got there first), k+1 is not
     published: it is read again and computed from what Redis holds. Driven step by step
-    (one patch per batch) so that k+1 is computed while k is in the publisher's hands."""
-    cfg = with_worker(cfg, publisher="process", batch_size=1)
+    (one patch per batch) so that k+1 is computed while k is in the publisher's hands
+    (with read-ahead, k+1 is polled while k is computed: it is dropped and re-read too)."""
+    cfg = with_worker(cfg, publisher="process", batch_size=1, read_ahead=read_ahead)
     g = cfg.defaults
     sid = "pipe-0"
     v, theirs = values_for(5, 2), values_for(6, 1)
@@ -485,7 +487,7 @@ def test_a_batch_computed_on_a_refused_write_is_read_again(cfg, redis_client, re
             deadline = time.monotonic() + 30
             while not len(w._batch):
                 assert time.monotonic() < deadline, f"patch {seq} not read"
-                w._take(w.consumer.poll(timeout_ms=200, max_records=1))
+                w._take(w._apply_rebalance_events(w.consumer.poll(timeout_ms=200, max_records=1)))
             assert [r.patch.seq for r in w._batch.records] == [seq]
 
         submit = w.publisher.submit

@@ -249,6 +249,11 @@ class WorkerSettings(_Section):
         "process of the worker's own, while the model computes the next batch (which is published only once "
         "every write of the one before is seen applied); inline = in the worker process, one batch after "
         "the other (streamflame/pipeline/publisher.py)")
+    read_ahead: bool = Field(
+        True, description="poll the next batch before computing one and read its states from Redis in a "
+        "background thread meanwhile (series of the batch being computed or written are not read: they carry "
+        "over in memory); nothing is written ahead, so a crash behaves as without it "
+        "(streamflame/pipeline/worker/readahead.py)")
     model_path: str | None = Field(None, description="checkpoint; None = the shipped default")
     matmul: Literal["float32", "bf16", "tf32"] = Field(
         "float32", description="arithmetic of the forecasts' sampling pass (model/arithmetic.py): float32 = the "

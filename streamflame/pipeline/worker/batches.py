@@ -1,11 +1,35 @@
-"""The worker's batches in their two stages: read (:class:`ReadBatch`) and computed (:class:`Computed`)."""
+"""The worker's batches in their two stages: read (:class:`ReadBatch`, with the states read ahead:
+:class:`Prefetch`) and computed (:class:`Computed`)."""
 from __future__ import annotations
 
 import time
+from concurrent.futures import Future
 from dataclasses import dataclass, field
+from typing import Iterable
 
+from streamflame.adapters.state.store import BrokenRecord, StateRecord
 from streamflame.pipeline.publisher import WorkerJob
 from streamflame.pipeline.worker.batch import BatchResult, PatchRecord
+
+Loaded = dict[str, "StateRecord | BrokenRecord | None"]
+
+
+@dataclass
+class Prefetch:
+    """Records of a batch's series read from Redis while the batch before it was computed
+    (``worker.read_ahead``, streamflame.pipeline.worker.readahead)."""
+
+    future: Future                      # -> Loaded: StateStore.load_many of ``series``
+    series: frozenset[str] = field(default_factory=frozenset)
+
+    def take(self, wanted: Iterable[str]) -> tuple[Loaded, float]:
+        """The read records of ``wanted`` (those read ahead; the others are for the caller to
+        load) and the seconds spent waiting for the read. Raises what the read raised."""
+        t0 = time.perf_counter()
+        got = self.future.result()
+        waited = time.perf_counter() - t0
+        return {sid: got[sid] for sid in wanted if sid in self.series}, waited
+
 
 @dataclass
 class ReadBatch:
@@ -16,6 +40,8 @@ class ReadBatch:
     start: dict = field(default_factory=dict)        # TopicPartition -> first offset seen
     end: dict = field(default_factory=dict)          # TopicPartition -> last offset + 1
     first_at: float = 0.0                            # monotonic time of the first record
+    read_ahead: bool = False                         # begun by a read-ahead poll (worker.read_ahead)
+    prefetch: Prefetch | None = None                 # its states read ahead, if any
 
     def __len__(self) -> int:
         return len(self.records) + len(self.bad)

@@ -34,7 +34,7 @@ class WorkerOutcome:
             return
         if rewound and len(b):
             self._batch = ReadBatch()
-            self._reread(b, rewound)
+            self._reread(rewound, b)
 
     def _fail(self, e: Exception, batches: list[ReadBatch]) -> None:
         self._backoff = min(_MAX_BACKOFF_S, max(0.1, 2 * self._backoff))
@@ -122,7 +122,11 @@ class WorkerOutcome:
             if tp in assigned:
                 self.consumer.seek(tp, off)
 
-    def _reread(self, b: ReadBatch, rewound: dict[int, int]) -> None:
-        """Seek batch ``b``'s partitions back to its start, or further where the job
-        before rewound them (``rewound``: {partition: offset})."""
-        self._rewind({tp: min(off, rewound.get(tp.partition, off)) for tp, off in b.start.items()})
+    def _reread(self, rewound: dict[int, int], *batches: ReadBatch) -> None:
+        """Seek the partitions of ``batches`` back to where the first of them starts, or
+        further where the job before rewound them (``rewound``: {partition: offset})."""
+        start: dict = {}
+        for b in batches:
+            for tp, off in b.start.items():
+                start[tp] = min(off, start.get(tp, off), rewound.get(tp.partition, off))
+        self._rewind(start)

@@ -92,6 +92,7 @@ from streamflame.pipeline.worker.batch import BatchProcessor, PatchRecord
 from streamflame.pipeline.worker.batches import Computed, ReadBatch
 from streamflame.pipeline.worker.metrics import WorkerMetrics
 from streamflame.pipeline.worker.outcome import WorkerOutcome
+from streamflame.pipeline.worker.readahead import WorkerReadAhead
 
 log = structlog.get_logger("streamflame.worker")
 
@@ -100,7 +101,7 @@ _IDLE_POLL_MS = 200
 _INFLIGHT_POLL_MS = 20   # poll wait while the publisher holds a batch, to commit it soon after
 
 
-class Worker(ServiceControls, WorkerOutcome):
+class Worker(ServiceControls, WorkerOutcome, WorkerReadAhead):
     """One worker process' loop; ``run()`` blocks until :meth:`stop` (thread-safe).
 
     ``cfg``: the service config. The model is ``Forecaster.load(cfg.worker.model_path)``
@@ -132,6 +133,7 @@ class Worker(ServiceControls, WorkerOutcome):
         self._pending_commits = DelayedOffsets()  # {TopicPartition: offset} of batches whose writes are done
         self._inflight: Computed | None = None   # submitted to the publisher, outcome not yet seen
         self.batches = 0  # batches handled (for tests and logs)
+        self.read_ahead_used = 0  # series whose record came from a read-ahead (for tests and the bench)
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -175,6 +177,7 @@ class Worker(ServiceControls, WorkerOutcome):
             self.reloader.validate = lambda c: c.check_horizons(max_horizon)
         self.store = StateStore(connect(cfg.redis), cfg.redis.key_prefix)
         self.cache = StateCache(cfg.worker.state_cache_series)
+        self._open_read_ahead()
         self._errors = (RedisError, KafkaError, OSError)
         self.dlq = DeadLetterWriter.for_config(cfg, "worker")   # builds the records; the publisher sends them
         self.publisher = self._start_publisher()
@@ -223,14 +226,15 @@ class Worker(ServiceControls, WorkerOutcome):
                 client.close(timeout_ms=5000) if name == "consumer" else client.close()
             except Exception as e:  # closing must not mask the reason we stop
                 log.warning("worker.close_failed", client=name, error=repr(e))
+        self._close_read_ahead()
         log.info("worker.stopped", batches=self.batches)
 
     # -- loop --------------------------------------------------------------------
 
     def _loop(self) -> None:
         while not self._stop.is_set():
-            if not len(self._batch):  # hot reload between batches only
-                self._check_reload()
+            if not len(self._batch) or self._batch.read_ahead:   # between batches only
+                self._check_reload()   # (an open batch of read-ahead records holds nothing computed)
             wcfg = self.cfg.worker
             deadline_s = wcfg.batch_deadline_ms / 1000
             b = self._batch
@@ -301,9 +305,9 @@ class Worker(ServiceControls, WorkerOutcome):
         self._mark_ready()
         return kept
 
-    def _take(self, polled) -> None:
-
-        b = self._batch
+    def _take(self, polled, into: ReadBatch | None = None) -> None:
+        """Add a poll's records to ``into`` (default: the open batch)."""
+        b = self._batch if into is None else into
         for tp, msgs in polled.items():
             for m in msgs:
                 b.add(tp, m.offset)
@@ -325,13 +329,24 @@ class Worker(ServiceControls, WorkerOutcome):
         job is writing, and is published only once the job's outcome shows every
         write applied (otherwise it is dropped and re-read). Step 5 follows each
         outcome. On a Redis/Kafka failure the batches concerned are abandoned and
-        their partitions re-read after a backoff."""
-        b, self._batch = self._batch, ReadBatch()
+        their partitions re-read after a backoff.
+
+        With ``worker.read_ahead`` the records after the batch are polled first and become the
+        open batch, whose states are read from Redis while this one computes
+        (streamflame.pipeline.worker.readahead); whatever fails or re-reads this batch drops
+        the open batch too (re-read from its first offsets)."""
+        b = self._batch
+        nxt = ReadBatch()
+        if self._prefetcher is not None and not self._stop.is_set():
+            nxt = self._poll_ahead()
+            if nxt is None:   # a rebalance dropped b
+                return
+        self._batch = nxt
         try:
             cur = self._compute(b)
         except self._errors as e:
             self._settle_inflight()   # the job in flight stands on its own
-            self._fail(e, [b])
+            self._fail(e, [b, *self._drop_open()])
             return
         if self._inflight is not None:
             prev = self._inflight
@@ -339,11 +354,11 @@ class Worker(ServiceControls, WorkerOutcome):
                 rewound = self._finish_inflight()
             except self._errors as e:
                 self.processor.forget(cur.res)
-                self._fail(e, [prev.batch, b])
+                self._fail(e, [prev.batch, b, *self._drop_open()])
                 return
             if rewound is not None:   # a write of prev was refused: cur may rest on it; re-read cur
                 self.processor.forget(cur.res)
-                self._reread(b, rewound)
+                self._reread(rewound, b, *self._drop_open())
                 log.warning("worker.batch_reread", patches=len(b), why="a state write of the batch before "
                             "was refused or rewound, and this batch was computed from it")
                 return
@@ -351,10 +366,12 @@ class Worker(ServiceControls, WorkerOutcome):
             self._inflight = cur
             self.publisher.submit(cur.job)
             if not (self.publisher.concurrent and cur.pipelinable):
-                self._finish_inflight()
+                rewound = self._finish_inflight()
+                if rewound:   # partitions sought back: the open batch holds records past them
+                    self._reread(rewound, *self._drop_open())
         except self._errors as e:
             self._inflight = None
-            self._fail(e, [b])
+            self._fail(e, [b, *self._drop_open()])
             return
         self._backoff = 0.0
         if self.cfg.worker.throttle_ms:  # test/ops knob: a deliberately slow worker
@@ -371,8 +388,13 @@ class Worker(ServiceControls, WorkerOutcome):
         loaded = {sid: writing[sid] for sid in sids if sid in writing}
         hits, misses = self.cache.split([sid for sid in sids if sid not in loaded])
         loaded.update(hits)
-        loaded.update(self.store.load_many(misses))
-        redis_load_s = self.store.last_round_trip_s if misses else 0.0
+        ahead, redis_load_s = b.prefetch.take(misses) if b.prefetch is not None else ({}, 0.0)
+        loaded.update(ahead)
+        self.read_ahead_used += len(ahead)
+        rest = [sid for sid in misses if sid not in ahead]
+        loaded.update(self.store.load_many(rest))
+        redis_load_s += self.store.last_round_trip_s if rest else 0.0
+        self._start_prefetch(sids)   # the open batch's reads, while this batch computes
         res = self.processor.process(b.records, loaded, produced_at_ms=int(time.time() * 1000))
 
         t = self.cfg.topics
