@@ -71,7 +71,7 @@ def test_lockstep_equals_one_by_one(windows, seed, min_rows, monkeypatch):
     got = judge_many(series, windows)
     assert sum(len(w.z) for w in want) > 300 and sum(len(w.snapshots) for w in want) > 10
     for w, g in zip(want, got):
-        assert g == w                      # z, window, expected, n_before, snapshots: exact
+        assert g == w                      # z, window, expected, n_before, snapshots, z1: exact
     # and each series' state is left exactly as the reference leaves it
     assert [o.state.to_list() for o in series] == [o.state.to_list() for o in ref]
 
@@ -94,5 +94,6 @@ def test_a_spike_is_seen_in_lockstep_as_by_the_reference():
     windows = (1, 2, 3, 5, 8)
     items = [10.0 + rng.gauss(0, 1) for _ in range(400)] + [30.0]
     got = judge_many([Ops(JudgeState(), items), Ops(JudgeState(), items[:200])], windows, TrackerParams())
-    assert got[0].window[-1] == 1 and got[0].z[-1] > 8
-    assert max(abs(z) for z in got[0].z[100:-1]) < 6
+    assert got[0].z1[-1] > 8 and got[0].z[-1] > 3      # one step, and the windows that end with it
+    assert max(abs(z) for z in got[0].z1[100:-1]) < 6
+    assert sum(abs(z) > 0 for z in got[0].z1) > 300 and got[0].z1 != got[0].z

@@ -6,10 +6,14 @@ function of the slots fed to it and its persisted form (``to_list``/``from_list`
 so ingest replaying a series from its cursor produces the same events again.
 
 Kinds
-    ``deviation``     the judge's statistic (judge.py) reaches the opening threshold
-                      derived from the false-alarm budget (settings.py); stays open
-                      while any window is above ``z_close``; resolves after
-                      ``resolve_after`` quiet observations.
+    ``deviation``     one of the judge's tests (judge.py) passes its threshold derived
+                      from the false-alarm budget (settings.py): a window longer than
+                      one (``z_open``); a spike, i.e. ``|z_1|`` and the next value's
+                      return towards the value before both past ``z_confirm`` (opened
+                      at that next value: a natural jump that stays is no spike); or
+                      ``|z_1|`` alone past ``z_now`` (at once). Stays open while any
+                      statistic is above ``z_close``; resolves after ``resolve_after``
+                      quiet observations.
     ``flatline``      the same value ``flatline_window`` times in a row, more times than
                       the series ever repeated a value before (reported runs included: a
                       pattern that recurs is reported once), and a run that the series'
@@ -41,7 +45,8 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from streamflame.alerts.judge import JudgeState, TrackerParams, observe, skip
-from streamflame.alerts.settings import SEVERITIES, AlertSettings, Thresholds, tail_probability
+from streamflame.alerts.settings import (SEVERITIES, AlertSettings, Thresholds, confirm_probability,
+                                         tail_probability)
 
 __all__ = ["AlertEvent", "SeriesAlerts", "Verdict", "KINDS", "PARAMS"]
 
@@ -54,13 +59,14 @@ _PARAMS = PARAMS
 
 class Verdict(NamedTuple):
     """The judge's word on one value, when it was judged apart (alerts/lockstep.py) before
-    :meth:`SeriesAlerts.feed`: ``Judgement.z``, ``.window``, ``.expected``, and ``n_before``
-    = ``judge.count[0]`` just before the value."""
+    :meth:`SeriesAlerts.feed`: ``Judgement.z``, ``.window``, ``.expected``, ``n_before``
+    = ``judge.count[0]`` just before the value, and ``Judgement.z1``."""
 
     z: float
     window: int
     expected: float
     n_before: int
+    z1: float = 0.0
 _REPEAT_GAMMA = 0.01
 
 
@@ -115,21 +121,27 @@ class SeriesAlerts:
     null_start_ms: int | None = None
     open: dict = field(default_factory=dict)        # kind -> _Episode
     resolved_at: dict = field(default_factory=dict)  # kind -> slot of its last resolve
+    spike: list | None = None  # a spike candidate at the last slot: [slot, ts_ms, value, expected, z1]
 
     # ---------------------------------------------------------------- persisted form
 
     def to_list(self) -> list:
         return [self.judge.to_list(), self.last_slot, self.last_value, self.run, self.max_run, self.repeat_rate,
                 self.run_rate, self.nulls,
-                self.null_start_ms, {k: e.to_list() for k, e in self.open.items()}, dict(self.resolved_at)]
+                self.null_start_ms, {k: e.to_list() for k, e in self.open.items()}, dict(self.resolved_at),
+                self.spike]
 
     @classmethod
     def from_list(cls, d: list) -> "SeriesAlerts":
-        j, last_slot, last_value, run, max_run, rate, run_rate, nulls, null_start, opened, resolved = d
+        """The persisted form; one of 11 items (written before spike confirmation) has no candidate."""
+        j, last_slot, last_value, run, max_run, rate, run_rate, nulls, null_start, opened, resolved = d[:11]
+        spike = d[11] if len(d) > 11 else None
         return cls(JudgeState.from_list(j), last_slot, last_value, int(run), int(max_run), float(rate),
                    float(run_rate), int(nulls), null_start,
                    {k: _Episode(int(a), str(b), float(c), int(q), int(o)) for k, (a, b, c, q, o) in opened.items()},
-                   {k: int(v) for k, v in resolved.items()})
+                   {k: int(v) for k, v in resolved.items()},
+                   None if spike is None else [int(spike[0]), int(spike[1]), float(spike[2]), float(spike[3]),
+                                               float(spike[4])])
 
     # ---------------------------------------------------------------- input
 
@@ -161,6 +173,7 @@ class SeriesAlerts:
         prev = self.last_slot
         gap = 0 if prev is None else slot - prev - 1
         self.last_slot = slot
+        pending, self.spike = self.spike, None   # a spike candidate is judged by the very next slot only
         if gap > 0:
             if not judged_apart:
                 skip(self.judge, gap)
@@ -242,28 +255,56 @@ class SeriesAlerts:
                     self._resolve("out_of_range", slot, ts_ms, value, out)
         # deviation
         j = verdict if judged_apart else observe(self.judge, float(value), s.windows, _PARAMS)
-        az = abs(j.z)
+        self._deviation(slot, ts_ms, value, freq_ms, s, thr, out, j, pending if judging else None, judging)
+
+    def _deviation(self, slot: int, ts_ms: int, value: float, freq_ms: int, s: AlertSettings, thr: Thresholds,
+                   out: list[AlertEvent], j, pending: list | None, judging: bool) -> None:
+        """The deviation tests of one value (``j``: its judgement); ``pending``: the spike
+        candidate of the slot before, if any."""
+        az, az1 = abs(j.z), abs(j.z1)
         ep = self.open.get("deviation")
         if ep is not None:
             ep.observations += 1
+            zd = j.z if az >= az1 else j.z1        # the statistic that speaks
+            az = az if az >= az1 else az1
             if az >= thr.z_close:
                 ep.quiet = 0
-                sev = _severity(az, thr)
+                sev = _severity(az, thr.z_severity)
                 if SEVERITIES.index(sev) > SEVERITIES.index(ep.severity):
                     ep.severity, ep.score = sev, az / thr.z_open
                     out.append(AlertEvent("update", "deviation", slot, ts_ms, ep.started_ms, sev, az / thr.z_open,
-                                          value, j.expected, tail_probability(j.z, thr.n_windows),
-                                          "above" if j.z > 0 else "below", ep.observations))
+                                          value, j.expected, tail_probability(zd, thr.n_windows if zd is j.z else 1),
+                                          "above" if zd > 0 else "below", ep.observations))
                 else:
                     ep.score = max(ep.score, az / thr.z_open)
             else:
                 ep.quiet += 1
                 if ep.quiet >= s.resolve_after:
                     self._resolve("deviation", slot, ts_ms, value, out, expected=j.expected)
-        elif judging and az >= thr.z_open and self._may_open("deviation", slot, s):
+            return
+        if not judging or not self._may_open("deviation", slot, s):
+            return
+        if pending is not None and pending[0] == slot - 1:
+            p_slot, p_ts, p_value, p_expected, p_z1 = pending
+            e, back = p_value - p_expected, p_value - value
+            if (e > 0.0) == (back > 0.0) and e != 0.0 and back != 0.0:
+                ae, ab = abs(e), abs(back)
+                zc = (ae if ae < ab else ab) * abs(p_z1) / ae     # in units of the one-step scale
+                if zc >= thr.z_confirm:
+                    self._open("deviation", slot, ts_ms, p_ts, zc / thr.z_confirm, p_value, out,
+                               severity=_severity(zc, thr.z_confirm_severity), expected=p_expected,
+                               p_value=confirm_probability(zc), direction="above" if e > 0 else "below")
+                    return
+        if az1 >= thr.z_now and az1 >= az:
+            self._open("deviation", slot, ts_ms, ts_ms, az1 / thr.z_now, value, out,
+                       severity=_severity(az1, thr.z_now_severity), expected=j.expected,
+                       p_value=tail_probability(j.z1), direction="above" if j.z1 > 0 else "below")
+        elif az >= thr.z_open:
             self._open("deviation", slot, ts_ms, ts_ms - (j.window - 1) * freq_ms, az / thr.z_open, value, out,
-                       severity=_severity(az, thr), expected=j.expected,
+                       severity=_severity(az, thr.z_severity), expected=j.expected,
                        p_value=tail_probability(j.z, thr.n_windows), direction="above" if j.z > 0 else "below")
+        elif az1 >= thr.z_confirm:
+            self.spike = [slot, ts_ms, value, j.expected, j.z1]
 
     def feed_judged(self, slot: int, values: list, freq_ms: int, anchor_ms: int, s: AlertSettings,
                     thr: Thresholds, verdicts, i: int, alerted: int | None, events: list) -> int:
@@ -273,14 +314,15 @@ class SeriesAlerts:
         ``events``. Returns the index of the next verdict. The quiet case (nothing open, a new
         value right after the last one, no range, below the opening threshold) is done here
         with feed's own operations; everything else goes through feed."""
-        zs, ws, es, ns = verdicts.z, verdicts.window, verdicts.expected, verdicts.n_before
-        z_open = thr.z_open
+        zs, ws, es, ns, z1s = verdicts.z, verdicts.window, verdicts.expected, verdicts.n_before, verdicts.z1
+        z_open, z_confirm = thr.z_open, thr.z_confirm
         quiet_ok = s.range is None
         for value in values:
             if value is not None:
-                z = zs[i]
+                z, z1 = zs[i], z1s[i]
                 if (quiet_ok and not self.open and not self.nulls and self.last_slot == slot - 1
-                        and value != self.last_value and -z_open < z < z_open):
+                        and self.spike is None and value != self.last_value and -z_open < z < z_open
+                        and -z_confirm < z1 < z_confirm):
                     self.last_slot = slot
                     rate = self.repeat_rate
                     g = 1.0 / (ns[i] + 1)           # max(_REPEAT_GAMMA, 1 / (n + 1)), as feed
@@ -293,7 +335,7 @@ class SeriesAlerts:
                     i += 1
                     slot += 1
                     continue
-                verdict = Verdict(z, ws[i], es[i], ns[i])
+                verdict = Verdict(z, ws[i], es[i], ns[i], z1)
                 i += 1
             else:
                 verdict = None
@@ -345,9 +387,9 @@ def _budget_run(rate: float, s: AlertSettings, thr: Thresholds) -> int:
     return 1 + math.ceil(math.log(s.false_alarm_budget / thr.obs_per_week) / math.log(rate))
 
 
-def _severity(az: float, thr: Thresholds) -> str:
+def _severity(az: float, levels: tuple[float, float, float]) -> str:
     sev = "minor"
-    for name, z in zip(SEVERITIES, thr.z_severity):
+    for name, z in zip(SEVERITIES, levels):
         if az >= z:
             sev = name
     return sev

@@ -22,8 +22,11 @@ reference path's multi-step error: self-calibrated. A sensor's resolution bounds
 the scales from below: a window's standard deviation is never taken below
 ``quantum * sqrt(w)``, ``quantum`` being the smallest non-zero change between
 consecutive values seen so far (a quantised series whose value mostly stays put
-would otherwise call a one-step change of one quantum an anomaly). ``pit`` is the
-one-step probability integral transform ``Phi(z_1)``.
+would otherwise call a one-step change of one quantum an anomaly). The one-step
+statistic ``z_1`` is reported apart from the longer windows' (``Judgement.z1``): the
+episode layer tests it on its own, and confirms a spike with the next value (a spike
+comes back, a natural jump does not; see episodes.py). ``pit`` is the one-step
+probability integral transform ``Phi(z_1)``.
 
 Missing slots advance the tracker by its trend and restart the windows (a window
 never spans a gap). ``JudgeState.to_list`` / ``from_list`` are the persisted form.
@@ -82,14 +85,17 @@ class JudgeState:
 
 
 class Judgement(NamedTuple):
-    """What the judge says about one observation. ``z`` is the window statistic of the
-    largest magnitude (0.0 while no window is calibrated), ``window`` its length, ``expected``
-    the one-step prediction, ``pit`` = Phi(z_1) (0.5 while uncalibrated)."""
+    """What the judge says about one observation. ``z`` is the statistic of the largest
+    magnitude among the windows longer than one (0.0 while none is calibrated), ``window``
+    its length, ``expected`` the one-step prediction, ``pit`` = Phi(z_1) (0.5 while
+    uncalibrated), ``z1`` the one-step statistic (0.0 while uncalibrated or without a
+    window of length 1)."""
 
     z: float
     window: int
     expected: float
     pit: float
+    z1: float = 0.0
 
 
 def _phi(z: float) -> float:
@@ -102,7 +108,7 @@ def observe(st: JudgeState, y: float, windows: tuple[int, ...], p: TrackerParams
         st.level, st.trend, st.slow_level, st.slow_trend = y, 0.0, y, 0.0
         st.var, st.count = [0.0] * len(windows), [0] * len(windows)
         st.hist_y, st.hist_l, st.hist_t = [], [], []
-        return Judgement(0.0, 1, y, 0.5)
+        return Judgement(0.0, windows[0], y, 0.5, 0.0)
     if len(st.var) != len(windows):  # the windows changed (config reload): restart the scales
         st.var, st.count = [0.0] * len(windows), [0] * len(windows)
     level, trend, s_level, s_trend = st.level, st.trend, st.slow_level, st.slow_trend
@@ -140,11 +146,12 @@ def observe(st: JudgeState, y: float, windows: tuple[int, ...], p: TrackerParams
             qsd = quantum * _SQRT[w]
             if qsd > sd:
                 sd = qsd
-            az = ae / sd
-            if az > best_az:
-                best_az, best_w, best_z = az, w, e / sd
             if w == 1:
                 z1 = e / sd
+            else:
+                az = ae / sd
+                if az > best_az:
+                    best_az, best_w, best_z = az, w, e / sd
             if ae > clip_s * v:
                 ae = clip_s * v
         n += 1
@@ -165,7 +172,7 @@ def observe(st: JudgeState, y: float, windows: tuple[int, ...], p: TrackerParams
     st.trend = trend + p.alpha * p.beta * e1
     st.slow_level = s_level + s_trend + p.alpha_slow * e2
     st.slow_trend = s_trend + p.alpha_slow * p.beta * e2
-    return Judgement(best_z, best_w, expected, _phi(z1) if z1 else 0.5)
+    return Judgement(best_z, best_w, expected, _phi(z1) if z1 else 0.5, z1)
 
 
 def skip(st: JudgeState, n_slots: int) -> None:

@@ -50,8 +50,8 @@ class Ops:
 
 @dataclass
 class Judged:
-    """What the judge said about each value of one series, in order (z, window, expected as
-    :class:`judge.Judgement`; ``n_before`` = ``state.count[0]`` just before it), and the
+    """What the judge said about each value of one series, in order (z, window, expected, z1
+    as :class:`judge.Judgement`; ``n_before`` = ``state.count[0]`` just before it), and the
     snapshots, in order. The series' ``state`` is left as after all its work."""
 
     z: list[float]
@@ -59,6 +59,7 @@ class Judged:
     expected: list[float]
     n_before: list[int]
     snapshots: list[list]
+    z1: list[float] = field(default_factory=list)
 
 
 def judge_one(ops: Ops, windows: tuple[int, ...], p: TrackerParams = TrackerParams(),
@@ -81,6 +82,7 @@ def judge_one(ops: Ops, windows: tuple[int, ...], p: TrackerParams = TrackerPara
         out.z.append(j.z)
         out.window.append(j.window)
         out.expected.append(j.expected)
+        out.z1.append(j.z1)
     return out
 
 
@@ -101,7 +103,7 @@ def judge_many(series: list[Ops], windows: tuple[int, ...], p: TrackerParams = T
             rows.append((i, ops, 0))
     for i, judged in (_lockstep(rows, windows, p) if rows else ()):
         done = results[i]
-        for name in ("z", "window", "expected", "n_before", "snapshots"):
+        for name in ("z", "window", "expected", "n_before", "snapshots", "z1"):
             getattr(done, name).extend(getattr(judged, name))
     return results
 
@@ -131,8 +133,8 @@ def _lockstep(rows, windows: tuple[int, ...], p: TrackerParams):
     Y = np.array([z + s.hist_y for z, s in zip(pad, states)], dtype=np.float64).reshape(S, W)
     HL = np.array([z + s.hist_l for z, s in zip(pad, states)], dtype=np.float64).reshape(S, W)
     HT = np.array([z + s.hist_t for z, s in zip(pad, states)], dtype=np.float64).reshape(S, W)
-    Z, WIN, EXP, NB = (np.zeros((S, max(K, 1))), np.zeros((S, max(K, 1)), dtype=np.int64),
-                       np.zeros((S, max(K, 1))), np.zeros((S, max(K, 1)), dtype=np.int64))
+    Z, WIN, EXP, NB, Z1 = (np.zeros((S, max(K, 1))), np.zeros((S, max(K, 1)), dtype=np.int64),
+                           np.zeros((S, max(K, 1))), np.zeros((S, max(K, 1)), dtype=np.int64), np.zeros((S, max(K, 1))))
     snaps: list[list] = [[] for _ in range(S)]
     events: dict[int, list[int]] = {}           # k -> rows with skips / snapshots before value k
     for row, r in enumerate(order):
@@ -161,7 +163,7 @@ def _lockstep(rows, windows: tuple[int, ...], p: TrackerParams):
                 break
             for row in events.get(k, ()):
                 side(k, row)
-            _observe_rows(k, n, V, arrays, (Z, WIN, EXP, NB), c)
+            _observe_rows(k, n, V, arrays, (Z, WIN, EXP, NB, Z1), c)
         else:
             n = 0
     # what comes after the last value of the series done here: snapshots of the final state
@@ -178,16 +180,16 @@ def _lockstep(rows, windows: tuple[int, ...], p: TrackerParams):
         s.var, s.count, s.hist_y, s.hist_l, s.hist_t = t.var, t.count, t.hist_y, t.hist_l, t.hist_t
         for _ in range(final_snaps[row]):
             snaps[row].append([x[:] if type(x) is list else x for x in s.to_list()])
-    Zl, Wl, El, Nl = Z.tolist(), WIN.tolist(), EXP.tolist(), NB.tolist()
+    Zl, Wl, El, Nl, Z1l = Z.tolist(), WIN.tolist(), EXP.tolist(), NB.tolist(), Z1.tolist()
     for row, r in enumerate(order):
         L = lens[row]
         if row < n:                     # values stop.. one by one, from the state just stored
             rest = judge_one(Ops(states[row], vals[r], between[r]), windows, p, start=stop)
             yield rows[r][0], Judged(Zl[row][:stop] + rest.z, Wl[row][:stop] + rest.window,
                                      El[row][:stop] + rest.expected, Nl[row][:stop] + rest.n_before,
-                                     snaps[row] + rest.snapshots)
+                                     snaps[row] + rest.snapshots, Z1l[row][:stop] + rest.z1)
         else:
-            yield rows[r][0], Judged(Zl[row][:L], Wl[row][:L], El[row][:L], Nl[row][:L], snaps[row])
+            yield rows[r][0], Judged(Zl[row][:L], Wl[row][:L], El[row][:L], Nl[row][:L], snaps[row], Z1l[row][:L])
 
 
 class _Consts:
@@ -210,13 +212,15 @@ class _Consts:
         # column j of the history joins the sum of window w from j = W - w on (oldest first)
         self.adds = [np.nonzero(self.col <= j)[0] for j in range(W)]
         self.one = windows[0] == 1                                    # window 1 is y - (L + T)
+        self.first_long = 1 if self.one else 0                        # windows judged for ``z``
+        self.long = len(windows) - self.first_long
 
 
 def _observe_rows(k: int, n: int, V, arrays, outs, c: _Consts) -> None:
     """``observe`` of value ``k`` of rows ``:n``: judge.py's operations, in its order, on
     (n,) arrays, and the window loop on (n, nw) arrays."""
     level, trend, slevel, strend, quantum, var, count, m, Y, HL, HT = arrays
-    Z, WIN, EXP, NB = outs
+    Z, WIN, EXP, NB, Z1 = outs
     y = V[:n, k]
     lv, tr, sl, stt = level[:n], trend[:n], slevel[:n], strend[:n]
     NB[:n, k] = count[:n, 0]
@@ -255,12 +259,19 @@ def _observe_rows(k: int, n: int, V, arrays, outs, c: _Consts) -> None:
     sd = np.where(qsd > sd, qsd, sd)
     az = np.where(cal, ae / sd, 0.0)
     zz = e / sd
-    # the first window of the largest |z| (judge.py: strictly larger replaces), if any is > 0
-    best = np.argmax(az, axis=1)
+    # the first window of the largest |z| among those longer than one (judge.py: strictly
+    # larger replaces), if any is > 0; window 1 apart
     rows = np.arange(n)
-    some = az[rows, best] > 0.0
-    Z[:n, k] = np.where(some, zz[rows, best], 0.0)
-    WIN[:n, k] = np.where(some, c.w[best], c.windows[0])
+    if c.one:
+        Z1[:n, k] = np.where(cal[:, 0], zz[:, 0], 0.0)
+    if c.long > 0:
+        best = np.argmax(az[:, c.first_long:], axis=1) + c.first_long
+        some = az[rows, best] > 0.0
+        Z[:n, k] = np.where(some, zz[rows, best], 0.0)
+        WIN[:n, k] = np.where(some, c.w[best], c.windows[0])
+    else:
+        Z[:n, k] = 0.0
+        WIN[:n, k] = c.windows[0]
     cv = c.clip_s * v
     ae = np.where(cal & (ae > cv), cv, ae)
     cnt1 = cnt + 1

@@ -79,12 +79,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--alpha", type=float, default=TrackerParams().alpha)
     ap.add_argument("--beta", type=float, default=TrackerParams().beta)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--min-gap", type=int, default=None, help="AlertSettings.min_gap (default: its default)")
+    ap.add_argument("--resolve-after", type=int, default=None, help="AlertSettings.resolve_after")
     args = ap.parse_args(argv)
     if args.split == "train":
         base = training_pick(args.series, args.seed)
     else:
         base = _series(args.series, LENGTH)
-    s = AlertSettings(false_alarm_budget=args.budget, windows=tuple(int(w) for w in args.windows.split(",")))
+    s = AlertSettings(false_alarm_budget=args.budget, windows=tuple(int(w) for w in args.windows.split(",")),
+                      **({"min_gap": args.min_gap} if args.min_gap is not None else {}),
+                      **({"resolve_after": args.resolve_after} if args.resolve_after is not None else {}))
     params = TrackerParams(alpha=args.alpha, beta=args.beta)
     rng = np.random.default_rng(args.seed)
     t0 = time.perf_counter()
