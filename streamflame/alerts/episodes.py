@@ -8,9 +8,10 @@ so ingest replaying a series from its cursor produces the same events again.
 Kinds
     ``deviation``     one of the judge's tests (judge.py) passes its threshold derived
                       from the false-alarm budget (settings.py): a window longer than
-                      one (``z_open``); a spike, i.e. ``|z_1|`` and the next value's
-                      return towards the value before both past ``z_confirm`` (opened
-                      at that next value: a natural jump that stays is no spike); or
+                      one (``z_open``); a spike, i.e. the jump from the value before and
+                      the next value's return both past ``z_confirm`` scales of the
+                      series' one-step changes (spikes.py; opened at that next value:
+                      a natural jump that stays is no spike); or
                       ``|z_1|`` alone past ``z_now`` (at once). Stays open while any
                       statistic is above ``z_close``; resolves after ``resolve_after``
                       quiet observations.
@@ -45,6 +46,7 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from streamflame.alerts.judge import JudgeState, TrackerParams, observe, skip
+from streamflame.alerts.spikes import JumpScale
 from streamflame.alerts.settings import (SEVERITIES, AlertSettings, Thresholds, confirm_probability,
                                          tail_probability)
 
@@ -121,7 +123,8 @@ class SeriesAlerts:
     null_start_ms: int | None = None
     open: dict = field(default_factory=dict)        # kind -> _Episode
     resolved_at: dict = field(default_factory=dict)  # kind -> slot of its last resolve
-    spike: list | None = None  # a spike candidate at the last slot: [slot, ts_ms, value, expected, z1]
+    spike: list | None = None  # a spike candidate at the last slot: [slot, ts_ms, value, previous, expected, z]
+    jumps: JumpScale = field(default_factory=JumpScale)   # scale of one-step changes (spikes.py)
 
     # ---------------------------------------------------------------- persisted form
 
@@ -129,19 +132,20 @@ class SeriesAlerts:
         return [self.judge.to_list(), self.last_slot, self.last_value, self.run, self.max_run, self.repeat_rate,
                 self.run_rate, self.nulls,
                 self.null_start_ms, {k: e.to_list() for k, e in self.open.items()}, dict(self.resolved_at),
-                self.spike]
+                self.spike, self.jumps.to_list()]
 
     @classmethod
     def from_list(cls, d: list) -> "SeriesAlerts":
-        """The persisted form; one of 11 items (written before spike confirmation) has no candidate."""
+        """The persisted form; one of 11 items (written before spike confirmation) has no candidate
+        and a new one-step scale."""
         j, last_slot, last_value, run, max_run, rate, run_rate, nulls, null_start, opened, resolved = d[:11]
-        spike = d[11] if len(d) > 11 else None
+        spike = d[11] if len(d) > 12 else None
         return cls(JudgeState.from_list(j), last_slot, last_value, int(run), int(max_run), float(rate),
                    float(run_rate), int(nulls), null_start,
                    {k: _Episode(int(a), str(b), float(c), int(q), int(o)) for k, (a, b, c, q, o) in opened.items()},
                    {k: int(v) for k, v in resolved.items()},
-                   None if spike is None else [int(spike[0]), int(spike[1]), float(spike[2]), float(spike[3]),
-                                               float(spike[4])])
+                   None if spike is None else [int(spike[0]), int(spike[1])] + [float(x) for x in spike[2:6]],
+                   JumpScale.from_list(d[12]) if len(d) > 12 else JumpScale())
 
     # ---------------------------------------------------------------- input
 
@@ -209,6 +213,13 @@ class SeriesAlerts:
         if "dropout" in self.open:
             self._resolve("dropout", slot, ts_ms, value, out)
         judging = slot >= s.suppress_patches * 48
+        # the one-step change (spikes.py): its size in scales before the scale learns it
+        before = self.last_value
+        if before is not None:
+            zd = self.jumps.z(value - before, _PARAMS)
+            self.jumps.update(value - before, _PARAMS)
+        else:
+            zd = 0.0
         # flatline
         same = value == self.last_value
         if "flatline" not in self.open:
@@ -255,17 +266,20 @@ class SeriesAlerts:
                     self._resolve("out_of_range", slot, ts_ms, value, out)
         # deviation
         j = verdict if judged_apart else observe(self.judge, float(value), s.windows, _PARAMS)
-        self._deviation(slot, ts_ms, value, freq_ms, s, thr, out, j, pending if judging else None, judging)
+        self._deviation(slot, ts_ms, value, freq_ms, s, thr, out, j, pending if judging else None, judging,
+                        before, zd)
 
     def _deviation(self, slot: int, ts_ms: int, value: float, freq_ms: int, s: AlertSettings, thr: Thresholds,
-                   out: list[AlertEvent], j, pending: list | None, judging: bool) -> None:
-        """The deviation tests of one value (``j``: its judgement); ``pending``: the spike
-        candidate of the slot before, if any."""
+                   out: list[AlertEvent], j, pending: list | None, judging: bool, before: float | None,
+                   zd: float) -> None:
+        """The deviation tests of one value (``j``: its judgement; ``zd``: its change from
+        ``before``, the value of the slot before, in one-step scales); ``pending``: the
+        spike candidate of the slot before, if any."""
         az, az1 = abs(j.z), abs(j.z1)
         ep = self.open.get("deviation")
         if ep is not None:
             ep.observations += 1
-            zd = j.z if az >= az1 else j.z1        # the statistic that speaks
+            zs = j.z if az >= az1 else j.z1        # the statistic that speaks
             az = az if az >= az1 else az1
             if az >= thr.z_close:
                 ep.quiet = 0
@@ -273,8 +287,8 @@ class SeriesAlerts:
                 if SEVERITIES.index(sev) > SEVERITIES.index(ep.severity):
                     ep.severity, ep.score = sev, az / thr.z_open
                     out.append(AlertEvent("update", "deviation", slot, ts_ms, ep.started_ms, sev, az / thr.z_open,
-                                          value, j.expected, tail_probability(zd, thr.n_windows if zd is j.z else 1),
-                                          "above" if zd > 0 else "below", ep.observations))
+                                          value, j.expected, tail_probability(zs, thr.n_windows if zs is j.z else 1),
+                                          "above" if zs > 0 else "below", ep.observations))
                 else:
                     ep.score = max(ep.score, az / thr.z_open)
             else:
@@ -285,11 +299,11 @@ class SeriesAlerts:
         if not judging or not self._may_open("deviation", slot, s):
             return
         if pending is not None and pending[0] == slot - 1:
-            p_slot, p_ts, p_value, p_expected, p_z1 = pending
-            e, back = p_value - p_expected, p_value - value
+            p_slot, p_ts, p_value, p_before, p_expected, p_zd = pending
+            e, back = p_value - p_before, p_value - value
             if (e > 0.0) == (back > 0.0) and e != 0.0 and back != 0.0:
                 ae, ab = abs(e), abs(back)
-                zc = (ae if ae < ab else ab) * abs(p_z1) / ae     # in units of the one-step scale
+                zc = (ae if ae < ab else ab) * abs(p_zd) / ae     # in one-step scales
                 if zc >= thr.z_confirm:
                     self._open("deviation", slot, ts_ms, p_ts, zc / thr.z_confirm, p_value, out,
                                severity=_severity(zc, thr.z_confirm_severity), expected=p_expected,
@@ -303,8 +317,8 @@ class SeriesAlerts:
             self._open("deviation", slot, ts_ms, ts_ms - (j.window - 1) * freq_ms, az / thr.z_open, value, out,
                        severity=_severity(az, thr.z_severity), expected=j.expected,
                        p_value=tail_probability(j.z, thr.n_windows), direction="above" if j.z > 0 else "below")
-        elif az1 >= thr.z_confirm:
-            self.spike = [slot, ts_ms, value, j.expected, j.z1]
+        elif (zd if zd >= 0.0 else -zd) >= thr.z_confirm and before is not None:
+            self.spike = [slot, ts_ms, value, before, j.expected, zd]
 
     def feed_judged(self, slot: int, values: list, freq_ms: int, anchor_ms: int, s: AlertSettings,
                     thr: Thresholds, verdicts, i: int, alerted: int | None, events: list) -> int:
@@ -315,14 +329,17 @@ class SeriesAlerts:
         value right after the last one, no range, below the opening threshold) is done here
         with feed's own operations; everything else goes through feed."""
         zs, ws, es, ns, z1s = verdicts.z, verdicts.window, verdicts.expected, verdicts.n_before, verdicts.z1
-        z_open, z_confirm = thr.z_open, thr.z_confirm
+        z_open, z_confirm, z_now = thr.z_open, thr.z_confirm, thr.z_now
+        jumps, params = self.jumps, _PARAMS
         quiet_ok = s.range is None
         for value in values:
             if value is not None:
                 z, z1 = zs[i], z1s[i]
                 if (quiet_ok and not self.open and not self.nulls and self.last_slot == slot - 1
                         and self.spike is None and value != self.last_value and -z_open < z < z_open
-                        and -z_confirm < z1 < z_confirm):
+                        and -z_confirm < z1 < z_confirm
+                        and -z_confirm < (zd := jumps.z(value - self.last_value, params)) < z_confirm):
+                    jumps.update(value - self.last_value, params)
                     self.last_slot = slot
                     rate = self.repeat_rate
                     g = 1.0 / (ns[i] + 1)           # max(_REPEAT_GAMMA, 1 / (n + 1)), as feed

@@ -82,7 +82,7 @@ class AlertSettings(BaseModel):
         return v
 
 
-SHARES = {"long": 0.1, "confirm": 0.1, "now": 1e-4}
+SHARES = {"long": 0.1, "confirm": 0.002, "now": 1e-4}
 """The share of the false-alarm budget each deviation test spends under the normal model."""
 
 
