@@ -329,7 +329,7 @@ class SeriesAlerts:
         value right after the last one, no range, below the opening threshold) is done here
         with feed's own operations; everything else goes through feed."""
         zs, ws, es, ns, z1s = verdicts.z, verdicts.window, verdicts.expected, verdicts.n_before, verdicts.z1
-        z_open, z_confirm, z_now = thr.z_open, thr.z_confirm, thr.z_now
+        z_open, z_confirm = thr.z_open, thr.z_confirm          # (z_now >= z_confirm: |z1| below both)
         jumps, params = self.jumps, _PARAMS
         quiet_ok = s.range is None
         for value in values:
@@ -338,7 +338,7 @@ class SeriesAlerts:
                 if (quiet_ok and not self.open and not self.nulls and self.last_slot == slot - 1
                         and self.spike is None and value != self.last_value and -z_open < z < z_open
                         and -z_confirm < z1 < z_confirm
-                        and -z_confirm < (zd := jumps.z(value - self.last_value, params)) < z_confirm):
+                        and -z_confirm < jumps.z(value - self.last_value, params) < z_confirm):
                     jumps.update(value - self.last_value, params)
                     self.last_slot = slot
                     rate = self.repeat_rate
