@@ -1,17 +1,22 @@
 """Training throughput: observations per second of `streamflame train` on this machine.
 
     streamflame bench train [--config configs/train/default.yaml] [--steps 20] [--device cpu|cuda]
-                            [--threads N] [--batch B] [--seq-patches T]
+                            [--threads N] [--workers N] [--batch B] [--seq-patches T]
 
-Three figures, each the median over --steps steps after 3 warm-up steps:
-- data: the sampler alone (batches drawn in the loop when loader_workers = 0);
-- step: forward + backward + AdamW on batches drawn beforehand (the model's own cost);
-- loop: both, as `train` runs them (what a training run gets).
+Figures, each the median over --steps steps after 3 warm-up steps:
+- data: the sampler alone (what the loop draws when loader_workers = 0);
+- data + features: the sampler and the model's data-only features (period search, LegT
+  environment) on one thread: what one DataLoader worker does per batch when loader_workers > 0;
+- step: forward + backward + AdamW on batches drawn beforehand, the features computed in the step
+  ("step") or given ("step, features given": the model's own cost);
+- loop: both, as `train` runs them (the config's loader_workers and threads, or --workers and
+  --threads): what a training run gets.
 An observation is one value of a training sequence (batch x seq_patches x 48 per step).
 """
 from __future__ import annotations
 
 import argparse
+import itertools
 import platform
 import statistics
 import time
@@ -21,7 +26,7 @@ import torch
 
 from streamflame.model.config import ModelConfig
 from streamflame.model.flame import Flame
-from streamflame.train.loop import SequenceSampler, TrainConfig
+from streamflame.train.loop import SequenceSampler, TrainBatch, TrainConfig, _Batches, batch_stream, features_on
 
 
 def measure(cfg: TrainConfig, steps: int, device: torch.device) -> dict:
@@ -30,15 +35,18 @@ def measure(cfg: TrainConfig, steps: int, device: torch.device) -> dict:
     model = Flame(mcfg).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     sampler = SequenceSampler(cfg, mcfg.patch_len)
+    ahead = _Batches(sampler, 0, 10**9, mcfg, cfg.calendar)
     K = mcfg.max_future_patches
 
-    def draw(i: int) -> torch.Tensor:
-        return torch.from_numpy(sampler.batch(i))
+    def draw(i: int) -> TrainBatch:
+        return sampler.batch_with_calendar(i).tensors()
 
-    def step(x: torch.Tensor, i: int) -> None:
+    def step(xb: TrainBatch, i: int) -> None:
         g = np.random.default_rng([cfg.seed, i, 7])
         future = sorted({0, *g.choice(np.arange(1, K), size=min(cfg.future_per_step, K) - 1, replace=False)})
-        loss = model.loss(x.to(device), future=future)
+        loss = model.loss(xb.values.to(device), future=future, min_observed=cfg.min_observed,
+                          calendar=xb.calendar.to(device) if cfg.calendar else None,
+                          features=features_on(xb.features, device))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -53,12 +61,30 @@ def measure(cfg: TrainConfig, steps: int, device: torch.device) -> dict:
     for i in range(3):
         step(draw(i), i)
     data = [timed(lambda: draw(100 + i)) for i in range(steps)]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)                                  # as in a DataLoader worker
+    try:
+        ahead_t = [timed(lambda: ahead[150 + i]) for i in range(steps)]
+    finally:
+        torch.set_num_threads(threads)
     batches = [draw(200 + i) for i in range(steps)]
     compute = [timed(lambda: step(batches[i], i)) for i in range(steps)]
-    loop = [timed(lambda: step(draw(300 + i), i)) for i in range(steps)]
+    given = [ahead[200 + i].tensors() for i in range(steps)]
+    compute_given = [timed(lambda: step(given[i], i)) for i in range(steps)]
+    loop_cfg = TrainConfig(**{**cfg.__dict__, "steps": 300 + 3 + steps})
+    stream = batch_stream(loop_cfg, sampler, mcfg, 300, device)
+    for i, xb in enumerate(itertools.islice(stream, 3)):        # workers start, queue fills
+        step(xb, i)
+    loop = []
+    t = time.perf_counter()
+    for i, xb in enumerate(stream):
+        step(xb, i)
+        loop.append(time.perf_counter() - t)
+        t = time.perf_counter()
     obs = cfg.batch * cfg.seq_patches * mcfg.patch_len
     return {"obs_per_step": obs, **{k: obs / statistics.median(v) for k, v in
-                                    (("data", data), ("step", compute), ("loop", loop))}}
+                                    (("data", data), ("ahead", ahead_t), ("step", compute),
+                                     ("given", compute_given), ("loop", loop))}}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -67,7 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--config", default="configs/train/default.yaml")
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--device", default="auto")
-    ap.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
+    ap.add_argument("--threads", type=int, help="torch intra-op threads of the step (default: the config's)")
+    ap.add_argument("--workers", type=int, help="DataLoader workers of the loop (default: the config's)")
     ap.add_argument("--batch", type=int)
     ap.add_argument("--seq-patches", type=int)
     args = ap.parse_args(argv)
@@ -76,17 +103,28 @@ def main(argv: list[str] | None = None) -> int:
         cfg.batch = args.batch
     if args.seq_patches:
         cfg.seq_patches = args.seq_patches
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if args.device == "auto" else args.device))
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{platform.machine()} CPU"
-    print(f"bench train: {args.config}, batch {cfg.batch} x {cfg.seq_patches} patches, "
-          f"real {cfg.real_fraction:g} / tsmixup {cfg.tsmixup_fraction:g}, {name}, "
-          f"{torch.get_num_threads()} threads, torch {torch.__version__}, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
-    r = measure(cfg, args.steps, device)
+    if args.threads is not None:
+        cfg.threads = args.threads
+    if args.workers is not None:
+        cfg.loader_workers = args.workers
+    before = torch.get_num_threads()
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
+    try:
+        device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
+                              ("cpu" if args.device == "auto" else args.device))
+        name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{platform.machine()} CPU"
+        print(f"bench train: {args.config}, batch {cfg.batch} x {cfg.seq_patches} patches, "
+              f"real {cfg.real_fraction:g} / tsmixup {cfg.tsmixup_fraction:g}, {name}, "
+              f"{torch.get_num_threads()} threads, {cfg.loader_workers} loader workers, torch {torch.__version__}, "
+              f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+        r = measure(cfg, args.steps, device)
+    finally:
+        torch.set_num_threads(before)
     print(f"observations per step   {r['obs_per_step']:>12,}")
     print(f"data   (sampler alone)  {r['data']:>12,.0f} obs/s")
+    print(f"data + features (1 thr) {r['ahead']:>12,.0f} obs/s")
     print(f"step   (fwd+bwd+AdamW)  {r['step']:>12,.0f} obs/s")
+    print(f"step, features given    {r['given']:>12,.0f} obs/s")
     print(f"loop   (as train runs)  {r['loop']:>12,.0f} obs/s")
     return 0

@@ -24,8 +24,8 @@ from torch import nn
 from .config import ModelConfig
 from .flow import FlowHead
 from .hippo import legendre
-from .perception import (STATS, dominant_period, env_features, first_reference, last_observed, mean_std,
-                         patch_moments, scan_stats, seasonal_hint)
+from .perception import (STATS, DataFeatures, data_features, dominant_period, first_reference, last_observed,
+                         mean_std, patch_moments, scan_stats, seasonal_hint)
 from .seasonal import BINS, CANDIDATES, N_FEATURES, candidates, choice, features, update_errors, update_profiles
 from .ssd import RMSNorm, SSDLayer
 
@@ -43,6 +43,38 @@ STATE_FIELDS = {
     "herr": (lambda c: (len(CANDIDATES), 2), True),            # tracked error of each hint candidate
     "next": (lambda c: (len(CANDIDATES), c.patch_len), True),  # each candidate's prediction of the next patch
 }
+
+def normalised_windows(cfg: ModelConfig, state, patches):
+    """What advance derives from a state's ref/stats/window and T new patches (b, T, p):
+    ref (b,), causal RevIN stats (b, T, 3), mean/std (b, T) float64, windows (b, T, W) raw
+    (a view) ending at each patch."""
+    b, T, p = patches.shape
+    decay = 1.0 - 1.0 / cfg.norm_memory if cfg.norm_memory else 1.0
+    ref = first_reference(patches, state["ref"])
+    stats = scan_stats(patch_moments(patches, ref), state["stats"], decay)   # (b,T,3)
+    mean, std = mean_std(stats, ref[:, None])                                # (b,T)
+    seq = torch.cat([state["window"], patches.reshape(b, T * p)], 1)          # (b, W + T p)
+    return ref, stats, mean, std, seq.unfold(1, cfg.window, p)[:, 1:]
+
+
+def sequence_features(cfg: ModelConfig, patches: torch.Tensor, calendar=None) -> DataFeatures:
+    """The data-only features Flame.loss computes for sequences (b, T, p) from an empty state with
+    ``calendar`` (b, 2) (None: unknown): the same functions on the same numbers, so passing them
+    to loss(features=...) gives the same bits. Training computes them in DataLoader workers."""
+    b = patches.shape[0]
+    state = {"ref": torch.full((b,), float("nan"), dtype=torch.float64, device=patches.device),
+             "stats": torch.zeros((b, STATS), dtype=torch.float64, device=patches.device),
+             "window": torch.full((b, cfg.window), float("nan"), dtype=patches.dtype, device=patches.device),
+             "cal": _calendar(calendar, b, patches.device)}
+    _, _, mean, std, windows = normalised_windows(cfg, state, patches)
+    return data_features(windows, mean, std, state["cal"], cfg)
+
+
+def _calendar(calendar, b: int, device) -> torch.Tensor:
+    if calendar is None:
+        return torch.zeros((b, 2), dtype=torch.float64, device=device)
+    return torch.as_tensor(calendar, dtype=torch.float64, device=device).reshape(b, 2)
+
 
 # Fields where NaN marks "unknown" (no observation yet, no prediction); never +-inf. Every other
 # field is finite in a healthy state.
@@ -80,22 +112,19 @@ class Flame(nn.Module):
         return st
 
     # ---- encoder -------------------------------------------------------------------------
-    def advance(self, state, patches, scale):
+    def advance(self, state, patches, scale, features: DataFeatures | None = None):
         """Apply T patches. state: dict of (b, ...) tensors; patches (b, T, p) raw (NaN = missing);
-        scale (b,). Returns (new_state, aux) with aux = per-boundary h (b,T,d), stats (b,T,3),
+        scale (b,); ``features``: the data-only features of these patches from this state when
+        computed beforehand (:func:`sequence_features` for an empty state), else computed here. Returns (new_state, aux) with aux = per-boundary h (b,T,d), stats (b,T,3),
         ref (b,), windows (b,T,W) for training."""
         cfg = self.cfg
         b, T, p = patches.shape
-        W = cfg.window
-        decay = 1.0 - 1.0 / cfg.norm_memory if cfg.norm_memory else 1.0
-        ref = first_reference(patches, state["ref"])
-        stats = scan_stats(patch_moments(patches, ref), state["stats"], decay)   # (b,T,3)
-        mean, std = mean_std(stats, ref[:, None])                                # (b,T)
-        seq = torch.cat([state["window"], patches.reshape(b, T * p)], 1)          # (b, W + T p)
-        windows = seq.unfold(1, W, p)[:, 1:]                                     # (b, T, W) ending at each patch
-        with torch.no_grad():                                                    # data-only features
-            period = dominant_period(windows, cfg.min_period, state["cal"][:, None].expand(b, T, 2))  # (b, T)
-            env = env_features(windows, period, mean, std, cfg)
+        ref, stats, mean, std, windows = normalised_windows(cfg, state, patches)
+        if features is None:                                                     # data-only features
+            features = data_features(windows, mean, std, state["cal"], cfg)
+        elif features.period.shape != (b, T) or features.env.shape != (b, T, cfg.legt_order + 2):
+            raise ValueError(f"features for {tuple(features.period.shape)} boundaries, patches {(b, T)}")
+        period, env = features.period, features.env.to(patches.dtype)
         z = ((patches.double() - mean[..., None]) / std[..., None]).clamp(-cfg.clip, cfg.clip)
         obs = ~torch.isnan(patches)
         z = torch.where(obs, z, 0).to(patches.dtype)
@@ -197,7 +226,7 @@ class Flame(nn.Module):
         return filled[:, torch.arange(K, device=y.device) * p].unsqueeze(-1)
 
     def loss(self, patches, scale=None, future=None, target_noise: float = 0.0, generator=None,
-             min_observed: float = 0.75, calendar=None):
+             min_observed: float = 0.75, calendar=None, features: DataFeatures | None = None):
         """Mean flow NLL (nats per observed value) of the next K patches from every boundary.
 
         patches (b, T, p) raw, an empty state at the start. `future`: which future patches
@@ -210,7 +239,8 @@ class Flame(nn.Module):
         Gaussian noise of that std (normalised units, drawn from ``generator``) to the targets:
         dequantisation, so flat or quantised stretches (counts, rain, clipped sensors) cannot
         drive the density to infinity. ``calendar`` (b, 2): each sequence's day and week in steps
-        (0 = unknown), as the state's ``cal``."""
+        (0 = unknown), as the state's ``cal``. ``features``: :func:`sequence_features` of these
+        patches and calendar, computed beforehand (the same bits as computing them here)."""
         cfg = self.cfg
         b, T, p = patches.shape
         K = min(cfg.max_future_patches, T - 1)
@@ -218,8 +248,8 @@ class Flame(nn.Module):
         scale = torch.ones(b, dtype=patches.dtype, device=patches.device) if scale is None else scale
         state0 = self.empty_state(b, patches.device, patches.dtype)
         if calendar is not None:
-            state0["cal"] = torch.as_tensor(calendar, dtype=torch.float64, device=patches.device).reshape(b, 2)
-        _, aux = self.advance(state0, patches, scale)
+            state0["cal"] = _calendar(calendar, b, patches.device)
+        _, aux = self.advance(state0, patches, scale, features)
         n = T - 1                                                          # boundaries with a future
         mean, std = mean_std(aux["stats"][:, :n], aux["ref"][:, None])     # (b, n)
         flat = lambda x: x.reshape(b * n, *x.shape[2:])

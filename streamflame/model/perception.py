@@ -17,6 +17,8 @@ gives every future step a seasonal hint: the value one cycle earlier.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from .hippo import legt_coefficients
@@ -163,6 +165,25 @@ def env_features(window: torch.Tensor, period: torch.Tensor, mean, std, cfg) -> 
     coef = legt_coefficients(z, valid, theta, cfg.legt_order)
     extra = torch.stack([torch.log(theta.to(window.dtype) / p), 1 - valid.to(window.dtype).mean(-1)], -1)
     return torch.cat([coef, extra], -1)
+
+
+@dataclass
+class DataFeatures:
+    """What the perception derives from the raw data alone at each of T patch boundaries (no
+    weights): the period (b, T) int64 and the environment (b, T, legt_order + 2). Training
+    computes them beside the step (DataLoader workers) with :func:`data_features`, the function
+    the model calls itself, so they are the same bits."""
+    period: torch.Tensor
+    env: torch.Tensor
+
+
+def data_features(windows: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, cal: torch.Tensor,
+                  cfg) -> DataFeatures:
+    """windows (b, T, W) raw, mean/std (b, T) float64, cal (b, 2) -> the period and environment."""
+    b, T = windows.shape[:2]
+    with torch.no_grad():
+        period = dominant_period(windows, cfg.min_period, cal[:, None].expand(b, T, 2))
+        return DataFeatures(period, env_features(windows, period, mean, std, cfg))
 
 
 def last_observed(window: torch.Tensor) -> torch.Tensor:

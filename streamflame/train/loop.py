@@ -21,16 +21,16 @@ import time
 import warnings
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import NamedTuple
+from typing import Iterator, NamedTuple
 
 import numpy as np
 import torch
 import yaml
 
 from streamflame.model.config import ModelConfig
-from streamflame.model.flame import Flame, load_compatible
+from streamflame.model.flame import Flame, load_compatible, sequence_features
 from streamflame.model.forecaster import Forecaster, _model_id
-from streamflame.model.perception import calendar_steps
+from streamflame.model.perception import DataFeatures, calendar_steps
 from streamflame.train.mix import AugmentConfig, augment, tsmixup
 
 
@@ -63,7 +63,9 @@ class TrainConfig:
     device: str = "auto"
     amp: bool = True                                # bf16 autocast on CUDA
     data: str | None = None                         # .npz from `--export-data` (None: packaged data)
-    loader_workers: int = 0                         # processes drawing batches ahead (0: in-loop)
+    loader_workers: int = 0                         # processes drawing batches (and their data-only
+                                                    # perception features) ahead (0: in-loop)
+    threads: int = 0                                # torch intra-op threads of the step (0: torch's default)
     init_from: str | None = None                    # start from these weights (fresh optimizer/schedule)
 
     @classmethod
@@ -88,6 +90,9 @@ class TrainConfig:
         ModelConfig.from_dict(cfg.model)            # validate early, with the model's own message
         synth_config(cfg.synthetic)
         augment_config(cfg.augment)
+        for name in ("threads", "loader_workers"):
+            if not isinstance(getattr(cfg, name), int) or getattr(cfg, name) < 0:
+                raise ValueError(f"{path}: {name} must be a whole number >= 0")
         if not 0 <= cfg.real_fraction + cfg.tsmixup_fraction <= 1:
             raise ValueError(f"{path}: real_fraction + tsmixup_fraction must be in [0, 1]")
         return cfg
@@ -117,6 +122,11 @@ def augment_config(overrides: dict) -> AugmentConfig:
 class TrainBatch(NamedTuple):
     values: np.ndarray        # (batch, seq_patches, p) float32, NaN = missing
     calendar: np.ndarray      # (batch, 2) float64: each sequence's day and week in steps (0 = unknown)
+    features: DataFeatures | None = None   # the model's data-only features, when drawn ahead
+
+    def tensors(self) -> "TrainBatch":
+        """The same batch with torch tensors (what a DataLoader hands over)."""
+        return TrainBatch(torch.from_numpy(self.values), torch.from_numpy(self.calendar), self.features)
 
 
 class SequenceSampler:
@@ -219,16 +229,43 @@ class SequenceSampler:
 
 
 class _Batches(torch.utils.data.Dataset):
-    """step -> batch, so DataLoader workers draw the same batches as the loop would."""
+    """step -> batch, so DataLoader workers draw the same batches as the loop would. With a model
+    config, each batch also carries the model's data-only features (period search, LegT
+    environment: flame.sequence_features, with the calendar where ``calendar``), so the worker
+    computes them beside the step instead of the step itself."""
 
-    def __init__(self, sampler: SequenceSampler, start: int, stop: int):
-        self.sampler, self.start, self.stop = sampler, start, stop
+    def __init__(self, sampler: SequenceSampler, start: int, stop: int, model: ModelConfig | None = None,
+                 calendar: bool = True):
+        self.sampler, self.start, self.stop, self.model, self.calendar = sampler, start, stop, model, calendar
 
     def __len__(self) -> int:
         return max(0, self.stop - self.start)
 
     def __getitem__(self, i: int) -> TrainBatch:
-        return self.sampler.batch_with_calendar(self.start + i)
+        tb = self.sampler.batch_with_calendar(self.start + i)
+        if self.model is None:
+            return tb
+        feats = sequence_features(self.model, torch.from_numpy(tb.values),
+                                  tb.calendar if self.calendar else None)
+        return tb._replace(features=feats)
+
+
+def batch_stream(cfg: TrainConfig, sampler: SequenceSampler, mcfg: ModelConfig, start: int,
+                 device: torch.device) -> Iterator[TrainBatch]:
+    """The batches of steps start, start + 1, ... < cfg.steps as tensors: drawn in the loop
+    (loader_workers = 0; the step computes the features), or by loader_workers processes that
+    also compute the data-only features (the same bits: tests/test_train.py)."""
+    if cfg.loader_workers <= 0:
+        for step in range(start, cfg.steps):
+            yield sampler.batch_with_calendar(step).tensors()
+        return
+    yield from torch.utils.data.DataLoader(
+        _Batches(sampler, start, cfg.steps, mcfg, cfg.calendar), batch_size=None, shuffle=False,
+        num_workers=cfg.loader_workers, prefetch_factor=4, pin_memory=device.type == "cuda")
+
+
+def features_on(feats: DataFeatures | None, device: torch.device) -> DataFeatures | None:
+    return None if feats is None else DataFeatures(feats.period.to(device), feats.env.to(device))
 
 
 def load_real_training_values(min_len: int = 3 * 48, per_source: int | None = None, with_steps: bool = False):
@@ -342,7 +379,18 @@ def lr_at(step: int, cfg: TrainConfig, time_frac: float = 0.0) -> float:
 
 def train(cfg: TrainConfig, resume: bool = False, sampler: SequenceSampler | None = None,
           progress=print) -> dict:
-    """Run (or resume) training; returns {'step', 'loss_first', 'loss_last', 'out_dir'}."""
+    """Run (or resume) training; returns {'step', 'loss_first', 'loss_last', 'out_dir'}. With
+    ``threads``, torch's intra-op thread count is set for the run and restored after it."""
+    before = torch.get_num_threads()
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
+    try:
+        return _train(cfg, resume, sampler, progress)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _train(cfg: TrainConfig, resume: bool, sampler: SequenceSampler | None, progress) -> dict:
     device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if cfg.device == "auto" else cfg.device))
     torch.manual_seed(cfg.seed)
@@ -380,15 +428,12 @@ def train(cfg: TrainConfig, resume: bool = False, sampler: SequenceSampler | Non
 
     first = None
     model.train()
-    batches = iter(torch.utils.data.DataLoader(
-        _Batches(sampler, step, cfg.steps), batch_size=None, shuffle=False,
-        num_workers=cfg.loader_workers, prefetch_factor=4 if cfg.loader_workers else None,
-        pin_memory=device.type == "cuda")) if cfg.loader_workers > 0 else None
+    batches = batch_stream(cfg, sampler, mcfg, step, device)
     while step < cfg.steps:
         if cfg.max_minutes is not None and time.time() - t0 > cfg.max_minutes * 60:
             progress(f"time budget of {cfg.max_minutes} min reached at step {step}")
             break
-        xb = next(batches) if batches is not None else TrainBatch(*map(torch.from_numpy, sampler.batch_with_calendar(step)))
+        xb = next(batches)
         x = xb.values.to(device, non_blocking=True)
         calendar = xb.calendar.to(device) if cfg.calendar else None
         time_frac = (time.time() - t0) / (cfg.max_minutes * 60) if cfg.max_minutes else 0.0
@@ -401,7 +446,8 @@ def train(cfg: TrainConfig, resume: bool = False, sampler: SequenceSampler | Non
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             noise_gen = torch.Generator().manual_seed(int(g.integers(2**62))) if cfg.target_noise > 0 else None
             loss = model.loss(x, future=future, target_noise=cfg.target_noise, generator=noise_gen,
-                              min_observed=cfg.min_observed, calendar=calendar)
+                              min_observed=cfg.min_observed, calendar=calendar,
+                              features=features_on(xb.features, device))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
@@ -448,7 +494,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out-dir", help="override out_dir")
     ap.add_argument("--data", help="training values from this .npz instead of the packaged datasets")
     ap.add_argument("--init-from", help="start from this checkpoint's weights (fresh optimizer)")
-    ap.add_argument("--workers", type=int, help="DataLoader processes drawing batches ahead")
+    ap.add_argument("--workers", type=int, help="DataLoader processes drawing batches (and their features) ahead")
+    ap.add_argument("--threads", type=int, help="torch intra-op threads of the step (0: torch's default)")
     ap.add_argument("--export-data", metavar="NPZ",
                     help="write the packaged training values to NPZ and exit (no --config needed)")
     args = ap.parse_args(argv)
@@ -476,6 +523,8 @@ def main(argv: list[str] | None = None) -> int:
             setattr(cfg, name, getattr(args, name))
     if args.workers is not None:
         cfg.loader_workers = args.workers
+    if args.threads is not None:
+        cfg.threads = args.threads
     res = train(cfg, resume=bool(args.resume), progress=lambda m: print(m, flush=True))
     print(json.dumps(res))
     return 0
