@@ -95,15 +95,26 @@ def autocorrelation(window: torch.Tensor) -> torch.Tensor:
     t = torch.where(m, t - (t * mf).sum(-1, keepdim=True) / cnt, 0)
     x = torch.where(m, x - t * (t * x).sum(-1, keepdim=True) / (t * t).sum(-1, keepdim=True).clamp_min(1e-12), 0)
     n = x.shape[-1]
-    corr = lambda a: torch.fft.irfft(torch.fft.rfft(a, n=2 * n).abs().pow(2), n=2 * n)[..., :n]
-    # observed pairs per lag: n - lag exactly for a window without gaps (what the rounded FFT
-    # gives too), so the FFT of the mask is only run for windows with a gap
-    full = m.all(-1)
-    pairs = (n - torch.arange(n, dtype=x.dtype, device=x.device)).expand(x.shape).clone()
-    if not bool(full.all()):
-        pairs[~full] = corr(mf[~full]).round()
+    corr = lambda a: torch.fft.irfft(_power(torch.fft.rfft(a, n=2 * n)), n=2 * n)[..., :n]
+    # observed pairs per lag: c - lag exactly (0 past c) for a window whose c observations form one
+    # unbroken run - no gap, or only a missing start as in a young series (what the rounded FFT
+    # gives too) - so the FFT of the mask is only run for windows with a gap inside
+    lag = torch.arange(n, device=x.device)
+    count = m.sum(-1, keepdim=True)
+    first = torch.where(m, lag, n).amin(-1, keepdim=True)
+    last = torch.where(m, lag, -1).amax(-1, keepdim=True)
+    pairs = (count - lag).clamp_min(0).to(x.dtype)
+    holed = (last - first + 1 > count)[..., 0]
+    if bool(holed.any()):
+        pairs[holed] = corr(mf[holed]).round()
     acf = corr(x) / pairs.clamp_min(1)
     return torch.where(pairs >= n // 4, acf, 0) / acf[..., :1].clamp_min(1e-300)
+
+
+def _power(spectrum: torch.Tensor) -> torch.Tensor:
+    """|X|^2 of a complex spectrum as re^2 + im^2 (two roundings fewer than abs()^2 with its
+    square root, and ~6x faster on the CPU; elementwise, so a row's bits do not depend on the batch)."""
+    return spectrum.real.square() + spectrum.imag.square()
 
 
 def dominant_period(window: torch.Tensor, min_period: int, calendar: torch.Tensor | None = None) -> torch.Tensor:
