@@ -97,3 +97,4 @@ def test_a_spike_is_seen_in_lockstep_as_by_the_reference():
     assert got[0].z1[-1] > 8 and got[0].z[-1] > 3      # one step, and the windows that end with it
     assert max(abs(z) for z in got[0].z1[100:-1]) < 6
     assert sum(abs(z) > 0 for z in got[0].z1) > 300 and got[0].z1 != got[0].z
+    assert got[0].zd[-1] > 8 and max(abs(z) for z in got[0].zd[100:-1]) < 6   # the raw jump, in its scale

@@ -10,8 +10,8 @@ Kinds
                       from the false-alarm budget (settings.py): a window longer than
                       one (``z_open``); a spike, i.e. the jump from the value before and
                       the next value's return both past ``z_confirm`` scales of the
-                      series' one-step changes (spikes.py; opened at that next value:
-                      a natural jump that stays is no spike); or
+                      series' one-step changes (judge.py ``zd``; opened at that next
+                      value: a natural jump that stays is no spike); or
                       ``|z_1|`` alone past ``z_now`` (at once). Stays open while any
                       statistic is above ``z_close``; resolves after ``resolve_after``
                       quiet observations.
@@ -46,7 +46,6 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from streamflame.alerts.judge import JudgeState, TrackerParams, observe, skip
-from streamflame.alerts.spikes import JumpScale
 from streamflame.alerts.settings import (SEVERITIES, AlertSettings, Thresholds, confirm_probability,
                                          tail_probability)
 
@@ -62,13 +61,14 @@ _PARAMS = PARAMS
 class Verdict(NamedTuple):
     """The judge's word on one value, when it was judged apart (alerts/lockstep.py) before
     :meth:`SeriesAlerts.feed`: ``Judgement.z``, ``.window``, ``.expected``, ``n_before``
-    = ``judge.count[0]`` just before the value, and ``Judgement.z1``."""
+    = ``judge.count[0]`` just before the value, and ``Judgement.z1``, ``.zd``."""
 
     z: float
     window: int
     expected: float
     n_before: int
     z1: float = 0.0
+    zd: float = 0.0
 _REPEAT_GAMMA = 0.01
 
 
@@ -124,7 +124,6 @@ class SeriesAlerts:
     open: dict = field(default_factory=dict)        # kind -> _Episode
     resolved_at: dict = field(default_factory=dict)  # kind -> slot of its last resolve
     spike: list | None = None  # a spike candidate at the last slot: [slot, ts_ms, value, previous, expected, z]
-    jumps: JumpScale = field(default_factory=JumpScale)   # scale of one-step changes (spikes.py)
 
     # ---------------------------------------------------------------- persisted form
 
@@ -132,20 +131,18 @@ class SeriesAlerts:
         return [self.judge.to_list(), self.last_slot, self.last_value, self.run, self.max_run, self.repeat_rate,
                 self.run_rate, self.nulls,
                 self.null_start_ms, {k: e.to_list() for k, e in self.open.items()}, dict(self.resolved_at),
-                self.spike, self.jumps.to_list()]
+                self.spike]
 
     @classmethod
     def from_list(cls, d: list) -> "SeriesAlerts":
-        """The persisted form; one of 11 items (written before spike confirmation) has no candidate
-        and a new one-step scale."""
+        """The persisted form; one of 11 items (written before spike confirmation) has no candidate."""
         j, last_slot, last_value, run, max_run, rate, run_rate, nulls, null_start, opened, resolved = d[:11]
-        spike = d[11] if len(d) > 12 else None
+        spike = d[11] if len(d) > 11 else None
         return cls(JudgeState.from_list(j), last_slot, last_value, int(run), int(max_run), float(rate),
                    float(run_rate), int(nulls), null_start,
                    {k: _Episode(int(a), str(b), float(c), int(q), int(o)) for k, (a, b, c, q, o) in opened.items()},
                    {k: int(v) for k, v in resolved.items()},
-                   None if spike is None else [int(spike[0]), int(spike[1])] + [float(x) for x in spike[2:6]],
-                   JumpScale.from_list(d[12]) if len(d) > 12 else JumpScale())
+                   None if spike is None else [int(spike[0]), int(spike[1])] + [float(x) for x in spike[2:6]])
 
     # ---------------------------------------------------------------- input
 
@@ -213,13 +210,7 @@ class SeriesAlerts:
         if "dropout" in self.open:
             self._resolve("dropout", slot, ts_ms, value, out)
         judging = slot >= s.suppress_patches * 48
-        # the one-step change (spikes.py): its size in scales before the scale learns it
-        before = self.last_value
-        if before is not None:
-            zd = self.jumps.z(value - before, _PARAMS)
-            self.jumps.update(value - before, _PARAMS)
-        else:
-            zd = 0.0
+        before = self.last_value     # the value of the slot before (None after a gap or null)
         # flatline
         same = value == self.last_value
         if "flatline" not in self.open:
@@ -267,14 +258,12 @@ class SeriesAlerts:
         # deviation
         j = verdict if judged_apart else observe(self.judge, float(value), s.windows, _PARAMS)
         self._deviation(slot, ts_ms, value, freq_ms, s, thr, out, j, pending if judging else None, judging,
-                        before, zd)
+                        before)
 
     def _deviation(self, slot: int, ts_ms: int, value: float, freq_ms: int, s: AlertSettings, thr: Thresholds,
-                   out: list[AlertEvent], j, pending: list | None, judging: bool, before: float | None,
-                   zd: float) -> None:
-        """The deviation tests of one value (``j``: its judgement; ``zd``: its change from
-        ``before``, the value of the slot before, in one-step scales); ``pending``: the
-        spike candidate of the slot before, if any."""
+                   out: list[AlertEvent], j, pending: list | None, judging: bool, before: float | None) -> None:
+        """The deviation tests of one value (``j``: its judgement; ``before``: the value of the
+        slot before, if any); ``pending``: the spike candidate of the slot before, if any."""
         az, az1 = abs(j.z), abs(j.z1)
         ep = self.open.get("deviation")
         if ep is not None:
@@ -317,8 +306,8 @@ class SeriesAlerts:
             self._open("deviation", slot, ts_ms, ts_ms - (j.window - 1) * freq_ms, az / thr.z_open, value, out,
                        severity=_severity(az, thr.z_severity), expected=j.expected,
                        p_value=tail_probability(j.z, thr.n_windows), direction="above" if j.z > 0 else "below")
-        elif (zd if zd >= 0.0 else -zd) >= thr.z_confirm and before is not None:
-            self.spike = [slot, ts_ms, value, before, j.expected, zd]
+        elif (j.zd if j.zd >= 0.0 else -j.zd) >= thr.z_confirm and before is not None:
+            self.spike = [slot, ts_ms, value, before, j.expected, j.zd]
 
     def feed_judged(self, slot: int, values: list, freq_ms: int, anchor_ms: int, s: AlertSettings,
                     thr: Thresholds, verdicts, i: int, alerted: int | None, events: list) -> int:
@@ -328,18 +317,16 @@ class SeriesAlerts:
         ``events``. Returns the index of the next verdict. The quiet case (nothing open, a new
         value right after the last one, no range, below the opening threshold) is done here
         with feed's own operations; everything else goes through feed."""
-        zs, ws, es, ns, z1s = verdicts.z, verdicts.window, verdicts.expected, verdicts.n_before, verdicts.z1
+        zs, ws, es, ns, z1s, zds = (verdicts.z, verdicts.window, verdicts.expected, verdicts.n_before, verdicts.z1,
+                                    verdicts.zd)
         z_open, z_confirm = thr.z_open, thr.z_confirm          # (z_now >= z_confirm: |z1| below both)
-        jumps, params = self.jumps, _PARAMS
         quiet_ok = s.range is None
         for value in values:
             if value is not None:
-                z, z1 = zs[i], z1s[i]
+                z, z1, zd = zs[i], z1s[i], zds[i]
                 if (quiet_ok and not self.open and not self.nulls and self.last_slot == slot - 1
                         and self.spike is None and value != self.last_value and -z_open < z < z_open
-                        and -z_confirm < z1 < z_confirm
-                        and -z_confirm < jumps.z(value - self.last_value, params) < z_confirm):
-                    jumps.update(value - self.last_value, params)
+                        and -z_confirm < z1 < z_confirm and -z_confirm < zd < z_confirm):
                     self.last_slot = slot
                     rate = self.repeat_rate
                     g = 1.0 / (ns[i] + 1)           # max(_REPEAT_GAMMA, 1 / (n + 1)), as feed
@@ -352,7 +339,7 @@ class SeriesAlerts:
                     i += 1
                     slot += 1
                     continue
-                verdict = Verdict(z, ws[i], es[i], ns[i], z1)
+                verdict = Verdict(z, ws[i], es[i], ns[i], z1, zd)
                 i += 1
             else:
                 verdict = None

@@ -24,9 +24,16 @@ the scales from below: a window's standard deviation is never taken below
 consecutive values seen so far (a quantised series whose value mostly stays put
 would otherwise call a one-step change of one quantum an anomaly). The one-step
 statistic ``z_1`` is reported apart from the longer windows' (``Judgement.z1``): the
-episode layer tests it on its own, and confirms a spike with the next value (a spike
-comes back, a natural jump does not; see episodes.py). ``pit`` is the one-step
-probability integral transform ``Phi(z_1)``.
+episode layer tests it on its own. ``pit`` is the one-step probability integral
+transform ``Phi(z_1)``.
+
+Jumps. ``Judgement.zd`` is the raw one-step change ``d = y_t - y_{t-1}`` in units of its own
+running scale (mean absolute change, clipped and floored at one quantum like the windows'):
+the episode layer confirms a spike when both the jump and the next value's return are
+large (a spike comes back, a natural jump stays; episodes.py). The last value, not the
+trackers' prediction, is the reference there: for the random-walk-like series that
+sensors mostly are, raw changes have the smaller scale (measured on the training split,
+docs/benchmarks.md).
 
 Missing slots advance the tracker by its trend and restart the windows (a window
 never spans a gap). ``JudgeState.to_list`` / ``from_list`` are the persisted form.
@@ -71,17 +78,21 @@ class JudgeState:
     hist_y: list = field(default_factory=list)   # last max(window) values
     hist_l: list = field(default_factory=list)   # slow level before each of them
     hist_t: list = field(default_factory=list)   # slow trend before each of them
+    jump_mean: float = 0.0    # running mean of |y_t - y_{t-1}| (consecutive values)
+    jump_count: int = 0       # changes it has seen
 
     def to_list(self) -> list:
         return [self.level, self.trend, self.slow_level, self.slow_trend, self.quantum, self.var, self.count,
-                self.hist_y, self.hist_l, self.hist_t]
+                self.hist_y, self.hist_l, self.hist_t, self.jump_mean, self.jump_count]
 
     @classmethod
     def from_list(cls, d: list) -> "JudgeState":
-        level, trend, sl, stt, quantum, var, count, hy, hl, ht = d
+        """The persisted form; one of 10 items (written before the jump scale) starts it anew."""
+        level, trend, sl, stt, quantum, var, count, hy, hl, ht = d[:10]
+        jm, jn = d[10:12] if len(d) >= 12 else (0.0, 0)
         return cls(level, float(trend), float(sl), float(stt), float(quantum), [float(v) for v in var],
                    [int(c) for c in count],
-                   [float(v) for v in hy], [float(v) for v in hl], [float(v) for v in ht])
+                   [float(v) for v in hy], [float(v) for v in hl], [float(v) for v in ht], float(jm), int(jn))
 
 
 class Judgement(NamedTuple):
@@ -89,13 +100,15 @@ class Judgement(NamedTuple):
     magnitude among the windows longer than one (0.0 while none is calibrated), ``window``
     its length, ``expected`` the one-step prediction, ``pit`` = Phi(z_1) (0.5 while
     uncalibrated), ``z1`` the one-step statistic (0.0 while uncalibrated or without a
-    window of length 1)."""
+    window of length 1), ``zd`` the change from the value before in its running scale
+    (0.0 while uncalibrated or after a gap)."""
 
     z: float
     window: int
     expected: float
     pit: float
     z1: float = 0.0
+    zd: float = 0.0
 
 
 def _phi(z: float) -> float:
@@ -108,7 +121,7 @@ def observe(st: JudgeState, y: float, windows: tuple[int, ...], p: TrackerParams
         st.level, st.trend, st.slow_level, st.slow_trend = y, 0.0, y, 0.0
         st.var, st.count = [0.0] * len(windows), [0] * len(windows)
         st.hist_y, st.hist_l, st.hist_t = [], [], []
-        return Judgement(0.0, windows[0], y, 0.5, 0.0)
+        return Judgement(0.0, windows[0], y, 0.5, 0.0, 0.0)
     if len(st.var) != len(windows):  # the windows changed (config reload): restart the scales
         st.var, st.count = [0.0] * len(windows), [0] * len(windows)
     level, trend, s_level, s_trend = st.level, st.trend, st.slow_level, st.slow_trend
@@ -122,15 +135,30 @@ def observe(st: JudgeState, y: float, windows: tuple[int, ...], p: TrackerParams
         del hy[:-wmax], hl[:-wmax], ht[:-wmax]
     m = len(hy)
     if m >= 2:
-        d = y - hy[-2]
-        d = d if d >= 0.0 else -d
+        dy = y - hy[-2]
+        d = dy if dy >= 0.0 else -dy
         if d > 0.0 and (d < st.quantum or st.quantum == 0.0):
             st.quantum = d
     quantum = st.quantum
-    best_z, best_az, best_w, z1 = 0.0, 0.0, windows[0], 0.0
+    best_z, best_az, best_w, z1, zd = 0.0, 0.0, windows[0], 0.0, 0.0
     var, count = st.var, st.count
     gamma, gamma_down, min_count, clip_s = p.gamma, p.gamma_down, p.min_count, p.clip_scale * _ABS_TO_SD
     inv_gamma = 1.0 / gamma
+    if m >= 2:  # the jump from the value before, in its own scale; then the scale learns it
+        jm, jn = st.jump_mean, st.jump_count
+        if jn >= min_count and jm > 0.0:
+            sd = _ABS_TO_SD * jm
+            if quantum > sd:
+                sd = quantum
+            zd = dy / sd
+            if d > clip_s * jm:
+                d = clip_s * jm
+        jn += 1
+        st.jump_count = jn
+        if jn < inv_gamma:
+            st.jump_mean = jm + (d - jm) / jn
+        else:
+            st.jump_mean = jm + (gamma if d > jm else gamma_down) * (d - jm)
     i = 0
     for w in windows:
         if w > m:
@@ -172,7 +200,7 @@ def observe(st: JudgeState, y: float, windows: tuple[int, ...], p: TrackerParams
     st.trend = trend + p.alpha * p.beta * e1
     st.slow_level = s_level + s_trend + p.alpha_slow * e2
     st.slow_trend = s_trend + p.alpha_slow * p.beta * e2
-    return Judgement(best_z, best_w, expected, _phi(z1) if z1 else 0.5, z1)
+    return Judgement(best_z, best_w, expected, _phi(z1) if z1 else 0.5, z1, zd)
 
 
 def skip(st: JudgeState, n_slots: int) -> None:

@@ -50,8 +50,8 @@ class Ops:
 
 @dataclass
 class Judged:
-    """What the judge said about each value of one series, in order (z, window, expected, z1
-    as :class:`judge.Judgement`; ``n_before`` = ``state.count[0]`` just before it), and the
+    """What the judge said about each value of one series, in order (z, window, expected, z1,
+    zd as :class:`judge.Judgement`; ``n_before`` = ``state.count[0]`` just before it), and the
     snapshots, in order. The series' ``state`` is left as after all its work."""
 
     z: list[float]
@@ -60,6 +60,7 @@ class Judged:
     n_before: list[int]
     snapshots: list[list]
     z1: list[float] = field(default_factory=list)
+    zd: list[float] = field(default_factory=list)
 
 
 def judge_one(ops: Ops, windows: tuple[int, ...], p: TrackerParams = TrackerParams(),
@@ -83,6 +84,7 @@ def judge_one(ops: Ops, windows: tuple[int, ...], p: TrackerParams = TrackerPara
         out.window.append(j.window)
         out.expected.append(j.expected)
         out.z1.append(j.z1)
+        out.zd.append(j.zd)
     return out
 
 
@@ -103,7 +105,7 @@ def judge_many(series: list[Ops], windows: tuple[int, ...], p: TrackerParams = T
             rows.append((i, ops, 0))
     for i, judged in (_lockstep(rows, windows, p) if rows else ()):
         done = results[i]
-        for name in ("z", "window", "expected", "n_before", "snapshots", "z1"):
+        for name in ("z", "window", "expected", "n_before", "snapshots", "z1", "zd"):
             getattr(done, name).extend(getattr(judged, name))
     return results
 
@@ -128,20 +130,23 @@ def _lockstep(rows, windows: tuple[int, ...], p: TrackerParams):
     quantum = np.array([s.quantum for s in states], dtype=np.float64)
     var = np.array([s.var for s in states], dtype=np.float64).reshape(S, nw)
     count = np.array([s.count for s in states], dtype=np.int64).reshape(S, nw)
+    jmean = np.array([s.jump_mean for s in states], dtype=np.float64)
+    jcount = np.array([s.jump_count for s in states], dtype=np.int64)
     m = np.array([len(s.hist_y) for s in states], dtype=np.int64)
     pad = [[0.0] * (W - len(s.hist_y)) for s in states]
     Y = np.array([z + s.hist_y for z, s in zip(pad, states)], dtype=np.float64).reshape(S, W)
     HL = np.array([z + s.hist_l for z, s in zip(pad, states)], dtype=np.float64).reshape(S, W)
     HT = np.array([z + s.hist_t for z, s in zip(pad, states)], dtype=np.float64).reshape(S, W)
-    Z, WIN, EXP, NB, Z1 = (np.zeros((S, max(K, 1))), np.zeros((S, max(K, 1)), dtype=np.int64),
-                           np.zeros((S, max(K, 1))), np.zeros((S, max(K, 1)), dtype=np.int64), np.zeros((S, max(K, 1))))
+    Z, WIN, EXP, NB, Z1, ZD = (np.zeros((S, max(K, 1))), np.zeros((S, max(K, 1)), dtype=np.int64),
+                               np.zeros((S, max(K, 1))), np.zeros((S, max(K, 1)), dtype=np.int64),
+                               np.zeros((S, max(K, 1))), np.zeros((S, max(K, 1))))
     snaps: list[list] = [[] for _ in range(S)]
     events: dict[int, list[int]] = {}           # k -> rows with skips / snapshots before value k
     for row, r in enumerate(order):
         for k in between[r]:
             if k < lens[row]:                   # those after the last value: after the loop
                 events.setdefault(k, []).append(row)
-    arrays = (level, trend, slevel, strend, quantum, var, count, m, Y, HL, HT)
+    arrays = (level, trend, slevel, strend, quantum, var, count, m, Y, HL, HT, jmean, jcount)
 
     def side(k: int, row: int) -> None:
         for it in between[order[row]][k]:
@@ -163,7 +168,7 @@ def _lockstep(rows, windows: tuple[int, ...], p: TrackerParams):
                 break
             for row in events.get(k, ()):
                 side(k, row)
-            _observe_rows(k, n, V, arrays, (Z, WIN, EXP, NB, Z1), c)
+            _observe_rows(k, n, V, arrays, (Z, WIN, EXP, NB, Z1, ZD), c)
         else:
             n = 0
     # what comes after the last value of the series done here: snapshots of the final state
@@ -178,18 +183,21 @@ def _lockstep(rows, windows: tuple[int, ...], p: TrackerParams):
     for row, (s, t) in enumerate(zip(states, _states(arrays, W))):
         s.level, s.trend, s.slow_level, s.slow_trend, s.quantum = t.level, t.trend, t.slow_level, t.slow_trend, t.quantum
         s.var, s.count, s.hist_y, s.hist_l, s.hist_t = t.var, t.count, t.hist_y, t.hist_l, t.hist_t
+        s.jump_mean, s.jump_count = t.jump_mean, t.jump_count
         for _ in range(final_snaps[row]):
             snaps[row].append([x[:] if type(x) is list else x for x in s.to_list()])
-    Zl, Wl, El, Nl, Z1l = Z.tolist(), WIN.tolist(), EXP.tolist(), NB.tolist(), Z1.tolist()
+    Zl, Wl, El, Nl, Z1l, ZDl = Z.tolist(), WIN.tolist(), EXP.tolist(), NB.tolist(), Z1.tolist(), ZD.tolist()
     for row, r in enumerate(order):
         L = lens[row]
         if row < n:                     # values stop.. one by one, from the state just stored
             rest = judge_one(Ops(states[row], vals[r], between[r]), windows, p, start=stop)
             yield rows[r][0], Judged(Zl[row][:stop] + rest.z, Wl[row][:stop] + rest.window,
                                      El[row][:stop] + rest.expected, Nl[row][:stop] + rest.n_before,
-                                     snaps[row] + rest.snapshots, Z1l[row][:stop] + rest.z1)
+                                     snaps[row] + rest.snapshots, Z1l[row][:stop] + rest.z1,
+                                     ZDl[row][:stop] + rest.zd)
         else:
-            yield rows[r][0], Judged(Zl[row][:L], Wl[row][:L], El[row][:L], Nl[row][:L], snaps[row], Z1l[row][:L])
+            yield rows[r][0], Judged(Zl[row][:L], Wl[row][:L], El[row][:L], Nl[row][:L], snaps[row], Z1l[row][:L],
+                                     ZDl[row][:L])
 
 
 class _Consts:
@@ -219,8 +227,8 @@ class _Consts:
 def _observe_rows(k: int, n: int, V, arrays, outs, c: _Consts) -> None:
     """``observe`` of value ``k`` of rows ``:n``: judge.py's operations, in its order, on
     (n,) arrays, and the window loop on (n, nw) arrays."""
-    level, trend, slevel, strend, quantum, var, count, m, Y, HL, HT = arrays
-    Z, WIN, EXP, NB, Z1 = outs
+    level, trend, slevel, strend, quantum, var, count, m, Y, HL, HT, jmean, jcount = arrays
+    Z, WIN, EXP, NB, Z1, ZD = outs
     y = V[:n, k]
     lv, tr, sl, stt = level[:n], trend[:n], slevel[:n], strend[:n]
     NB[:n, k] = count[:n, 0]
@@ -235,9 +243,24 @@ def _observe_rows(k: int, n: int, V, arrays, outs, c: _Consts) -> None:
     mm = np.minimum(m[:n] + 1, W)
     m[:n] = mm
     if W >= 2:
-        d = np.abs(y - Y[:n, -2])
+        dy = y - Y[:n, -2]
+        d = np.abs(dy)
         q = quantum[:n]
-        quantum[:n] = np.where((mm >= 2) & (d > 0.0) & ((d < q) | (q == 0.0)), d, q)
+        has = mm >= 2
+        quantum[:n] = np.where(has & (d > 0.0) & ((d < q) | (q == 0.0)), d, q)
+        # the jump from the value before, in its own scale (judge.py's order), then its update
+        jm, jn = jmean[:n], jcount[:n]
+        jcal = has & (jn >= c.min_count) & (jm > 0.0)
+        jsd = _ABS_TO_SD * jm
+        jsd = np.where(quantum[:n] > jsd, quantum[:n], jsd)
+        ZD[:n, k] = np.where(jcal, dy / jsd, 0.0)
+        jcv = c.clip_s * jm
+        d = np.where(jcal & (d > jcv), jcv, d)
+        jn1 = jn + 1
+        jupd = np.where(jn1 < c.inv_gamma, jm + (d - jm) / jn1,
+                        jm + np.where(d > jm, c.gamma, c.gamma_down) * (d - jm))
+        jmean[:n] = np.where(has, jupd, jm)
+        jcount[:n] = np.where(has, jn1, jn)
     q = quantum[:n, None]
     # e per window: sum(hy[-w:]) - (w * hl[-w] + ht[-w] * tri[w]); window 1: y - expected
     acc = np.zeros((n, len(c.windows)))
@@ -296,6 +319,7 @@ def _observe_rows(k: int, n: int, V, arrays, outs, c: _Consts) -> None:
 def _states(arrays, W: int, row: int | None = None) -> list[JudgeState]:
     """The judge states of every row (or of ``row`` alone) as judge.py keeps them (Python floats and lists)."""
     sel = slice(None) if row is None else slice(row, row + 1)
-    level, trend, slevel, strend, quantum, var, count, m, Y, HL, HT = (a[sel].tolist() for a in arrays)
+    level, trend, slevel, strend, quantum, var, count, m, Y, HL, HT, jmean, jcount = (a[sel].tolist() for a in arrays)
     return [JudgeState(level[i], trend[i], slevel[i], strend[i], quantum[i], var[i], count[i],
-                       Y[i][W - m[i]:], HL[i][W - m[i]:], HT[i][W - m[i]:]) for i in range(len(level))]
+                       Y[i][W - m[i]:], HL[i][W - m[i]:], HT[i][W - m[i]:], jmean[i], jcount[i])
+            for i in range(len(level))]
