@@ -9,7 +9,7 @@ share under a normal model, ``observations_per_week`` chances a week:
 - ``long``: the windows longer than one observation (level shifts, drifts), Bonferroni
   over them: two-sided ``p = share * budget / (n_long * observations_per_week)``;
 - ``confirm``: a spike, i.e. the jump from the value before and the next value's return
-  both past ``z`` scales of the one-step changes (spikes.py; two tails that must both
+  both past ``z`` scales of the one-step changes (judge.py ``zd``; two tails that must both
   occur: ``p = (2 Phi(-z))^2``);
 - ``now``: ``|z_1|`` alone, opened at the same observation (gross errors).
 
