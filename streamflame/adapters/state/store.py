@@ -347,6 +347,12 @@ class StateStore:
 
     def load_many(self, series_ids: Iterable[str]) -> dict[str, StateRecord | BrokenRecord | None]:
         """Load records in one pipelined round trip. None = no record."""
+        return self.parse_many(self.fetch_many(series_ids))
+
+    def fetch_many(self, series_ids: Iterable[str]) -> dict[str, Any]:
+        """The raw replies of :meth:`load_many`'s round trip, not yet parsed (the worker's read-ahead
+        thread fetches, the model's thread parses: a thread running Python code would slow the
+        model's, which needs the same GIL between its kernels)."""
         sids = list(dict.fromkeys(series_ids))
         if not sids:
             return {}
@@ -356,7 +362,12 @@ class StateStore:
             pipe.hmget(self.key(sid), self._FIELDS)
         replies = pipe.execute(raise_on_error=False)
         self.last_round_trip_s = time.perf_counter() - t0
-        return {sid: _parse(reply) for sid, reply in zip(sids, replies)}
+        return dict(zip(sids, replies))
+
+    @staticmethod
+    def parse_many(replies: dict[str, Any]) -> dict[str, StateRecord | BrokenRecord | None]:
+        """Records of :meth:`fetch_many`'s replies (raises a connection error a reply holds)."""
+        return {sid: _parse(reply) for sid, reply in replies.items()}
 
     def load(self, series_id: str) -> StateRecord | BrokenRecord | None:
         return self.load_many([series_id])[series_id]

@@ -7,7 +7,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Iterable
 
-from streamflame.adapters.state.store import BrokenRecord, StateRecord
+from streamflame.adapters.state.store import BrokenRecord, StateRecord, StateStore
 from streamflame.pipeline.publisher import WorkerJob
 from streamflame.pipeline.worker.batch import BatchResult, PatchRecord
 
@@ -19,16 +19,16 @@ class Prefetch:
     """Records of a batch's series read from Redis while the batch before it was computed
     (``worker.read_ahead``, streamflame.pipeline.worker.readahead)."""
 
-    future: Future                      # -> Loaded: StateStore.load_many of ``series``
+    future: Future                      # -> StateStore.fetch_many of ``series`` (raw replies)
     series: frozenset[str] = field(default_factory=frozenset)
 
     def take(self, wanted: Iterable[str]) -> tuple[Loaded, float]:
-        """The read records of ``wanted`` (those read ahead; the others are for the caller to
-        load) and the seconds spent waiting for the read. Raises what the read raised."""
+        """The read records of ``wanted`` (those read ahead, parsed here; the others are for the
+        caller to load) and the seconds spent waiting for the read. Raises what the read raised."""
         t0 = time.perf_counter()
         got = self.future.result()
         waited = time.perf_counter() - t0
-        return {sid: got[sid] for sid in wanted if sid in self.series}, waited
+        return StateStore.parse_many({sid: got[sid] for sid in wanted if sid in self.series}), waited
 
 
 @dataclass

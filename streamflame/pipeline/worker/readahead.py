@@ -64,7 +64,7 @@ class WorkerReadAhead:
         wanted = [sid for sid in dict.fromkeys(r.patch.series_id for r in nxt.records)
                   if sid not in skip and sid not in self.cache]
         if wanted:
-            nxt.prefetch = Prefetch(self._prefetcher.submit(self._prefetch_store.load_many, wanted),
+            nxt.prefetch = Prefetch(self._prefetcher.submit(self._prefetch_store.fetch_many, wanted),
                                     frozenset(wanted))
 
     def _drop_open(self) -> list[ReadBatch]:
