@@ -28,3 +28,18 @@ def test_bench_pipeline_runs_every_stage_and_prints_its_summary(capsys):
     n_patches = int(lat.split(" patches,")[0].rsplit(" ", 1)[1])
     n_forecasts = int(lat.split(" forecasts)")[0].rsplit(" ", 1)[1])
     assert n_patches > 0 and n_forecasts == n_patches
+
+
+def test_bench_pipeline_read_ahead_compare_runs_the_worker_both_ways(capsys):
+    assert pipeline.main(["--series", "60", "--patches", "3", "--worker-batch", "32", "--repeats", "2",
+                          "--state-cache", "0", "--read-ahead-compare"]) == 0
+    out = capsys.readouterr().out
+    assert "worker state cache 0, read-ahead off and on" in out.splitlines()[0]
+    rounds = [ln for ln in out.splitlines() if ln.startswith("read-ahead round")]
+    assert len(rounds) == 2 and "(serial first)" in rounds[0] and "(read-ahead first)" in rounds[1]
+    assert all(int(ln.split(" states read ahead")[0].rsplit("(", 1)[1].replace(",", "")) > 0 for ln in rounds)
+    (line,) = [ln for ln in out.splitlines() if ln.startswith("SUMMARY ")]
+    figures = {k: float(v) for k, v in (kv.split("=") for kv in line.split()[1:])}
+    assert set(figures) == {"worker_serial_forecasts_per_s", "worker_read_ahead_forecasts_per_s", "read_ahead_ratio"}
+    assert all(math.isfinite(v) and v > 0 for v in figures.values()), figures
+    assert "ingest round" not in out and "latency at half" not in out

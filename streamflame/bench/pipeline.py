@@ -2,6 +2,7 @@
 
     streamflame bench pipeline [--series 2000] [--patches 2] [--device cpu] [--latency-seconds 20] [--repeats 5]
                                [--ingest-publisher process|inline] [--worker-publisher process|inline]
+                               [--state-cache N] [--read-ahead-compare]
 
 One run starts a Tansu broker and a redis-server in a temporary directory and measures:
 
@@ -30,6 +31,8 @@ bracketed by its ceiling, half of the model's passes right before it and half ri
 The round with the median ratio is shown beside all rounds' ratios.
 Rates (1-3) are steady-state: the clock starts at the first record handled, so the consumer
 group join (about 1 s against Tansu with the fast settings) is left out and printed apart.
+`--read-ahead-compare` runs only the worker stage, without and with `worker.read_ahead`
+alternating (bench/pipeline_readahead.py), after one ingest pass that writes its patches.
 Every series uses the `defaults` group (horizon 96, 100 samples, 11 quantiles) and the shipped
 checkpoint unless `--model` says otherwise.
 """
@@ -49,6 +52,7 @@ from pathlib import Path
 import numpy as np
 
 from streamflame.config import ServiceConfig
+from streamflame.bench import pipeline_readahead
 from streamflame.core.constants import PATCH_LEN
 from streamflame.embedded import RedisServer
 from streamflame.embedded.broker import Broker
@@ -188,8 +192,9 @@ def run_worker(cfg, n_forecasts: int) -> dict:
     if n1 >= n_forecasts:
         raise RuntimeError("the worker took every patch in its first batch: use more --series/--patches")
     rate = (n_forecasts - n1) / (t_end - t1)
+    load_s = reg.get_sample_value("streamflame_worker_redis_seconds_sum", {"op": "load"}) or 0.0
     return {"forecasts_per_s": rate, "startup_s": t1 - t_start, "mean_batch": mean_batch, "batches": int(batches),
-            "torch_threads": w.torch_threads}
+            "torch_threads": w.torch_threads, "load_s_per_batch": load_s / batches, "read_ahead": w.read_ahead_used}
 
 
 def model_ceiling(forecaster, group, batch: int, rounds: int, rng) -> float:
@@ -351,6 +356,11 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--repeats", type=int, default=5,
                     help="rounds of stages 1-3, each figure beside its own ceiling (after it in rounds 1, 3, ..., "
                     "before it in rounds 2, 4, ...); the median round is shown")
+    ap.add_argument("--state-cache", type=int, default=None, metavar="N",
+                    help="worker.state_cache_series (default: the config's); 0 = every patch after a series' "
+                    "first reads its state from Redis")
+    ap.add_argument("--read-ahead-compare", action="store_true",
+                    help="only the worker stage, without and with worker.read_ahead, alternating per round")
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory (logs)")
     ap.add_argument("--durable", action="store_true",
                     help="persistence on, as `streamflame up` by default: broker data in files (localbucket, "
@@ -418,7 +428,9 @@ def main(argv: list[str] | None = None) -> int:
           f"{cores} cores, torch threads {torch.get_num_threads()}, load {os.getloadavg()[0]:.2f} | "
           f"device {args.device} | {S} series x {P} patches = {n_obs:,} observations | publishers: "
           f"ingest {args.ingest_publisher}, worker {args.worker_publisher} | persistence "
-          f"{'on (broker files synced every 1 s, redis AOF everysec)' if args.durable else 'off'}", flush=True)
+          f"{'on (broker files synced every 1 s, redis AOF everysec)' if args.durable else 'off'} | worker state cache "
+          f"{'default' if args.state_cache is None else args.state_cache}, read-ahead "
+          f"{'off and on' if args.read_ahead_compare else 'on'}", flush=True)
     broker = Broker(workdir / "broker", durable=args.durable)
     redis_srv = RedisServer(workdir / "redis", appendonly=args.durable, appendfsync="everysec")
     broker.start()
@@ -439,7 +451,8 @@ def main(argv: list[str] | None = None) -> int:
         def patch_topic(kind: str, r: int) -> str:
             return topics[f"{kind}-r{r}"]
 
-        def config(obs: str, patches: str, forecasts: str, prefix: str) -> ServiceConfig:
+        def config(obs: str, patches: str, forecasts: str, prefix: str, read_ahead: bool = True) -> ServiceConfig:
+            cache = {} if args.state_cache is None else {"state_cache_series": args.state_cache}
             return ServiceConfig(
                 kafka={"bootstrap": broker.bootstrap, "partitions": PARTITIONS, **FAST_GROUP,
                        # `streamflame up` turns idempotence off on its embedded broker; with durable
@@ -451,7 +464,8 @@ def main(argv: list[str] | None = None) -> int:
                         "alerts": topics["alerts"], "dlq": topics["dlq"]},
                 ingest={"group_id": f"ingest-{prefix}", "publisher": args.ingest_publisher},
                 worker={"group_id": f"worker-{prefix}", "batch_size": args.worker_batch, "device": args.device,
-                        "model_path": args.model, "publisher": args.worker_publisher},
+                        "model_path": args.model, "publisher": args.worker_publisher, "read_ahead": read_ahead,
+                        **cache},
                 defaults={"frequency": "1min"})
 
         def lat_config(obs, patches, forecasts, prefix):
@@ -514,6 +528,16 @@ def main(argv: list[str] | None = None) -> int:
         def ing_batch(r):
             reps["ing_batch"].append(run_ingest(config(topics["batch"], patch_topic("patches2", r),
                                                        topics["forecasts"], f"b2r{r}"), rc, n_obs_b, S * PB))
+
+        if args.read_ahead_compare:   # the worker stage only, on the patches of one ingest pass
+            ing_single(0)
+            rounds = pipeline_readahead.compare(
+                lambda r, ahead: config(topics["single"], patch_topic("patches", 0), topics["forecasts"],
+                                        f"ra{r}{'a' if ahead else 's'}", read_ahead=ahead), S * P, args.repeats,
+                run_worker)
+            pipeline_readahead.report(rounds)
+            print(f"logs: {workdir}")
+            return 0
 
         for r in range(R):
             # Rounds 1, 3, ... measure each figure after its ceiling, rounds 2, 4, ... before it:
