@@ -8,6 +8,7 @@ import random
 import tempfile
 from statistics import NormalDist
 
+import numpy as np
 import orjson
 import pytest
 
@@ -375,3 +376,14 @@ def test_alerts_offline_scores_the_detectors_on_injected_series(capsys):
     assert {"spike", "level_shift", "dropout", "flatline"} <= set(rows), out
     assert float(rows["dropout"][3]) == 1.0           # every injected dropout is found (a 12-slot gap)
     assert "false episodes per series-week" in out
+    classes = [line.split()[0] for line in out.split("by how the series move")[1].splitlines()[1:] if line.strip()]
+    assert classes and set(classes) <= {"noisy", "walk", "smooth"}
+
+
+def test_movement_tells_noise_from_walks_and_smooth_signals():
+    from streamflame.bench.inject import movement
+
+    rng = np.random.default_rng(0)
+    assert movement(np.sin(np.arange(2000) / 50) + rng.normal(0, 0.3, 2000)) == "noisy"
+    assert movement(np.cumsum(rng.normal(0, 1, 2000))) == "walk"
+    assert movement(np.cumsum(np.cumsum(rng.normal(0, 1, 2000)))) == "smooth"

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Injection", "KIND_DETECTED_BY", "local_sigma", "plan", "apply", "Score", "score"]
+__all__ = ["Injection", "KIND_DETECTED_BY", "local_sigma", "movement", "plan", "apply", "Score", "score"]
 
 SIGMA_WINDOW = 288
 # which alert kinds count as detecting an injected kind
@@ -59,6 +59,19 @@ def local_sigma(values: np.ndarray, i: int, window: int = SIGMA_WINDOW, robust: 
     a = np.abs(d - np.median(d))
     keep = d[a <= np.quantile(a, 0.98)]
     return float(np.std(keep)) / np.sqrt(2)
+
+
+def movement(values: np.ndarray) -> str:
+    """How a series moves one step at a time, from the lag-1 autocorrelation ``r`` of its first
+    differences: ``noisy`` (r < -0.2: noise around a smooth signal, where sigma is the noise),
+    ``smooth`` (r > 0.3: trends that persist), else ``walk`` (close to a random walk, where a
+    level shift is one jump like the series' own)."""
+    d = np.diff(np.asarray(values, dtype=np.float64))
+    d = d[np.isfinite(d)]
+    d = d - d.mean() if len(d) else d
+    den = float(np.dot(d, d))
+    r = float(np.dot(d[1:], d[:-1])) / den if den > 0 else 0.0
+    return "noisy" if r < -0.2 else ("smooth" if r > 0.3 else "walk")
 
 
 def plan(values: np.ndarray, rng: np.random.Generator, start: int, spacing: int,
