@@ -268,15 +268,15 @@ class SeriesAlerts:
         ep = self.open.get("deviation")
         if ep is not None:
             ep.observations += 1
-            zs = j.z if az >= az1 else j.z1        # the statistic that speaks
-            az = az if az >= az1 else az1
+            windows = az >= az1                     # which statistic speaks: the windows' or z1
+            zs, az = (j.z, az) if windows else (j.z1, az1)
             if az >= thr.z_close:
                 ep.quiet = 0
                 sev = _severity(az, thr.z_severity)
                 if SEVERITIES.index(sev) > SEVERITIES.index(ep.severity):
                     ep.severity, ep.score = sev, az / thr.z_open
                     out.append(AlertEvent("update", "deviation", slot, ts_ms, ep.started_ms, sev, az / thr.z_open,
-                                          value, j.expected, tail_probability(zs, thr.n_windows if zs is j.z else 1),
+                                          value, j.expected, tail_probability(zs, thr.n_windows if windows else 1),
                                           "above" if zs > 0 else "below", ep.observations))
                 else:
                     ep.score = max(ep.score, az / thr.z_open)
