@@ -170,16 +170,18 @@ class Flame(nn.Module):
         return {k: torch.stack(v, 1) for k, v in out.items()}
 
     # ---- decoder -------------------------------------------------------------------------
-    def condition(self, h, window, period, mean, std, K, seas):
+    def condition(self, h, window, period, mean, std, K, seas, future=None):
         """h (m, d), window (m, W), period (m,), mean/std (m,) float64, seas: the rows' ref (m,),
         clock (m,), cal (m, 2), profile (m, NB, 2), herr (m, C, 2)
         -> c (m, K, d_cond), hint (m, K, 2p) normalised: the seasonal hint (value one period
         earlier, or the last value without a period; with ``seasonal_memory`` the candidate of lowest
-        tracked error, model/seasonal.py) and the last observed value (0 where unknown)."""
+        tracked error, model/seasonal.py) and the last observed value (0 where unknown).
+        ``future``: only these future patches (indices < K; training scores a few), in place of K."""
         cfg = self.cfg
         m, p = h.shape[0], cfg.patch_len
         coef = self.coef(h).reshape(m, cfg.basis_order, cfg.d_cond)
-        c = torch.einsum("kj,mjc->mkc", self.basis[:K].to(h.dtype), coef)
+        basis = self.basis[:K] if future is None else self.basis[future]
+        c = torch.einsum("kj,mjc->mkc", basis.to(h.dtype), coef)
         with torch.no_grad():
             raw = seasonal_hint(window, period, K * p)
             pick = choice(seas["herr"]) if cfg.seasonal_memory else torch.zeros(m, dtype=torch.int64, device=h.device)
@@ -188,11 +190,13 @@ class Flame(nn.Module):
                 chosen = cand.gather(1, pick[:, None, None].expand(m, 1, K * p))[:, 0]
                 raw = torch.where(torch.isnan(chosen), raw.double(), chosen)
             raw = raw.reshape(m, K, p)
+            if future is not None:
+                raw = raw[:, future]
             known = ~torch.isnan(raw)
             hint = ((raw.double() - mean[:, None, None]) / std[:, None, None]).clamp(-cfg.clip, cfg.clip)
             hint = torch.where(known, hint, 0).to(h.dtype)
             last = ((last_observed(window).double() - mean) / std).clamp(-cfg.clip, cfg.clip)
-            last = torch.nan_to_num(last, nan=0.0).to(h.dtype)[:, None, None].expand(m, K, p)
+            last = torch.nan_to_num(last, nan=0.0).to(h.dtype)[:, None, None].expand(*raw.shape)
         c = c + self.embed_hint(torch.cat([hint, known.to(h.dtype)], -1))
         if cfg.hint_features:
             c = c + self.embed_seas(features(seas["herr"], pick).to(h.dtype))[:, None, :]
@@ -259,14 +263,14 @@ class Flame(nn.Module):
             seas["ref"] = aux["ref"][:, None].expand(b, n).reshape(b * n)
             seas["cal"] = state0["cal"][:, None].expand(b, n, 2).reshape(b * n, 2)
         c, hint = self.condition(flat(aux["h"][:, :n]), flat(aux["windows"][:, :n]),
-                                 flat(aux["period"][:, :n]), flat(mean), flat(std), K, seas)
+                                 flat(aux["period"][:, :n]), flat(mean), flat(std), K, seas, future)
         # targets: patches k+1 .. k+K for boundary k (padded with NaN past the end)
         padded = F.pad(patches, (0, 0, 0, K), value=float("nan"))
         fut = padded.unfold(1, K, 1)[:, 1:n + 1].permute(0, 1, 3, 2)           # (b, n, K, p)
         y_all = (fut.double() - mean[..., None, None]) / std[..., None, None]
         y_all = flat(y_all.clamp(-cfg.clip, cfg.clip).to(patches.dtype))      # (bn, K, p)
         prev = self._prev_ends(y_all, hint[:, 0, p])[:, future] if self.flow.ar else None
-        c, hint, y = c[:, future], hint[:, future], y_all[:, future]
+        y = y_all[:, future]                                # c and hint: for these future patches only
         obs = ~torch.isnan(y)
         if target_noise > 0:
             y = y + target_noise * torch.randn(y.shape, generator=generator, dtype=y.dtype).to(y.device)

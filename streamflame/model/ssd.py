@@ -49,6 +49,7 @@ def ssd_step(x, a, B, C, S):
 def ssd_chunked(x, a, B, C, S0, chunk: int):
     """Chunked scan, same shapes as :func:`ssd_naive`; O(T * chunk) work, T/chunk sequential hops."""
     b, T, H, P = x.shape
+    chunk = min(chunk, T)          # one chunk as long as the sequence, not padded to chunk_len
     pad = (-T) % chunk
     if pad:  # a = 0 (no decay) and x = 0 (no input) leave the state unchanged
         x, a = F.pad(x, (0, 0, 0, 0, 0, pad)), F.pad(a, (0, 0, 0, pad))
