@@ -7,7 +7,8 @@ Loop: a consumer-group member on the patches topic collects patches until
 one, then handles the batch in this order (the crash-consistency design)::
 
     1. load      every series' record: from the worker's cache of its own applied
-                 writes, the others from Redis          (one pipelined HMGET round trip)
+                 writes, the others from Redis          (one pipelined HMGET round trip;
+                 with worker.read_ahead, those polled early are fetched while the batch before computes)
     2. compute   one StateBatch: step_batch per round + forecast_batch (streamflame.pipeline.worker.batch)
     3. publish   forecasts, alerts, dead letters; producer.flush(), every send checked
     4. write     states by Lua compare-and-set         (one pipelined EVALSHA round trip)
