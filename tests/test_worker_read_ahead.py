@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 
 import numpy as np
 import orjson
@@ -15,6 +16,7 @@ from streamflame.adapters.state.store import StateStore
 from streamflame.config import ServiceConfig, dump_yaml
 from streamflame.core.constants import PATCH_LEN
 from streamflame.pipeline.worker.batch import BatchProcessor
+from streamflame.pipeline.worker.worker import Worker
 from test_worker import (  # noqa: F401 (cfg, model_dir, ref_model: fixtures)
     applied, cfg, in_process, make_patch, model_dir, read_all, ref_model, running, sample, send,
     start_worker_process, values_for, wait_for,
@@ -171,3 +173,34 @@ def test_read_ahead_worker_killed_mid_run_applies_every_patch_once(cfg, make_top
             got = orjson.loads(fcs[(sid, k)][0])
             np.testing.assert_array_equal(np.asarray(got["mean"]), fc.mean, err_msg=f"{sid} seq {k}")
         assert store.load(sid).state == ref[-1][0].to_bytes(), sid
+
+
+def test_a_rebalance_seen_by_the_read_ahead_poll_drops_the_batch_before_it_computes(cfg, make_topics):
+    """The read-ahead poll is a poll like the loop's: a revoke it brings drops the batch about to be
+    computed (nothing of it computed or published) and a partition kept is sought back to the batch's
+    first offset, so the same patches are read again."""
+    c = on_topics(cfg, make_topics(partitions=1), "rebalance", read_ahead=True)
+    _, patches = stream()
+    send(c, patches[:20])
+    w = Worker(c)
+    w._open()
+    try:
+        deadline = time.monotonic() + 30
+        while len(w._batch) < 8 and time.monotonic() < deadline:
+            w._take(w._apply_rebalance_events(w.consumer.poll(timeout_ms=200, max_records=8)))
+        assert len(w._batch) == 8
+        (tp,) = w._batch.start
+        first = w._batch.start[tp]
+        assigned = list(w.consumer.assignment())
+        w._listener.on_partitions_revoked(assigned)   # seen by the next poll: the read-ahead one
+        w._listener.on_partitions_assigned(assigned)
+        w._handle()
+        assert w.batches == 0 and w._inflight is None and not len(w._batch)
+        assert w.consumer.position(tp) == first, "the dropped batch is read again"
+        got: list[int] = []
+        deadline = time.monotonic() + 30
+        while len(got) < 20 and time.monotonic() < deadline:
+            got += [m.offset for msgs in w.consumer.poll(timeout_ms=200).values() for m in msgs]
+        assert got == list(range(first, first + 20))
+    finally:
+        w._close()
