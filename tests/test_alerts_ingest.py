@@ -243,3 +243,36 @@ def test_a_series_that_stops_sending_gets_a_dropout_from_its_partitions_event_ti
     # silent after slot 199: the open carries slot 205 (six slots missing), the resolve the return at 240
     assert drop == [("open", T0 + 205 * FREQ, T0 + 200 * FREQ), ("resolve", T0 + 240 * FREQ, T0 + 200 * FREQ)]
     assert not [e for e in got if e.series_id == "fix-busy" and e.kind == "dropout"]
+
+
+def test_batch_messages_are_not_silence_and_a_series_that_stops_still_gets_its_dropout(service_config,
+                                                                                      redis_client):
+    """Series that send 48 observations per message, in turn, are each up to one message behind
+    the partition's event time without anything missing: no dropout. One that stops is found
+    silent once the event time is its dropout_slots plus one message's span past its last value."""
+    cfg = config(service_config)
+    ys = {sid: [20 + math.sin(i / 9) + 0.01 * (i % 4) for i in range(480)] for sid in ("fix-a", "fix-b", "fix-c")}
+    from kafka import KafkaProducer
+
+    def send(msgs) -> None:
+        prod = KafkaProducer(bootstrap_servers=cfg.kafka.bootstrap)
+        for sid, k in msgs:    # patch k of series sid, one message, paced: ingest reads them one by one
+            idx = range(48 * k, 48 * k + 48)
+            prod.send(cfg.topics.observations, key=sid.encode(), partition=0,
+                      value=orjson.dumps({"series_id": sid, "timestamps": [T0 + i * FREQ for i in idx],
+                                          "values": [ys[sid][i] for i in idx]}))
+            prod.flush()
+            time.sleep(0.15)
+        prod.close()
+
+    ing = IngestConsumer(cfg, redis_client=redis_client)
+    th = run_in_thread(ing)
+    try:
+        # fix-c stops after patch 3 (its last value at slot 191); the others go on to patch 9
+        send([(sid, k) for k in range(10) for sid in ys if sid != "fix-c" or k < 4])
+        got = [decode_alert_any(m) for m in alert_records(cfg, 1, timeout_s=30)]
+    finally:
+        ing.stop()
+        th.join(timeout=15)
+    drops = [(e.series_id, e.event, e.timestamp_ms, e.started_ms) for e in got if e.kind == "dropout"]
+    assert drops == [("fix-c", "open", T0 + 197 * FREQ, T0 + 192 * FREQ)], drops

@@ -67,6 +67,10 @@ class IngestAssembling:
                     p, offset, key, raw, limit = e.partition, e.offset, e.key, e.raw, e.ts_limit
                     ts, vs = e.run.timestamps_ms, e.run.values
                     multi = len(vs) > 1
+                    if multi:
+                        span = max(ts) - min(ts)
+                        if span > self.message_span.get(p, 0):
+                            self.message_span[p] = span
                     if multi and a.add_run(ts, vs, p, offset, patches, limit):
                         accepted += len(vs)
                         continue
@@ -117,11 +121,16 @@ class IngestAssembling:
     def _check_silence(self, event_time: dict[int, int]) -> None:
         """Event time per partition (the latest observation time of any of its series; future
         timestamps are bounded by ``ingest.future_tolerance_ms``): series of the partition that
-        have sent nothing for their ``dropout_slots`` open a dropout (judged on event time)."""
+        have sent nothing for their ``dropout_slots`` open a dropout (judged on event time).
+        Where the partition's messages carry many observations each (the batch form), the other
+        series' next message is up to one message's span behind without anything missing: the
+        event time they are judged by is the latest one less the longest span one message of the
+        partition has carried (0 for single observations)."""
         for p, t in event_time.items():
             if t <= self.event_time.get(p, t - 1):
                 continue
             self.event_time[p] = t
+            t -= self.message_span.get(p, 0)
             for sid in self.partition_series.get(p, ()):
                 a = self.assemblers.get(sid)
                 if a is not None and a.alerts is not None and a.last_obs_ms is not None and a.last_obs_ms < t:

@@ -175,6 +175,7 @@ class IngestConsumer(ServiceControls, IngestPartitions, IngestAssembling, Ingest
         self._dead: list[tuple[tuple[int, int, int], tuple[str, bytes | None, bytes]]] = []
         self._alerted: dict[str, int] = {}  # series -> key of its last alert event in the outbox
         self.event_time: dict[int, int] = {}  # partition -> latest observation time seen (dropouts by silence)
+        self.message_span: dict[int, int] = {}  # partition -> longest time span (ms) one message carried
         self._unsettled: dict[str, SeriesAssembler] = {}  # series with a patch in the outbox
         self._in_flight = False  # the publisher holds a job whose outcome has not been seen
         self._reseek: dict[int, int] = {}  # revoked partition -> offset to re-read from if handed back

@@ -68,6 +68,7 @@ class IngestPartitions:
                 self.quarantined.pop(sid, None)
             self.next_offset.pop(p, None)
             self.event_time.pop(p, None)
+            self.message_span.pop(p, None)
             self.rewind_to.pop(p, None)
             self._pending_commits.forget([p])
             self.committed.pop(p, None)
