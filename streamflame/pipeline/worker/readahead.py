@@ -25,13 +25,14 @@ from typing import Iterable
 from streamflame.adapters.state.store import StateStore
 from streamflame.pipeline.worker.batches import Prefetch, ReadBatch
 
+
 class WorkerReadAhead:
     """The methods of :class:`Worker` for this concern (see the module docstring)."""
 
     def _open_read_ahead(self) -> None:
         self._prefetcher = ThreadPoolExecutor(1, thread_name_prefix="sf-read-ahead") \
             if self.cfg.worker.read_ahead else None
-        # its own store object: load_many keeps the round-trip time on the store
+        # a store object of its own: fetch_many keeps its round-trip time on the store
         self._prefetch_store = StateStore(self.store.redis, self.store.prefix)
 
     def _close_read_ahead(self) -> None:
