@@ -436,6 +436,7 @@ def main(argv: list[str] | None = None) -> int:
     broker.start()
     redis_srv.start()
     syncer = _BrokerSync(broker.s3.data_dir) if args.durable else None
+    remove_workdir = False   # set by the modes that return early (the full run removes it at the end)
     try:
         import redis as redis_lib
 
@@ -536,7 +537,9 @@ def main(argv: list[str] | None = None) -> int:
                                         f"ra{r}{'a' if ahead else 's'}", read_ahead=ahead), S * P, args.repeats,
                 run_worker)
             pipeline_readahead.report(rounds)
-            print(f"logs: {workdir}")
+            if args.keep:
+                print(f"logs: {workdir}")
+            remove_workdir = not args.keep
             return 0
 
         for r in range(R):
@@ -612,6 +615,9 @@ def main(argv: list[str] | None = None) -> int:
                       f"max {took[-1] * 1000:.0f} ms", flush=True)
         broker.stop()
         redis_srv.stop()
+        if remove_workdir:
+            import shutil
+            shutil.rmtree(workdir, ignore_errors=True)
 
     _print_report(args, reps, mb, wk, ing_single, sat, saturated, max_rate, estimate, lat)
     if args.keep:
