@@ -76,13 +76,17 @@ def test_format_frequency(ms, text):
 # --------------------------------------------------------------------------- loading and precedence
 
 
-def test_defaults_without_file():
+def test_defaults_without_file(tmp_path):
     cfg = load_config()
     assert cfg.kafka.bootstrap == "127.0.0.1:9092" and cfg.topics.dlq == "streamflame.dlq"
     assert cfg.redis.url == "redis://127.0.0.1:6379/0" and cfg.metrics.port is None
     g = cfg.resolve_group("anything")
     assert g.name == "default" and g.frequency is None and g.freq_ms is None
-    assert g.quantiles == (0.01, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.99) and g.alert_levels == (0.01, 0.99)
+    # no per-point alerts by default (the episodes are the alerting product): nothing added to the quantiles
+    assert g.quantiles == (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9) and g.alert_levels is None
+    assert g.alerts.enabled
+    on = load_config(write(tmp_path, "defaults: {alert_levels: [0.01, 0.99]}\n")).resolve_group("x")
+    assert on.quantiles == (0.01, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.99)    # + alert levels
     assert (g.horizon, g.num_samples, g.min_history_patches, g.include_samples) == (96, 100, 1, False)
 
 
@@ -100,7 +104,7 @@ def test_file_then_environment_wins(tmp_path, monkeypatch):
     cfg = load_config(path)
     assert cfg.kafka.bootstrap == "env-host:9093" and cfg.kafka.partitions == 3  # sibling from the file survives
     assert cfg.redis.url == "redis://file-host:6379/1"
-    assert cfg.defaults.quantiles == (0.01, 0.25, 0.5, 0.75, 0.99)  # + alert levels
+    assert cfg.defaults.quantiles == (0.25, 0.5, 0.75)
     assert cfg.worker.device == "cpu"
 
 

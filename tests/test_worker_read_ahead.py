@@ -55,6 +55,9 @@ def stream() -> tuple[dict, list]:
 
 
 def on_topics(cfg: ServiceConfig, topics, tag: str, **worker) -> ServiceConfig:
+    data = cfg.effective(mask_secrets=False)
+    data["defaults"]["alert_levels"] = [0.01, 0.99]     # the worker's per-point alerts on (off by default)
+    cfg = ServiceConfig(**data)
     return cfg.model_copy(update={
         "topics": topics, "redis": cfg.redis.model_copy(update={"key_prefix": tag}),
         "worker": cfg.worker.model_copy(update={"group_id": f"worker-{tag}", "batch_size": 8, **worker})})
@@ -121,6 +124,7 @@ def test_read_ahead_publishes_the_serial_workers_bytes(cfg, make_topics, redis_c
         mine, theirs = (published(c, getattr(c.topics, topic), 0 if topic == "alerts" else len(patches))
                         for c in (ahead, serial))
         assert mine == theirs and all(len(v) == 1 for v in mine.values()), topic
+        assert mine, f"nothing published on {topic}"
     assert len(published(ahead, ahead.topics.forecasts, len(patches))) == len(patches)
     assert states(ahead, redis_client, values) == states(serial, redis_client, values)
 

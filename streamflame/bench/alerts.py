@@ -236,7 +236,8 @@ def main(argv: list[str] | None = None) -> int:
                        "heartbeat_interval_ms": 600},
                 redis={"url": redis_srv.url, "key_prefix": tag},
                 topics={k: f"{v}.{tag}" for k, v in topics.items()},
-                ingest={"group_id": f"ingest-{tag}", "future_tolerance_ms": None})
+                ingest={"group_id": f"ingest-{tag}", "future_tolerance_ms": None},
+                defaults={"alert_levels": [0.01, 0.99]})      # the baseline: the worker's per-point alerts
 
         # -- 1. detection: everything produced first, then read by one ingest process
         cfg = config("det")

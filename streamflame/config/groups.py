@@ -39,9 +39,9 @@ class GroupSettings(_Base):
     num_samples: int = Field(100, ge=1, le=10_000)
     scale: float = Field(1.0, gt=0, allow_inf_nan=False, description="sampling-rate scale factor of the model")
     alert_levels: tuple[float, float] | None = Field(
-        (0.01, 0.99), description="(lo, hi) quantile levels; None = no alerts. The default 98% interval "
-        "flags ~1 observation in 50 of a well-calibrated series: an 80% interval would flag 1 in 5, noise "
-        "for an alerting consumer (and ~10 alert messages per patch)")
+        None, description="(lo, hi) quantile levels of the worker's per-point alerts; None (the default) = "
+        "none: alert episodes (``alerts``) are the alerting product. A 98% interval, (0.01, 0.99), flags ~1 "
+        "observation in 50 of a well-calibrated series")
     min_history_patches: int = Field(1, ge=1, le=100_000)
     include_samples: bool = False
     alerts: AlertSettings = Field(AlertSettings(), description="alert episodes judged in ingest (streamflame/alerts/)")

@@ -164,10 +164,10 @@ def _demo(args: argparse.Namespace, run_dir: Path) -> int:
 def _print_episodes(events: list, show: int = 10) -> None:
     """The alert episodes seen (those that arrived before the last forecast), as ``streamflame
     tail`` prints them: the first ``show`` open / resolve lines, then a count per kind."""
-    from collections import Counter
+    from collections import Counter  # lazy: only at the end of a demo
 
-    from streamflame.messages import AlertEpisode
-    from streamflame.tools.tail import EpisodeFolder
+    from streamflame.messages import AlertEpisode  # lazy: as above
+    from streamflame.tools.tail import EpisodeFolder  # lazy: as above
 
     events = [e for e in events if isinstance(e, AlertEpisode)]
     opened = Counter(e.kind for e in events if e.event == "open")
