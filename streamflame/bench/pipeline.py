@@ -33,8 +33,9 @@ Rates (1-3) are steady-state: the clock starts at the first record handled, so t
 group join (about 1 s against Tansu with the fast settings) is left out and printed apart.
 `--read-ahead-compare` runs only the worker stage, without and with `worker.read_ahead`
 alternating (bench/pipeline_readahead.py), after one ingest pass that writes its patches.
-Every series uses the `defaults` group (horizon 96, 100 samples, 11 quantiles) and the shipped
-checkpoint unless `--model` says otherwise.
+Every series uses the `defaults` group (horizon 96, 100 samples, 11 quantiles: the worker's
+per-point alerts on, the default until 2026-12-06) and the shipped checkpoint unless `--model`
+says otherwise.
 """
 from __future__ import annotations
 
@@ -467,7 +468,8 @@ def main(argv: list[str] | None = None) -> int:
                 worker={"group_id": f"worker-{prefix}", "batch_size": args.worker_batch, "device": args.device,
                         "model_path": args.model, "publisher": args.worker_publisher, "read_ahead": read_ahead,
                         **cache},
-                defaults={"frequency": "1min"})
+                # the worker's per-point alerts on (the default until 2026-12-06): figures comparable to earlier runs
+                defaults={"frequency": "1min", "alert_levels": [0.01, 0.99]})
 
         def lat_config(obs, patches, forecasts, prefix):
             c = config(topics[obs], topics[patches], topics[forecasts], prefix)
