@@ -4,7 +4,8 @@
 #      H = 96 forecasts), and the refresh rate by arithmetic (float32 / tf32 / bf16) at each batch
 #   2. bench reencode: a Chronos-Bolt-small-sized model (plain torch, random weights; nothing vendored)
 #      re-reading 2,048 points per refresh, bf16, on the same card
-#   3. bench pipeline --device cuda: the worker end to end on the embedded stack (Tansu + redis-server)
+#   3. bench pipeline --device cuda: the worker end to end on the embedded stack (Tansu + redis-server),
+#      and its Redis read-ahead on and off (--read-ahead-compare)
 # Output: $OUT/*.txt (they come back with the call), also shown at the end.
 #
 # Before the call, here: bash scripts/gpu_bench_prepare.sh (fills the git-ignored gpu/bench/ with the
@@ -21,6 +22,7 @@ CKPT=streamflame/checkpoints/default
 if [ "${SF_GPU_BENCH_SMOKE:-0}" = 1 ]; then
     PY=${PYTHON:-.venv/bin/python}; DEV=cpu; BATCHES="32"; ROUNDS=1; REPS=2
     RE_BATCH=2; RE_CONTEXT=256; PIPE="--series 40 --patches 1 --batch-patches 2 --worker-batch 16 --latency-seconds 2 --latency-series 10"
+    RA="--series 40 --patches 2 --worker-batch 16"
     T_STEP=400; T_RE=120; T_PIPE=400; export SF_GPU_BENCH_SECONDS=${SF_GPU_BENCH_SECONDS:-3000}
 else
     PY=${PYTHON:-python3}; DEV=cuda; BATCHES="4096 16384 65536"; ROUNDS=3; REPS=4
@@ -28,6 +30,7 @@ else
     # worker stage: 16,384 forecasts in batches of 4,096; the ingest stages before it (single messages at
     # ~50 k obs/s, each beside its ceiling) see the same 786 k observations, so they take most of the step
     PIPE="--series 4096 --patches 4 --batch-patches 4 --worker-batch 4096 --latency-seconds 10 --latency-series 500"
+    RA="--series 4096 --patches 4 --worker-batch 4096"     # the worker's Redis read-ahead (#16 item 5)
     T_STEP=100; T_RE=45; T_PIPE=180
 fi
 if [ -d gpu/bench/wheels ] && [ "$DEV" = cuda ]; then
@@ -78,6 +81,10 @@ for B in $BATCHES; do                        # the StateBatch path by sampling a
     step "refresh_b$B" "$T_STEP" "$PY" -m streamflame bench step --device "$DEV" --batch "$B" --refresh "$ARITH" \
         --rounds "$ROUNDS" --checkpoint "$CKPT"
 done
+# the worker without and with its Redis read-ahead, alternating, state cache off (every state read)
+# shellcheck disable=SC2086
+step readahead "$T_PIPE" "$PY" -m streamflame bench pipeline --device "$DEV" --read-ahead-compare --state-cache 0 \
+    --model "$CKPT" $RA
 # last, as it may be cut: torch.compile (CUDA graphs) of the sampling pass; its first call compiles
 B0=${BATCHES%% *}
 step "refresh_compile_b$B0" "$T_STEP" "$PY" -m streamflame bench step --device "$DEV" --batch "$B0" \
