@@ -15,7 +15,7 @@ import pytest
 from streamflame.alerts.episodes import SeriesAlerts
 from streamflame.alerts.judge import JudgeState, observe
 from streamflame.alerts.messages import encode_event
-from streamflame.alerts.settings import SHARES, AlertSettings, confirm_probability, thresholds
+from streamflame.alerts.settings import SHARES, AlertSettings, confirm_probability, tail_probability, thresholds
 from streamflame.config import ConfigError, ServiceConfig, dump_yaml, load_config
 from streamflame.messages import AlertEpisode, decode_alert_any
 
@@ -80,6 +80,7 @@ def test_thresholds_follow_the_budget():
     # one value alone: its share, one test
     assert abs(base.z_now - (-NormalDist().inv_cdf(SHARES["now"] / 1008 / 2))) < 1e-9
     assert base.z_confirm < base.z_open < base.z_now
+    assert tail_probability(60.0) == confirm_probability(60.0) == 1e-300    # underflow: never a p_value of 0
     for a in (base.z_confirm_severity, base.z_now_severity):
         assert a[0] < a[1] < a[2]
     looser = thresholds(AlertSettings(false_alarm_budget=10), FREQ)

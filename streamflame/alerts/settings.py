@@ -83,6 +83,9 @@ class AlertSettings(BaseModel):
         return v
 
 
+P_FLOOR = 1e-300
+"""The smallest p_value published: the normal tail underflows to 0 past |z| ~ 38, and a
+p_value of 0 would claim certainty."""
 SHARES = {"long": 0.1, "confirm": 0.002, "now": 1e-4}
 """The share of the false-alarm budget each deviation test spends under the normal model."""
 
@@ -133,10 +136,12 @@ def thresholds(s: AlertSettings, freq_ms: int) -> Thresholds:
 
 
 def confirm_probability(z: float) -> float:
-    """Probability that both two-sided tails of a confirmed spike pass ``|z|`` under N(0, 1)."""
-    return min(1.0, (2.0 * _NORMAL.cdf(-abs(z))) ** 2)
+    """Probability that both two-sided tails of a confirmed spike pass ``|z|`` under N(0, 1)
+    (never below ``P_FLOOR``)."""
+    return min(1.0, max(P_FLOOR, (2.0 * _NORMAL.cdf(-abs(z))) ** 2))
 
 
 def tail_probability(z: float, n_windows: int = 1) -> float:
-    """Two-sided tail probability of |z| under N(0, 1), Bonferroni-adjusted over windows."""
-    return min(1.0, n_windows * 2.0 * _NORMAL.cdf(-abs(z)))
+    """Two-sided tail probability of |z| under N(0, 1), Bonferroni-adjusted over windows (never
+    below ``P_FLOOR``)."""
+    return min(1.0, max(P_FLOOR, n_windows * 2.0 * _NORMAL.cdf(-abs(z))))
