@@ -254,11 +254,7 @@ def _observe_rows(k: int, n: int, V, arrays, outs, c: _Consts) -> None:
         jsd = _ABS_TO_SD * jm
         jsd = np.where(quantum[:n] > jsd, quantum[:n], jsd)
         ZD[:n, k] = np.where(jcal, dy / jsd, 0.0)
-        jcv = c.clip_s * jm
-        d = np.where(jcal & (d > jcv), jcv, d)
-        jn1 = jn + 1
-        jupd = np.where(jn1 < c.inv_gamma, jm + (d - jm) / jn1,
-                        jm + np.where(d > jm, c.gamma, c.gamma_down) * (d - jm))
+        jupd, jn1 = _mean_abs_update(jm, jn, d, jcal, c)
         jmean[:n] = np.where(has, jupd, jm)
         jcount[:n] = np.where(has, jn1, jn)
     q = quantum[:n, None]
@@ -295,11 +291,7 @@ def _observe_rows(k: int, n: int, V, arrays, outs, c: _Consts) -> None:
     else:
         Z[:n, k] = 0.0
         WIN[:n, k] = c.windows[0]
-    cv = c.clip_s * v
-    ae = np.where(cal & (ae > cv), cv, ae)
-    cnt1 = cnt + 1
-    upd = np.where(cnt1 < c.inv_gamma, v + (ae - v) / cnt1,
-                   v + np.where(ae > v, c.gamma, c.gamma_down) * (ae - v))
+    upd, cnt1 = _mean_abs_update(v, cnt, ae, cal, c)
     var[:n] = np.where(valid, upd, v)
     count[:n] = np.where(valid, cnt1, cnt)
     e1, e2 = y - expected, y - (sl + stt)
@@ -314,6 +306,16 @@ def _observe_rows(k: int, n: int, V, arrays, outs, c: _Consts) -> None:
     slevel[:n] = (sl + stt) + c.alpha_slow * e2
     strend[:n] = stt + c.alpha_slow_beta * e2
     EXP[:n, k] = expected
+
+
+def _mean_abs_update(v, n, a, cal, c: _Consts):
+    """judge.py's running mean of absolute values ``v`` after ``n`` of them, given the next ``a``
+    (clipped to ``clip_scale`` scales where calibrated, ``cal``): a plain mean for the first
+    ``1 / gamma``, then exponentially weighted. Returns (new means, n + 1)."""
+    cv = c.clip_s * v
+    a = np.where(cal & (a > cv), cv, a)
+    n1 = n + 1
+    return np.where(n1 < c.inv_gamma, v + (a - v) / n1, v + np.where(a > v, c.gamma, c.gamma_down) * (a - v)), n1
 
 
 def _states(arrays, W: int, row: int | None = None) -> list[JudgeState]:
