@@ -189,6 +189,22 @@ def _aggregate(labels: dict, score) -> tuple[dict, int, int]:
     return agg, episodes, matched
 
 
+def print_by_movement(movement: dict, labels: dict, score, false_eps: dict, weeks: dict) -> None:
+    """Recall of spikes and level shifts and false episodes per series-week, per kind of
+    series (``movement``: series -> ``inject.movement`` of its clean values). ``labels``: series
+    -> injections; ``score(series, injections)``; ``false_eps``, ``weeks``: per series, on the
+    clean copies."""
+    print("by how the series move (bench/inject.py movement): series, false episodes per series-week, "
+          "recall of spikes and level shifts")
+    for m in sorted(set(movement.values())):
+        members = [sid for sid in labels if movement[sid] == m]
+        cagg, _, _ = _aggregate({sid: labels[sid] for sid in members}, score)
+        w = sum(weeks[sid] for sid in members)
+        rec = "  ".join(f"{k}{z:.0f}σ {d / n:.2f}" for (k, z), (n, d, _) in sorted(cagg.items())
+                        if k in ("spike", "level_shift"))
+        print(f"  {m:7s} {len(members):3d}  {sum(false_eps[sid] for sid in members) / max(w, 1e-9):5.2f}  {rec}")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="streamflame bench alerts", description=__doc__.split("\n\n")[0])
     ap.add_argument("--series", type=int, default=16, help="held-out validation series (each: a clean and an "
@@ -297,6 +313,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"false episodes per series-week (clean copies, {weeks:.1f} series-weeks): "
               f"{sum(fe.values()) / weeks:.2f} (" + ", ".join(f"{k} {n / weeks:.2f}" for k, n in sorted(fe.items()))
               + ")" + (f" | baseline alert groups {base['clean_groups'] / weeks:.2f}" if base else ""))
+        per_fe = Counter(s[len("clean/"):] for s, lst in opens.items() if s.startswith("clean/") for _ in lst)
+        print_by_movement({"inj/" + sid[len("clean/"):]: I.movement(v) for sid, _, v in clean}, labels,
+                          lambda sid, injs: I.score(injs, opens.get(sid, [])),
+                          {"inj/" + sid[len("clean/"):]: per_fe[sid[len("clean/"):]] for sid, _, _ in clean},
+                          {"inj/" + sid[len("clean/"):]: float(np.isfinite(v[96:]).sum()) * f / WEEK_MS
+                           for sid, f, v in clean})
 
         # -- 2. the maximum sustained rate while this process produces (as fast as it can)
         cfg = config("sat")

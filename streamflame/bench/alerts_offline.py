@@ -23,7 +23,7 @@ from streamflame.alerts.episodes import SeriesAlerts
 from streamflame.alerts.judge import TrackerParams
 from streamflame.alerts.settings import WEEK_MS, AlertSettings, thresholds
 from streamflame.bench import inject as I
-from streamflame.bench.alerts import _aggregate, _series
+from streamflame.bench.alerts import _aggregate, _series, print_by_movement
 
 LENGTH = 4032
 MAX_FREQ_MS = 3_600_000
@@ -97,18 +97,17 @@ def main(argv: list[str] | None = None) -> int:
     false_eps: Counter = Counter()
     weeks = 0.0
     kind_of: dict[str, str] = {}                      # series -> I.movement of its clean values
-    class_fe: Counter = Counter()
-    class_weeks: Counter = Counter()
+    series_fe: dict[str, int] = {}
+    series_weeks: dict[str, float] = {}
     for sid, freq, v in base:
         labels[sid] = injs = I.plan(v, rng, 2 * 48 + 100, 240)
         found[sid] = opens(I.apply(v, injs, rng), freq, s, params)
         fe = [k for k, _ in opens(v, freq, s, params)]
         false_eps.update(fe)
-        w = float(np.isfinite(v[96:]).sum()) * freq / WEEK_MS
-        weeks += w
-        kind_of[sid] = m = I.movement(v)
-        class_fe[m] += len(fe)
-        class_weeks[m] += w
+        series_fe[sid] = len(fe)
+        series_weeks[sid] = float(np.isfinite(v[96:]).sum()) * freq / WEEK_MS
+        weeks += series_weeks[sid]
+        kind_of[sid] = I.movement(v)
     agg, episodes, matched = _aggregate(labels, lambda sid, injs: I.score(injs, found[sid]))
     print(f"# streamflame bench alerts-offline | {time.strftime('%Y-%m-%d %H:%M')} | split {args.split}, "
           f"{len(base)} series x {LENGTH} slots ({', '.join(f'{k} {n}' for k, n in sorted(Counter(b[0].split('/')[0] for b in base).items()))}) "
@@ -120,12 +119,5 @@ def main(argv: list[str] | None = None) -> int:
     print(f"precision {matched}/{episodes} = {matched / max(episodes, 1):.2f} | false episodes per series-week "
           f"(clean, {weeks:.1f} series-weeks): {sum(false_eps.values()) / weeks:.2f} ("
           + ", ".join(f"{k} {n / weeks:.2f}" for k, n in sorted(false_eps.items())) + ")")
-    print("by how the series move (bench/inject.py movement): series, false episodes per series-week, "
-          "recall of spikes and level shifts")
-    for m in sorted(class_weeks):
-        sub = {sid: injs for sid, injs in labels.items() if kind_of[sid] == m}
-        cagg, _, _ = _aggregate(sub, lambda sid, injs: I.score(injs, found[sid]))
-        rec = "  ".join(f"{k}{z:.0f}σ {d / n:.2f}" for (k, z), (n, d, _) in sorted(cagg.items())
-                        if k in ("spike", "level_shift"))
-        print(f"  {m:7s} {len(sub):3d}  {class_fe[m] / class_weeks[m]:5.2f}  {rec}")
+    print_by_movement(kind_of, labels, lambda sid, injs: I.score(injs, found[sid]), series_fe, series_weeks)
     return 0
