@@ -109,3 +109,31 @@ def test_bench_train_prints_every_figure_and_restores_threads(capsys):
                  "loop   (as train runs)"):
         line = next(x for x in out.splitlines() if x.startswith(name))
         assert float(line.split()[-2].replace(",", "")) > 0, line
+
+
+def test_the_loops_multi_tensor_adamw_is_the_for_loop_adamw_bit_for_bit():
+    from streamflame.train.loop import make_optimizer
+
+    cfg = TrainConfig.from_yaml("configs/train/smoke.yaml")
+    mcfg = ModelConfig.from_dict(cfg.model)
+    models = []
+    for foreach in (True, False):
+        torch.manual_seed(0)
+        m = Flame(mcfg)
+        opt = make_optimizer(m, cfg)
+        if not foreach:
+            for g in opt.param_groups:
+                g["foreach"] = False
+        gen = torch.Generator().manual_seed(1)
+        for _ in range(4):
+            for p in m.parameters():
+                p.grad = torch.randn(p.shape, generator=gen)
+            opt.step()
+        models.append(m)
+    assert all(g["foreach"] for g in make_optimizer(models[0], cfg).param_groups)
+    a, b = (dict(m.named_parameters()) for m in models)
+    torch.manual_seed(0)
+    init = Flame(mcfg).state_dict()
+    assert all(not torch.equal(a[k], init[k]) for k in a)                          # every one moved
+    for k in a:
+        assert torch.equal(a[k], b[k]), k

@@ -7,7 +7,7 @@ Figures, each the median over --steps steps after 3 warm-up steps:
 - data: the sampler alone (what the loop draws when loader_workers = 0);
 - data + features: the sampler and the model's data-only features (period search, LegT
   environment) on one thread: what one DataLoader worker does per batch when loader_workers > 0;
-- step: forward + backward + AdamW on batches drawn beforehand, the features computed in the step
+- step: forward + backward + gradient clipping + AdamW (as train builds it) on batches drawn beforehand, the features computed in the step
   ("step") or given ("step, features given": the model's own cost);
 - loop: both, as `train` runs them (the config's loader_workers and threads, or --workers and
   --threads): what a training run gets.
@@ -26,14 +26,15 @@ import torch
 
 from streamflame.model.config import ModelConfig
 from streamflame.model.flame import Flame
-from streamflame.train.loop import SequenceSampler, TrainBatch, TrainConfig, _Batches, batch_stream, features_on
+from streamflame.train.loop import (SequenceSampler, TrainBatch, TrainConfig, _Batches, batch_stream, features_on,
+                                   make_optimizer)
 
 
 def measure(cfg: TrainConfig, steps: int, device: torch.device) -> dict:
     mcfg = ModelConfig.from_dict(cfg.model)
     torch.manual_seed(cfg.seed)
     model = Flame(mcfg).to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    opt = make_optimizer(model, cfg)
     sampler = SequenceSampler(cfg, mcfg.patch_len)
     ahead = _Batches(sampler, 0, 10**9, mcfg, cfg.calendar)
     K = mcfg.max_future_patches
@@ -49,6 +50,7 @@ def measure(cfg: TrainConfig, steps: int, device: torch.device) -> dict:
                           features=features_on(xb.features, device))
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
         opt.step()
         if device.type == "cuda":
             torch.cuda.synchronize()
