@@ -15,7 +15,8 @@ import pytest
 from streamflame.alerts.episodes import SeriesAlerts
 from streamflame.alerts.judge import JudgeState, observe
 from streamflame.alerts.messages import encode_event
-from streamflame.alerts.settings import SHARES, AlertSettings, confirm_probability, tail_probability, thresholds
+from streamflame.alerts.settings import (NOW_WARMUP_SHARE, SHARES, AlertSettings, confirm_probability,
+                                         tail_probability, thresholds)
 from streamflame.config import ConfigError, ServiceConfig, dump_yaml, load_config
 from streamflame.messages import AlertEpisode, decode_alert_any
 
@@ -77,8 +78,10 @@ def test_thresholds_follow_the_budget():
     assert abs(base.z_open - (-NormalDist().inv_cdf(p / 2))) < 1e-9
     # a confirmed spike: two two-sided tails that both occur, (2 Phi(-z))^2 = share * budget / week
     assert abs(confirm_probability(base.z_confirm) - SHARES["confirm"] / 1008) < 1e-12
-    # one value alone: its share, one test
-    assert abs(base.z_now - (-NormalDist().inv_cdf(SHARES["now"] / 1008 / 2))) < 1e-9
+    # one value alone, until the series' own tail is known: the normal quantile of its warm-up share
+    assert abs(base.z_now - (-NormalDist().inv_cdf(NOW_WARMUP_SHARE / 1008 / 2))) < 1e-9
+    # and then: what it may spend per observation, per severity
+    assert base.p_now == pytest.approx(tuple(SHARES["now"] / d / 1008 for d in (1, 10, 100)))
     assert base.z_confirm < base.z_open < base.z_now
     assert tail_probability(60.0) == confirm_probability(60.0) == 1e-300    # underflow: never a p_value of 0
     for a in (base.z_confirm_severity, base.z_now_severity):
@@ -108,15 +111,15 @@ def test_clean_noise_opens_almost_nothing_and_a_level_shift_opens_within_three()
 
 def test_episode_life_cycle_open_update_resolve_with_stable_id():
     ys = noisy(600, seed=4, sd=0.2)
-    ys[400] += 1.0       # a minor spike (about 3.5 one-step scales), confirmed by the next value ...
+    ys[400] += 1.6       # a value past the series' own minor one-value threshold (its tail of |z1|) ...
     ys[403] += 30.0      # ... then a critical one: one episode, raised
     ev, sa = run(ys)
     ep = [e for e in ev if e.kind == "deviation" and 398 <= e.slot <= 420]
     assert [e.event for e in ep][0] == "open" and ep[-1].event == "resolve"
     assert len({e.started_ms for e in ep}) == 1  # same alert_id
     assert [(e.event, e.slot, e.severity) for e in ep] == [
-        ("open", 401, "minor"), ("update", 403, "critical"), ("resolve", 413, "critical")]
-    assert ep[0].started_ms == 400 * FREQ and ep[0].timestamp_ms == 401 * FREQ   # the spike, seen at its return
+        ("open", 400, "minor"), ("update", 403, "critical"), ("resolve", 413, "critical")]
+    assert ep[0].started_ms == ep[0].timestamp_ms == 400 * FREQ      # opened at the value itself
     assert ep[0].value == ys[400] and ep[0].direction == "above"
     assert "deviation" not in sa.open
     msgs = [decode_alert_any(encode_event(e, "s1", "g")) for e in ep]
@@ -199,10 +202,11 @@ def _spike_opens(ys, at):
 
 
 def walk(n: int, seed: int, sd: float = 0.2) -> list[float]:
-    """A random walk: what most sensor series look like one step at a time."""
+    """A random walk with heavy-tailed steps (Student t, 3 degrees of freedom): what many sensor
+    series look like one step at a time, large natural jumps included."""
     rng, y, out = random.Random(seed), 10.0, []
     for _ in range(n):
-        y += rng.gauss(0.0, sd)
+        y += sd * rng.gauss(0.0, 1.0) / math.sqrt(sum(rng.gauss(0.0, 1.0) ** 2 for _ in range(3)) / 3)
         out.append(y)
     return out
 
@@ -210,46 +214,48 @@ def walk(n: int, seed: int, sd: float = 0.2) -> list[float]:
 def test_a_spike_is_confirmed_by_the_next_value_and_a_step_of_the_same_size_is_not():
     """A value that jumps from the one before and that the next value returns from is a
     spike, opened at that next value with ``started_ms`` and ``value`` of the spike; the same
-    jump that stays is no spike. Ten random walks: a spike of 5 step standard deviations
-    (below ``z_now``) is confirmed at the next value in most, a step of the same size in none."""
+    jump that stays is no spike. Ten heavy-tailed walks, where a jump of this size alone is
+    too common to open anything at once: the spike is confirmed at the next value in most,
+    the step in none."""
     thr = thresholds(AlertSettings(), FREQ)
     confirmed, stepped = 0, 0
     for seed in range(10):
-        base = walk(800, seed)
+        base = walk(1500, seed)
         spike, step = list(base), list(base)
-        spike[500] += 1.0
-        step[500:] = [y + 1.0 for y in step[500:]]
-        hit = _spike_opens(spike, 500)
+        spike[1200] += 1.5
+        step[1200:] = [y + 1.5 for y in step[1200:]]
+        hit = _spike_opens(spike, 1200)
         if hit:
             e = hit[0]
-            assert e.started_ms == 500 * FREQ and e.timestamp_ms == 501 * FREQ and e.score >= 1.0
+            assert e.started_ms == 1200 * FREQ and e.timestamp_ms == 1201 * FREQ and e.score >= 1.0
             assert e.p_value == pytest.approx(confirm_probability(e.score * thr.z_confirm))
             confirmed += 1
-        stepped += len(_spike_opens(step, 500))
-    assert confirmed >= 7 and stepped == 0
+        stepped += len(_spike_opens(step, 1200))
+    assert confirmed >= 6 and stepped == 0
     # a gap right after the candidate: nothing to confirm it with
-    gapped = walk(800, 1)
-    gapped[500] += 1.0
-    assert _spike_opens(gapped, 500)
-    gapped[501] = float("nan")
-    assert not _spike_opens(gapped, 500)
+    gapped = walk(1500, 2)
+    gapped[1200] += 1.5
+    assert _spike_opens(gapped, 1200)
+    gapped[1201] = float("nan")
+    assert not _spike_opens(gapped, 1200)
 
 
 def test_a_spike_candidate_survives_a_restart_between_the_spike_and_its_confirmation():
-    ys = walk(800, 1)
-    ys[500] += 1.0
+    ys = walk(1500, 2)
+    ys[1200] += 1.5
     full, _ = run(ys)
-    first, sa = run(ys[:501])
-    assert sa.spike is not None and sa.spike[0] == 500
+    first, sa = run(ys[:1201])
+    assert sa.spike is not None and sa.spike[0] == 1200
     restored = SeriesAlerts.from_list(orjson.loads(orjson.dumps(sa.to_list())))
-    rest, _ = run(ys[501:], sa=restored, start=501)
-    assert first + rest == full and [e.slot for e in opens(rest, "deviation")][:1] == [501]
+    rest, _ = run(ys[1201:], sa=restored, start=1201)
+    assert first + rest == full and [e.slot for e in opens(rest, "deviation")][:1] == [1201]
     # the persisted form written before spike confirmation (11 items, a judge of 10) still loads,
-    # without a candidate and with a jump scale that learns anew
+    # without a candidate and with a jump scale and a tail that learn anew
     legacy = sa.to_list()[:11]
     legacy[0] = legacy[0][:10]
     old = SeriesAlerts.from_list(legacy)
-    assert old.spike is None and old.judge.jump_count == 0 and sa.judge.jump_count > 400
+    assert old.spike is None and old.judge.jump_count == 0 and old.judge.tail_n == 0
+    assert sa.judge.jump_count > 1000 and sa.judge.tail_n > 1000
     assert old.to_list()[1:11] == sa.to_list()[1:11] and old.judge.to_list()[:10] == sa.judge.to_list()[:10]
 
 
@@ -388,3 +394,34 @@ def test_movement_tells_noise_from_walks_and_smooth_signals():
     assert movement(np.sin(np.arange(2000) / 50) + rng.normal(0, 0.3, 2000)) == "noisy"
     assert movement(np.cumsum(rng.normal(0, 1, 2000))) == "walk"
     assert movement(np.cumsum(np.cumsum(rng.normal(0, 1, 2000)))) == "smooth"
+
+
+def test_the_one_value_threshold_follows_each_series_own_tail():
+    """The one-value test's threshold comes from the series' own tail of |z1| (peaks over
+    tail_u): heavier tails, a higher threshold; and on each series the share of values past it
+    is about what the budget lets it spend per observation (p_now), not the normal model's."""
+    from streamflame.alerts import episodes
+    from streamflame.alerts.episodes import _now_levels
+
+    thr = thresholds(AlertSettings(), FREQ)
+    p = thr.p_now[0]
+    rng = random.Random(13)
+    light = [math.sin(i / 30) + rng.gauss(0.0, 0.2) for i in range(30_000)]
+    heavy = walk(30_000, 13)
+    z_normal = -NormalDist().inv_cdf(p / 2)      # what the normal model would put there
+    levels, rates, normal_rates = [], [], []
+    for ys in (light, heavy):
+        st, passed, past_normal, judged = JudgeState(), 0, 0, 0
+        for y in ys:
+            j = observe(st, y, WIN, episodes.PARAMS)
+            if j.tail_rate > 0.0:
+                judged += 1
+                passed += abs(j.z1) >= _now_levels(j, thr)[0]
+                past_normal += abs(j.z1) >= z_normal
+        levels.append(_now_levels(j, thr)[0])
+        rates.append(passed / judged)
+        normal_rates.append(past_normal / judged)
+    assert levels[1] > levels[0] + 0.5            # the heavy-tailed walk's threshold is well above
+    for r in rates:                                # each spends about p per observation (p = 6e-4)
+        assert p / 4 < r < 4 * p, (rates, p)
+    assert normal_rates[1] > 10 * p                # the normal threshold: ten times the budget and more

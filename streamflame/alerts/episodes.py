@@ -61,7 +61,8 @@ _PARAMS = PARAMS
 class Verdict(NamedTuple):
     """The judge's word on one value, when it was judged apart (alerts/lockstep.py) before
     :meth:`SeriesAlerts.feed`: ``Judgement.z``, ``.window``, ``.expected``, ``n_before``
-    = ``judge.count[0]`` just before the value, and ``Judgement.z1``, ``.zd``."""
+    = ``judge.count[0]`` just before the value, and ``Judgement.z1``, ``.zd``, ``.tail_rate``,
+    ``.tail_excess``."""
 
     z: float
     window: int
@@ -69,6 +70,8 @@ class Verdict(NamedTuple):
     n_before: int
     z1: float = 0.0
     zd: float = 0.0
+    tail_rate: float = 0.0
+    tail_excess: float = 0.0
 _REPEAT_GAMMA = 0.01
 
 
@@ -298,9 +301,11 @@ class SeriesAlerts:
                                severity=_severity(zc, thr.z_confirm_severity), expected=p_expected,
                                p_value=confirm_probability(zc), direction="above" if e > 0 else "below")
                     return
-        if az1 >= thr.z_now and az1 >= az:
-            self._open("deviation", slot, ts_ms, ts_ms, az1 / thr.z_now, value, out,
-                       severity=_severity(az1, thr.z_now_severity), expected=j.expected,
+        now = _now_levels(j, thr)
+        z_now = now[SEVERITIES.index(s.min_severity)]
+        if az1 >= z_now:
+            self._open("deviation", slot, ts_ms, ts_ms, az1 / z_now, value, out,
+                       severity=_severity(az1, now), expected=j.expected,
                        p_value=tail_probability(j.z1), direction="above" if j.z1 > 0 else "below")
         elif az >= thr.z_open:
             self._open("deviation", slot, ts_ms, ts_ms - (j.window - 1) * freq_ms, az / thr.z_open, value, out,
@@ -319,14 +324,15 @@ class SeriesAlerts:
         with feed's own operations; everything else goes through feed."""
         zs, ws, es, ns, z1s, zds = (verdicts.z, verdicts.window, verdicts.expected, verdicts.n_before, verdicts.z1,
                                     verdicts.zd)
-        z_open, z_confirm = thr.z_open, thr.z_confirm          # (z_now >= z_confirm: |z1| below both)
+        z_open, z_confirm = thr.z_open, thr.z_confirm
+        z1_quiet = min(z_confirm, _PARAMS.tail_u, thr.z_now)   # no one-value threshold is below this
         quiet_ok = s.range is None
         for value in values:
             if value is not None:
                 z, z1, zd = zs[i], z1s[i], zds[i]
                 if (quiet_ok and not self.open and not self.nulls and self.last_slot == slot - 1
                         and self.spike is None and value != self.last_value and -z_open < z < z_open
-                        and -z_confirm < z1 < z_confirm and -z_confirm < zd < z_confirm):
+                        and -z1_quiet < z1 < z1_quiet and -z_confirm < zd < z_confirm):
                     self.last_slot = slot
                     rate = self.repeat_rate
                     g = 1.0 / (ns[i] + 1)           # max(_REPEAT_GAMMA, 1 / (n + 1)), as feed
@@ -339,7 +345,7 @@ class SeriesAlerts:
                     i += 1
                     slot += 1
                     continue
-                verdict = Verdict(z, ws[i], es[i], ns[i], z1, zd)
+                verdict = Verdict(z, ws[i], es[i], ns[i], z1, zd, verdicts.tail_rate[i], verdicts.tail_excess[i])
                 i += 1
             else:
                 verdict = None
@@ -389,6 +395,16 @@ def _budget_run(rate: float, s: AlertSettings, thr: Thresholds) -> int:
     if rate >= 0.999:
         return 1 << 30  # a series that hardly ever changes: no flatline
     return 1 + math.ceil(math.log(s.false_alarm_budget / thr.obs_per_week) / math.log(rate))
+
+
+def _now_levels(j, thr: Thresholds) -> tuple[float, float, float]:
+    """The one-value test's thresholds per severity: from the series' tail of ``|z_1|`` when it
+    is known (``tail_u + m ln(r / p)``, never below ``tail_u``), else the normal ones."""
+    r, m = j.tail_rate, j.tail_excess
+    if r <= 0.0:
+        return thr.z_now_severity
+    u = _PARAMS.tail_u
+    return tuple(u + m * math.log(r / p) if r > p else u for p in thr.p_now)  # type: ignore[return-value]
 
 
 def _severity(az: float, levels: tuple[float, float, float]) -> str:

@@ -35,6 +35,15 @@ trackers' prediction, is the reference there: for the random-walk-like series th
 sensors mostly are, raw changes have the smaller scale (measured on the training split,
 docs/benchmarks.md).
 
+The series' own tail of ``|z_1|``. Real one-step changes are heavy-tailed, and how heavy
+differs by series: a test of one value alone at a fixed normal threshold opens several
+false episodes a week on a random-walk-like weather series and next to none on a smooth
+temperature. So the judge also keeps, per series, the rate ``r`` at which ``|z_1|`` passes
+``tail_u`` and the mean excess ``m`` above it (peaks over threshold with an exponential
+tail: ``P(|z_1| > x) ~ r exp(-(x - tail_u) / m)``), and reports them as they were before
+each value (``Judgement.tail_rate``, ``.tail_excess``; 0.0 until ``tail_min`` values): the
+episode layer sets each series' one-value threshold from them (episodes.py).
+
 Missing slots advance the tracker by its trend and restart the windows (a window
 never spans a gap). ``JudgeState.to_list`` / ``from_list`` are the persisted form.
 """
@@ -62,6 +71,9 @@ class TrackerParams:
     gamma: float = 0.01        # weight of the newest sum in a scale that grows (half-life ~69 observations)
     gamma_down: float = 0.01   # ... in a scale that shrinks
     min_count: int = 8         # sums a scale must have seen before it is clipped or used
+    tail_u: float = 3.0        # |z_1| above this counts in the series' tail
+    tail_gamma: float = 0.005  # weight of the newest value in the tail's rate and excess (half-life ~140)
+    tail_min: int = 200        # values of z_1 the tail must have seen before it is reported
 
 
 @dataclass
@@ -80,19 +92,25 @@ class JudgeState:
     hist_t: list = field(default_factory=list)   # slow trend before each of them
     jump_mean: float = 0.0    # running mean of |y_t - y_{t-1}| (consecutive values)
     jump_count: int = 0       # changes it has seen
+    tail_n: int = 0           # calibrated values of z_1 seen
+    tail_rate: float = 0.0    # running share of them with |z_1| >= tail_u
+    tail_sum: float = 0.0     # running mean of max(|z_1| - tail_u, 0)
 
     def to_list(self) -> list:
         return [self.level, self.trend, self.slow_level, self.slow_trend, self.quantum, self.var, self.count,
-                self.hist_y, self.hist_l, self.hist_t, self.jump_mean, self.jump_count]
+                self.hist_y, self.hist_l, self.hist_t, self.jump_mean, self.jump_count, self.tail_n,
+                self.tail_rate, self.tail_sum]
 
     @classmethod
     def from_list(cls, d: list) -> "JudgeState":
-        """The persisted form; one of 10 items (written before the jump scale) starts it anew."""
+        """The persisted form; older ones (10 items: no jump scale; 12: no tail) start those anew."""
         level, trend, sl, stt, quantum, var, count, hy, hl, ht = d[:10]
         jm, jn = d[10:12] if len(d) >= 12 else (0.0, 0)
+        tn, tr, ts = d[12:15] if len(d) >= 15 else (0, 0.0, 0.0)
         return cls(level, float(trend), float(sl), float(stt), float(quantum), [float(v) for v in var],
                    [int(c) for c in count],
-                   [float(v) for v in hy], [float(v) for v in hl], [float(v) for v in ht], float(jm), int(jn))
+                   [float(v) for v in hy], [float(v) for v in hl], [float(v) for v in ht], float(jm), int(jn),
+                   int(tn), float(tr), float(ts))
 
 
 class Judgement(NamedTuple):
@@ -101,7 +119,8 @@ class Judgement(NamedTuple):
     its length, ``expected`` the one-step prediction, ``pit`` = Phi(z_1) (0.5 while
     uncalibrated), ``z1`` the one-step statistic (0.0 while uncalibrated or without a
     window of length 1), ``zd`` the change from the value before in its running scale
-    (0.0 while uncalibrated or after a gap)."""
+    (0.0 while uncalibrated or after a gap), ``tail_rate`` and ``tail_excess`` the series'
+    tail of ``|z_1|`` before this value (0.0 until ``tail_min`` values)."""
 
     z: float
     window: int
@@ -109,6 +128,8 @@ class Judgement(NamedTuple):
     pit: float
     z1: float = 0.0
     zd: float = 0.0
+    tail_rate: float = 0.0
+    tail_excess: float = 0.0
 
 
 def _phi(z: float) -> float:
@@ -121,7 +142,7 @@ def observe(st: JudgeState, y: float, windows: tuple[int, ...], p: TrackerParams
         st.level, st.trend, st.slow_level, st.slow_trend = y, 0.0, y, 0.0
         st.var, st.count = [0.0] * len(windows), [0] * len(windows)
         st.hist_y, st.hist_l, st.hist_t = [], [], []
-        return Judgement(0.0, windows[0], y, 0.5, 0.0, 0.0)
+        return Judgement(0.0, windows[0], y, 0.5, 0.0, 0.0, 0.0, 0.0)
     if len(st.var) != len(windows):  # the windows changed (config reload): restart the scales
         st.var, st.count = [0.0] * len(windows), [0] * len(windows)
     level, trend, s_level, s_trend = st.level, st.trend, st.slow_level, st.slow_trend
@@ -200,7 +221,18 @@ def observe(st: JudgeState, y: float, windows: tuple[int, ...], p: TrackerParams
     st.trend = trend + p.alpha * p.beta * e1
     st.slow_level = s_level + s_trend + p.alpha_slow * e2
     st.slow_trend = s_trend + p.alpha_slow * p.beta * e2
-    return Judgement(best_z, best_w, expected, _phi(z1) if z1 else 0.5, z1, zd)
+    t_rate = t_excess = 0.0
+    if z1 != 0.0:  # the tail of |z_1| as it was before this value, then this value joins it
+        tn, tr, ts = st.tail_n, st.tail_rate, st.tail_sum
+        if tn >= p.tail_min and tr > 0.0:
+            t_rate, t_excess = tr, ts / tr
+        a1 = (z1 if z1 >= 0.0 else -z1) - p.tail_u
+        tn += 1
+        st.tail_n = tn
+        g = 1.0 / tn if tn < 1.0 / p.tail_gamma else p.tail_gamma
+        st.tail_rate = tr + g * ((1.0 if a1 >= 0.0 else 0.0) - tr)
+        st.tail_sum = ts + g * ((a1 if a1 >= 0.0 else 0.0) - ts)
+    return Judgement(best_z, best_w, expected, _phi(z1) if z1 else 0.5, z1, zd, t_rate, t_excess)
 
 
 def skip(st: JudgeState, n_slots: int) -> None:

@@ -51,7 +51,7 @@ class Ops:
 @dataclass
 class Judged:
     """What the judge said about each value of one series, in order (z, window, expected, z1,
-    zd as :class:`judge.Judgement`; ``n_before`` = ``state.count[0]`` just before it), and the
+    zd, tail_rate, tail_excess as :class:`judge.Judgement`; ``n_before`` = ``state.count[0]`` just before it), and the
     snapshots, in order. The series' ``state`` is left as after all its work."""
 
     z: list[float]
@@ -61,6 +61,8 @@ class Judged:
     snapshots: list[list]
     z1: list[float] = field(default_factory=list)
     zd: list[float] = field(default_factory=list)
+    tail_rate: list[float] = field(default_factory=list)
+    tail_excess: list[float] = field(default_factory=list)
 
 
 def judge_one(ops: Ops, windows: tuple[int, ...], p: TrackerParams = TrackerParams(),
@@ -85,6 +87,8 @@ def judge_one(ops: Ops, windows: tuple[int, ...], p: TrackerParams = TrackerPara
         out.expected.append(j.expected)
         out.z1.append(j.z1)
         out.zd.append(j.zd)
+        out.tail_rate.append(j.tail_rate)
+        out.tail_excess.append(j.tail_excess)
     return out
 
 
@@ -105,7 +109,7 @@ def judge_many(series: list[Ops], windows: tuple[int, ...], p: TrackerParams = T
             rows.append((i, ops, 0))
     for i, judged in (_lockstep(rows, windows, p) if rows else ()):
         done = results[i]
-        for name in ("z", "window", "expected", "n_before", "snapshots", "z1", "zd"):
+        for name in ("z", "window", "expected", "n_before", "snapshots", "z1", "zd", "tail_rate", "tail_excess"):
             getattr(done, name).extend(getattr(judged, name))
     return results
 
@@ -132,21 +136,25 @@ def _lockstep(rows, windows: tuple[int, ...], p: TrackerParams):
     count = np.array([s.count for s in states], dtype=np.int64).reshape(S, nw)
     jmean = np.array([s.jump_mean for s in states], dtype=np.float64)
     jcount = np.array([s.jump_count for s in states], dtype=np.int64)
+    tcount = np.array([s.tail_n for s in states], dtype=np.int64)
+    trate = np.array([s.tail_rate for s in states], dtype=np.float64)
+    tsum = np.array([s.tail_sum for s in states], dtype=np.float64)
     m = np.array([len(s.hist_y) for s in states], dtype=np.int64)
     pad = [[0.0] * (W - len(s.hist_y)) for s in states]
     Y = np.array([z + s.hist_y for z, s in zip(pad, states)], dtype=np.float64).reshape(S, W)
     HL = np.array([z + s.hist_l for z, s in zip(pad, states)], dtype=np.float64).reshape(S, W)
     HT = np.array([z + s.hist_t for z, s in zip(pad, states)], dtype=np.float64).reshape(S, W)
-    Z, WIN, EXP, NB, Z1, ZD = (np.zeros((S, max(K, 1))), np.zeros((S, max(K, 1)), dtype=np.int64),
-                               np.zeros((S, max(K, 1))), np.zeros((S, max(K, 1)), dtype=np.int64),
-                               np.zeros((S, max(K, 1))), np.zeros((S, max(K, 1))))
+    shape = (S, max(K, 1))
+    Z, WIN, EXP, NB, Z1, ZD, TR, TX = (np.zeros(shape), np.zeros(shape, dtype=np.int64), np.zeros(shape),
+                                       np.zeros(shape, dtype=np.int64), np.zeros(shape), np.zeros(shape),
+                                       np.zeros(shape), np.zeros(shape))
     snaps: list[list] = [[] for _ in range(S)]
     events: dict[int, list[int]] = {}           # k -> rows with skips / snapshots before value k
     for row, r in enumerate(order):
         for k in between[r]:
             if k < lens[row]:                   # those after the last value: after the loop
                 events.setdefault(k, []).append(row)
-    arrays = (level, trend, slevel, strend, quantum, var, count, m, Y, HL, HT, jmean, jcount)
+    arrays = (level, trend, slevel, strend, quantum, var, count, m, Y, HL, HT, jmean, jcount, tcount, trate, tsum)
 
     def side(k: int, row: int) -> None:
         for it in between[order[row]][k]:
@@ -168,7 +176,7 @@ def _lockstep(rows, windows: tuple[int, ...], p: TrackerParams):
                 break
             for row in events.get(k, ()):
                 side(k, row)
-            _observe_rows(k, n, V, arrays, (Z, WIN, EXP, NB, Z1, ZD), c)
+            _observe_rows(k, n, V, arrays, (Z, WIN, EXP, NB, Z1, ZD, TR, TX), c)
         else:
             n = 0
     # what comes after the last value of the series done here: snapshots of the final state
@@ -184,9 +192,10 @@ def _lockstep(rows, windows: tuple[int, ...], p: TrackerParams):
         s.level, s.trend, s.slow_level, s.slow_trend, s.quantum = t.level, t.trend, t.slow_level, t.slow_trend, t.quantum
         s.var, s.count, s.hist_y, s.hist_l, s.hist_t = t.var, t.count, t.hist_y, t.hist_l, t.hist_t
         s.jump_mean, s.jump_count = t.jump_mean, t.jump_count
+        s.tail_n, s.tail_rate, s.tail_sum = t.tail_n, t.tail_rate, t.tail_sum
         for _ in range(final_snaps[row]):
             snaps[row].append([x[:] if type(x) is list else x for x in s.to_list()])
-    Zl, Wl, El, Nl, Z1l, ZDl = Z.tolist(), WIN.tolist(), EXP.tolist(), NB.tolist(), Z1.tolist(), ZD.tolist()
+    Zl, Wl, El, Nl, Z1l, ZDl, TRl, TXl = (a.tolist() for a in (Z, WIN, EXP, NB, Z1, ZD, TR, TX))
     for row, r in enumerate(order):
         L = lens[row]
         if row < n:                     # values stop.. one by one, from the state just stored
@@ -194,10 +203,11 @@ def _lockstep(rows, windows: tuple[int, ...], p: TrackerParams):
             yield rows[r][0], Judged(Zl[row][:stop] + rest.z, Wl[row][:stop] + rest.window,
                                      El[row][:stop] + rest.expected, Nl[row][:stop] + rest.n_before,
                                      snaps[row] + rest.snapshots, Z1l[row][:stop] + rest.z1,
-                                     ZDl[row][:stop] + rest.zd)
+                                     ZDl[row][:stop] + rest.zd, TRl[row][:stop] + rest.tail_rate,
+                                     TXl[row][:stop] + rest.tail_excess)
         else:
             yield rows[r][0], Judged(Zl[row][:L], Wl[row][:L], El[row][:L], Nl[row][:L], snaps[row], Z1l[row][:L],
-                                     ZDl[row][:L])
+                                     ZDl[row][:L], TRl[row][:L], TXl[row][:L])
 
 
 class _Consts:
@@ -210,6 +220,8 @@ class _Consts:
         self.clip_s = p.clip_scale * _ABS_TO_SD
         self.gamma, self.gamma_down, self.inv_gamma = p.gamma, p.gamma_down, 1.0 / p.gamma
         self.lim = p.clip * _ABS_TO_SD
+        self.tail_u, self.tail_min, self.tail_gamma = p.tail_u, p.tail_min, p.tail_gamma
+        self.inv_tail_gamma = 1.0 / p.tail_gamma
         self.alpha, self.alpha_beta = p.alpha, p.alpha * p.beta
         self.alpha_slow, self.alpha_slow_beta = p.alpha_slow, p.alpha_slow * p.beta
         self.w = np.array(windows, dtype=np.int64)                 # (nw,)
@@ -227,8 +239,8 @@ class _Consts:
 def _observe_rows(k: int, n: int, V, arrays, outs, c: _Consts) -> None:
     """``observe`` of value ``k`` of rows ``:n``: judge.py's operations, in its order, on
     (n,) arrays, and the window loop on (n, nw) arrays."""
-    level, trend, slevel, strend, quantum, var, count, m, Y, HL, HT, jmean, jcount = arrays
-    Z, WIN, EXP, NB, Z1, ZD = outs
+    level, trend, slevel, strend, quantum, var, count, m, Y, HL, HT, jmean, jcount, tcount, trate, tsum = arrays
+    Z, WIN, EXP, NB, Z1, ZD, TR, TX = outs
     y = V[:n, k]
     lv, tr, sl, stt = level[:n], trend[:n], slevel[:n], strend[:n]
     NB[:n, k] = count[:n, 0]
@@ -306,6 +318,20 @@ def _observe_rows(k: int, n: int, V, arrays, outs, c: _Consts) -> None:
     slevel[:n] = (sl + stt) + c.alpha_slow * e2
     strend[:n] = stt + c.alpha_slow_beta * e2
     EXP[:n, k] = expected
+    if c.one:   # the tail of |z_1| before this value (judge.py), then this value joins it
+        z1 = Z1[:n, k]
+        on = z1 != 0.0
+        tn, tr, ts = tcount[:n], trate[:n], tsum[:n]
+        ready = on & (tn >= c.tail_min) & (tr > 0.0)
+        TR[:n, k] = np.where(ready, tr, 0.0)
+        TX[:n, k] = np.where(ready, ts / np.where(ready, tr, 1.0), 0.0)
+        a1 = np.abs(z1) - c.tail_u
+        tn1 = tn + 1
+        g = np.where(tn1 < c.inv_tail_gamma, 1.0 / tn1, c.tail_gamma)
+        hit = a1 >= 0.0
+        tcount[:n] = np.where(on, tn1, tn)
+        trate[:n] = np.where(on, tr + g * (np.where(hit, 1.0, 0.0) - tr), tr)
+        tsum[:n] = np.where(on, ts + g * (np.where(hit, a1, 0.0) - ts), ts)
 
 
 def _mean_abs_update(v, n, a, cal, c: _Consts):
@@ -321,7 +347,9 @@ def _mean_abs_update(v, n, a, cal, c: _Consts):
 def _states(arrays, W: int, row: int | None = None) -> list[JudgeState]:
     """The judge states of every row (or of ``row`` alone) as judge.py keeps them (Python floats and lists)."""
     sel = slice(None) if row is None else slice(row, row + 1)
-    level, trend, slevel, strend, quantum, var, count, m, Y, HL, HT, jmean, jcount = (a[sel].tolist() for a in arrays)
+    (level, trend, slevel, strend, quantum, var, count, m, Y, HL, HT, jmean, jcount, tcount, trate,
+     tsum) = (a[sel].tolist() for a in arrays)
     return [JudgeState(level[i], trend[i], slevel[i], strend[i], quantum[i], var[i], count[i],
-                       Y[i][W - m[i]:], HL[i][W - m[i]:], HT[i][W - m[i]:], jmean[i], jcount[i])
+                       Y[i][W - m[i]:], HL[i][W - m[i]:], HT[i][W - m[i]:], jmean[i], jcount[i], tcount[i],
+                       trate[i], tsum[i])
             for i in range(len(level))]

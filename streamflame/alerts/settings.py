@@ -11,7 +11,11 @@ share under a normal model, ``observations_per_week`` chances a week:
 - ``confirm``: a spike, i.e. the jump from the value before and the next value's return
   both past ``z`` scales of the one-step changes (judge.py ``zd``; two tails that must both
   occur: ``p = (2 Phi(-z))^2``);
-- ``now``: ``|z_1|`` alone, opened at the same observation (gross errors).
+- ``now``: ``|z_1|`` alone, opened at the same observation. Its threshold comes from the
+  series' own tail of ``|z_1|`` (judge.py: the rate ``r`` past ``tail_u`` and the mean
+  excess ``m``): ``tail_u + m ln(r / p)``, so each series spends its share whatever its
+  tails; until that tail is known (``tail_min`` values), the normal quantile of
+  ``NOW_WARMUP_SHARE`` of the budget (gross errors only).
 
 The shares are far below 1 because real sensor data are heavy-tailed: one-step changes of
 4-5 standard deviations come several times a week in hourly weather data, so a test that
@@ -31,7 +35,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 __all__ = ["AlertSettings", "Thresholds", "thresholds", "tail_probability", "confirm_probability", "SEVERITIES",
-           "SHARES", "WEEK_MS"]
+           "SHARES", "NOW_WARMUP_SHARE", "WEEK_MS"]
 
 WEEK_MS = 7 * 86_400_000
 SEVERITIES = ("minor", "major", "critical")
@@ -86,7 +90,8 @@ class AlertSettings(BaseModel):
 P_FLOOR = 1e-300
 """The smallest p_value published: the normal tail underflows to 0 past |z| ~ 38, and a
 p_value of 0 would claim certainty."""
-SHARES = {"long": 0.1, "confirm": 0.002, "now": 1e-4}
+SHARES = {"long": 0.01, "confirm": 0.0006, "now": 0.6}
+NOW_WARMUP_SHARE = 1e-4
 """The share of the false-alarm budget each deviation test spends under the normal model."""
 
 
@@ -100,8 +105,9 @@ class Thresholds:
     z_severity: tuple[float, float, float]
     z_confirm: float         # a spike confirmed by the next value opens an episode
     z_confirm_severity: tuple[float, float, float]
-    z_now: float             # |z_1| alone opens an episode at once
+    z_now: float             # |z_1| alone opens an episode at once (until the series' tail is known)
     z_now_severity: tuple[float, float, float]
+    p_now: tuple[float, float, float]   # per observation, what the one-value test may spend (its tail known)
     obs_per_week: float
     n_windows: int           # windows longer than one (the Bonferroni count of ``long``)
 
@@ -128,11 +134,13 @@ def thresholds(s: AlertSettings, freq_ms: int) -> Thresholds:
     b = [s.false_alarm_budget / _SEVERITY_DIVISOR[k] for k in SEVERITIES]
     long = tuple(max(3.0, _z_for(x * SHARES["long"], opw, nw)) for x in b)
     confirm = tuple(max(2.0, _z_confirm_for(x * SHARES["confirm"], opw)) for x in b)
-    now = tuple(max(3.0, _z_for(x * SHARES["now"], opw, 1)) for x in b)
+    now = tuple(max(3.0, _z_for(x * NOW_WARMUP_SHARE, opw, 1)) for x in b)
+    p_now = tuple(min(0.5, x * SHARES["now"] / opw) for x in b)
     i = SEVERITIES.index(s.min_severity)
     return Thresholds(z_open=long[i], z_close=max(2.0, 0.6 * long[i]), z_severity=long,  # type: ignore[arg-type]
                       z_confirm=confirm[i], z_confirm_severity=confirm,  # type: ignore[arg-type]
-                      z_now=now[i], z_now_severity=now, obs_per_week=opw, n_windows=nw)  # type: ignore[arg-type]
+                      z_now=now[i], z_now_severity=now, p_now=p_now,  # type: ignore[arg-type]
+                      obs_per_week=opw, n_windows=nw)
 
 
 def confirm_probability(z: float) -> float:
