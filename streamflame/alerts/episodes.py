@@ -301,8 +301,9 @@ class SeriesAlerts:
                                severity=_severity(zc, thr.z_confirm_severity), expected=p_expected,
                                p_value=confirm_probability(zc), direction="above" if e > 0 else "below")
                     return
-        now = _now_levels(j, thr)
-        z_now = now[SEVERITIES.index(s.min_severity)]
+        # the one-value test (its thresholds are never below min(tail_u, z_now): no logs below that)
+        now = _now_levels(j, thr) if az1 >= min(_PARAMS.tail_u, thr.z_now) else None
+        z_now = now[SEVERITIES.index(s.min_severity)] if now is not None else math.inf
         if az1 >= z_now:
             self._open("deviation", slot, ts_ms, ts_ms, az1 / z_now, value, out,
                        severity=_severity(az1, now), expected=j.expected,
