@@ -3,7 +3,6 @@ the reloader the ingest and worker loops poll between batches (SIGHUP or a chang
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +15,6 @@ from streamflame.config.service import ServiceConfig
 # ---------------------------------------------------------------------------
 
 HOT_RELOADABLE = ("defaults", "groups", "log_level", "worker.batch_size", "worker.batch_deadline_ms")
-SETTLE_S = 0.5
-"""A changed file is reloaded once it has not changed for this long (not while it is being written)."""
 """Settings a running service may pick up without a restart; others need one."""
 
 
@@ -63,16 +60,6 @@ class ConfigWatcher:
     def changed(self) -> bool:
         return self._stat() != self._stamp
 
-    def settled(self, seconds: float) -> bool:
-        """The file was last modified at least ``seconds`` ago (or its time is in the future, or it
-        cannot be read: nothing to wait for). A file caught while it is being written in place
-        (truncated, then filled) may parse as valid and wrong: an empty file is the defaults."""
-        try:
-            age = time.time() - self.path.stat().st_mtime
-        except OSError:
-            return True
-        return age >= seconds or age < 0
-
     def reload(self) -> ServiceConfig:
         """Load now (e.g. on SIGHUP). Raises ConfigError and keeps the old config."""
         self._stamp = self._stat()
@@ -117,8 +104,8 @@ class HotReloader:
 
     def check(self) -> ServiceConfig | None:
         requested, self._requested = self._requested, False
-        if not requested and (not self.watcher.changed() or not self.watcher.settled(SETTLE_S)):
-            return None          # unchanged, or changed less than SETTLE_S ago: look again at the next check
+        if not requested and not self.watcher.changed():
+            return None
         trigger = "signal" if requested else "file_change"
         try:
             new = self.watcher.reload()
