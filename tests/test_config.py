@@ -428,18 +428,27 @@ def test_redis_tls_kwargs():
 
 def test_watcher_reloads_and_keeps_old_config_on_a_bad_file(tmp_path):
     path = write(tmp_path, GROUPS)
-    w = ConfigWatcher(path)
+    now = [0.0]
+    w = ConfigWatcher(path, settle_s=0.3, clock=lambda: now[0])
     assert w.poll() is None and w.config.resolve_group("pump-1").horizon == 192
     path.write_text(path.read_text().replace("horizon: 192", "horizon: 24"))
     os.utime(path, ns=(1, 1))  # make the change visible even within one mtime tick
+    assert w.poll() is None  # changed just now: not read until it has held still for settle_s
+    now[0] += 0.2
+    assert w.poll() is None
+    now[0] += 0.1
     new = w.poll()
     assert new is not None and new.resolve_group("pump-1").horizon == 24 and w.config is new
+    assert w.poll() is None  # read once
     assert changed_paths(load_config(write(tmp_path, GROUPS, "old.yaml")), new) == ["groups"]
     path.write_text(path.read_text().replace("horizon: 24", "horizon: -3"))
     os.utime(path, ns=(2, 2))
+    assert w.poll() is None
+    now[0] += 0.3
     with pytest.raises(ConfigError, match=r"groups\[1\].horizon"):
         w.poll()
     assert w.config is new  # the old good config keeps running
+    now[0] += 5
     assert w.poll() is None  # the same broken file is reported once
     with pytest.raises(ConfigError):
         w.reload()  # an explicit reload (SIGHUP) reports it again

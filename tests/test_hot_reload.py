@@ -126,21 +126,75 @@ def test_worker_reloads_horizon_and_quantiles_and_refuses_invalid_file(cfg, tmp_
     reader.join(5)
 
 
+class _Log:  # records what a structlog logger would be asked to log
+    def __init__(self):
+        self.entries: list[dict] = []
+
+    def __getattr__(self, level):
+        return lambda event, **kw: self.entries.append({"event": event, "level": level, **kw})
+
+
+def test_a_file_being_written_is_not_read_until_it_holds_still(tmp_path, monkeypatch):
+    """A config rewritten in place is first empty (valid YAML: the defaults!), then full. The
+    reloader reads a change only after it has seen the file's stat unchanged for settle_s (by its
+    own clock), and drops a read during which the file changed again."""
+    import streamflame.config.reload as reload_mod
+
+    path = tmp_path / "c.yaml"
+    path.write_text("defaults: {horizon: 48}\n")
+    now = [0.0]
+    r = HotReloader(path, load_config(path), _Log(), settle_s=0.3)
+    r.watcher._clock = lambda: now[0]
+    path.write_text("")                                   # truncated: the writer is not done
+    os.utime(path, ns=(1, 1))
+    assert r.check() is None
+    now[0] += 0.2
+    path.write_text("defaults: {horizon: 96}\n")          # done (a new stat: the wait restarts)
+    os.utime(path, ns=(2, 2))
+    assert r.check() is None                              # the full file first seen
+    now[0] += 0.2
+    assert r.check() is None and r.reloads == 0           # for 0.2 s only
+    now[0] += 0.1
+    new = r.check()
+    assert new is not None and new.defaults.horizon == 96 and r.reloads == 1
+    assert r.check() is None and r.reloads == 1
+
+    # Written to again while it is being read: that read is dropped, the final file applies.
+    real_load = reload_mod.load_config
+
+    def load_while_a_writer_appends(p):
+        cfg = real_load(p)
+        with open(p, "a") as f:
+            f.write("groups: [{name: p, match: 'p-*', horizon: 12}]\n")
+        os.utime(p, ns=(3, 3))
+        return cfg
+
+    path.write_text("defaults: {horizon: 24}\n")
+    os.utime(path, ns=(4, 4))
+    now[0] += 1.0
+    assert r.check() is None                              # first sight
+    now[0] += 0.3
+    monkeypatch.setattr(reload_mod, "load_config", load_while_a_writer_appends)
+    assert r.check() is None and r.reloads == 1           # read, but the file moved under it
+    monkeypatch.setattr(reload_mod, "load_config", real_load)
+    assert r.check() is None                              # the new stat: wait again
+    now[0] += 0.3
+    new = r.check()
+    assert new.defaults.horizon == 24 and new.resolve_group("p-1").horizon == 12 and r.reloads == 2
+
+    r.request()                                           # SIGHUP reads at once, settled or not
+    path.write_text("defaults: {horizon: 60}\n")
+    assert r.check().defaults.horizon == 60 and r.reloads == 3
+
+
 def test_reloader_policy(tmp_path):
     """In-process: unchanged file, hot part applied, restart-only part kept, a config
     that fails the process' own check refused, a broken file reported once."""
-    class Log:  # records what a structlog logger would be asked to log
-        def __init__(self):
-            self.entries: list[dict] = []
-
-        def __getattr__(self, level):
-            return lambda event, **kw: self.entries.append({"event": event, "level": level, **kw})
-
-    log = Log()
+    log = _Log()
     path = tmp_path / "c.yaml"
     path.write_text("defaults: {horizon: 48}\nworker: {batch_size: 64, device: cpu}\n")
     cfg = load_config(path)
-    r = HotReloader(path, cfg, log, validate=lambda c: c.check_horizons(100))
+    r = HotReloader(path, cfg, log, validate=lambda c: c.check_horizons(100), settle_s=0.0)
     assert r.check() is None and log.entries == []  # nothing changed
 
     path.write_text("defaults: {horizon: 96}\nworker: {batch_size: 32, device: cuda}\ngroups: [{name: p, match: 'p-*', horizon: 12}]\n")
@@ -207,7 +261,10 @@ def test_ingest_reloads_group_frequency_for_new_series(service_config, redis_cli
         first = read_topic(cfg.kafka.bootstrap, cfg.topics.patches, want=5, timeout=30)  # 241 1-min slots
         assert [decode_patch(r.value).freq_ms for r in first] == [60_000] * 5
         conf.write_text(text("5min"))
-        _time.sleep(0.5)  # ingest checks the file before each poll (poll timeout is short)
+        deadline = _time.monotonic() + 10   # ingest checks the file before each poll, once it holds still
+        while ingest.reloader.reloads < 1 and _time.monotonic() < deadline:
+            _time.sleep(0.05)
+        assert ingest.reloader.reloads == 1
         send_series("meter-2", 300_000)                    # 49 5-min slots: one patch
         send_series("meter-1", 300_000, n=10, first=49)    # the started series: slots 245..290, one more patch
         patches = [decode_patch(r.value) for r in read_topic(cfg.kafka.bootstrap, cfg.topics.patches, want=7,

@@ -3,6 +3,7 @@ the reloader the ingest and worker loops poll between batches (SIGHUP or a chang
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,11 @@ from streamflame.config.service import ServiceConfig
 
 HOT_RELOADABLE = ("defaults", "groups", "log_level", "worker.batch_size", "worker.batch_deadline_ms")
 """Settings a running service may pick up without a restart; others need one."""
+
+SETTLE_S = 0.3
+"""A changed file is read once this process has seen it unchanged for this long (its own
+monotonic clock, not the file's mtime): a file rewritten in place is first empty, which is
+valid YAML (the defaults), then partly written, which may be too."""
 
 
 def changed_paths(old: ServiceConfig, new: ServiceConfig) -> list[str]:
@@ -40,14 +46,23 @@ class ConfigWatcher:
     """Re-reads a config file when it changes (mtime, size or inode) or on demand.
 
     ``poll()`` returns the new ServiceConfig after a successful reload, None when
-    the file did not change, and raises ConfigError for an invalid new file —
-    ``config`` then keeps the previous good config and the same broken file is
-    not reported again until it changes.
+    the file did not change (or is still changing, see ``settle_s``), and raises
+    ConfigError for an invalid new file — ``config`` then keeps the previous good
+    config and the same broken file is not reported again until it changes.
+
+    ``settle_s``: a change is read only after this watcher has seen the file's stat
+    unchanged for that long, and only if the stat is still the same after the read
+    (a writer caught in the middle is looked at again later). ``reload()`` (SIGHUP)
+    reads at once.
     """
 
-    def __init__(self, path: str | os.PathLike, config: ServiceConfig | None = None):
+    def __init__(self, path: str | os.PathLike, config: ServiceConfig | None = None, *,
+                 settle_s: float = SETTLE_S, clock=time.monotonic):
         self.path = Path(path)
+        self.settle_s = settle_s
+        self._clock = clock
         self._stamp = self._stat()
+        self._pending: tuple[tuple[int, int, int] | None, float] | None = None  # (stat seen, since)
         self.config = config if config is not None else load_config(self.path)
 
     def _stat(self) -> tuple[int, int, int] | None:
@@ -60,15 +75,45 @@ class ConfigWatcher:
     def changed(self) -> bool:
         return self._stat() != self._stamp
 
+    def settled_change(self) -> bool:
+        """The file differs from the one last read and has held still for ``settle_s``."""
+        stamp = self._stat()
+        if stamp == self._stamp:
+            self._pending = None
+            return False
+        now = self._clock()
+        if self._pending is None or self._pending[0] != stamp:
+            self._pending = (stamp, now)
+        return now - self._pending[1] >= self.settle_s
+
     def reload(self) -> ServiceConfig:
         """Load now (e.g. on SIGHUP). Raises ConfigError and keeps the old config."""
-        self._stamp = self._stat()
+        self._stamp, self._pending = self._stat(), None
         new = load_config(self.path)
         self.config = new
         return new
 
     def poll(self) -> ServiceConfig | None:
-        return self.reload() if self.changed() else None
+        """The new config once a change has settled (see ``settle_s``); None while the file is
+        unchanged, still changing, or was written to while it was read. Raises ConfigError for
+        an invalid file that held still (reported once: not again until it changes)."""
+        if not self.settled_change():
+            return None
+        seen = self._pending[0]
+        try:
+            new = load_config(self.path)
+        except ConfigError:
+            if self._stat() != seen:      # caught mid-write after all: look again later
+                self._pending = None
+                return None
+            self._stamp, self._pending = seen, None
+            raise
+        if self._stat() != seen:
+            self._pending = None
+            return None
+        self._stamp, self._pending = seen, None
+        self.config = new
+        return new
 
 
 class HotReloader:
@@ -76,7 +121,8 @@ class HotReloader:
 
     ``request()`` (async-signal safe: only sets a flag; call it from a SIGHUP
     handler) forces a reload at the next :meth:`check`; otherwise ``check()``
-    reloads when the file changed. The service calls ``check()`` between
+    reloads when the file changed and has held still for ``SETTLE_S`` (a file being
+    rewritten in place is not read half-written). The service calls ``check()`` between
     batches; it returns the config to run with from now on, or None when nothing
     changed or the new file was rejected. The returned config takes the
     hot-reloadable settings (:data:`HOT_RELOADABLE`) from the new file and keeps
@@ -89,8 +135,8 @@ class HotReloader:
     """
 
     def __init__(self, path: str | os.PathLike, config: ServiceConfig, log: Any, *,
-                 validate: Any = None, component: str = "service"):
-        self.watcher = ConfigWatcher(path, config)
+                 validate: Any = None, component: str = "service", settle_s: float = SETTLE_S):
+        self.watcher = ConfigWatcher(path, config, settle_s=settle_s)
         self.config = config
         self.log = log
         self.validate = validate
@@ -104,14 +150,14 @@ class HotReloader:
 
     def check(self) -> ServiceConfig | None:
         requested, self._requested = self._requested, False
-        if not requested and not self.watcher.changed():
-            return None
         trigger = "signal" if requested else "file_change"
         try:
-            new = self.watcher.reload()
+            new = self.watcher.reload() if requested else self.watcher.poll()
         except ConfigError as e:
             self.watcher.config = self.config
             return self._refuse(trigger, e)
+        if new is None:           # unchanged, or still being written: look again at the next check
+            return None
         changed = changed_paths(self.config, new)
         if not changed:
             self.log.info("config.reload_unchanged", path=str(self.watcher.path), trigger=trigger)
