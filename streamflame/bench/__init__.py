@@ -5,6 +5,7 @@
     streamflame bench soak       # steady rate through the embedded stack: RSS per process and lag over time
     streamflame bench alerts     # injected anomalies in held-out series through ingest: recall, delay, false episodes
     streamflame bench alerts-offline  # the same scoring on the detectors alone, on training series (for tuning)
+    streamflame bench alerts-limit    # what any test of a statistic could catch at the budget (an oracle bound)
     streamflame bench train      # training throughput (observations/s): sampler, model step, the loop
     streamflame bench reencode   # a Chronos-Bolt-small-sized model re-reading each context (the comparison)
 """
@@ -15,7 +16,8 @@ import sys
 
 SUBCOMMANDS = {"step": "streamflame.bench.step", "pipeline": "streamflame.bench.pipeline",
                "soak": "streamflame.bench.soak", "alerts": "streamflame.bench.alerts",
-               "alerts-offline": "streamflame.bench.alerts_offline", "train": "streamflame.bench.train",
+               "alerts-offline": "streamflame.bench.alerts_offline",
+               "alerts-limit": "streamflame.bench.alerts_limit", "train": "streamflame.bench.train",
                "reencode": "streamflame.bench.reencode"}
 
 
