@@ -20,6 +20,8 @@ Statistics (``d_t = y_t - y_{t-1}``; ``day`` = one day in slots):
 - ``holt``: ``|z_1|`` of the deviation judge (alerts/judge.py), its one-step residual in its scale;
 - ``return``: ``min(|d_{t-1}|, |d_t|)`` when the two have opposite signs (a jump and its return:
   the evidence the judge's spike confirmation uses);
+- ``curve``: ``|y_{t-1} - (y_{t-2} + y_t) / 2|``, the value before off the line through its
+  neighbours (a spike's height, whatever the local trend);
 - ``last4`` / ``seasonal4``: the largest ``|sum of the last k errors| / scale_k`` over k = 1..4, the
   errors against a forecast made the slot before those k values (``last4``: the value then;
   ``seasonal4``: the value then plus the change over the same slots a day before), ``scale_k`` the
@@ -119,7 +121,8 @@ def statistics(clean: np.ndarray, injected: np.ndarray, freq_ms: int) -> dict[st
     for name, f in (("change", lambda v: np.abs(_changes(v))),
                     ("seasonal", lambda v: np.abs(_seasonal_changes(v, freq_ms))),
                     ("holt", lambda v: np.abs(_holt_z1(v))),
-                    ("return", _jump_and_return)):
+                    ("return", _jump_and_return),
+                    ("curve", _curvature)):
         out[name] = (f(clean), f(injected))
     for name, seasonal in (("last4", False), ("seasonal4", True)):
         ec, ei = _errors4(clean, freq_ms, seasonal), _errors4(injected, freq_ms, seasonal)
@@ -140,6 +143,14 @@ def _jump_and_return(v: np.ndarray) -> np.ndarray:
     s = np.full(len(v), np.nan)
     prev, cur = d[1:-1], d[2:]
     s[2:] = np.where(np.sign(prev) == -np.sign(cur), np.minimum(np.abs(prev), np.abs(cur)), 0.0)
+    return s
+
+
+def _curvature(v: np.ndarray) -> np.ndarray:
+    """At t: ``|y_{t-1} - (y_{t-2} + y_t) / 2|``, how far the value before stands off the line
+    through its neighbours (a spike's height, whatever the local trend)."""
+    s = np.full(len(v), np.nan)
+    s[2:] = np.abs(v[1:-1] - 0.5 * (v[:-2] + v[2:]))
     return s
 
 
