@@ -1,16 +1,19 @@
 """StateBatch: the states of many series as one contiguous tensor per state field.
 
-The worker's hot path: stored state bytes are decoded row by row straight into preallocated
-buffers (pinned when the model is on CUDA), stepped and forecast by ``Forecaster.step_batch`` /
-``forecast_batch`` and encoded back, with no ``SeriesState`` per series on the way. The bytes are
-SeriesState's (model.state) byte for byte: tests/test_state_batch.py.
+The worker's hot path: the stored bytes of a batch are decoded together straight into
+preallocated field arrays (pinned when the model is on CUDA; model/state_bulk.py), stepped and
+forecast by ``Forecaster.step_batch`` / ``forecast_batch`` and encoded back into one buffer, with
+no ``SeriesState`` per series on the way. The bytes are SeriesState's (model.state) byte for
+byte: tests/test_state_batch.py, tests/test_state_bulk.py.
 
     sb = StateBatch.for_forecaster(f, capacity)
-    i = sb.append_bytes(data)          # StateDecodeError: this series only (nothing is written)
-    sb.seal()                          # the rows into the field tensors
+    got = sb.append_many(datas)        # per input its row, or the StateDecodeError of that one only
+    i = sb.append_bytes(data)          # one: StateDecodeError raised (nothing is written)
+    sb.seal()                          # the rows onto the batch's device
     f.step_batch(sb, patches)          # (n, patch_len)
     fc = f.forecast_batch(sb, None, horizon=96, seeds=seeds)
-    blobs = sb.to_bytes()              # == [SeriesState.to_bytes() of each row]
+    views = sb.encode()                # read-only memoryviews, == [SeriesState.to_bytes() of each row]
+    blobs = sb.to_bytes()              # the same as bytes objects
 
 Shapes for n series (``size``) in a batch of ``capacity`` rows:
     tensors[k]          (>= n, *shape_k) per k in STATE_FIELDS, float64 or the model dtype; rows past n
@@ -21,35 +24,33 @@ today) is not kept: a step drops it as update_many does.
 """
 from __future__ import annotations
 
-import re
 import struct
 import sys
 from dataclasses import dataclass
+from itertools import repeat
 
 import numpy as np
 import orjson
 import torch
-from isal.isal_zlib import crc32   # zlib's CRC-32, ~10x faster (pyproject.toml)
 
+from . import state_bulk
 from .flame import STATE_FIELDS
-from .state import FORMAT_VERSION, MAGIC, MAX_STATE_BYTES, SeriesState, StateDecodeError, _dtype_name
+from .state import FORMAT_VERSION, MAGIC, SeriesState, StateDecodeError, _dtype_name
 
 _LITTLE = sys.byteorder == "little"
-_HEAD = struct.Struct("<4sHI")
-_VERSION_HLEN = struct.Struct("<HI")
-# the header's varying middle as orjson reads it: non-negative integers without a leading zero
-_COUNTS = re.compile(rb'(0|[1-9][0-9]{0,17}),"n_patches":(0|[1-9][0-9]{0,17}),"scale":([-+.0-9eE]{1,32})')
-_CRC = struct.Struct("<I")
 
 
 @dataclass(frozen=True)
 class EncodedState:
     """A state kept as its wire bytes, written by this process (the worker's cache of its own
-    records): decoded again without the checksum check. ``detached`` is itself (bytes are immutable)."""
-    data: bytes
+    records): decoded again without the checksum check. ``data`` is bytes or a read-only
+    memoryview into the buffer of ``StateBatch.encode``; ``detached`` owns its bytes."""
+    data: bytes | memoryview
 
     def detached(self) -> "EncodedState":
-        return self
+        """Itself when ``data`` is bytes; else a copy, so a long-kept state does not keep its
+        whole batch's buffer alive."""
+        return self if type(self.data) is bytes else EncodedState(bytes(self.data))
 
 
 @dataclass(frozen=True)
@@ -77,10 +78,20 @@ class StateLayout:
         self.specs = [[f.name, _dtype_name(f.dtype), list(f.shape)] for f in fields] + [["buffer", dtype, [0]]]
         h = self.header(0, 0, 1.0, self.specs)
         a, b = h.index(b'"n_obs":0,'), h.index(b',"tensors":')
-        self._head, self._tail = h[:a + 8], h[b:]
-        self._scales: dict[float, bytes] = {}                  # scale -> its JSON
-        self._scale_of: dict[bytes, float] = {}                # and back
-        assert self._header(7, 3, 0.5) == self.header(7, 3, 0.5, self.specs), "header template"
+        self.head, self.tail = h[:a + 8], h[b:]               # the template around n_obs .. scale
+        self.head_u8, self.tail_u8 = np.frombuffer(self.head, np.uint8), np.frombuffer(self.tail, np.uint8)
+        self._scale_of: dict[bytes, float] = {}                # a scale's JSON -> its value
+        self._templates: dict[int, np.ndarray] = {}            # header length -> its bytes (see template)
+
+    def template(self, hlen: int) -> np.ndarray:
+        """(10 + hlen,) uint8: a record's first bytes up to its body when its header has ``hlen``
+        bytes, the varying middle (n_obs .. scale) zero."""
+        t = self._templates.get(hlen)
+        if t is None:
+            m = hlen - len(self.head) - len(self.tail)
+            t = self._templates[hlen] = np.frombuffer(
+                MAGIC + struct.pack("<HI", FORMAT_VERSION, hlen) + self.head + bytes(m) + self.tail, np.uint8)
+        return t
 
     def header(self, n_obs: int, n_patches: int, scale: float, specs: list) -> bytes:
         """The header as SeriesState.to_bytes writes it (the reference; used for odd rows)."""
@@ -88,38 +99,24 @@ class StateLayout:
                              "n_patches": int(n_patches), "scale": float(scale), "meta": {},
                              "tensors": specs}, option=orjson.OPT_SORT_KEYS)
 
-    def _header(self, n_obs: int, n_patches: int, scale: float) -> bytes:
-        s = self._scales.get(scale)
-        if s is None:
-            if len(self._scales) > 4096:
-                self._scales.clear()
-            s = self._scales[scale] = orjson.dumps(scale)
-        return b"%s%d,\"n_patches\":%d,\"scale\":%s%s" % (self._head, n_obs, n_patches, s, self._tail)
+    @staticmethod
+    def scale_json(scale: float) -> bytes:
+        """The scale as the header holds it."""
+        return orjson.dumps(float(scale))
 
-    def parse(self, data: bytes, a: int, b: int) -> tuple[int, int, float] | None:
-        """(n_obs, n_patches, scale) of the header in data[a:b] when it is this layout's template
-        (this model and dtype, no meta, the canonical fields), read as orjson would read it;
-        None for anything else (the reference decoder then judges it)."""
-        head, tail = self._head, self._tail
-        if not (data.startswith(head, a) and data.endswith(tail, a, b)):
-            return None
-        m = _COUNTS.fullmatch(data, a + len(head), b - len(tail))
-        if m is None:
-            return None
-        obs, pat, sc = m.groups()
-        scale = self._scale_of.get(sc)
-        if scale is None:
+    def scale_of(self, text: bytes) -> float:
+        """The value orjson reads from a scale's JSON; NaN where it reads no number."""
+        v = self._scale_of.get(text)
+        if v is None:
             try:
-                v = orjson.loads(sc)
+                x = orjson.loads(text)
             except orjson.JSONDecodeError:
-                return None
-            if type(v) not in (int, float):
-                return None
-            scale = float(v)
+                x = None
+            v = float(x) if type(x) in (int, float) else float("nan")
             if len(self._scale_of) > 4096:
                 self._scale_of.clear()
-            self._scale_of[sc] = scale
-        return int(obs), int(pat), scale
+            self._scale_of[text] = v
+        return v
 
 
 class StateBatch:
@@ -130,10 +127,10 @@ class StateBatch:
         self.capacity = int(capacity)
         self.device = torch.device(device)
         pin = self.device.type == "cuda"
-        self._staging = torch.empty((self.capacity, layout.body), dtype=torch.uint8, pin_memory=pin).numpy()
-        self._flat = memoryview(self._staging.reshape(-1))     # row i = [i * body, (i + 1) * body)
         self._host = {f.name: torch.empty((self.capacity, *f.shape), dtype=_torch_dtype(f.dtype), pin_memory=pin)
                       for f in layout.fields}
+        # each field's rows as bytes (capacity, nbytes): where the decoder writes
+        self._raw = {k: t.numpy().reshape(self.capacity, -1).view(np.uint8) for k, t in self._host.items()}
         self.n_obs = np.zeros(self.capacity, np.int64)
         self.n_patches = np.zeros(self.capacity, np.int64)
         self.scale = np.ones(self.capacity, np.float64)
@@ -160,29 +157,51 @@ class StateBatch:
             raise ValueError(f"the batch is full ({self.capacity} series)")
         return self.size
 
+    def append_many(self, datas: list, verify: bool | list[bool] = True) -> list[int | StateDecodeError]:
+        """Decode many series' stored bytes into the next rows: per input its row, or the
+        StateDecodeError that ``append_bytes`` would raise for it (that input only: nothing of it
+        is written). Rows follow the inputs' order within each length of state; the canonical
+        states are decoded together (model/state_bulk.py), any other by the reference decoder.
+        ``verify`` (one for all or one per input): False skips the checksum (bytes this process
+        encoded itself). ValueError when the batch has fewer free rows than inputs."""
+        given = list(datas)
+        if given:
+            self._next_row()
+        if self.size + len(given) > self.capacity:
+            raise ValueError(f"the batch is full ({self.capacity} series, {self.size} filled, {len(given)} more)")
+        datas = given if all(map(isinstance, given, repeat(bytes))) else [_bytes_like(d) for d in given]
+        n = len(datas)
+        check = np.full(n, verify, bool) if isinstance(verify, bool) else np.array(verify, bool).reshape(n)
+        taken = state_bulk.decode_into(self.layout, [b"" if d is None else d for d in datas], check,
+                                       self._raw, self.size)
+        k, a = len(taken.n_obs), self.size
+        self.n_obs[a:a + k], self.n_patches[a:a + k], self.scale[a:a + k] = taken.n_obs, taken.n_patches, taken.scale
+        if not _LITTLE:
+            for t in self._host.values():
+                t.numpy()[a:a + k].byteswap(inplace=True)
+        self.size = a + k
+        out: list[int | StateDecodeError] = taken.rows.tolist()
+        for j in np.flatnonzero(taken.rows < 0).tolist():    # anything else: the reference decoder
+            try:
+                if datas[j] is None:
+                    raise StateDecodeError(f"state must be bytes, got {type(given[j]).__name__}")
+                out[j] = self.append_state(SeriesState.from_bytes(datas[j]))
+            except StateDecodeError as e:
+                out[j] = e
+        return out
+
     def append_bytes(self, data, verify: bool = True) -> int:
         """Decode one series' stored bytes into the next row; returns the row. Raises
         StateDecodeError (nothing written) where ``SeriesState.from_bytes`` would, and for a state
         of another model or dtype, a partial patch or fields of the wrong shape. ``verify=False``
         skips the checksum (bytes this process encoded itself)."""
-        i = self._next_row()
-        if type(data) is not bytes:
-            if not isinstance(data, (bytes, bytearray, memoryview)):
-                raise StateDecodeError(f"state must be bytes, got {type(data).__name__}")
-            data = bytes(data)
-        lay, n = self.layout, len(data)
-        if 14 <= n <= MAX_STATE_BYTES and data.startswith(MAGIC):
-            version, hlen = _VERSION_HLEN.unpack_from(data, 4)
-            start = 10 + hlen
-            if (version == FORMAT_VERSION and start + lay.body + 4 == n
-                    and (not verify or crc32(memoryview(data)[:-4]) == _CRC.unpack_from(data, n - 4)[0])):
-                counts = lay.parse(data, 10, start)
-                if counts is not None:
-                    self._flat[i * lay.body:(i + 1) * lay.body] = memoryview(data)[start:n - 4]
-                    self.n_obs[i], self.n_patches[i], self.scale[i] = counts
-                    self.size = i + 1
-                    return i
-        return self.append_state(SeriesState.from_bytes(data))   # anything else: the reference decoder
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            self._next_row()
+            raise StateDecodeError(f"state must be bytes, got {type(data).__name__}")
+        got = self.append_many([data], verify)[0]
+        if isinstance(got, StateDecodeError):
+            raise got
+        return got
 
     def append_encoded(self, enc: EncodedState) -> int:
         """A state this process encoded (``EncodedState``): decoded without the checksum check."""
@@ -198,15 +217,15 @@ class StateBatch:
             raise StateDecodeError(f"state dtype {st.dtype} does not match the forecaster's {lay.dtype}")
         if len(st.buffer):
             raise StateDecodeError(f"stored state holds a partial patch of {len(st.buffer)} values")
-        parts = []
+        arrays = []
         for f in lay.fields:
-            a = st.tensors.get(f.name, lay.empty[f.name])
-            a = np.asarray(a)
+            a = np.asarray(st.tensors.get(f.name, lay.empty[f.name]))
             if a.shape != f.shape or _dtype_name(a.dtype) != _dtype_name(f.dtype):
                 raise StateDecodeError(f"tensor {f.name!r} is {_dtype_name(a.dtype)} {list(a.shape)}; this model "
                                        f"keeps {_dtype_name(f.dtype)} {list(f.shape)}")
-            parts.append(np.ascontiguousarray(a, dtype=f.dtype.newbyteorder("<")).reshape(-1).view(np.uint8))
-        self._staging[i] = np.concatenate(parts)
+            arrays.append(a)
+        for f, a in zip(lay.fields, arrays):
+            self._host[f.name].numpy()[i] = a
         buf = [_dtype_name(st.buffer.dtype), list(st.buffer.shape)]
         if buf != lay.specs[-1][1:]:
             self._odd[i] = buf
@@ -219,18 +238,13 @@ class StateBatch:
             raise StateDecodeError(f"state bytes belong to model {model_id}, this batch holds {self.layout.model_id}")
 
     def seal(self) -> None:
-        """The filled rows into the field tensors (one copy per field), on the batch's device."""
+        """The filled rows as the field tensors: the host arrays themselves on the CPU, a copy of
+        the filled rows on another device."""
         if self._sealed:
             return
         n = self.size
         for f in self.layout.fields:
             t = self._host[f.name]
-            dst = t.numpy()[:n].reshape(n, f.nbytes // f.dtype.itemsize)
-            src = self._staging[:n, f.offset:f.offset + f.nbytes]
-            if _LITTLE:
-                dst.view(np.uint8)[:] = src
-            else:
-                dst[:] = src.copy().view(f.dtype.newbyteorder("<"))
             # on a device only the filled rows travel (gather pads there by index_select)
             self.tensors[f.name] = t if self.device.type == "cpu" else t[:n].to(self.device, non_blocking=True)
         self._sealed = True
@@ -274,29 +288,36 @@ class StateBatch:
             t.index_copy_(0, idx, src)
 
     # ---- encoding --------------------------------------------------------------------------
-    def to_bytes(self, rows=None) -> list[bytes]:
-        """Each row's stored bytes, equal to ``SeriesState.to_bytes()`` of the same state."""
+    def encode(self, rows=None) -> list[memoryview]:
+        """Each row's stored bytes (``rows``: default all, in order; a row may repeat), equal to
+        ``SeriesState.to_bytes()`` of the same state: read-only memoryviews of one new buffer
+        (model/state_bulk.py), which they keep alive (``EncodedState.detached`` copies one out)."""
         self.seal()
         n = self.size
-        lay, st = self.layout, self._staging
-        for f in lay.fields:
+        rows = list(range(n)) if rows is None else [int(r) for r in rows]
+        if not rows:
+            return []
+        if not (0 <= min(rows) and max(rows) < n):
+            raise IndexError(f"rows {min(rows)}..{max(rows)} of a batch of {n}")
+        run = rows == list(range(rows[0], rows[0] + len(rows)))
+        sel = slice(rows[0], rows[0] + len(rows)) if run else np.asarray(rows, np.int64)
+        src = {}
+        for f in self.layout.fields:
             t = self.tensors[f.name][:n]
             if t.device.type != "cpu":
                 t = self._host[f.name][:n].copy_(t)
-            a = t.numpy().reshape(n, f.nbytes // f.dtype.itemsize)
-            st[:n, f.offset:f.offset + f.nbytes] = a.view(np.uint8) if _LITTLE else a.astype(
-                f.dtype.newbyteorder("<")).view(np.uint8)
-        out = []
-        head = _HEAD.pack
-        n_obs, n_patches, scale = self.n_obs.tolist(), self.n_patches.tolist(), self.scale.tolist()
-        for i in (range(n) if rows is None else rows):
-            odd = self._odd.get(i)
-            h = (lay._header(n_obs[i], n_patches[i], scale[i]) if odd is None else
-                 lay.header(n_obs[i], n_patches[i], scale[i], lay.specs[:-1] + [["buffer", *odd]]))
-            pre = head(MAGIC, FORMAT_VERSION, len(h)) + h
-            body = memoryview(st[i])
-            out.append(b"".join((pre, body, _CRC.pack(crc32(body, crc32(pre))))))
-        return out
+            a = t.numpy()[sel].reshape(len(rows), -1)
+            src[f.name] = (a if _LITTLE else a.astype(f.dtype.newbyteorder("<"))).view(np.uint8)
+        lay, odd = self.layout, {}
+        for j, i in enumerate(rows if self._odd else ()):
+            if i in self._odd:
+                odd[j] = lay.header(self.n_obs[i], self.n_patches[i], self.scale[i],
+                                    lay.specs[:-1] + [["buffer", *self._odd[i]]])
+        return state_bulk.encode(lay, src, self.n_obs[sel], self.n_patches[sel], self.scale[sel], odd)
+
+    def to_bytes(self, rows=None) -> list[bytes]:
+        """``encode`` as bytes objects."""
+        return [bytes(v) for v in self.encode(rows)]
 
     def state(self, i: int) -> SeriesState:
         """Row ``i`` as a SeriesState (its own arrays): the single-series view."""
@@ -308,6 +329,13 @@ class StateBatch:
         buffer = np.zeros(odd[1], dtype=odd[0]) if odd else np.zeros(0, dtype=self.layout.dtype)
         return SeriesState(self.layout.model_id, self.layout.dtype, tensors, buffer, int(self.n_obs[i]),
                            int(self.n_patches[i]), float(self.scale[i]))
+
+
+def _bytes_like(d):
+    """d as a flat bytes-like object the decoders read byte by byte; None for anything else."""
+    if isinstance(d, memoryview) and (d.itemsize != 1 or d.ndim != 1 or not d.c_contiguous):
+        return d.tobytes()
+    return d if isinstance(d, (bytes, bytearray, memoryview)) else None
 
 
 def _torch_dtype(dt: np.dtype) -> torch.dtype:
