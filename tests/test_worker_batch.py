@@ -415,7 +415,7 @@ def test_bad_state_bytes_reinitialise_only_their_own_series(forecaster):
     first = proc.process([patch(sid, k, v[k * PATCH_LEN:(k + 1) * PATCH_LEN]) for sid, v in data.items()
                           for k in range(2)], {sid: None for sid in sids})
     loaded = {sid: dataclasses.replace(r, decoded=None) for sid, r in first.records.items()}
-    b = loaded["bad-crc"].state
+    b = bytes(loaded["bad-crc"].state)          # the worker's own records: a memoryview of its batch's buffer
     loaded["bad-crc"] = dataclasses.replace(loaded["bad-crc"], state=b[:100] + bytes([b[100] ^ 1]) + b[101:])
     loaded["bad-trunc"] = dataclasses.replace(loaded["bad-trunc"], state=loaded["bad-trunc"].state[:-20])
     f64 = Forecaster.from_config(tiny_config(), seed=0).to(dtype=torch.float64)

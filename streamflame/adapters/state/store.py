@@ -256,7 +256,7 @@ class StateRecord:
     """
 
     seq: int
-    state: bytes
+    state: bytes | memoryview    # the records a worker computes: a read-only view of its batch's buffer
     meta: StateMeta
     decoded: Any = field(default=None, compare=False, repr=False)
 

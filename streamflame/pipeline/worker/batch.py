@@ -139,6 +139,7 @@ class BatchProcessor:
         self._rewound: set[tuple[str, int]] = set()
         self._freq_names: dict[int, str] = {}
         self._sb: StateBatch | None = None   # reused from batch to batch (its buffers are kept)
+        self._stored: dict = {}              # series -> row or StateDecodeError (_decode_stored)
         cfg.check_horizons(forecaster.config.max_horizon)
         check_patch_len(forecaster.config.patch_len)
 
@@ -161,6 +162,7 @@ class BatchProcessor:
                 or sb.layout.dtype != self.f.dtype or sb.device != self.f.device):
             self._sb = self.f.state_batch(len(by_series))
         self._sb.clear()
+        self._stored = self._decode_stored(by_series, loaded)
         work: list[_Series] = []
         for sid, items in by_series.items():
             items.sort(key=lambda r: (r.patch.seq, r.offset))
@@ -169,6 +171,22 @@ class BatchProcessor:
                 work.append(w)
         self._apply(work, res, produced_at_ms)
         return res
+
+    def _decode_stored(self, by_series: dict[str, list[PatchRecord]], loaded: dict) -> dict:
+        """The stored states of this model that a patch of the batch applies to, decoded together
+        into the batch (StateBatch.append_many): series -> its row, or the StateDecodeError of its
+        bytes. Records of another model and SeriesState records are left to ``_usable_state``."""
+        sids, datas, verify = [], [], []
+        for sid, items in by_series.items():
+            rec = loaded.get(sid)
+            if (not isinstance(rec, StateRecord) or rec.meta.model_id != self.f.model_id
+                    or isinstance(rec.decoded, SeriesState) or all(r.patch.seq <= rec.seq for r in items)):
+                continue
+            own = isinstance(rec.decoded, EncodedState)
+            sids.append(sid)
+            datas.append(rec.decoded.data if own else rec.state)
+            verify.append(not own)
+        return dict(zip(sids, self._sb.append_many(datas, verify))) if sids else {}
 
     def _plan(self, sid: str, items: list[PatchRecord], rec, res: BatchResult) -> _Series | None:
         """One series' decision against its stored record ``rec`` (items in seq order): skips,
@@ -191,7 +209,7 @@ class BatchProcessor:
             return None
         row = None
         if isinstance(rec, StateRecord):
-            row, problem = self._usable_state(rec)
+            row, problem = self._usable_state(sid, rec)
         group = self.cfg.resolve_group(sid)
         if problem is not None:
             w = self._start_afresh(sid, group, stored, pending, problem, res)
@@ -216,10 +234,13 @@ class BatchProcessor:
             else:
                 res.skipped += 1
 
-    def _usable_state(self, rec: StateRecord) -> tuple[int | None, str | None]:
+    def _usable_state(self, sid: str, rec: StateRecord) -> tuple[int | None, str | None]:
         """(the state's row in the batch, None), or (None, why it cannot be used): another
         model's record or state bytes, unreadable bytes or dtype, a partial patch in the buffer
         (nothing of it enters the batch)."""
+        got = self._stored.pop(sid, None)        # decoded with the batch's others (_decode_stored)
+        if got is not None:
+            return (None, str(got)) if isinstance(got, StateDecodeError) else (got, None)
         try:
             if rec.meta.model_id != self.f.model_id:
                 raise StateDecodeError(f"state was written by model {rec.meta.model_id}, "
@@ -329,7 +350,7 @@ class BatchProcessor:
             self._forecasts(active, recs, res, produced_at_ms)
             res.applied += len(active)
             r += 1
-        encoded = sb.to_bytes([w.row for w in work])
+        encoded = sb.encode([w.row for w in work])   # memoryviews of one buffer (the cache copies what it keeps)
         for w, data in zip(work, encoded):
             last = w.pending[-1]
             p = last.patch
