@@ -387,6 +387,24 @@ def test_alerts_offline_scores_the_detectors_on_injected_series(capsys):
     assert classes and set(classes) <= {"noisy", "walk", "smooth"}
 
 
+def test_bench_records_are_in_event_time_order_across_sampling_steps():
+    """`bench alerts` sends series of different steps (10 min, 1 h) into one topic: in event-time
+    order, as sensors would, so that no series looks silent against its partition's event time
+    (slot-major order put an hourly series 6x ahead of a 10-minute one: false dropouts)."""
+    from streamflame.bench.alerts import _records
+
+    ten, hour = 600_000, 3_600_000
+    a = np.arange(20, dtype=float)
+    b = np.arange(4, dtype=float)
+    b[2] = np.nan                                       # not sent
+    recs = list(_records([("a", ten, a), ("b", hour, b)], t0=0, repeat=2))
+    ts = [t for _, t, _ in recs]
+    assert ts == sorted(ts)
+    assert sorted(t for s, t, _ in recs if s == "a") == [k * ten for k in range(40)]
+    assert [t for s, t, _ in recs if s == "b"] == [k * hour for k in (0, 1, 3, 4, 5, 7)]
+    assert recs[:3] == [("a", 0, 0.0), ("b", 0, 0.0), ("a", ten, 1.0)]   # ties: stream order
+
+
 def test_movement_tells_noise_from_walks_and_smooth_signals():
     from streamflame.bench.inject import movement
 

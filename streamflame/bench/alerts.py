@@ -19,6 +19,7 @@ scored like an episode that matches every injected kind.
 from __future__ import annotations
 
 import argparse
+import heapq
 import os
 import platform
 import tempfile
@@ -55,14 +56,19 @@ def _series(n: int, length: int):
 
 
 def _records(streams: list[tuple[str, int, np.ndarray]], t0: int = T0_MS, repeat: int = 1):
-    """Single-observation records, time-major; NaN slots are not sent. ``repeat``: the streams
-    again and again, each time continuing the series' grid after the last slot."""
-    length = max(len(v) for _, _, v in streams)
-    for r in range(repeat):
-        for k in range(length):
-            for sid, freq, v in streams:
-                if k < len(v) and np.isfinite(v[k]):
-                    yield sid, t0 + (r * length + k) * freq, float(v[k])
+    """Single-observation records in event-time order (ties in stream order), as sensors of
+    different sampling steps would send them; NaN slots are not sent. ``repeat``: the streams
+    again and again, each time continuing the series' grid after the last slot (a series'
+    copies follow one another on its own time axis)."""
+    def one(i: int, sid: str, freq: int, v: np.ndarray):
+        n = len(v)
+        for r in range(repeat):
+            for k in range(n):
+                if np.isfinite(v[k]):
+                    yield t0 + (r * n + k) * freq, i, sid, float(v[k])
+
+    for ts, _, sid, val in heapq.merge(*(one(i, *st) for i, st in enumerate(streams))):
+        yield sid, ts, val
 
 
 def _read_alerts(cfg, stop_after_quiet_s: float, deadline_s: float, on_record=None) -> list:
