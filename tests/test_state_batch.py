@@ -195,6 +195,10 @@ def test_misuse_is_a_clear_error(f):
         f.step_batch(sb, np.zeros((2, P)))
     with pytest.raises(ValueError, match="finite"):
         f.step_batch(sb, np.full((1, P), 1e300))
+    beyond = np.full((1, P), np.nan)
+    beyond[0, 7] = -1e39                        # beyond float32 among missing values
+    with pytest.raises(ValueError, match="finite"):
+        f.step_batch(sb, beyond)
     with pytest.raises(ValueError, match="complete patch"):
         f.forecast_batch(sb, None, 10, seeds=[0])
     sb.seal()

@@ -339,7 +339,9 @@ class Forecaster:
         m = _padded(n)
         idx = np.asarray(rows + rows[:1] * (m - n))
         x = patches.astype(self.dtype)
-        x = torch.from_numpy(np.concatenate([x, np.repeat(x[:1], m - n, 0)])[:, None, :])
+        if m > n:
+            x = np.concatenate([x, np.repeat(x[:1], m - n, 0)])
+        x = torch.from_numpy(x[:, None, :])
         scale = torch.from_numpy(batch.scale[idx]).to(_TORCH[self.dtype])
         new, _ = self.model.advance(batch.gather(rows, m), x.to(self.device), scale.to(self.device))
         batch.put(rows, {k: new[k] for k in STATE_FIELDS})
@@ -359,8 +361,8 @@ class Forecaster:
         seeds = list(seeds) if seeds is not None else [None] * len(rows)
         if len(seeds) != len(rows):
             raise ValueError("one seed per state")
-        short = [r for r in rows if batch.n_patches[r] < 1]
-        if short:
+        if rows and batch.n_patches[rows].min() < 1:
+            short = [r for r in rows if batch.n_patches[r] < 1]
             raise ValueError("a forecast needs at least one complete patch "
                              f"({self.config.patch_len} observations); row {short[0]} has {batch.n_obs[short[0]]}")
         chunk = self._forecast_chunk()
@@ -436,6 +438,8 @@ def _check_range(v: np.ndarray, dtype: str) -> None:
     """Values must be NaN (missing) or finite in the model's dtype: a float64 value beyond
     float32's range would become +-inf in the cast and leave the state non-finite for good."""
     top = float(np.finfo(dtype).max)
+    if not v.size or max(np.fmax.reduce(v, axis=None), -np.fmin.reduce(v, axis=None)) <= top:
+        return                            # the usual case: fmax / fmin skip NaN, no temporaries
     with np.errstate(invalid="ignore"):
         if (np.abs(v) > top).any():
             raise ValueError(f"values must be finite or NaN (missing), with |value| <= {top!r} ({dtype}); "
