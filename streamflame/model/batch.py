@@ -169,11 +169,12 @@ class StateBatch:
             self._next_row()
         if self.size + len(given) > self.capacity:
             raise ValueError(f"the batch is full ({self.capacity} series, {self.size} filled, {len(given)} more)")
-        datas = given if all(map(isinstance, given, repeat(bytes))) else [_bytes_like(d) for d in given]
+        plain = all(map(isinstance, given, repeat(bytes)))
+        datas = given if plain else [_bytes_like(d) for d in given]
         n = len(datas)
         check = np.full(n, verify, bool) if isinstance(verify, bool) else np.array(verify, bool).reshape(n)
-        taken = state_bulk.decode_into(self.layout, [b"" if d is None else d for d in datas], check,
-                                       self._raw, self.size)
+        taken = state_bulk.decode_into(self.layout, datas if plain else [b"" if d is None else d for d in datas],
+                                       check, self._raw, self.size)
         k, a = len(taken.n_obs), self.size
         self.n_obs[a:a + k], self.n_patches[a:a + k], self.scale[a:a + k] = taken.n_obs, taken.n_patches, taken.scale
         if not _LITTLE:
