@@ -5,9 +5,9 @@
 One refresh of B series = stored bytes -> states -> one patch each -> 100-sample H = 96
 forecasts -> bytes, as the worker does it:
     list   SeriesState.from_bytes x B, update_many, forecast_many, to_bytes x B (the old path)
-    batch  StateBatch.append_bytes x B, step_batch, forecast_batch, to_bytes (model/batch.py); the
-           sample paths not copied back (samples=False), as the worker asks unless a group
-           publishes them
+    batch  StateBatch.append_many, step_batch, forecast_batch, encode (model/batch.py,
+           model/state_bulk.py), as the worker calls them; the sample paths not copied back
+           (samples=False), as the worker asks unless a group publishes them
 host overhead per series = (a path's time - the time of its model calls in that same call) / B,
 the model calls being the tensor work: Flame.advance and each forecast chunk's noise, flow,
 mean and quantiles (Forecaster._forecast_stacked), timed around each call. Measured within
@@ -52,14 +52,13 @@ def compare_paths(f: Forecaster, args, series) -> None:
     def run_batch():
         c = time.process_time()
         sb.clear()
-        for b in blobs:
-            sb.append_bytes(b)
+        rows = sb.append_many(blobs)
         sb.seal()
         c = time.process_time() - c
-        f.step_batch(sb, patches)
-        f.forecast_batch(sb, None, H, num_samples=S, seeds=seeds, samples=False)   # as the worker asks
+        f.step_batch(sb, patches, rows)
+        f.forecast_batch(sb, rows, H, num_samples=S, seeds=seeds, samples=False)   # as the worker asks
         e = time.process_time()
-        out = sb.to_bytes()
+        out = sb.encode(rows)
         codec.append((c, time.process_time() - e))
         return out
 
@@ -100,7 +99,7 @@ def compare_paths(f: Forecaster, args, series) -> None:
         host = [a - b for a, b in zip(total["batch", "cpu"][1:], model["batch", "cpu"][1:])]
         dec, enc = (statistics.median(x) * us for x in zip(*codec[2:]))
         calls = statistics.median(h - c - e for h, (c, e) in zip(host, codec[2:])) * us
-        print(f"batch path host, cpu us/series: decode {dec:.1f} (append_bytes + seal), encode {enc:.1f} (to_bytes), "
+        print(f"batch path host, cpu us/series: decode {dec:.1f} (append_many + seal), encode {enc:.1f} (encode), "
               f"step_batch + forecast_batch around the model calls {calls:.1f}")
     if "list" in chosen and "batch" in chosen:
         for c in ("wall", "cpu"):

@@ -7,7 +7,7 @@ machine slows them alike).
 A refresh is what the worker does per series: stored state bytes -> state, one patch, a forecast,
 state bytes. Each name in --refresh, [list:|batch:]MATMUL[/compile][+SAMPLES], is a path of this
 tree: ``list`` = SeriesState.from_bytes, update_many, forecast_many, to_bytes (the worker before
-#16); ``batch`` = StateBatch.append_bytes, step_batch, forecast_batch, to_bytes (the default), with
+#16); ``batch`` = StateBatch.append_many, step_batch, forecast_batch, encode (the default), with
 that sampling arithmetic (``Forecaster.set_arithmetic``): "batch:bf16/compile+64" = bf16 matmuls,
 compiled, 64 samples instead of --samples. --baseline-tree DIR also times another StreamFlame
 source tree (today's code: ``git archive REV streamflame | tar -x -C DIR``) on the same weights and
@@ -88,12 +88,11 @@ def _path(f, name: str, histories: np.ndarray, nxt: np.ndarray, step: float, arg
 
         def run():
             sb.clear()
-            for b in blobs:
-                sb.append_bytes(b)
+            rows = sb.append_many(blobs)
             sb.seal()
-            f.step_batch(sb, nxt)
-            f.forecast_batch(sb, None, H, num_samples=samples, seeds=seeds, samples=False)
-            return sb.to_bytes()
+            f.step_batch(sb, nxt, rows)
+            f.forecast_batch(sb, rows, H, num_samples=samples, seeds=seeds, samples=False)
+            return sb.encode(rows)
     return RefreshPath(f"{kind}:{spec}" if name != "baseline" else name, run, samples)
 
 
