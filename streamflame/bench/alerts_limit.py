@@ -43,6 +43,8 @@ import numpy as np
 from streamflame.alerts.judge import JudgeState, TrackerParams, observe
 from streamflame.alerts.settings import WEEK_MS, AlertSettings
 from streamflame.bench import inject as I
+from streamflame.bench.alerts import _series
+from streamflame.bench.alerts_offline import LENGTH, training_pick
 from streamflame.core.constants import PATCH_LEN
 
 __all__ = ["DELAY", "SeriesCopies", "statistics", "model_statistic", "caught", "main"]
@@ -157,11 +159,8 @@ def _curvature(v: np.ndarray) -> np.ndarray:
 def model_statistic(copies: list[SeriesCopies], model_path=None) -> list[tuple[np.ndarray, np.ndarray]]:
     """``model4`` of each series (clean, injected): the shipped model's forecast from the last patch
     boundary (100 samples; the first two patches have none), updated with each copy's own values."""
-    import torch
+    from streamflame import Forecaster  # lazy: torch, only with the model statistic
 
-    from streamflame import Forecaster
-
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     fc = Forecaster.load(model_path)
     seqs = [x for c in copies for x in (c.clean, c.injected)]
     steps = [c.freq_ms / 1000 for c in copies for _ in (0, 1)]
@@ -209,9 +208,6 @@ def caught(clean_s: np.ndarray, injected_s: np.ndarray, injections, p: float, sk
 
 
 def main(argv: list[str] | None = None) -> int:
-    from streamflame.bench.alerts import _series
-    from streamflame.bench.alerts_offline import LENGTH, training_pick
-
     ap = argparse.ArgumentParser(prog="streamflame bench alerts-limit", description=__doc__.split("\n\n")[0])
     ap.add_argument("--split", choices=("validation", "train"), default="validation")
     ap.add_argument("--series", type=int, default=16)
