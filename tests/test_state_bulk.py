@@ -106,7 +106,7 @@ def test_encoded_views_are_read_only_and_outlive_the_next_batch(f):
     rng = np.random.default_rng(4)
     first, second = varied(f, rng, 5), varied(f, rng, 5)
     sb = f.state_batch(5)
-    views = sb.encode(sb.append_many([s.to_bytes() for s in first]))     # rows: by length, then input order
+    views = sb.encode(sb.append_many([s.to_bytes() for s in first]))
     assert all(v.readonly for v in views)
     with pytest.raises(TypeError):
         views[0][0] = 0
@@ -134,3 +134,44 @@ def test_redis_stores_the_views_byte_for_byte(f, redis_client):
                           expected={"a": -1, "b": -1})
     assert sorted(res.applied) == ["a", "b"]
     assert store.load("a").state == states[3].to_bytes() and store.load("b").state == states[1].to_bytes()
+
+
+def test_the_device_copy_splits_the_rows_into_the_same_fields(f):
+    """On a device, seal sends the filled rows in one piece and splits them there (split_rows):
+    checked here on the CPU against the host's field views."""
+    import torch
+    from streamflame.model.batch import split_rows
+    states = varied(f, np.random.default_rng(6), 7)
+    sb = f.state_batch(7)
+    sb.append_many([s.to_bytes() for s in states])
+    sb.seal()
+    got = split_rows(sb.layout, sb._rows[:7].clone())
+    assert set(got) == set(sb.tensors)
+    for k, t in got.items():
+        assert t.is_contiguous() and t.dtype == sb.tensors[k].dtype
+        assert torch.equal(t, sb.tensors[k][:7]) or torch.equal(t.isnan(), sb.tensors[k][:7].isnan())
+        assert t.numpy().tobytes() == np.ascontiguousarray(sb.tensors[k][:7].numpy()).tobytes()
+
+
+def test_strided_field_views_give_the_shipped_sizes_the_same_numbers():
+    """The batch's fields are strided views of its row-major storage; with the shipped config's
+    sizes (random weights) a step and a forecast equal update_many / forecast_many bit for bit."""
+    f = Forecaster.from_config(None, seed=0)
+    rng = np.random.default_rng(7)
+    states = []
+    for _ in range(19):
+        k = int(rng.integers(1, 4)) * P
+        x = rng.normal(0, 3) + np.sin(np.arange(k) / rng.integers(3, 30)) * 3 + rng.normal(0, 0.3, k)
+        x[rng.random(k) < 0.05] = np.nan
+        states.append(f.state_from_history(x * 10 ** rng.uniform(-2, 3), step_seconds=600.0))
+    patches = rng.normal(5, 2, (19, P))
+    sb = f.state_batch(19)
+    rows = sb.append_many([s.to_bytes() for s in states])
+    f.step_batch(sb, patches, rows)
+    ref = f.update_many(states, patches)
+    assert sb.encode(rows) == [s.to_bytes() for s in ref]
+    got = f.forecast_batch(sb, rows, 96, num_samples=50, seeds=list(range(19)))
+    for j, w in enumerate(f.forecast_many(ref, 96, num_samples=50, seeds=list(range(19)))):
+        assert got.get(j).mean.tobytes() == w.mean.tobytes()
+        assert got.get(j).quantiles.tobytes() == w.quantiles.tobytes()
+        assert got.get(j).samples.tobytes() == w.samples.tobytes()

@@ -17,7 +17,10 @@ byte: tests/test_state_batch.py, tests/test_state_bulk.py.
 
 Shapes for n series (``size``) in a batch of ``capacity`` rows:
     tensors[k]          (>= n, *shape_k) per k in STATE_FIELDS, float64 or the model dtype; rows past n
-                        are scratch (padding) and never encoded
+                        are scratch (padding) and never encoded. On the CPU a decoded batch's fields
+                        are strided views of one row-major (capacity, body) store, a row = one
+                        state's stored body (one copy per state to decode); after a step, the
+                        step's own tensors
     n_obs, n_patches    (capacity,) int64 numpy; scale (capacity,) float64 numpy
 A batch holds patch-aligned states (empty buffer), as update_many needs. ``meta`` (reserved, empty
 today) is not kept: a step drops it as update_many does.
@@ -127,10 +130,14 @@ class StateBatch:
         self.capacity = int(capacity)
         self.device = torch.device(device)
         pin = self.device.type == "cuda"
-        self._host = {f.name: torch.empty((self.capacity, *f.shape), dtype=_torch_dtype(f.dtype), pin_memory=pin)
-                      for f in layout.fields}
-        # each field's rows as bytes (capacity, nbytes): where the decoder writes
-        self._raw = {k: t.numpy().reshape(self.capacity, -1).view(np.uint8) for k, t in self._host.items()}
+        # row-major storage, a row = one state's body (as stored); each field a strided view of it,
+        # so a decoded body is one copy (the same numbers: tests/test_state_batch.py)
+        self._stride = -(-layout.body // 8) * 8
+        self._rows = torch.empty((self.capacity, self._stride), dtype=torch.uint8, pin_memory=pin)
+        rows = self._rows.numpy()
+        self._flat = memoryview(rows.reshape(-1))
+        self._host = {f.name: torch.from_numpy(rows[:, f.offset:f.offset + f.nbytes].view(f.dtype)
+                                               .reshape(self.capacity, *f.shape)) for f in layout.fields}
         self.n_obs = np.zeros(self.capacity, np.int64)
         self.n_patches = np.zeros(self.capacity, np.int64)
         self.scale = np.ones(self.capacity, np.float64)
@@ -160,8 +167,8 @@ class StateBatch:
     def append_many(self, datas: list, verify: bool | list[bool] = True) -> list[int | StateDecodeError]:
         """Decode many series' stored bytes into the next rows: per input its row, or the
         StateDecodeError that ``append_bytes`` would raise for it (that input only: nothing of it
-        is written). Rows follow the inputs' order within each length of state; the canonical
-        states are decoded together (model/state_bulk.py), any other by the reference decoder.
+        is written). The canonical states are decoded together (model/state_bulk.py) into the next
+        rows in input order, any other by the reference decoder into the rows after them.
         ``verify`` (one for all or one per input): False skips the checksum (bytes this process
         encoded itself). ValueError when the batch has fewer free rows than inputs."""
         given = list(datas)
@@ -174,7 +181,7 @@ class StateBatch:
         n = len(datas)
         check = np.full(n, verify, bool) if isinstance(verify, bool) else np.array(verify, bool).reshape(n)
         taken = state_bulk.decode_into(self.layout, datas if plain else [b"" if d is None else d for d in datas],
-                                       check, self._raw, self.size)
+                                       check, self._flat, self._stride, self.size)
         k, a = len(taken.n_obs), self.size
         self.n_obs[a:a + k], self.n_patches[a:a + k], self.scale[a:a + k] = taken.n_obs, taken.n_patches, taken.scale
         if not _LITTLE:
@@ -244,10 +251,10 @@ class StateBatch:
         if self._sealed:
             return
         n = self.size
-        for f in self.layout.fields:
-            t = self._host[f.name]
-            # on a device only the filled rows travel (gather pads there by index_select)
-            self.tensors[f.name] = t if self.device.type == "cpu" else t[:n].to(self.device, non_blocking=True)
+        if self.device.type == "cpu":
+            self.tensors = dict(self._host)
+        else:       # only the filled rows travel, in one piece (gather pads there by index_select)
+            self.tensors = split_rows(self.layout, self._rows[:n].to(self.device, non_blocking=True))
         self._sealed = True
 
     # ---- rows ------------------------------------------------------------------------------
@@ -330,6 +337,14 @@ class StateBatch:
         buffer = np.zeros(odd[1], dtype=odd[0]) if odd else np.zeros(0, dtype=self.layout.dtype)
         return SeriesState(self.layout.model_id, self.layout.dtype, tensors, buffer, int(self.n_obs[i]),
                            int(self.n_patches[i]), float(self.scale[i]))
+
+
+def split_rows(layout: StateLayout, rows: torch.Tensor) -> dict[str, torch.Tensor]:
+    """(n, >= body) uint8 rows of stored bodies -> each field as its own contiguous (n, *shape)
+    tensor on the rows' device (little-endian hosts)."""
+    n = rows.shape[0]
+    return {f.name: rows[:, f.offset:f.offset + f.nbytes].contiguous().view(_torch_dtype(f.dtype)).reshape(n, *f.shape)
+            for f in layout.fields}
 
 
 def _bytes_like(d):

@@ -7,10 +7,10 @@ writes it); StateBatch hands every other one to the reference decoder (SeriesSta
 The bytes are SeriesState's byte for byte: tests/test_state_bulk.py, tests/test_state_batch.py.
 
 decode: one ``crc32`` per state over the whole record (a record followed by its own CRC-32 leaves
-the constant residue CRC_RESIDUE: no slicing), one join of the states sorted by length, and per
-length (1-3 in a batch: the header differs only in the digits of n_obs, n_patches and scale) one
-(k, L) view of the joined bytes: header checks, the counts parsed from the digits, one strided
-copy per field into the batch's field arrays.
+the constant residue CRC_RESIDUE: no slicing); per length of state (1-3 in a batch: the header
+differs only in the digits of n_obs, n_patches and scale) the headers gathered into one (k, w)
+array: template compare, the counts parsed from the digits; then each body copied once, straight
+into its row of the batch's row-major storage (C-level map, no Python per state).
 encode: one (n, W) buffer; each record ends at the end of its row, so the body starts at one
 column P in every row (one strided copy per field); the header's varying middle is written
 right-aligned from digit arrays; one ``crc32`` per record; read-only memoryviews of the records.
@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+from itertools import repeat
+from operator import getitem
 from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
@@ -52,11 +54,12 @@ class Taken:
     scale: np.ndarray        # (k,) float64
 
 
-def decode_into(lay: "StateLayout", datas: Sequence, verify: np.ndarray, dst: dict[str, np.ndarray],
+def decode_into(lay: "StateLayout", datas: Sequence, verify: np.ndarray, rows_out: memoryview, stride: int,
                 row0: int) -> Taken:
     """Decode the canonical states among ``datas`` (bytes-like, 1-byte items) into rows row0,
-    row0 + 1, ... of ``dst`` (field name -> (capacity, nbytes) uint8 view of the field array,
-    little-endian). verify (n,) bool: check that state's CRC (False: bytes this process wrote)."""
+    row0 + 1, ... (in input order) of ``rows_out``: the batch's row-major state storage, flat
+    (row r = [r * stride, r * stride + body), the body's little-endian bytes). verify (n,) bool:
+    check that state's CRC (False: bytes this process wrote)."""
     n, body = len(datas), lay.body
     lens = np.fromiter(map(len, datas), np.int64, n)
     fixed = 14 + body + len(lay.head) + len(lay.tail)
@@ -65,46 +68,40 @@ def decode_into(lay: "StateLayout", datas: Sequence, verify: np.ndarray, dst: di
     if len(check):
         crcs = np.fromiter(map(crc32, [datas[i] for i in check.tolist()]), np.int64, len(check))
         cand[check[crcs != CRC_RESIDUE]] = False
-    rows = np.full(n, -1, np.int64)
     idx = np.flatnonzero(cand)
-    if not len(idx):
-        return Taken(rows, *_no_counts())
-    idx = idx[np.argsort(lens[idx], kind="stable")]
-    arr = np.frombuffer(b"".join([datas[i] for i in idx.tolist()]), np.uint8)
-    ls = lens[idx]
-    cuts = np.flatnonzero(np.diff(ls)) + 1
-    counts, pos, row = [], 0, row0
-    for a, b in zip([0, *cuts.tolist()], [*cuts.tolist(), len(idx)]):
-        L, k = int(ls[a]), b - a
-        block = arr[pos:pos + k * L].reshape(k, L)
-        pos += k * L
-        ok, c = _check_block(lay, block)
-        if not ok.any():
-            continue
-        if not ok.all():
-            block, c = block[ok], tuple(x[ok] for x in c)
-        start = L - 4 - body
-        for f in lay.fields:
-            dst[f.name][row:row + len(block)] = block[:, start + f.offset:start + f.offset + f.nbytes]
-        rows[idx[a:b][ok]] = np.arange(row, row + len(block))
-        row += len(block)
-        counts.append(c)
-    if not counts:
-        return Taken(rows, *_no_counts())
-    return Taken(rows, *(np.concatenate(x) for x in zip(*counts)))
+    obs, pat, scale = np.zeros(n, np.int64), np.zeros(n, np.int64), np.zeros(n, np.float64)
+    for L in np.unique(lens[idx]).tolist():     # per length of state (1-3 in a batch)
+        group = idx[lens[idx] == L]
+        hlen = L - 14 - body
+        # the headers alone, gathered into one (k, 10 + hlen) array (the bodies are not copied here)
+        heads = b"".join(map(getitem, [datas[i] for i in group.tolist()], repeat(slice(0, 10 + hlen))))
+        ok, (o, p_, sc) = _check_block(lay, np.frombuffer(heads, np.uint8).reshape(len(group), 10 + hlen))
+        cand[group[~ok]] = False
+        obs[group], pat[group], scale[group] = o, p_, sc
+    took = np.flatnonzero(cand)
+    rows = np.full(n, -1, np.int64)
+    rows[took] = np.arange(row0, row0 + len(took))
+    if len(took):                               # each body straight into its row: one copy, in C
+        at = (rows[took] * stride).tolist()
+        src = [datas[i] for i in took.tolist()]
+        starts = (lens[took] - 4 - body).tolist()
+        for _ in map(rows_out.__setitem__, map(slice, at, [a + body for a in at]),
+                     map(getitem, map(memoryview, src), map(slice, starts, [s + body for s in starts]))):
+            pass
+    return Taken(rows, obs[took], pat[took], scale[took])
 
 
 def _no_counts() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float64)
 
 
-def _check_block(lay: "StateLayout", block: np.ndarray) -> tuple[np.ndarray, tuple]:
-    """block (k, L): k records of one length. (ok (k,), (n_obs, n_patches, scale)): ok where the
-    record is this layout's canonical form, read as orjson would read its header."""
-    k, L = block.shape
-    hlen = L - 14 - lay.body
+def _check_block(lay: "StateLayout", hdr: np.ndarray) -> tuple[np.ndarray, tuple]:
+    """hdr (k, 10 + hlen): the first bytes up to the body of k records of one length. (ok (k,),
+    (n_obs, n_patches, scale)): ok where the record is this layout's canonical form, read as
+    orjson would read its header."""
+    k, w = hdr.shape
+    hlen = w - 10
     a, b = 10 + len(lay.head), 10 + hlen - len(lay.tail)       # the varying middle
-    hdr = np.ascontiguousarray(block[:, :10 + hlen])   # one pass over the records' scattered headers
     want = lay.template(hlen)
     same = np.bitwise_xor(hdr, want)
     same[:, a:b] = 0
