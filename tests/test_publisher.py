@@ -63,6 +63,7 @@ def test_the_job_codec_round_trips_and_refuses_a_cut_job(service_config):
     job = a_job(service_config, "codec")
     job.messages += [("t", b"", b""), ("t\u00e9", None, b"\x00" * 3)]
     job.cas["\u00fcber/x"] = (7, 6, b"", b"{}", "1")
+    job.cas["view"] = (3, 2, memoryview(bytes(range(256)) * 40).toreadonly()[7:9_000], b"{}", "0")  # StateBatch.encode's
     cursors = IngestJob(list(job.messages), [("c-1", 3, 144, b'{"c": 1}'), ("\u00fcber/c", 0, 0, b"")],
                         [("c-1", 5)])
     for one in (job, cursors):   # the worker's writes and ingest's: two kinds of job
