@@ -18,6 +18,7 @@ right-aligned from digit arrays; one ``crc32`` per record; read-only memoryviews
 from __future__ import annotations
 
 import struct
+from collections import deque
 from dataclasses import dataclass
 from itertools import repeat
 from operator import getitem
@@ -85,14 +86,9 @@ def decode_into(lay: "StateLayout", datas: Sequence, verify: np.ndarray, rows_ou
         at = (rows[took] * stride).tolist()
         src = [datas[i] for i in took.tolist()]
         starts = (lens[took] - 4 - body).tolist()
-        for _ in map(rows_out.__setitem__, map(slice, at, [a + body for a in at]),
-                     map(getitem, map(memoryview, src), map(slice, starts, [s + body for s in starts]))):
-            pass
+        deque(map(rows_out.__setitem__, map(slice, at, [a + body for a in at]),
+                  map(getitem, map(memoryview, src), map(slice, starts, [s + body for s in starts]))), maxlen=0)
     return Taken(rows, obs[took], pat[took], scale[took])
-
-
-def _no_counts() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float64)
 
 
 def _check_block(lay: "StateLayout", hdr: np.ndarray) -> tuple[np.ndarray, tuple]:
