@@ -443,3 +443,40 @@ def test_the_one_value_threshold_follows_each_series_own_tail():
     for r in rates:                                # each spends about p per observation (p = 6e-4)
         assert p / 4 < r < 4 * p, (rates, p)
     assert normal_rates[1] > 10 * p                # the normal threshold: ten times the budget and more
+
+
+def test_the_windows_threshold_follows_each_series_own_tail():
+    """The same for the windows longer than one: the threshold comes from the series' own tail of
+    |z| (judge.py wtail_*), higher on a heavy-tailed walk, so both series spend about the same per
+    observation, where the normal z_open spends nothing on the light one and many times as much on
+    the walk; before the tail is known, the normal thresholds; a judge state persisted before the
+    windows' tail existed (15 items) loads with that tail learning anew."""
+    from streamflame.alerts import episodes
+    from streamflame.alerts.episodes import _long_levels
+
+    thr = thresholds(AlertSettings(), FREQ)
+    p = thr.p_long[0]
+    rng = random.Random(17)
+    light = [math.sin(i / 30) + rng.gauss(0.0, 0.2) for i in range(30_000)]
+    heavy = walk(30_000, 17)
+    levels, rates, normal_rates = [], [], []
+    for ys in (light, heavy):
+        st, passed, past_normal, judged = JudgeState(), 0, 0, 0
+        for k, y in enumerate(ys):
+            j = observe(st, y, WIN, episodes.PARAMS)
+            if j.wtail_rate > 0.0:
+                judged += 1
+                passed += abs(j.z) >= _long_levels(j, thr)[0]
+                past_normal += abs(j.z) >= thr.z_open
+            elif k > 20:
+                assert _long_levels(j, thr) == thr.z_severity     # not known yet: the normal ones
+        levels.append(_long_levels(j, thr)[0])
+        rates.append(passed / judged)
+        normal_rates.append(past_normal / judged)
+    assert levels[1] > levels[0] + 0.5
+    # The exponential tail, fitted over a memory of ~200 values, is noisy and light at the far end:
+    # the realised rate is a few times p (SHARES["long_tail"] was set on the training split for it).
+    assert max(rates) < 2 * min(rates) and all(p < r < 10 * p for r in rates), (rates, p)
+    assert normal_rates[0] < p and normal_rates[1] > 3 * rates[1], normal_rates
+    old = JudgeState.from_list(st.to_list()[:15])
+    assert old.wtail_n == 0 and old.to_list()[:15] == st.to_list()[:15] and st.wtail_n > 20_000

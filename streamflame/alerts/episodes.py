@@ -8,7 +8,7 @@ so ingest replaying a series from its cursor produces the same events again.
 Kinds
     ``deviation``     one of the judge's tests (judge.py) passes its threshold derived
                       from the false-alarm budget (settings.py): a window longer than
-                      one (``z_open``); a spike, i.e. the jump from the value before and
+                      one (from the series' tail of ``|z|`` once known, else ``z_open``); a spike, i.e. the jump from the value before and
                       the next value's return both past ``z_confirm`` scales of the
                       series' one-step changes (judge.py ``zd``; opened at that next
                       value: a natural jump that stays is no spike); or
@@ -62,7 +62,7 @@ class Verdict(NamedTuple):
     """The judge's word on one value, when it was judged apart (alerts/lockstep.py) before
     :meth:`SeriesAlerts.feed`: ``Judgement.z``, ``.window``, ``.expected``, ``n_before``
     = ``judge.count[0]`` just before the value, and ``Judgement.z1``, ``.zd``, ``.tail_rate``,
-    ``.tail_excess``."""
+    ``.tail_excess``, ``.wtail_rate``, ``.wtail_excess``."""
 
     z: float
     window: int
@@ -72,6 +72,8 @@ class Verdict(NamedTuple):
     zd: float = 0.0
     tail_rate: float = 0.0
     tail_excess: float = 0.0
+    wtail_rate: float = 0.0
+    wtail_excess: float = 0.0
 _REPEAT_GAMMA = 0.01
 
 
@@ -302,15 +304,19 @@ class SeriesAlerts:
                                p_value=confirm_probability(zc), direction="above" if e > 0 else "below")
                     return
         # the one-value test (its thresholds are never below min(tail_u, z_now): no logs below that)
+        sev = SEVERITIES.index(s.min_severity)
         now = _now_levels(j, thr) if az1 >= min(_PARAMS.tail_u, thr.z_now) else None
-        z_now = now[SEVERITIES.index(s.min_severity)] if now is not None else math.inf
+        z_now = now[sev] if now is not None else math.inf
+        # the windows' test, likewise (never below min(tail_u, z_open))
+        long = _long_levels(j, thr) if az >= min(_PARAMS.tail_u, thr.z_open) else None
+        z_open = long[sev] if long is not None else math.inf
         if az1 >= z_now:
             self._open("deviation", slot, ts_ms, ts_ms, az1 / z_now, value, out,
                        severity=_severity(az1, now), expected=j.expected,
                        p_value=tail_probability(j.z1), direction="above" if j.z1 > 0 else "below")
-        elif az >= thr.z_open:
-            self._open("deviation", slot, ts_ms, ts_ms - (j.window - 1) * freq_ms, az / thr.z_open, value, out,
-                       severity=_severity(az, thr.z_severity), expected=j.expected,
+        elif az >= z_open:
+            self._open("deviation", slot, ts_ms, ts_ms - (j.window - 1) * freq_ms, az / z_open, value, out,
+                       severity=_severity(az, long), expected=j.expected,
                        p_value=tail_probability(j.z, thr.n_windows), direction="above" if j.z > 0 else "below")
         elif (j.zd if j.zd >= 0.0 else -j.zd) >= thr.z_confirm and before is not None:
             self.spike = [slot, ts_ms, value, before, j.expected, j.zd]
@@ -325,7 +331,7 @@ class SeriesAlerts:
         with feed's own operations; everything else goes through feed."""
         zs, ws, es, ns, z1s, zds = (verdicts.z, verdicts.window, verdicts.expected, verdicts.n_before, verdicts.z1,
                                     verdicts.zd)
-        z_open, z_confirm = thr.z_open, thr.z_confirm
+        z_open, z_confirm = min(thr.z_open, _PARAMS.tail_u), thr.z_confirm   # no windows' threshold is below this
         z1_quiet = min(z_confirm, _PARAMS.tail_u, thr.z_now)   # no one-value threshold is below this
         quiet_ok = s.range is None
         for value in values:
@@ -346,7 +352,8 @@ class SeriesAlerts:
                     i += 1
                     slot += 1
                     continue
-                verdict = Verdict(z, ws[i], es[i], ns[i], z1, zd, verdicts.tail_rate[i], verdicts.tail_excess[i])
+                verdict = Verdict(z, ws[i], es[i], ns[i], z1, zd, verdicts.tail_rate[i], verdicts.tail_excess[i],
+                                  verdicts.wtail_rate[i], verdicts.wtail_excess[i])
                 i += 1
             else:
                 verdict = None
@@ -406,6 +413,16 @@ def _now_levels(j, thr: Thresholds) -> tuple[float, float, float]:
         return thr.z_now_severity
     u = _PARAMS.tail_u
     return tuple(u + m * math.log(r / p) if r > p else u for p in thr.p_now)  # type: ignore[return-value]
+
+
+def _long_levels(j, thr: Thresholds) -> tuple[float, float, float]:
+    """The windows' test thresholds per severity: from the series' tail of ``|z|`` when it is known
+    (``tail_u + m ln(r / p)``, never below ``tail_u``), else the normal ones (``z_severity``)."""
+    r, m = j.wtail_rate, j.wtail_excess
+    if r <= 0.0:
+        return thr.z_severity
+    u = _PARAMS.tail_u
+    return tuple(u + m * math.log(r / p) if r > p else u for p in thr.p_long)  # type: ignore[return-value]
 
 
 def _severity(az: float, levels: tuple[float, float, float]) -> str:

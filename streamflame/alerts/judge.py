@@ -42,7 +42,9 @@ temperature. So the judge also keeps, per series, the rate ``r`` at which ``|z_1
 ``tail_u`` and the mean excess ``m`` above it (peaks over threshold with an exponential
 tail: ``P(|z_1| > x) ~ r exp(-(x - tail_u) / m)``), and reports them as they were before
 each value (``Judgement.tail_rate``, ``.tail_excess``; 0.0 until ``tail_min`` values): the
-episode layer sets each series' one-value threshold from them (episodes.py).
+episode layer sets each series' one-value threshold from them (episodes.py). The same is kept
+for ``|z|``, the longer windows' statistic (``Judgement.wtail_rate``, ``.wtail_excess``): their
+sums are heavy-tailed on random-walk-like series too, and the windows' threshold comes from them.
 
 Missing slots advance the tracker by its trend and restart the windows (a window
 never spans a gap). ``JudgeState.to_list`` / ``from_list`` are the persisted form.
@@ -95,22 +97,27 @@ class JudgeState:
     tail_n: int = 0           # calibrated values of z_1 seen
     tail_rate: float = 0.0    # running share of them with |z_1| >= tail_u
     tail_sum: float = 0.0     # running mean of max(|z_1| - tail_u, 0)
+    wtail_n: int = 0          # the same for |z|, the longer windows' statistic
+    wtail_rate: float = 0.0
+    wtail_sum: float = 0.0
 
     def to_list(self) -> list:
         return [self.level, self.trend, self.slow_level, self.slow_trend, self.quantum, self.var, self.count,
                 self.hist_y, self.hist_l, self.hist_t, self.jump_mean, self.jump_count, self.tail_n,
-                self.tail_rate, self.tail_sum]
+                self.tail_rate, self.tail_sum, self.wtail_n, self.wtail_rate, self.wtail_sum]
 
     @classmethod
     def from_list(cls, d: list) -> "JudgeState":
-        """The persisted form; older ones (10 items: no jump scale; 12: no tail) start those anew."""
+        """The persisted form; older ones (10 items: no jump scale; 12: no tail; 15: no windows'
+        tail) start those anew."""
         level, trend, sl, stt, quantum, var, count, hy, hl, ht = d[:10]
         jm, jn = d[10:12] if len(d) >= 12 else (0.0, 0)
         tn, tr, ts = d[12:15] if len(d) >= 15 else (0, 0.0, 0.0)
+        wn, wr, ws = d[15:18] if len(d) >= 18 else (0, 0.0, 0.0)
         return cls(level, float(trend), float(sl), float(stt), float(quantum), [float(v) for v in var],
                    [int(c) for c in count],
                    [float(v) for v in hy], [float(v) for v in hl], [float(v) for v in ht], float(jm), int(jn),
-                   int(tn), float(tr), float(ts))
+                   int(tn), float(tr), float(ts), int(wn), float(wr), float(ws))
 
 
 class Judgement(NamedTuple):
@@ -120,7 +127,8 @@ class Judgement(NamedTuple):
     uncalibrated), ``z1`` the one-step statistic (0.0 while uncalibrated or without a
     window of length 1), ``zd`` the change from the value before in its running scale
     (0.0 while uncalibrated or after a gap), ``tail_rate`` and ``tail_excess`` the series'
-    tail of ``|z_1|`` before this value (0.0 until ``tail_min`` values)."""
+    tail of ``|z_1|`` before this value (0.0 until ``tail_min`` values), ``wtail_rate`` and
+    ``wtail_excess`` its tail of ``|z|`` (likewise)."""
 
     z: float
     window: int
@@ -130,6 +138,8 @@ class Judgement(NamedTuple):
     zd: float = 0.0
     tail_rate: float = 0.0
     tail_excess: float = 0.0
+    wtail_rate: float = 0.0
+    wtail_excess: float = 0.0
 
 
 def _phi(z: float) -> float:
@@ -142,7 +152,7 @@ def observe(st: JudgeState, y: float, windows: tuple[int, ...], p: TrackerParams
         st.level, st.trend, st.slow_level, st.slow_trend = y, 0.0, y, 0.0
         st.var, st.count = [0.0] * len(windows), [0] * len(windows)
         st.hist_y, st.hist_l, st.hist_t = [], [], []
-        return Judgement(0.0, windows[0], y, 0.5, 0.0, 0.0, 0.0, 0.0)
+        return Judgement(0.0, windows[0], y, 0.5, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
     if len(st.var) != len(windows):  # the windows changed (config reload): restart the scales
         st.var, st.count = [0.0] * len(windows), [0] * len(windows)
     level, trend, s_level, s_trend = st.level, st.trend, st.slow_level, st.slow_trend
@@ -232,7 +242,18 @@ def observe(st: JudgeState, y: float, windows: tuple[int, ...], p: TrackerParams
         g = 1.0 / tn if tn < 1.0 / p.tail_gamma else p.tail_gamma
         st.tail_rate = tr + g * ((1.0 if a1 >= 0.0 else 0.0) - tr)
         st.tail_sum = ts + g * ((a1 if a1 >= 0.0 else 0.0) - ts)
-    return Judgement(best_z, best_w, expected, _phi(z1) if z1 else 0.5, z1, zd, t_rate, t_excess)
+    w_rate = w_excess = 0.0
+    if best_az != 0.0:  # the same for |z| of the longer windows
+        tn, tr, ts = st.wtail_n, st.wtail_rate, st.wtail_sum
+        if tn >= p.tail_min and tr > 0.0:
+            w_rate, w_excess = tr, ts / tr
+        a1 = best_az - p.tail_u
+        tn += 1
+        st.wtail_n = tn
+        g = 1.0 / tn if tn < 1.0 / p.tail_gamma else p.tail_gamma
+        st.wtail_rate = tr + g * ((1.0 if a1 >= 0.0 else 0.0) - tr)
+        st.wtail_sum = ts + g * ((a1 if a1 >= 0.0 else 0.0) - ts)
+    return Judgement(best_z, best_w, expected, _phi(z1) if z1 else 0.5, z1, zd, t_rate, t_excess, w_rate, w_excess)
 
 
 def skip(st: JudgeState, n_slots: int) -> None:

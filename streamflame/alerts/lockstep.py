@@ -51,7 +51,7 @@ class Ops:
 @dataclass
 class Judged:
     """What the judge said about each value of one series, in order (z, window, expected, z1,
-    zd, tail_rate, tail_excess as :class:`judge.Judgement`; ``n_before`` = ``state.count[0]`` just before it), and the
+    zd, tail_rate, tail_excess, wtail_rate, wtail_excess as :class:`judge.Judgement`; ``n_before`` = ``state.count[0]`` just before it), and the
     snapshots, in order. The series' ``state`` is left as after all its work."""
 
     z: list[float]
@@ -63,6 +63,8 @@ class Judged:
     zd: list[float] = field(default_factory=list)
     tail_rate: list[float] = field(default_factory=list)
     tail_excess: list[float] = field(default_factory=list)
+    wtail_rate: list[float] = field(default_factory=list)
+    wtail_excess: list[float] = field(default_factory=list)
 
 
 def judge_one(ops: Ops, windows: tuple[int, ...], p: TrackerParams = TrackerParams(),
@@ -89,6 +91,8 @@ def judge_one(ops: Ops, windows: tuple[int, ...], p: TrackerParams = TrackerPara
         out.zd.append(j.zd)
         out.tail_rate.append(j.tail_rate)
         out.tail_excess.append(j.tail_excess)
+        out.wtail_rate.append(j.wtail_rate)
+        out.wtail_excess.append(j.wtail_excess)
     return out
 
 
@@ -109,7 +113,8 @@ def judge_many(series: list[Ops], windows: tuple[int, ...], p: TrackerParams = T
             rows.append((i, ops, 0))
     for i, judged in (_lockstep(rows, windows, p) if rows else ()):
         done = results[i]
-        for name in ("z", "window", "expected", "n_before", "snapshots", "z1", "zd", "tail_rate", "tail_excess"):
+        for name in ("z", "window", "expected", "n_before", "snapshots", "z1", "zd", "tail_rate", "tail_excess",
+                     "wtail_rate", "wtail_excess"):
             getattr(done, name).extend(getattr(judged, name))
     return results
 
@@ -139,22 +144,26 @@ def _lockstep(rows, windows: tuple[int, ...], p: TrackerParams):
     tcount = np.array([s.tail_n for s in states], dtype=np.int64)
     trate = np.array([s.tail_rate for s in states], dtype=np.float64)
     tsum = np.array([s.tail_sum for s in states], dtype=np.float64)
+    wcount = np.array([s.wtail_n for s in states], dtype=np.int64)
+    wrate = np.array([s.wtail_rate for s in states], dtype=np.float64)
+    wsum = np.array([s.wtail_sum for s in states], dtype=np.float64)
     m = np.array([len(s.hist_y) for s in states], dtype=np.int64)
     pad = [[0.0] * (W - len(s.hist_y)) for s in states]
     Y = np.array([z + s.hist_y for z, s in zip(pad, states)], dtype=np.float64).reshape(S, W)
     HL = np.array([z + s.hist_l for z, s in zip(pad, states)], dtype=np.float64).reshape(S, W)
     HT = np.array([z + s.hist_t for z, s in zip(pad, states)], dtype=np.float64).reshape(S, W)
     shape = (S, max(K, 1))
-    Z, WIN, EXP, NB, Z1, ZD, TR, TX = (np.zeros(shape), np.zeros(shape, dtype=np.int64), np.zeros(shape),
-                                       np.zeros(shape, dtype=np.int64), np.zeros(shape), np.zeros(shape),
-                                       np.zeros(shape), np.zeros(shape))
+    Z, WIN, EXP, NB, Z1, ZD, TR, TX, WR, WX = (
+        np.zeros(shape), np.zeros(shape, dtype=np.int64), np.zeros(shape), np.zeros(shape, dtype=np.int64),
+        np.zeros(shape), np.zeros(shape), np.zeros(shape), np.zeros(shape), np.zeros(shape), np.zeros(shape))
     snaps: list[list] = [[] for _ in range(S)]
     events: dict[int, list[int]] = {}           # k -> rows with skips / snapshots before value k
     for row, r in enumerate(order):
         for k in between[r]:
             if k < lens[row]:                   # those after the last value: after the loop
                 events.setdefault(k, []).append(row)
-    arrays = (level, trend, slevel, strend, quantum, var, count, m, Y, HL, HT, jmean, jcount, tcount, trate, tsum)
+    arrays = (level, trend, slevel, strend, quantum, var, count, m, Y, HL, HT, jmean, jcount, tcount, trate, tsum,
+              wcount, wrate, wsum)
 
     def side(k: int, row: int) -> None:
         for it in between[order[row]][k]:
@@ -176,7 +185,7 @@ def _lockstep(rows, windows: tuple[int, ...], p: TrackerParams):
                 break
             for row in events.get(k, ()):
                 side(k, row)
-            _observe_rows(k, n, V, arrays, (Z, WIN, EXP, NB, Z1, ZD, TR, TX), c)
+            _observe_rows(k, n, V, arrays, (Z, WIN, EXP, NB, Z1, ZD, TR, TX, WR, WX), c)
         else:
             n = 0
     # what comes after the last value of the series done here: snapshots of the final state
@@ -193,9 +202,10 @@ def _lockstep(rows, windows: tuple[int, ...], p: TrackerParams):
         s.var, s.count, s.hist_y, s.hist_l, s.hist_t = t.var, t.count, t.hist_y, t.hist_l, t.hist_t
         s.jump_mean, s.jump_count = t.jump_mean, t.jump_count
         s.tail_n, s.tail_rate, s.tail_sum = t.tail_n, t.tail_rate, t.tail_sum
+        s.wtail_n, s.wtail_rate, s.wtail_sum = t.wtail_n, t.wtail_rate, t.wtail_sum
         for _ in range(final_snaps[row]):
             snaps[row].append([x[:] if type(x) is list else x for x in s.to_list()])
-    Zl, Wl, El, Nl, Z1l, ZDl, TRl, TXl = (a.tolist() for a in (Z, WIN, EXP, NB, Z1, ZD, TR, TX))
+    Zl, Wl, El, Nl, Z1l, ZDl, TRl, TXl, WRl, WXl = (a.tolist() for a in (Z, WIN, EXP, NB, Z1, ZD, TR, TX, WR, WX))
     for row, r in enumerate(order):
         L = lens[row]
         if row < n:                     # values stop.. one by one, from the state just stored
@@ -204,10 +214,11 @@ def _lockstep(rows, windows: tuple[int, ...], p: TrackerParams):
                                      El[row][:stop] + rest.expected, Nl[row][:stop] + rest.n_before,
                                      snaps[row] + rest.snapshots, Z1l[row][:stop] + rest.z1,
                                      ZDl[row][:stop] + rest.zd, TRl[row][:stop] + rest.tail_rate,
-                                     TXl[row][:stop] + rest.tail_excess)
+                                     TXl[row][:stop] + rest.tail_excess, WRl[row][:stop] + rest.wtail_rate,
+                                     WXl[row][:stop] + rest.wtail_excess)
         else:
             yield rows[r][0], Judged(Zl[row][:L], Wl[row][:L], El[row][:L], Nl[row][:L], snaps[row], Z1l[row][:L],
-                                     ZDl[row][:L], TRl[row][:L], TXl[row][:L])
+                                     ZDl[row][:L], TRl[row][:L], TXl[row][:L], WRl[row][:L], WXl[row][:L])
 
 
 class _Consts:
@@ -239,8 +250,9 @@ class _Consts:
 def _observe_rows(k: int, n: int, V, arrays, outs, c: _Consts) -> None:
     """``observe`` of value ``k`` of rows ``:n``: judge.py's operations, in its order, on
     (n,) arrays, and the window loop on (n, nw) arrays."""
-    level, trend, slevel, strend, quantum, var, count, m, Y, HL, HT, jmean, jcount, tcount, trate, tsum = arrays
-    Z, WIN, EXP, NB, Z1, ZD, TR, TX = outs
+    (level, trend, slevel, strend, quantum, var, count, m, Y, HL, HT, jmean, jcount, tcount, trate, tsum,
+     wcount, wrate, wsum) = arrays
+    Z, WIN, EXP, NB, Z1, ZD, TR, TX, WR, WX = outs
     y = V[:n, k]
     lv, tr, sl, stt = level[:n], trend[:n], slevel[:n], strend[:n]
     NB[:n, k] = count[:n, 0]
@@ -297,10 +309,12 @@ def _observe_rows(k: int, n: int, V, arrays, outs, c: _Consts) -> None:
         Z1[:n, k] = np.where(cal[:, 0], zz[:, 0], 0.0)
     if c.long > 0:
         best = np.argmax(az[:, c.first_long:], axis=1) + c.first_long
-        some = az[rows, best] > 0.0
+        best_az = az[rows, best]
+        some = best_az > 0.0
         Z[:n, k] = np.where(some, zz[rows, best], 0.0)
         WIN[:n, k] = np.where(some, c.w[best], c.windows[0])
     else:
+        best_az = some = None
         Z[:n, k] = 0.0
         WIN[:n, k] = c.windows[0]
     upd, cnt1 = _mean_abs_update(v, cnt, ae, cal, c)
@@ -332,6 +346,18 @@ def _observe_rows(k: int, n: int, V, arrays, outs, c: _Consts) -> None:
         tcount[:n] = np.where(on, tn1, tn)
         trate[:n] = np.where(on, tr + g * (np.where(hit, 1.0, 0.0) - tr), tr)
         tsum[:n] = np.where(on, ts + g * (np.where(hit, a1, 0.0) - ts), ts)
+    if some is not None:   # the same for |z| of the longer windows
+        tn, tr, ts = wcount[:n], wrate[:n], wsum[:n]
+        ready = some & (tn >= c.tail_min) & (tr > 0.0)
+        WR[:n, k] = np.where(ready, tr, 0.0)
+        WX[:n, k] = np.where(ready, ts / np.where(ready, tr, 1.0), 0.0)
+        a1 = best_az - c.tail_u
+        tn1 = tn + 1
+        g = np.where(tn1 < c.inv_tail_gamma, 1.0 / tn1, c.tail_gamma)
+        hit = a1 >= 0.0
+        wcount[:n] = np.where(some, tn1, tn)
+        wrate[:n] = np.where(some, tr + g * (np.where(hit, 1.0, 0.0) - tr), tr)
+        wsum[:n] = np.where(some, ts + g * (np.where(hit, a1, 0.0) - ts), ts)
 
 
 def _mean_abs_update(v, n, a, cal, c: _Consts):
@@ -348,8 +374,8 @@ def _states(arrays, W: int, row: int | None = None) -> list[JudgeState]:
     """The judge states of every row (or of ``row`` alone) as judge.py keeps them (Python floats and lists)."""
     sel = slice(None) if row is None else slice(row, row + 1)
     (level, trend, slevel, strend, quantum, var, count, m, Y, HL, HT, jmean, jcount, tcount, trate,
-     tsum) = (a[sel].tolist() for a in arrays)
+     tsum, wcount, wrate, wsum) = (a[sel].tolist() for a in arrays)
     return [JudgeState(level[i], trend[i], slevel[i], strend[i], quantum[i], var[i], count[i],
                        Y[i][W - m[i]:], HL[i][W - m[i]:], HT[i][W - m[i]:], jmean[i], jcount[i], tcount[i],
-                       trate[i], tsum[i])
+                       trate[i], tsum[i], wcount[i], wrate[i], wsum[i])
             for i in range(len(level))]

@@ -6,8 +6,11 @@ accepts. The deviation judge (judge.py, episodes.py) opens an episode on one of 
 tests, each given a share of the budget (``SHARES``) and a threshold that spends that
 share under a normal model, ``observations_per_week`` chances a week:
 
-- ``long``: the windows longer than one observation (level shifts, drifts), Bonferroni
-  over them: two-sided ``p = share * budget / (n_long * observations_per_week)``;
+- ``long``: the windows longer than one observation (level shifts, drifts). Their threshold
+  comes from the series' own tail of ``|z|`` (judge.py ``wtail_*``), ``tail_u + m ln(r / p)``
+  with ``p = long_tail share * budget / observations_per_week``, as ``now``'s does; until that
+  tail is known, the normal one, Bonferroni over the windows: two-sided
+  ``p = long share * budget / (n_long * observations_per_week)``;
 - ``confirm``: a spike, i.e. the jump from the value before and the next value's return
   both past ``z`` scales of the one-step changes (judge.py ``zd``; two tails that must both
   occur: ``p = (2 Phi(-z))^2``);
@@ -92,7 +95,7 @@ class AlertSettings(BaseModel):
 P_FLOOR = 1e-300
 """The smallest p_value published: the normal tail underflows to 0 past |z| ~ 38, and a
 p_value of 0 would claim certainty."""
-SHARES = {"long": 0.01, "confirm": 0.0006, "now": 0.6}
+SHARES = {"long": 0.01, "long_tail": 0.1, "confirm": 0.0006, "now": 0.6}
 NOW_WARMUP_SHARE = 1e-4
 """The share of the false-alarm budget each deviation test spends under the normal model."""
 
@@ -110,6 +113,7 @@ class Thresholds:
     z_now: float             # |z_1| alone opens an episode at once (until the series' tail is known)
     z_now_severity: tuple[float, float, float]
     p_now: tuple[float, float, float]   # per observation, what the one-value test may spend (its tail known)
+    p_long: tuple[float, float, float]  # ... and the windows' test (their tail known)
     obs_per_week: float
     n_windows: int           # windows longer than one (the Bonferroni count of ``long``)
 
@@ -138,10 +142,11 @@ def thresholds(s: AlertSettings, freq_ms: int) -> Thresholds:
     confirm = tuple(max(2.0, _z_confirm_for(x * SHARES["confirm"], opw)) for x in b)
     now = tuple(max(3.0, _z_for(x * NOW_WARMUP_SHARE, opw, 1)) for x in b)
     p_now = tuple(min(0.5, x * SHARES["now"] / opw) for x in b)
+    p_long = tuple(min(0.5, x * SHARES["long_tail"] / opw) for x in b)
     i = SEVERITIES.index(s.min_severity)
     return Thresholds(z_open=long[i], z_close=max(2.0, 0.6 * long[i]), z_severity=long,  # type: ignore[arg-type]
                       z_confirm=confirm[i], z_confirm_severity=confirm,  # type: ignore[arg-type]
-                      z_now=now[i], z_now_severity=now, p_now=p_now,  # type: ignore[arg-type]
+                      z_now=now[i], z_now_severity=now, p_now=p_now, p_long=p_long,  # type: ignore[arg-type]
                       obs_per_week=opw, n_windows=nw)
 
 
