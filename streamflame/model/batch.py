@@ -27,18 +27,16 @@ today) is not kept: a step drops it as update_many does.
 """
 from __future__ import annotations
 
-import struct
 import sys
 from dataclasses import dataclass
 from itertools import repeat
 
 import numpy as np
-import orjson
 import torch
 
 from . import state_bulk
-from .flame import STATE_FIELDS
-from .state import FORMAT_VERSION, MAGIC, SeriesState, StateDecodeError, _dtype_name
+from .state_bulk import StateLayout
+from .state import SeriesState, StateDecodeError, _dtype_name
 
 _LITTLE = sys.byteorder == "little"
 
@@ -54,72 +52,6 @@ class EncodedState:
         """Itself when ``data`` is bytes; else a copy, so a long-kept state does not keep its
         whole batch's buffer alive."""
         return self if type(self.data) is bytes else EncodedState(bytes(self.data))
-
-
-@dataclass(frozen=True)
-class _Field:
-    name: str
-    dtype: np.dtype
-    shape: tuple[int, ...]
-    offset: int        # byte offset in the body
-    nbytes: int        # bytes per series
-
-
-class StateLayout:
-    """The wire layout of one model's patch-aligned state: every STATE_FIELDS field in that
-    order, then an empty buffer; the header differs between series only in n_obs, n_patches, scale."""
-
-    def __init__(self, model_id: str, dtype: str, empty: dict[str, np.ndarray]):
-        self.model_id, self.dtype, self.empty = model_id, dtype, empty
-        fields, off = [], 0
-        for k in STATE_FIELDS:
-            a = empty[k]
-            fields.append(_Field(k, a.dtype, a.shape, off, a.nbytes))
-            off += a.nbytes
-        self.fields = tuple(fields)
-        self.body = off
-        self.specs = [[f.name, _dtype_name(f.dtype), list(f.shape)] for f in fields] + [["buffer", dtype, [0]]]
-        h = self.header(0, 0, 1.0, self.specs)
-        a, b = h.index(b'"n_obs":0,'), h.index(b',"tensors":')
-        self.head, self.tail = h[:a + 8], h[b:]               # the template around n_obs .. scale
-        self.head_u8, self.tail_u8 = np.frombuffer(self.head, np.uint8), np.frombuffer(self.tail, np.uint8)
-        self._scale_of: dict[bytes, float] = {}                # a scale's JSON -> its value
-        self._templates: dict[int, np.ndarray] = {}            # header length -> its bytes (see template)
-
-    def template(self, hlen: int) -> np.ndarray:
-        """(10 + hlen,) uint8: a record's first bytes up to its body when its header has ``hlen``
-        bytes, the varying middle (n_obs .. scale) zero."""
-        t = self._templates.get(hlen)
-        if t is None:
-            m = hlen - len(self.head) - len(self.tail)
-            t = self._templates[hlen] = np.frombuffer(
-                MAGIC + struct.pack("<HI", FORMAT_VERSION, hlen) + self.head + bytes(m) + self.tail, np.uint8)
-        return t
-
-    def header(self, n_obs: int, n_patches: int, scale: float, specs: list) -> bytes:
-        """The header as SeriesState.to_bytes writes it (the reference; used for odd rows)."""
-        return orjson.dumps({"model_id": self.model_id, "dtype": self.dtype, "n_obs": int(n_obs),
-                             "n_patches": int(n_patches), "scale": float(scale), "meta": {},
-                             "tensors": specs}, option=orjson.OPT_SORT_KEYS)
-
-    @staticmethod
-    def scale_json(scale: float) -> bytes:
-        """The scale as the header holds it."""
-        return orjson.dumps(float(scale))
-
-    def scale_of(self, text: bytes) -> float:
-        """The value orjson reads from a scale's JSON; NaN where it reads no number."""
-        v = self._scale_of.get(text)
-        if v is None:
-            try:
-                x = orjson.loads(text)
-            except orjson.JSONDecodeError:
-                x = None
-            v = float(x) if type(x) in (int, float) else float("nan")
-            if len(self._scale_of) > 4096:
-                self._scale_of.clear()
-            self._scale_of[text] = v
-        return v
 
 
 class StateBatch:

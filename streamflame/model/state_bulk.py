@@ -22,15 +22,14 @@ from collections import deque
 from dataclasses import dataclass
 from itertools import repeat
 from operator import getitem
-from typing import TYPE_CHECKING, Sequence
+from typing import Sequence
 
 import numpy as np
+import orjson
 from isal.isal_zlib import crc32   # zlib's CRC-32, ~10x faster (pyproject.toml)
 
-from .state import FORMAT_VERSION, MAGIC
-
-if TYPE_CHECKING:
-    from .batch import StateLayout
+from .flame import STATE_FIELDS
+from .state import FORMAT_VERSION, MAGIC, _dtype_name
 
 CRC_RESIDUE = 0x2144DF1C             # crc32(m + le32(crc32(m))) for any m (CRC-32/ISO-HDLC)
 _POW10 = 10 ** np.arange(19, dtype=np.int64)
@@ -46,6 +45,72 @@ _LEN = struct.Struct("<HI")
 
 
 @dataclass(frozen=True)
+class _Field:
+    name: str
+    dtype: np.dtype
+    shape: tuple[int, ...]
+    offset: int        # byte offset in the body
+    nbytes: int        # bytes per series
+
+
+class StateLayout:
+    """The wire layout of one model's patch-aligned state: every STATE_FIELDS field in that
+    order, then an empty buffer; the header differs between series only in n_obs, n_patches, scale."""
+
+    def __init__(self, model_id: str, dtype: str, empty: dict[str, np.ndarray]):
+        self.model_id, self.dtype, self.empty = model_id, dtype, empty
+        fields, off = [], 0
+        for k in STATE_FIELDS:
+            a = empty[k]
+            fields.append(_Field(k, a.dtype, a.shape, off, a.nbytes))
+            off += a.nbytes
+        self.fields = tuple(fields)
+        self.body = off
+        self.specs = [[f.name, _dtype_name(f.dtype), list(f.shape)] for f in fields] + [["buffer", dtype, [0]]]
+        h = self.header(0, 0, 1.0, self.specs)
+        a, b = h.index(b'"n_obs":0,'), h.index(b',"tensors":')
+        self.head, self.tail = h[:a + 8], h[b:]               # the template around n_obs .. scale
+        self.head_u8, self.tail_u8 = np.frombuffer(self.head, np.uint8), np.frombuffer(self.tail, np.uint8)
+        self._scale_of: dict[bytes, float] = {}                # a scale's JSON -> its value
+        self._templates: dict[int, np.ndarray] = {}            # header length -> its bytes (see template)
+
+    def template(self, hlen: int) -> np.ndarray:
+        """(10 + hlen,) uint8: a record's first bytes up to its body when its header has ``hlen``
+        bytes, the varying middle (n_obs .. scale) zero."""
+        t = self._templates.get(hlen)
+        if t is None:
+            m = hlen - len(self.head) - len(self.tail)
+            t = self._templates[hlen] = np.frombuffer(
+                MAGIC + struct.pack("<HI", FORMAT_VERSION, hlen) + self.head + bytes(m) + self.tail, np.uint8)
+        return t
+
+    def header(self, n_obs: int, n_patches: int, scale: float, specs: list) -> bytes:
+        """The header as SeriesState.to_bytes writes it (the reference; used for odd rows)."""
+        return orjson.dumps({"model_id": self.model_id, "dtype": self.dtype, "n_obs": int(n_obs),
+                             "n_patches": int(n_patches), "scale": float(scale), "meta": {},
+                             "tensors": specs}, option=orjson.OPT_SORT_KEYS)
+
+    @staticmethod
+    def scale_json(scale: float) -> bytes:
+        """The scale as the header holds it."""
+        return orjson.dumps(float(scale))
+
+    def scale_of(self, text: bytes) -> float:
+        """The value orjson reads from a scale's JSON; NaN where it reads no number."""
+        v = self._scale_of.get(text)
+        if v is None:
+            try:
+                x = orjson.loads(text)
+            except orjson.JSONDecodeError:
+                x = None
+            v = float(x) if type(x) in (int, float) else float("nan")
+            if len(self._scale_of) > 4096:
+                self._scale_of.clear()
+            self._scale_of[text] = v
+        return v
+
+
+@dataclass(frozen=True)
 class Taken:
     """What ``decode_into`` read: ``rows`` (n,) int64, each input's row (-1: not taken, for the
     reference decoder), and for the ``k`` taken ones, in row order from row0, their counts."""
@@ -55,7 +120,7 @@ class Taken:
     scale: np.ndarray        # (k,) float64
 
 
-def decode_into(lay: "StateLayout", datas: Sequence, verify: np.ndarray, rows_out: memoryview, stride: int,
+def decode_into(lay: StateLayout, datas: Sequence, verify: np.ndarray, rows_out: memoryview, stride: int,
                 row0: int) -> Taken:
     """Decode the canonical states among ``datas`` (bytes-like, 1-byte items) into rows row0,
     row0 + 1, ... (in input order) of ``rows_out``: the batch's row-major state storage, flat
@@ -91,7 +156,7 @@ def decode_into(lay: "StateLayout", datas: Sequence, verify: np.ndarray, rows_ou
     return Taken(rows, obs[took], pat[took], scale[took])
 
 
-def _check_block(lay: "StateLayout", hdr: np.ndarray) -> tuple[np.ndarray, tuple]:
+def _check_block(lay: StateLayout, hdr: np.ndarray) -> tuple[np.ndarray, tuple]:
     """hdr (k, 10 + hlen): the first bytes up to the body of k records of one length. (ok (k,),
     (n_obs, n_patches, scale)): ok where the record is this layout's canonical form, read as
     orjson would read its header."""
@@ -137,7 +202,7 @@ class _Shape:
             return None
         return _Shape(c1, c1 + len(_N_PATCHES), c2, c2 + len(_SCALE), len(text))
 
-    def read(self, lay: "StateLayout", mid: np.ndarray):
+    def read(self, lay: StateLayout, mid: np.ndarray):
         """mid (k, m) of this shape? (ok, n_obs, n_patches, scale) of each row: ``D1,"n_patches":D2,
         "scale":S`` with D1, D2 JSON non-negative integers of at most 18 digits, S a JSON number of at
         most 32 characters, read as orjson reads it."""
@@ -162,7 +227,7 @@ class _Shape:
         return ok, obs, pat, scale
 
 
-def encode(lay: "StateLayout", src: dict[str, np.ndarray], n_obs: np.ndarray, n_patches: np.ndarray,
+def encode(lay: StateLayout, src: dict[str, np.ndarray], n_obs: np.ndarray, n_patches: np.ndarray,
            scale: np.ndarray, headers: dict[int, bytes]) -> list[memoryview]:
     """n records: src field name -> (n, nbytes) uint8 (little-endian values), n_obs / n_patches
     (n,) int64, scale (n,) float64; ``headers``: row -> its whole header where it is not the
