@@ -231,29 +231,27 @@ def observe(st: JudgeState, y: float, windows: tuple[int, ...], p: TrackerParams
     st.trend = trend + p.alpha * p.beta * e1
     st.slow_level = s_level + s_trend + p.alpha_slow * e2
     st.slow_trend = s_trend + p.alpha_slow * p.beta * e2
-    t_rate = t_excess = 0.0
+    t_rate = t_excess = w_rate = w_excess = 0.0
     if z1 != 0.0:  # the tail of |z_1| as it was before this value, then this value joins it
-        tn, tr, ts = st.tail_n, st.tail_rate, st.tail_sum
-        if tn >= p.tail_min and tr > 0.0:
-            t_rate, t_excess = tr, ts / tr
-        a1 = (z1 if z1 >= 0.0 else -z1) - p.tail_u
-        tn += 1
-        st.tail_n = tn
-        g = 1.0 / tn if tn < 1.0 / p.tail_gamma else p.tail_gamma
-        st.tail_rate = tr + g * ((1.0 if a1 >= 0.0 else 0.0) - tr)
-        st.tail_sum = ts + g * ((a1 if a1 >= 0.0 else 0.0) - ts)
-    w_rate = w_excess = 0.0
+        t_rate, t_excess, st.tail_n, st.tail_rate, st.tail_sum = _tail(
+            st.tail_n, st.tail_rate, st.tail_sum, z1 if z1 >= 0.0 else -z1, p)
     if best_az != 0.0:  # the same for |z| of the longer windows
-        tn, tr, ts = st.wtail_n, st.wtail_rate, st.wtail_sum
-        if tn >= p.tail_min and tr > 0.0:
-            w_rate, w_excess = tr, ts / tr
-        a1 = best_az - p.tail_u
-        tn += 1
-        st.wtail_n = tn
-        g = 1.0 / tn if tn < 1.0 / p.tail_gamma else p.tail_gamma
-        st.wtail_rate = tr + g * ((1.0 if a1 >= 0.0 else 0.0) - tr)
-        st.wtail_sum = ts + g * ((a1 if a1 >= 0.0 else 0.0) - ts)
+        w_rate, w_excess, st.wtail_n, st.wtail_rate, st.wtail_sum = _tail(
+            st.wtail_n, st.wtail_rate, st.wtail_sum, best_az, p)
     return Judgement(best_z, best_w, expected, _phi(z1) if z1 else 0.5, z1, zd, t_rate, t_excess, w_rate, w_excess)
+
+
+def _tail(n: int, rate: float, total: float, x: float, p: TrackerParams) -> tuple[float, float, int, float, float]:
+    """A series' tail of a statistic ``x`` >= 0 (peaks over ``tail_u``): (its rate and mean excess
+    as they were before ``x``, 0.0 until ``tail_min`` values; then n, rate, total with ``x`` in)."""
+    r_out = x_out = 0.0
+    if n >= p.tail_min and rate > 0.0:
+        r_out, x_out = rate, total / rate
+    a = x - p.tail_u
+    n += 1
+    g = 1.0 / n if n < 1.0 / p.tail_gamma else p.tail_gamma
+    return (r_out, x_out, n, rate + g * ((1.0 if a >= 0.0 else 0.0) - rate),
+            total + g * ((a if a >= 0.0 else 0.0) - total))
 
 
 def skip(st: JudgeState, n_slots: int) -> None:

@@ -334,30 +334,25 @@ def _observe_rows(k: int, n: int, V, arrays, outs, c: _Consts) -> None:
     EXP[:n, k] = expected
     if c.one:   # the tail of |z_1| before this value (judge.py), then this value joins it
         z1 = Z1[:n, k]
-        on = z1 != 0.0
-        tn, tr, ts = tcount[:n], trate[:n], tsum[:n]
-        ready = on & (tn >= c.tail_min) & (tr > 0.0)
-        TR[:n, k] = np.where(ready, tr, 0.0)
-        TX[:n, k] = np.where(ready, ts / np.where(ready, tr, 1.0), 0.0)
-        a1 = np.abs(z1) - c.tail_u
-        tn1 = tn + 1
-        g = np.where(tn1 < c.inv_tail_gamma, 1.0 / tn1, c.tail_gamma)
-        hit = a1 >= 0.0
-        tcount[:n] = np.where(on, tn1, tn)
-        trate[:n] = np.where(on, tr + g * (np.where(hit, 1.0, 0.0) - tr), tr)
-        tsum[:n] = np.where(on, ts + g * (np.where(hit, a1, 0.0) - ts), ts)
+        TR[:n, k], TX[:n, k], tcount[:n], trate[:n], tsum[:n] = _tail(
+            z1 != 0.0, np.abs(z1), tcount[:n], trate[:n], tsum[:n], c)
     if some is not None:   # the same for |z| of the longer windows
-        tn, tr, ts = wcount[:n], wrate[:n], wsum[:n]
-        ready = some & (tn >= c.tail_min) & (tr > 0.0)
-        WR[:n, k] = np.where(ready, tr, 0.0)
-        WX[:n, k] = np.where(ready, ts / np.where(ready, tr, 1.0), 0.0)
-        a1 = best_az - c.tail_u
-        tn1 = tn + 1
-        g = np.where(tn1 < c.inv_tail_gamma, 1.0 / tn1, c.tail_gamma)
-        hit = a1 >= 0.0
-        wcount[:n] = np.where(some, tn1, tn)
-        wrate[:n] = np.where(some, tr + g * (np.where(hit, 1.0, 0.0) - tr), tr)
-        wsum[:n] = np.where(some, ts + g * (np.where(hit, a1, 0.0) - ts), ts)
+        WR[:n, k], WX[:n, k], wcount[:n], wrate[:n], wsum[:n] = _tail(
+            some, best_az, wcount[:n], wrate[:n], wsum[:n], c)
+
+
+def _tail(on, x, tn, tr, ts, c: _Consts):
+    """judge.py's ``_tail`` of rows where ``on``: (the rate and mean excess before ``x``, 0.0 where
+    not ready or not on; then the counts, rates and totals, unchanged where not on)."""
+    ready = on & (tn >= c.tail_min) & (tr > 0.0)
+    r_out = np.where(ready, tr, 0.0)
+    x_out = np.where(ready, ts / np.where(ready, tr, 1.0), 0.0)
+    a1 = x - c.tail_u
+    tn1 = tn + 1
+    g = np.where(tn1 < c.inv_tail_gamma, 1.0 / tn1, c.tail_gamma)
+    hit = a1 >= 0.0
+    return (r_out, x_out, np.where(on, tn1, tn), np.where(on, tr + g * (np.where(hit, 1.0, 0.0) - tr), tr),
+            np.where(on, ts + g * (np.where(hit, a1, 0.0) - ts), ts))
 
 
 def _mean_abs_update(v, n, a, cal, c: _Consts):
