@@ -257,6 +257,8 @@ def _parser_run() -> argparse.ArgumentParser:
     p.add_argument("--device", help="torch device for StreamFlame (default: cpu)")
     p.add_argument("--matmul", default="float32", choices=("float32", "bf16", "tf32"),
                    help="StreamFlame's sampling arithmetic (Forecaster.set_arithmetic; docs/model.md): float32 = exact")
+    p.add_argument("--temperature", type=float,
+                   help="scale of the flow's base noise (Forecaster.set_temperature); default: the checkpoint's")
     return p
 
 
@@ -317,6 +319,8 @@ def main_run(argv: list[str]) -> int:
         if args.device:
             forecaster = forecaster.to(device=args.device)
         forecaster.set_arithmetic(args.matmul)
+        if args.temperature is not None:
+            forecaster.set_temperature(args.temperature)
         adapter = StreamFlameAdapter(forecaster, args.num_samples, args.seed)
         adapter.check_horizon(args.horizon)
         min_history = max(min_history, adapter.min_history)

@@ -104,9 +104,11 @@ class BatchForecast:
 
 
 class Forecaster:
-    def __init__(self, model: Flame, model_id: str):
+    def __init__(self, model: Flame, model_id: str, temperature: float = 1.0):
         self.model = model.eval()
         self.model_id = model_id
+        self.temperature = 1.0
+        self.set_temperature(temperature)
         # Module.to() converts parameters in place, so this one tensor always shows the
         # model's device and dtype (next(model.parameters()) walks every module: ~10 us,
         # and the batched calls ask several times per series).
@@ -140,7 +142,7 @@ class Forecaster:
         missing, unexpected = model.load_state_dict(weights, strict=False)
         if missing or unexpected:
             raise ValueError(f"checkpoint {path} does not match its config: missing={missing} unexpected={unexpected}")
-        return cls(model, _model_id(model))
+        return cls(model, _model_id(model), float(meta.get("sampling", {}).get("temperature", 1.0)))
 
     def save(self, path: str | Path, extra: dict | None = None) -> Path:
         from safetensors.torch import save_file
@@ -148,13 +150,24 @@ class Forecaster:
         path.mkdir(parents=True, exist_ok=True)
         weights = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in self.model.state_dict().items()}
         save_file(weights, str(path / "model.safetensors"))
-        meta = {"model": json.loads(self.config.to_json()), "model_id": self.model_id, **(extra or {})}
+        meta = {"model": json.loads(self.config.to_json()), "model_id": self.model_id,
+                **({"sampling": {"temperature": self.temperature}} if self.temperature != 1.0 else {}), **(extra or {})}
         (path / "config.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
         return path
 
     def to(self, device=None, dtype=None) -> "Forecaster":
         self.model.to(device=device, dtype=dtype)
         self._compiled_sample = None
+        return self
+
+    def set_temperature(self, temperature: float) -> "Forecaster":
+        """Scale the flow's base noise: samples are drawn from N(0, temperature^2) through the flow
+        (post-hoc calibration of the predictive spread; 1.0 = as trained). Kept in the checkpoint
+        (``config.json`` ``sampling.temperature``), not in ``model_id``: a state means the same
+        whatever the temperature."""
+        if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and 0.0 < temperature <= 2.0):
+            raise ValueError(f"temperature must be a number in (0, 2], got {temperature!r}")
+        self.temperature = float(temperature)
         return self
 
     def set_arithmetic(self, matmul: str = "float32", compile: bool = False) -> "Forecaster":
@@ -308,6 +321,8 @@ class Forecaster:
         n_flow = _flow_rows(n, rows) if pad else n
         keys = torch.cat([keys, keys[:1].expand(n_flow - n, 2)]).to(self.device)    # pad rows: row 0's noise
         noise = _noise(keys, (num_samples, K, cfg.patch_len), _TORCH[self.dtype])
+        if self.temperature != 1.0:
+            noise = noise * self.temperature
         with self.arithmetic.sampling(self.device):
             samples = self._sample(stacked, K, noise)[:n, :, skip:skip + horizon]
         means = samples.mean(1)
