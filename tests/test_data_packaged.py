@@ -117,6 +117,23 @@ def test_no_validation_source_is_in_the_training_registry():
     assert len(registry.training_sources()) >= 20
 
 
+def test_the_calibration_set_comes_from_training_sources_only(tmp_path):
+    """`streamflame data export-calibration`: sub-daily series of the training sources (whole
+    sources, so never a validation series, nor a held-out DIBS station), at most 4 per source,
+    each cut to its last 4,096 values; the same file every time."""
+    cal = registry.calibration_series()
+    val_ids = {s.series_id for s in registry.validation_series()}
+    train_ids = {s.series_id for s in registry.training_series()}
+    assert cal and all(s.series_id in train_ids and s.series_id not in val_ids for s in cal)
+    assert {s.source for s in cal}.isdisjoint(registry.VALIDATION_DATASETS)
+    per_source = pd.Series([s.source for s in cal]).value_counts()
+    assert per_source.max() <= 4 and len(per_source) >= 10
+    assert all(len(s.values) == 4096 and s.freq.nanos <= 3_600 * 10**9 for s in cal)
+    a, b = tmp_path / "a.csv", tmp_path / "b.csv"
+    assert registry.main(["export-calibration", str(a)]) == 0 and registry.export_calibration(b) == len(cal)
+    assert a.read_bytes() == b.read_bytes()
+
+
 def test_sources_table_counts_every_source():
     rows = registry.source_table()
     assert [r.source.name for r in rows] == list(registry.DATASETS)

@@ -6,6 +6,7 @@ weather files, by whole station; never by time, so validation scores are zero-sh
 
     streamflame data sources                 # the table, with series and observation counts
     streamflame data export-validation FILE  # the held-out validation set as a long CSV
+    streamflame data export-calibration FILE # a calibration set from the *training* sources
 """
 from __future__ import annotations
 
@@ -195,6 +196,47 @@ def export_validation(path: str | Path, max_len: int = VALIDATION_MAX_LEN, sourc
     return len(series)
 
 
+CALIBRATION_PER_SOURCE = 4
+CALIBRATION_LEN = 4096
+
+
+def calibration_series(per_source: int = CALIBRATION_PER_SOURCE, length: int = CALIBRATION_LEN,
+                       seed: int = 5) -> list[Series]:
+    """A calibration set drawn from the *training* sources only (never the validation ones): per
+    source, up to ``per_source`` sub-daily series (steps up to an hour) with at least ``length``
+    values, 90 % of their last ``length`` observed and not constant, picked at random
+    (``seed``), each cut to its last ``length`` values. What post-hoc settings of a checkpoint
+    (the sampling temperature, docs/model.md) are chosen on, so that the validation set is
+    scored once."""
+    rng = np.random.default_rng(seed)
+    by_source: dict[str, list[Series]] = {}
+    for s in training_series():
+        try:
+            step_ms = s.freq.nanos // 1_000_000
+        except ValueError:                  # calendar frequencies (monthly, yearly)
+            continue
+        v = s.values[-length:]
+        if step_ms > 3_600_000 or len(s.values) < length or np.mean(np.isfinite(v)) < 0.9 or np.nanstd(v) == 0:
+            continue
+        by_source.setdefault(s.source, []).append(s)
+    out = []
+    for name in sorted(by_source):
+        pool = by_source[name]
+        for i in rng.choice(len(pool), size=min(per_source, len(pool)), replace=False):
+            s = pool[i]
+            n = len(s.values)
+            out.append(Series(s.series_id, s.start + (n - length) * s.freq, s.freq, s.values[-length:].copy(),
+                              s.source, dict(s.meta)))
+    return out
+
+
+def export_calibration(path: str | Path, per_source: int = CALIBRATION_PER_SOURCE) -> int:
+    """Write :func:`calibration_series` as a long CSV ``series_id,timestamp,value``; returns the series count."""
+    series = calibration_series(per_source)
+    series_to_frame(series).to_csv(path, index=False, float_format="%.10g")
+    return len(series)
+
+
 @dataclass(frozen=True)
 class SourceRow:
     source: Source
@@ -247,9 +289,16 @@ def main(argv: list[str] | None = None) -> int:
     exp.add_argument("output")
     exp.add_argument("--max-len", type=int, default=VALIDATION_MAX_LEN)
     exp.add_argument("--v1", action="store_true", help="only the first revision's 40 series")
+    cal = sub.add_parser("export-calibration", help="write a calibration set from the training sources as a long CSV")
+    cal.add_argument("output")
+    cal.add_argument("--per-source", type=int, default=CALIBRATION_PER_SOURCE)
     args = parser.parse_args(argv)
     if args.cmd == "sources":
         print(format_table(source_table()))
+        return 0
+    if args.cmd == "export-calibration":
+        n = export_calibration(args.output, args.per_source)
+        print(f"wrote {n} calibration series (training sources) to {args.output}")
         return 0
     n = export_validation(args.output, args.max_len, VALIDATION_V1 if args.v1 else None)
     print(f"wrote {n} validation series to {args.output}")
