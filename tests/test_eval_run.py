@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -162,3 +163,17 @@ def test_model_checkpoint_plugs_into_the_command(tiny_checkpoint, data, tmp_path
     # A horizon beyond the model's max_horizon is refused up front.
     with pytest.raises(ValueError, match="max_horizon"):
         cli(["eval", str(path), "-H", "500", "-W", "1", "-o", str(out), "--model", str(ckpt)])
+
+
+def test_sibling_paths_keep_dots_inside_the_name():
+    """A baseline's forecasts and the per-series scores go beside the given file, the tag before
+    its extension-like suffixes only: a dot inside the name (a temperature, a version) stays."""
+    cases = {"runs/fc.csv": "runs/fc.fracast.csv",
+             "runs/eval/seas_h48.metrics.csv": "runs/eval/seas_h48.fracast.metrics.csv",
+             "runs/eval/temp0.9_h48.metrics.csv": "runs/eval/temp0.9_h48.fracast.metrics.csv",
+             "fc-v1.2.csv": "fc-v1.2.fracast.csv",
+             "fc.parquet": "fc.fracast.parquet",
+             "fc": "fc.fracast.csv"}
+    for given, want in cases.items():
+        assert sibling_path(Path(given), "fracast") == Path(want), given
+

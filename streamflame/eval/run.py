@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -204,11 +205,17 @@ def run_baseline(name: str, plan: list[Windows], horizon: int, jobs: int = 1) ->
 
 # ----------------------------------------------------------------------------- output
 
+_EXTENSION = re.compile(r"\.[A-Za-z][A-Za-z0-9]{0,9}$")
+
+
 def sibling_path(output: Path, model: str) -> Path:
-    """``FORECASTS.csv`` -> ``FORECASTS.<model>.csv`` (same folder)."""
-    suffix = "".join(output.suffixes) or ".csv"
-    stem = output.name[: len(output.name) - len(suffix)] if output.suffixes else output.name
-    return output.with_name(f"{stem}.{model}{suffix}")
+    """``FORECASTS.csv`` -> ``FORECASTS.<model>.csv``, ``X.metrics.csv`` -> ``X.<model>.metrics.csv``
+    (same folder). Only the trailing extension-like suffixes (a letter, then letters or digits)
+    go after ``<model>``: a dot inside the name (``temp0.9_h48.csv``, ``fc-v1.2.csv``) stays in it."""
+    name, suffix = output.name, ""
+    while (m := _EXTENSION.search(name)) and m.start() > 0:
+        suffix, name = m.group() + suffix, name[:m.start()]
+    return output.with_name(f"{name}.{model}{suffix or '.csv'}")
 
 
 def write_forecasts(df: pd.DataFrame, path: Path) -> None:
