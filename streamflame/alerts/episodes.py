@@ -406,23 +406,22 @@ def _budget_run(rate: float, s: AlertSettings, thr: Thresholds) -> int:
 
 
 def _now_levels(j, thr: Thresholds) -> tuple[float, float, float]:
-    """The one-value test's thresholds per severity: from the series' tail of ``|z_1|`` when it
-    is known (``tail_u + m ln(r / p)``, never below ``tail_u``), else the normal ones."""
-    r, m = j.tail_rate, j.tail_excess
-    if r <= 0.0:
-        return thr.z_now_severity
-    u = _PARAMS.tail_u
-    return tuple(u + m * math.log(r / p) if r > p else u for p in thr.p_now)  # type: ignore[return-value]
+    """The one-value test's thresholds per severity (the series' tail of ``|z_1|``)."""
+    return _tail_levels(j.tail_rate, j.tail_excess, thr.p_now, thr.z_now_severity)
 
 
 def _long_levels(j, thr: Thresholds) -> tuple[float, float, float]:
-    """The windows' test thresholds per severity: from the series' tail of ``|z|`` when it is known
-    (``tail_u + m ln(r / p)``, never below ``tail_u``), else the normal ones (``z_severity``)."""
-    r, m = j.wtail_rate, j.wtail_excess
+    """The windows' test thresholds per severity (the series' tail of ``|z|``)."""
+    return _tail_levels(j.wtail_rate, j.wtail_excess, thr.p_long, thr.z_severity)
+
+
+def _tail_levels(r: float, m: float, p_levels, normal) -> tuple[float, float, float]:
+    """Thresholds per severity from a series' tail (rate ``r`` past ``tail_u``, mean excess ``m``)
+    when it is known: ``tail_u + m ln(r / p)``, never below ``tail_u``; else ``normal``."""
     if r <= 0.0:
-        return thr.z_severity
+        return normal
     u = _PARAMS.tail_u
-    return tuple(u + m * math.log(r / p) if r > p else u for p in thr.p_long)  # type: ignore[return-value]
+    return tuple(u + m * math.log(r / p) if r > p else u for p in p_levels)  # type: ignore[return-value]
 
 
 def _severity(az: float, levels: tuple[float, float, float]) -> str:

@@ -72,9 +72,6 @@ class ConfigWatcher:
             return None
         return (st.st_mtime_ns, st.st_size, st.st_ino)
 
-    def changed(self) -> bool:
-        return self._stat() != self._stamp
-
     def settled_change(self) -> bool:
         """The file differs from the one last read and has held still for ``settle_s``."""
         stamp = self._stat()
