@@ -31,6 +31,7 @@ from streamflame.model.config import ModelConfig
 from streamflame.model.flame import Flame, load_compatible, sequence_features
 from streamflame.model.forecaster import Forecaster, _model_id
 from streamflame.model.perception import DataFeatures, calendar_steps
+from streamflame.train.distill import DistillConfig, TeacherSet, distill_loss, export_teacher_set, teacher_config
 from streamflame.train.mix import AugmentConfig, augment, tsmixup
 
 
@@ -67,6 +68,7 @@ class TrainConfig:
                                                     # perception features) ahead (0: in-loop)
     threads: int = 0                                # torch intra-op threads of the step (0: torch's default)
     init_from: str | None = None                    # start from these weights (fresh optimizer/schedule)
+    distill: dict = field(default_factory=dict)     # DistillConfig overrides (streamflame/train/distill.py)
 
     @classmethod
     def from_run_dir(cls, run_dir: str | Path) -> "TrainConfig":
@@ -90,6 +92,7 @@ class TrainConfig:
         ModelConfig.from_dict(cfg.model)            # validate early, with the model's own message
         synth_config(cfg.synthetic)
         augment_config(cfg.augment)
+        DistillConfig.from_dict(cfg.distill)
         for name in ("threads", "loader_workers"):
             if not isinstance(getattr(cfg, name), int) or getattr(cfg, name) < 0:
                 raise ValueError(f"{path}: {name} must be a whole number >= 0")
@@ -433,6 +436,8 @@ def _train(cfg: TrainConfig, resume: bool, sampler: SequenceSampler | None, prog
         load_compatible(model, src.model, f"init_from {cfg.init_from}")
         progress(f"initialised from {cfg.init_from} ({src.model_id})")
     sampler = sampler or SequenceSampler(cfg, mcfg.patch_len)
+    dcfg = DistillConfig.from_dict(cfg.distill)
+    teacher = TeacherSet.load(dcfg.path) if dcfg.on else None
     amp = cfg.amp and device.type == "cuda"
     t0, obs_seen, started = time.time(), 0, step
     segment = {"started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "start_step": step,
@@ -466,6 +471,11 @@ def _train(cfg: TrainConfig, resume: bool, sampler: SequenceSampler | None, prog
             loss = model.loss(x, future=future, target_noise=cfg.target_noise, generator=noise_gen,
                               min_observed=cfg.min_observed, calendar=calendar,
                               features=features_on(xb.features, device))
+            dloss = None
+            if teacher is not None:
+                dgen = torch.Generator().manual_seed(int(np.random.default_rng([cfg.seed, step, 19]).integers(2**62)))
+                dloss = distill_loss(model, teacher.draw(step, cfg.seed, dcfg.batch), dcfg.samples, dgen, device)
+                loss = loss + dcfg.weight * dloss
         opt.zero_grad(set_to_none=True)
         loss.backward()
         gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
@@ -475,11 +485,14 @@ def _train(cfg: TrainConfig, resume: bool, sampler: SequenceSampler | None, prog
         obs_seen += x.numel()
         val = float(loss.detach())
         first = val if first is None else first
-        history.append({"step": step, "loss": val})
+        history.append({"step": step, "loss": val} if dloss is None else
+                       {"step": step, "loss": val, "distill": float(dloss.detach())})
         if step % cfg.log_every == 0 or step == cfg.steps:
             el = time.time() - t0
             recent = np.mean([h["loss"] for h in history[-cfg.log_every:]])
-            progress(f"step {step}/{cfg.steps} loss {recent:.4f} lr {lr:.2e} "
+            dmean = [h["distill"] for h in history[-cfg.log_every:] if "distill" in h]
+            dtext = f" (distill {np.mean(dmean):.4f})" if dmean else ""
+            progress(f"step {step}/{cfg.steps} loss {recent:.4f}{dtext} lr {lr:.2e} "
                      f"gnorm {float(gnorm):.2f} {obs_seen / el:,.0f} obs/s {(step - started) / el:.2f} it/s")
         if step % cfg.checkpoint_every == 0:
             checkpoint()
@@ -514,6 +527,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--init-from", help="start from this checkpoint's weights (fresh optimizer)")
     ap.add_argument("--workers", type=int, help="DataLoader processes drawing batches (and their features) ahead")
     ap.add_argument("--threads", type=int, help="torch intra-op threads of the step (0: torch's default)")
+    ap.add_argument("--export-distill", metavar="NPZ",
+                    help="write a teacher set (fracast's quantiles after cut points of sequences drawn by "
+                         "--config's sampler under another seed) to NPZ and exit")
+    ap.add_argument("--distill-sequences", type=int, default=2000, help="sequences in the teacher set")
+    ap.add_argument("--distill-cuts", type=int, default=4, help="cut points per teacher-set sequence")
     ap.add_argument("--export-data", metavar="NPZ",
                     help="write the packaged training values to NPZ and exit (no --config needed)")
     args = ap.parse_args(argv)
@@ -528,6 +546,11 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError, TypeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if args.export_distill:
+        sampler = SequenceSampler(teacher_config(cfg), ModelConfig.from_dict(cfg.model).patch_len)
+        print(json.dumps(export_teacher_set(sampler, args.export_distill, args.distill_sequences, args.distill_cuts,
+                                            progress=lambda m: print(m, flush=True))))
+        return 0
     if run_dir:
         cfg.out_dir = run_dir
     if args.steps is not None:
