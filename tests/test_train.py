@@ -195,3 +195,13 @@ def test_augmentations_change_what_they_say_and_nothing_else():
         assert "nope" in str(e)
     else:
         raise AssertionError("unknown augment field accepted")
+
+
+def test_every_training_config_in_the_repo_parses():
+    """configs/train/*.yaml are commands in docs/model.md: each must load (fields, model, mix, distill)."""
+    from pathlib import Path
+
+    paths = sorted(Path("configs/train").glob("*.yaml"))
+    assert len(paths) >= 5
+    for p in paths:
+        TrainConfig.from_yaml(p)
