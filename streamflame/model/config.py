@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
+
+from streamflame.core.fields import from_fields
 
 
 @dataclass(frozen=True)
@@ -71,11 +73,7 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "ModelConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown ModelConfig fields: {sorted(unknown)}")
-        return cls(**d)
+        return from_fields(cls, d, "ModelConfig")
 
     @classmethod
     def from_json(cls, s: str) -> "ModelConfig":

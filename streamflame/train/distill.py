@@ -21,7 +21,7 @@ cut (so every series weighs alike, as the NLL does): the mean over levels tau, s
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import NamedTuple
 
@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from streamflame.core.constants import DEFAULT_QUANTILES
+from streamflame.core.fields import from_fields
 from streamflame.model.flame import Flame, _calendar
 from streamflame.model.perception import mean_std
 
@@ -45,11 +46,7 @@ class DistillConfig:
 
     @classmethod
     def from_dict(cls, raw: dict) -> "DistillConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = set(raw) - known
-        if unknown:
-            raise ValueError(f"unknown distill config fields {sorted(unknown)}")
-        cfg = cls(**raw)
+        cfg = from_fields(cls, raw, "distill config")
         if cfg.weight < 0 or cfg.batch < 1 or cfg.samples < 2:
             raise ValueError("distill: weight must be >= 0, batch >= 1, samples >= 2")
         if cfg.weight > 0 and not cfg.path:

@@ -19,7 +19,7 @@ import os
 import sys
 import time
 import warnings
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterator, NamedTuple
 
@@ -27,6 +27,7 @@ import numpy as np
 import torch
 import yaml
 
+from streamflame.core.fields import from_fields
 from streamflame.model.config import ModelConfig
 from streamflame.model.flame import Flame, load_compatible, sequence_features
 from streamflame.model.forecaster import Forecaster, _model_id
@@ -84,11 +85,10 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, raw: dict, path: str = "config") -> "TrainConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = set(raw) - known
-        if unknown:
-            raise ValueError(f"{path}: unknown training config fields {sorted(unknown)}")
-        cfg = cls(**raw)
+        try:
+            cfg = from_fields(cls, raw, "training config")
+        except ValueError as e:
+            raise ValueError(f"{path}: {e}") from None
         ModelConfig.from_dict(cfg.model)            # validate early, with the model's own message
         synth_config(cfg.synthetic)
         augment_config(cfg.augment)
@@ -106,19 +106,12 @@ def synth_config(overrides: dict):
     from streamflame.data.synthetic import DEFAULT, SynthConfig  # lazy: only for synthetic overrides
     if not overrides:
         return DEFAULT
-    known = {f.name for f in fields(SynthConfig)}
-    unknown = set(overrides) - known
-    if unknown:
-        raise ValueError(f"unknown synthetic config fields {sorted(unknown)}")
-    return SynthConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()})
+    return from_fields(SynthConfig, {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()},
+                       "synthetic config")
 
 
 def augment_config(overrides: dict) -> AugmentConfig:
-    known = {f.name for f in fields(AugmentConfig)}
-    unknown = set(overrides) - known
-    if unknown:
-        raise ValueError(f"unknown augment config fields {sorted(unknown)}")
-    return AugmentConfig(**overrides)
+    return from_fields(AugmentConfig, overrides, "augment config")
 
 
 # ---- data -----------------------------------------------------------------------------------
