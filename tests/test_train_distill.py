@@ -131,3 +131,28 @@ def test_resume_with_distillation_continues_bit_for_bit(tmp_path):
     train(cfg, progress=lambda m: None)
     c = load_file(str(tmp_path / "plain" / "train_state.safetensors"))
     assert not all(torch.equal(a[k], c[k]) for k in a)
+
+
+def test_gating_keeps_the_teacher_only_where_it_beats_the_student_on_the_continuation():
+    """--gate-distill: a cut whose teacher quantiles sit on the sequence's own next 96 values is
+    kept, one whose teacher is far off is dropped, and a cut with no continuation in the sequence
+    (the last patch) cannot be judged and is dropped."""
+    from streamflame.train.distill import gate_teacher_set, quantile_loss
+
+    model, ts = _tiny_model(), _walks(n=4, T=12)
+    flat = ts.values.reshape(4, -1).astype(np.float64)
+    cuts = np.tile(np.array([MIN_CUT, 10, 12]), (4, 1))                   # 12 = T: nothing after it
+    q = np.zeros((4, 3, 9, 96), np.float32)
+    for i in range(4):
+        future = flat[i, 10 * 48:10 * 48 + 96]
+        q[i, 0] = flat[i, MIN_CUT * 48:MIN_CUT * 48 + 96] + np.linspace(-1e-3, 1e-3, 9)[:, None]   # the truth
+        q[i, 1] = future + 1e4 + np.arange(9)[:, None]                                          # far off
+        q[i, 2] = 0.0
+    gated, info = gate_teacher_set(ts._replace(cuts=cuts, quantiles=q), model, samples=16)
+    assert info == {"judged": 8, "kept": 4, "cuts": 12}
+    assert np.isfinite(gated.quantiles[:, 0]).all()
+    assert np.isnan(gated.quantiles[:, 1:]).all()
+    # the loss it judges by: the summed pinball loss, 0 for quantiles on the values
+    y = np.array([1.0, 2.0, np.nan])
+    assert quantile_loss(np.tile(y, (9, 1)), y) == 0.0
+    assert np.isnan(quantile_loss(np.zeros((9, 3)), np.full(3, np.nan)))

@@ -132,11 +132,11 @@ def teacher_config(cfg):
     return replace(cfg, seed=cfg.seed + DISTILL_SEED_OFFSET, batch=64)
 
 
-def distill_loss(model: Flame, ts: TeacherSet, samples: int, generator: torch.Generator | None = None,
-                 device: torch.device | str = "cpu") -> torch.Tensor:
-    """Mean |Q_student(tau) - Q_teacher(tau)| in normalised units over the cuts of ``ts`` (see the
-    module's docstring). values (b, T, p), cuts (b, C), quantiles (b, C, 9, H = K p)."""
-    cfg = model.cfg
+def student_quantiles(model: Flame, ts: TeacherSet, samples: int, generator: torch.Generator | None = None,
+                      device: torch.device | str = "cpu"):
+    """The student's quantiles after each cut of ``ts``, from ``samples`` reparameterised paths
+    (differentiable): (q (m, 9, H) normalised, mean (m,), std (m,)) with m = b C in cut order,
+    mean/std the student's causal statistics at each cut (raw = mean + std * normalised)."""
     patches = torch.as_tensor(ts.values, device=device)
     b, T, p = patches.shape
     C, H = ts.cuts.shape[1], ts.quantiles.shape[-1]
@@ -157,9 +157,55 @@ def distill_loss(model: Flame, ts: TeacherSet, samples: int, generator: torch.Ge
     z = torch.randn((m, K, samples, p), generator=generator, dtype=c.dtype).to(device)
     y = model.flow.sample(c, hint, z)                                                  # (m, K, S, p)
     levels = torch.tensor(DEFAULT_QUANTILES, dtype=y.dtype, device=device)
-    q_s = torch.quantile(y, levels, dim=2).permute(1, 0, 2, 3).reshape(m, len(levels), H)   # (m, 9, H)
-    q_t = torch.as_tensor(ts.quantiles, device=device).reshape(m, len(levels), H).double()
-    q_t = ((q_t - mean[:, None, None]) / std[:, None, None]).clamp(-cfg.clip, cfg.clip)
+    q = torch.quantile(y, levels, dim=2).permute(1, 0, 2, 3).reshape(m, len(levels), H)      # (m, 9, H)
+    return q, mean, std
+
+
+def distill_loss(model: Flame, ts: TeacherSet, samples: int, generator: torch.Generator | None = None,
+                 device: torch.device | str = "cpu") -> torch.Tensor:
+    """Mean |Q_student(tau) - Q_teacher(tau)| in normalised units over the cuts of ``ts`` (see the
+    module's docstring). values (b, T, p), cuts (b, C), quantiles (b, C, 9, H = K p)."""
+    q_s, mean, std = student_quantiles(model, ts, samples, generator, device)
+    m, nq, H = q_s.shape
+    q_t = torch.as_tensor(ts.quantiles, device=device).reshape(m, nq, H).double()
+    q_t = ((q_t - mean[:, None, None]) / std[:, None, None]).clamp(-model.cfg.clip, model.cfg.clip)
     ok = torch.isfinite(q_t)
-    diff = (q_s - torch.where(ok, q_t, 0).to(y.dtype)).abs()
+    diff = (q_s - torch.where(ok, q_t, 0).to(q_s.dtype)).abs()
     return torch.where(ok, diff, 0).sum() / ok.sum().clamp_min(1)
+
+
+def quantile_loss(q: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Summed pinball loss of quantiles q (..., 9, H) at DEFAULT_QUANTILES against y (..., H),
+    over the observed steps -> (...,); NaN where y has no observed step."""
+    tau = np.asarray(DEFAULT_QUANTILES)[:, None]
+    d = y[..., None, :] - q
+    pin = np.where(np.isnan(d), 0.0, np.maximum(tau * d, (tau - 1) * d)).sum((-2, -1))
+    return np.where(np.isfinite(y).any(-1), pin, np.nan)
+
+
+def gate_teacher_set(ts: TeacherSet, model: Flame, samples: int = 100, chunk: int = 25,
+                     seed: int = 0) -> tuple[TeacherSet, dict]:
+    """Selective distillation: keep the teacher's quantiles only at cuts where the teacher beats
+    ``model`` (the student as it starts) on the sequence's own continuation - the quantile loss
+    over the next H steps, which the sequence holds for cuts up to T - H / p. Every other cut
+    (the student already as good, or no continuation to judge) becomes NaN: not scored."""
+    b, T, p = ts.values.shape
+    C, H = ts.cuts.shape[1], ts.quantiles.shape[-1]
+    flat = ts.values.reshape(b, T * p).astype(np.float64)
+    keep = np.zeros((b, C), bool)
+    judged = np.zeros((b, C), bool)
+    g = torch.Generator().manual_seed(seed)
+    for a in range(0, b, chunk):
+        part = TeacherSet(*(x[a:a + chunk] for x in ts))
+        with torch.no_grad():
+            q, mean, std = student_quantiles(model, part, samples, g)
+        q_s = (mean[:, None, None] + std[:, None, None] * q.double()).numpy().reshape(len(part.values), C, -1, H)
+        for i in range(len(part.values)):
+            for j, k in enumerate(part.cuts[i]):
+                y = flat[a + i, k * p:k * p + H]
+                if k * p + H > T * p or not np.isfinite(part.quantiles[i, j]).all() or not np.isfinite(y).any():
+                    continue
+                judged[a + i, j] = True
+                keep[a + i, j] = quantile_loss(part.quantiles[i, j].astype(np.float64), y) < quantile_loss(q_s[i, j], y)
+    quant = np.where(keep[:, :, None, None], ts.quantiles, np.nan).astype(np.float32)
+    return ts._replace(quantiles=quant), {"judged": int(judged.sum()), "kept": int(keep.sum()), "cuts": int(b * C)}

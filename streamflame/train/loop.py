@@ -32,7 +32,8 @@ from streamflame.model.config import ModelConfig
 from streamflame.model.flame import Flame, load_compatible, sequence_features
 from streamflame.model.forecaster import Forecaster, _model_id
 from streamflame.model.perception import DataFeatures, calendar_steps
-from streamflame.train.distill import DistillConfig, TeacherSet, distill_loss, export_teacher_set, teacher_config
+from streamflame.train.distill import (DistillConfig, TeacherSet, distill_loss, export_teacher_set, gate_teacher_set,
+                                      teacher_config)
 from streamflame.train.mix import AugmentConfig, augment, tsmixup
 
 
@@ -523,6 +524,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--export-distill", metavar="NPZ",
                     help="write a teacher set (fracast's quantiles after cut points of sequences drawn by "
                          "--config's sampler under another seed) to NPZ and exit")
+    ap.add_argument("--gate-distill", nargs=2, metavar=("NPZ_IN", "NPZ_OUT"),
+                    help="selective distillation: keep the teacher only at cuts where it beats --config's "
+                         "init_from weights on the sequence's own continuation; write NPZ_OUT and exit")
     ap.add_argument("--distill-sequences", type=int, default=2000, help="sequences in the teacher set")
     ap.add_argument("--distill-cuts", type=int, default=4, help="cut points per teacher-set sequence")
     ap.add_argument("--export-data", metavar="NPZ",
@@ -543,6 +547,15 @@ def main(argv: list[str] | None = None) -> int:
         sampler = SequenceSampler(teacher_config(cfg), ModelConfig.from_dict(cfg.model).patch_len)
         print(json.dumps(export_teacher_set(sampler, args.export_distill, args.distill_sequences, args.distill_cuts,
                                             progress=lambda m: print(m, flush=True))))
+        return 0
+    if args.gate_distill:
+        if not cfg.init_from:
+            print("error: --gate-distill needs init_from (the student as it starts) in the config", file=sys.stderr)
+            return 2
+        src, dst = args.gate_distill
+        gated, info = gate_teacher_set(TeacherSet.load(src), Forecaster.load(cfg.init_from).model.eval())
+        gated.save(dst, {"gated_from": src, "student": cfg.init_from, **info})
+        print(json.dumps(info))
         return 0
     if run_dir:
         cfg.out_dir = run_dir
