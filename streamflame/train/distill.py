@@ -156,6 +156,7 @@ def student_quantiles(model: Flame, ts: TeacherSet, samples: int, generator: tor
     m = b * C
     z = torch.randn((m, K, samples, p), generator=generator, dtype=c.dtype).to(device)
     y = model.flow.sample(c, hint, z)                                                  # (m, K, S, p)
+    y = y.float()                    # torch.quantile takes float32/64 only (bf16 under CUDA autocast)
     levels = torch.tensor(DEFAULT_QUANTILES, dtype=y.dtype, device=device)
     q = torch.quantile(y, levels, dim=2).permute(1, 0, 2, 3).reshape(m, len(levels), H)      # (m, 9, H)
     return q, mean, std
