@@ -2,6 +2,7 @@
 import json
 
 import numpy as np
+import pytest
 
 from streamflame import Forecaster
 from streamflame.train.loop import SequenceSampler, TrainConfig, main, train
@@ -116,9 +117,11 @@ def test_synthetic_mix_from_the_training_config(tmp_path):
     TrainConfig.from_yaml("configs/train/gpu_mix.yaml")
 
 
-def test_resume_continues_bit_for_bit_like_an_uninterrupted_run(tmp_path):
-    """Weights, AdamW moments and the data position: 6 steps in one go == 3 steps, stop, resume 3.
-    The run directory records each segment (steps, observations, device) and the total."""
+@pytest.mark.parametrize("cpu_amp", [False, True])
+def test_resume_continues_bit_for_bit_like_an_uninterrupted_run(tmp_path, cpu_amp):
+    """Weights, AdamW moments and the data position: 6 steps in one go == 3 steps, stop, resume 3,
+    in float32 and under CPU bf16 autocast. The run directory records each segment (steps,
+    observations, device, arithmetic) and the total."""
     import torch
     from safetensors.torch import load_file
 
@@ -127,6 +130,7 @@ def test_resume_continues_bit_for_bit_like_an_uninterrupted_run(tmp_path):
         cfg.out_dir, cfg.steps, cfg.checkpoint_every = str(tmp_path / name), steps, 1000
         cfg.real_fraction, cfg.augment = 0.0, {"spikes": 0.5, "censor": 0.3, "amplitude_modulation": 0.5}
         cfg.target_noise, cfg.model = 0.05, {**cfg.model, "ar_patches": True}
+        cfg.cpu_amp = cpu_amp
         return cfg
 
     train(cfg_for("straight", 6), progress=lambda m: None)
@@ -143,6 +147,7 @@ def test_resume_continues_bit_for_bit_like_an_uninterrupted_run(tmp_path):
     assert [s["observations"] for s in meta["lineage"]] == [3 * per_step, 3 * per_step]
     assert meta["observations_seen"] == 6 * per_step
     assert all(s["device"] == "cpu" and s["device_name"] for s in meta["lineage"])
+    assert [s["bf16_autocast"] for s in meta["lineage"]] == [cpu_amp, cpu_amp]
     final = json.loads((tmp_path / "split" / "final" / "config.json").read_text())
     assert final["observations_seen"] == 6 * per_step
     # a different data position gives different weights: the comparison above can fail

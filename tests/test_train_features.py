@@ -137,3 +137,48 @@ def test_the_loops_multi_tensor_adamw_is_the_for_loop_adamw_bit_for_bit():
     assert all(not torch.equal(a[k], init[k]) for k in a)                          # every one moved
     for k in a:
         assert torch.equal(a[k], b[k]), k
+
+
+def test_a_bf16_step_computes_the_features_as_serving_does_and_stays_near_float32():
+    """Under CPU bf16 autocast (cpu_amp) step_loss computes the data-only features before the
+    autocast, in float32/64: the same bits as sequence_features, so a bf16-trained model conditions
+    on the features serving gives it. Its loss and gradients stay near the float32 step's (bf16
+    matmuls: loss within 2 %, every gradient's cosine to the float32 one > 0.98). Inside the autocast
+    the LegT projection would run as a bf16 bmm (on CPU torch refuses to mix it into float32)."""
+    from streamflame.train.loop import autocast_on, step_loss
+    cfg = TrainConfig.from_yaml("configs/train/default.yaml")
+    cfg.batch, cfg.seq_patches, cfg.cpu_amp = 6, 24, True
+    assert autocast_on(cfg, torch.device("cpu"))
+    assert not autocast_on(TrainConfig.from_yaml("configs/train/default.yaml"), torch.device("cpu"))
+    real = {"a": [np.where(np.arange(5000) % 700 < 40, np.nan, np.sin(np.arange(5000.0) / 3.8) + 0.1 * np.arange(5000.0) % 7)]}
+    s = SequenceSampler(cfg, 48, real_series=real, real_steps={"a": [3600.0]})
+    mcfg = ModelConfig.from_dict(cfg.model)
+    torch.manual_seed(0)
+    model = Flame(mcfg)
+    for p in model.parameters():                       # the zero-initialised flow outputs too
+        p.data.add_(0.01 * torch.randn_like(p))
+    tb = s.batch_with_calendar(3).tensors()
+    exact = sequence_features(mcfg, tb.values, tb.calendar)
+    seen = []
+    real_loss = model.loss
+
+    def spy(*a, **k):
+        seen.append(k["features"])
+        return real_loss(*a, **k)
+    model.loss = spy
+    runs = {}
+    for amp in (False, True):
+        model.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+            loss = step_loss(model, mcfg, cfg, 3, tb.values, tb.calendar, None, amp)
+        loss.backward()
+        runs[amp] = (loss.detach(), [p.grad.clone() for p in model.parameters() if p.grad is not None])
+    assert seen[0] is None and torch.equal(seen[1].period, exact.period) and torch.equal(seen[1].env, exact.env)
+    with pytest.raises(RuntimeError), torch.autocast("cpu", dtype=torch.bfloat16):
+        sequence_features(mcfg, tb.values, tb.calendar)            # inside it: a bf16 LegT bmm, refused here
+    (l32, g32), (l16, g16) = runs[False], runs[True]
+    assert l16.dtype == torch.float32 and 0 < abs(float(l16 - l32)) < 0.02 * abs(float(l32))
+    assert len(g32) == len(g16) > 0
+    cos = [float(torch.nn.functional.cosine_similarity(a.flatten(), b.flatten(), dim=0)) for a, b in zip(g32, g16)
+           if a.norm() > 0]
+    assert min(cos) > 0.98, sorted(cos)[:5]

@@ -7,7 +7,8 @@ Figures, each the median over --steps steps after 3 warm-up steps:
 - data: the sampler alone (what the loop draws when loader_workers = 0);
 - data + features: the sampler and the model's data-only features (period search, LegT
   environment) on one thread: what one DataLoader worker does per batch when loader_workers > 0;
-- step: forward + backward + gradient clipping + AdamW (as train builds it) on batches drawn beforehand, the features computed in the step
+- step: forward + backward + gradient clipping + AdamW (as train builds it, bf16 autocast where the
+  config or --cpu-amp says) on batches drawn beforehand, the features computed in the step
   ("step") or given ("step, features given": the model's own cost);
 - loop: both, as `train` runs them (the config's loader_workers and threads, or --workers and
   --threads): what a training run gets.
@@ -21,13 +22,12 @@ import platform
 import statistics
 import time
 
-import numpy as np
 import torch
 
 from streamflame.model.config import ModelConfig
 from streamflame.model.flame import Flame
-from streamflame.train.loop import (SequenceSampler, TrainBatch, TrainConfig, _Batches, batch_stream, features_on,
-                                   make_optimizer)
+from streamflame.train.loop import (SequenceSampler, TrainBatch, TrainConfig, _Batches, autocast_on, batch_stream,
+                                   features_on, make_optimizer, step_loss)
 
 
 def measure(cfg: TrainConfig, steps: int, device: torch.device) -> dict:
@@ -37,17 +37,15 @@ def measure(cfg: TrainConfig, steps: int, device: torch.device) -> dict:
     opt = make_optimizer(model, cfg)
     sampler = SequenceSampler(cfg, mcfg.patch_len)
     ahead = _Batches(sampler, 0, 10**9, mcfg, cfg.calendar)
-    K = mcfg.max_future_patches
+    amp = autocast_on(cfg, device)
 
     def draw(i: int) -> TrainBatch:
         return sampler.batch_with_calendar(i).tensors()
 
     def step(xb: TrainBatch, i: int) -> None:
-        g = np.random.default_rng([cfg.seed, i, 7])
-        future = sorted({0, *g.choice(np.arange(1, K), size=min(cfg.future_per_step, K) - 1, replace=False)})
-        loss = model.loss(xb.values.to(device), future=future, min_observed=cfg.min_observed,
-                          calendar=xb.calendar.to(device) if cfg.calendar else None,
-                          features=features_on(xb.features, device))
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            loss = step_loss(model, mcfg, cfg, i, xb.values.to(device), xb.calendar.to(device) if cfg.calendar else None,
+                             features_on(xb.features, device), amp)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
@@ -99,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, help="DataLoader workers of the loop (default: the config's)")
     ap.add_argument("--batch", type=int)
     ap.add_argument("--seq-patches", type=int)
+    ap.add_argument("--cpu-amp", choices=("on", "off"), help="bf16 autocast on CPU (default: the config's cpu_amp)")
     args = ap.parse_args(argv)
     cfg = TrainConfig.from_yaml(args.config)
     if args.batch:
@@ -109,6 +108,8 @@ def main(argv: list[str] | None = None) -> int:
         cfg.threads = args.threads
     if args.workers is not None:
         cfg.loader_workers = args.workers
+    if args.cpu_amp:
+        cfg.cpu_amp = args.cpu_amp == "on"
     before = torch.get_num_threads()
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
@@ -118,7 +119,8 @@ def main(argv: list[str] | None = None) -> int:
         name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{platform.machine()} CPU"
         print(f"bench train: {args.config}, batch {cfg.batch} x {cfg.seq_patches} patches, "
               f"real {cfg.real_fraction:g} / tsmixup {cfg.tsmixup_fraction:g}, {name}, "
-              f"{torch.get_num_threads()} threads, {cfg.loader_workers} loader workers, torch {torch.__version__}, "
+              f"{torch.get_num_threads()} threads, {cfg.loader_workers} loader workers, "
+              f"bf16 autocast {'on' if autocast_on(cfg, device) else 'off'}, torch {torch.__version__}, "
               f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
         r = measure(cfg, args.steps, device)
     finally:

@@ -65,6 +65,8 @@ class TrainConfig:
     max_minutes: float | None = None                # stop (with a checkpoint) after this wall time
     device: str = "auto"
     amp: bool = True                                # bf16 autocast on CUDA
+    cpu_amp: bool = False                           # bf16 autocast on CPU too (AVX-512 BF16 / AMX);
+                                                    # the data-only features stay in float32/64
     data: str | None = None                         # .npz from `--export-data` (None: packaged data)
     loader_workers: int = 0                         # processes drawing batches (and their data-only
                                                     # perception features) ahead (0: in-loop)
@@ -272,6 +274,28 @@ def _yield_to_the_step(worker_id: int) -> None:
         os.nice(LOADER_NICE)
 
 
+def autocast_on(cfg: TrainConfig, device: torch.device) -> bool:
+    """Whether the step runs under bf16 autocast: ``amp`` on CUDA, ``cpu_amp`` on CPU."""
+    return cfg.amp if device.type == "cuda" else (cfg.cpu_amp and device.type == "cpu")
+
+
+def step_loss(model: Flame, mcfg: ModelConfig, cfg: TrainConfig, step: int, x: torch.Tensor,
+              calendar: torch.Tensor | None, features: DataFeatures | None, amp: bool) -> torch.Tensor:
+    """The model's loss at training step ``step`` on x (b, T, p), as `train` computes it (without
+    distillation): the scored future patches and the target noise seeded by the step. Call it in
+    the step's autocast context; under autocast (``amp``) the data-only features are computed
+    first outside it, in the arithmetic serving computes them in (float32/64), whatever the device."""
+    K = mcfg.max_future_patches
+    g = np.random.default_rng([cfg.seed, step, 7])
+    future = sorted({0, *g.choice(np.arange(1, K), size=min(cfg.future_per_step, K) - 1, replace=False)})
+    noise_gen = torch.Generator().manual_seed(int(g.integers(2**62))) if cfg.target_noise > 0 else None
+    if amp and features is None:
+        with torch.autocast(x.device.type, enabled=False):
+            features = sequence_features(mcfg, x, calendar)
+    return model.loss(x, future=future, target_noise=cfg.target_noise, generator=noise_gen,
+                      min_observed=cfg.min_observed, calendar=calendar, features=features)
+
+
 def features_on(feats: DataFeatures | None, device: torch.device) -> DataFeatures | None:
     return None if feats is None else DataFeatures(feats.period.to(device), feats.env.to(device))
 
@@ -432,11 +456,11 @@ def _train(cfg: TrainConfig, resume: bool, sampler: SequenceSampler | None, prog
     sampler = sampler or SequenceSampler(cfg, mcfg.patch_len)
     dcfg = DistillConfig.from_dict(cfg.distill)
     teacher = TeacherSet.load(dcfg.path) if dcfg.on else None
-    amp = cfg.amp and device.type == "cuda"
+    amp = autocast_on(cfg, device)
     t0, obs_seen, started = time.time(), 0, step
     segment = {"started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "start_step": step,
                "end_step": step, "device": device.type, "device_name": _device_name(device),
-               "threads": torch.get_num_threads(), "wall_s": 0.0, "observations": 0}
+               "threads": torch.get_num_threads(), "bf16_autocast": amp, "wall_s": 0.0, "observations": 0}
     lineage.append(segment)
 
     def checkpoint() -> None:
@@ -457,14 +481,8 @@ def _train(cfg: TrainConfig, resume: bool, sampler: SequenceSampler | None, prog
         lr = lr_at(step, cfg, time_frac)
         for g in opt.param_groups:
             g["lr"] = lr
-        K = mcfg.max_future_patches
-        g = np.random.default_rng([cfg.seed, step, 7])
-        future = sorted({0, *g.choice(np.arange(1, K), size=min(cfg.future_per_step, K) - 1, replace=False)})
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            noise_gen = torch.Generator().manual_seed(int(g.integers(2**62))) if cfg.target_noise > 0 else None
-            loss = model.loss(x, future=future, target_noise=cfg.target_noise, generator=noise_gen,
-                              min_observed=cfg.min_observed, calendar=calendar,
-                              features=features_on(xb.features, device))
+            loss = step_loss(model, mcfg, cfg, step, x, calendar, features_on(xb.features, device), amp)
             dloss = None
             if teacher is not None:
                 dgen = torch.Generator().manual_seed(int(np.random.default_rng([cfg.seed, step, 19]).integers(2**62)))
