@@ -180,11 +180,17 @@ class Fracast:
             raise RuntimeError(f"fracast quantiles {self.model.quantiles} are not {QUANTILES}")
         self.fallbacks = 0
 
+    min_observed = 8
+
+    def readable(self, context: np.ndarray) -> bool:
+        """Whether fracast can read this context: at least 8 observed values in its last 2048."""
+        return int(np.isfinite(context[-self.context_length:]).sum()) >= self.min_observed
+
     def predict(self, contexts, horizon, seasons):
         n = len(contexts)
         mean = np.empty((n, horizon))
         quant = np.empty((n, len(QUANTILES), horizon))
-        usable = [i for i, c in enumerate(contexts) if np.isfinite(c[-self.context_length:]).sum() >= 8]
+        usable = [i for i, c in enumerate(contexts) if self.readable(c)]
         for i in set(range(n)) - set(usable):
             mean[i], quant[i] = seasonal_naive(contexts[i], horizon, seasons[i])
             self.fallbacks += 1

@@ -111,7 +111,7 @@ def export_teacher_set(sampler, path: str | Path, sequences: int, cuts: int = 4,
     teacher = Fracast()
     flat = values.reshape(sequences, T * p)
     contexts = [flat[i, :k * p] for i in range(sequences) for k in cut[i]]
-    readable = np.array([np.isfinite(c[-teacher.context_length:]).sum() >= 8 for c in contexts])
+    readable = np.array([teacher.readable(c) for c in contexts], dtype=bool)
     quant = np.full((len(contexts), len(DEFAULT_QUANTILES), horizon), np.nan, np.float32)
     todo = np.flatnonzero(readable)
     chunk = 256

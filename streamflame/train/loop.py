@@ -539,6 +539,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--init-from", help="start from this checkpoint's weights (fresh optimizer)")
     ap.add_argument("--workers", type=int, help="DataLoader processes drawing batches (and their features) ahead")
     ap.add_argument("--threads", type=int, help="torch intra-op threads of the step (0: torch's default)")
+    ap.add_argument("--cpu-amp", choices=("on", "off"), help="bf16 autocast on CPU (default: the config's cpu_amp)")
     ap.add_argument("--export-distill", metavar="NPZ",
                     help="write a teacher set (fracast's quantiles after cut points of sequences drawn by "
                          "--config's sampler under another seed) to NPZ and exit")
@@ -590,6 +591,8 @@ def main(argv: list[str] | None = None) -> int:
         cfg.loader_workers = args.workers
     if args.threads is not None:
         cfg.threads = args.threads
+    if args.cpu_amp:
+        cfg.cpu_amp = args.cpu_amp == "on"
     res = train(cfg, resume=bool(args.resume), progress=lambda m: print(m, flush=True))
     print(json.dumps(res))
     return 0
