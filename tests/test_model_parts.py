@@ -4,12 +4,12 @@ import pytest
 import torch
 
 from streamflame import Forecaster, SeriesState, StateDecodeError
-from streamflame.model import ModelConfig, tiny_config
+from streamflame.model import tiny_config
 from streamflame.model.flame import Flame
 from streamflame.model.flow import FlowHead
 from streamflame.model.hippo import legendre, legs, legt_coefficients, legt_reconstruct, legt_recurrence
 from streamflame.model.perception import dominant_period, mean_std, scan_stats, seasonal_hint
-from streamflame.model.ssd import SSDLayer, ssd_chunked, ssd_naive, ssd_step
+from streamflame.model.ssd import SSDLayer, ssd_chunked, ssd_naive
 
 
 # ---- HiPPO --------------------------------------------------------------------------------
@@ -557,6 +557,18 @@ def test_ar_patches_starts_as_the_same_function_and_draws_patches_in_order():
     assert torch.allclose(z(y[..., 48:]), z(base[..., 48:]) + shift, atol=1e-4)
     assert torch.allclose(y[..., :48], base[..., :48], atol=1e-6)   # patch 0: prev = last, no move
     assert not torch.allclose(y0, y)
+    # a sampled patch beyond the clip (training's prev never is) feeds the next one clipped:
+    # the feedback cannot compound over the patches of a long horizon
+    with torch.no_grad():
+        ar.flow.base.bias[:48] += 3 * ar.cfg.clip               # mu: patch ends far above +clip
+    far = z(ar.sample(state, 2, noise))
+    assert (far[..., 47] > ar.cfg.clip).all()
+    with torch.no_grad():
+        ar.flow.base.bias[:48] -= 3 * ar.cfg.clip
+    near = z(ar.sample(state, 2, noise))
+    # patch 1 moved by gamma * (clip - last), not by gamma * (its patch 0's end - last)
+    want = near[..., 48:] + 3 * ar.cfg.clip + (ar.cfg.clip - near[..., 47:48])
+    assert torch.allclose(far[..., 48:], want, atol=1e-3)
     with pytest.raises(ValueError, match="differs"):
         load_compatible(Flame(tiny_config(d_model=16)), plain, "test")
 

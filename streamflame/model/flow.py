@@ -14,8 +14,9 @@ The condition's contribution to each layer's first linear map is computed once p
 
 With ``ar_patches`` the future patches of a sample path are drawn in order (FAR-TS's factorised
 autoregressive generation): patch j's base location moves with gamma(c_j) * (prev_j - last), where
-prev_j is the last value of the same path's patch j-1 (for j = 0, the last observation: no move).
-Training scores patch j given the observed end of patch j-1 (teacher forcing). gamma starts at zero,
+prev_j is the last value of the same path's patch j-1 (for j = 0, the last observation: no move),
+clipped to +-clip as training's inputs are. Training scores patch j given the observed end of patch
+j-1 (teacher forcing). gamma starts at zero,
 so a model without it is the same function until trained.
 """
 from __future__ import annotations
@@ -85,6 +86,7 @@ class FlowHead(nn.Module):
             Coupling(p, splits[k % len(splits)], cfg.d_cond, cfg.flow_hidden, cfg.flow_scale_clamp)
             for k in range(cfg.flow_layers))
         self.ar = bool(getattr(cfg, "ar_patches", False))
+        self.clip = float(cfg.clip)                         # prev's range: training's teacher-forced inputs
         if self.ar:
             self.prev = nn.Linear(cfg.d_cond, p)            # gamma(c): how far each step follows prev
             nn.init.zeros_(self.prev.weight), nn.init.zeros_(self.prev.bias)
@@ -117,7 +119,7 @@ class FlowHead(nn.Module):
             for layer, (hc, ec) in zip(self.layers, cond):
                 y, _ = layer(y, hc[:, j], ec[:, j])
             out.append(y)
-            prev = y[..., -1:]
+            prev = y[..., -1:].clamp(-self.clip, self.clip)  # within what training fed it (clipped data)
         return torch.stack(out, 1)
 
     def log_prob(self, y, c, hint, prev=None, per_step: bool = False):
