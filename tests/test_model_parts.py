@@ -600,3 +600,41 @@ def test_flow_density_factorises_over_steps_and_the_loss_scores_observed_steps_o
     strict = model.loss(x, future=[0])
     loose = model.loss(x, future=[0], min_observed=0.25)
     assert torch.isfinite(strict) and torch.isfinite(loose) and not torch.equal(strict, loose)
+
+
+def test_scheduled_sampling_conditions_scored_patches_on_a_drawn_predecessor():
+    """Flame.loss(sampled_prev=q) with ar_patches: sample_patch is sample()'s step for one patch;
+    q = 0 is teacher forcing; q = 1 conditions every scored patch after the first on where one
+    drawn path of its predecessor ended (clipped), reproducibly from the generator; with gamma at
+    zero (the start) the draw changes nothing."""
+    torch.manual_seed(0)
+    ar = Flame(tiny_config(ar_patches=True))
+    x = torch.randn(3, 7, 48, dtype=torch.float32).cumsum(-1)
+    gen = lambda: torch.Generator().manual_seed(4)
+    teacher = ar.loss(x, future=[0, 2, 3])
+    assert torch.equal(ar.loss(x, future=[0, 2, 3], sampled_prev=1.0, generator=gen()), teacher)   # gamma = 0
+    with torch.no_grad():
+        for prm in ar.flow.parameters():
+            prm.add_(0.05 * torch.randn_like(prm))
+        ar.flow.prev.bias.fill_(0.8)
+    # sample_patch is sample()'s step: patch 1 of a path from the end of its patch 0
+    state, _ = ar.advance(ar.empty_state(3), x, torch.ones(3))
+    noise = torch.randn(3, 5, 2, 48, generator=torch.Generator().manual_seed(1))
+    from streamflame.model.perception import dominant_period, mean_std
+    mean, std = mean_std(state["stats"], state["ref"])
+    period = dominant_period(state["window"], ar.cfg.min_period, state["cal"])
+    seas = {k: state[k] for k in ("ref", "clock", "cal", "profile", "herr")}
+    c, hint = ar.condition(state["h"], state["window"], period, mean, std, 2, seas)
+    y = ar.flow.sample(c, hint, noise.transpose(1, 2))                       # (3, 2, 5, 48)
+    one = ar.flow.sample_patch(c[:, 1, None], hint[:, 1, None], y[:, 0, :, -1:], noise[:, :, 1])
+    assert torch.allclose(one, y[:, 1], atol=1e-5)
+    teacher = ar.loss(x, future=[0, 2, 3])
+    assert torch.equal(ar.loss(x, future=[0, 2, 3], sampled_prev=0.0, generator=gen()), teacher)
+    drawn = ar.loss(x, future=[0, 2, 3], sampled_prev=1.0, generator=gen())
+    assert torch.equal(drawn, ar.loss(x, future=[0, 2, 3], sampled_prev=1.0, generator=gen()))
+    assert not torch.allclose(drawn, teacher)
+    only_first = ar.loss(x, future=[0], sampled_prev=1.0, generator=gen())   # patch 0 has no predecessor
+    assert torch.equal(only_first, ar.loss(x, future=[0]))
+    ar.zero_grad()
+    drawn.backward()
+    assert all(torch.isfinite(p.grad).all() for p in ar.parameters() if p.grad is not None)

@@ -1,5 +1,6 @@
 """Training smoke test: a tiny CPU run lowers the loss, checkpoints round-trip and resume."""
 import json
+import re
 
 import numpy as np
 import pytest
@@ -114,6 +115,11 @@ def test_synthetic_mix_from_the_training_config(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("steps: 10\nsynthetic: {weekly: 0.3}\n")
     assert main(["--config", str(bad)]) == 2
+    for text, why in (("ar_sampled_prev: 0.5\n", "needs model: {ar_patches: true}"),
+                      ("ar_sampled_prev: 1.5\nmodel: {ar_patches: true}\n", "must be in [0, 1]")):
+        bad.write_text(text)
+        with pytest.raises(ValueError, match=re.escape(why)):
+            TrainConfig.from_yaml(bad)
     TrainConfig.from_yaml("configs/train/gpu_mix.yaml")
 
 
@@ -130,7 +136,7 @@ def test_resume_continues_bit_for_bit_like_an_uninterrupted_run(tmp_path, cpu_am
         cfg.out_dir, cfg.steps, cfg.checkpoint_every = str(tmp_path / name), steps, 1000
         cfg.real_fraction, cfg.augment = 0.0, {"spikes": 0.5, "censor": 0.3, "amplitude_modulation": 0.5}
         cfg.target_noise, cfg.model = 0.05, {**cfg.model, "ar_patches": True}
-        cfg.cpu_amp = cpu_amp
+        cfg.cpu_amp, cfg.ar_sampled_prev = cpu_amp, 0.5          # scheduled sampling draws from the step's generator
         return cfg
 
     train(cfg_for("straight", 6), progress=lambda m: None)

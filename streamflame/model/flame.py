@@ -230,7 +230,8 @@ class Flame(nn.Module):
         return filled[:, torch.arange(K, device=y.device) * p].unsqueeze(-1)
 
     def loss(self, patches, scale=None, future=None, target_noise: float = 0.0, generator=None,
-             min_observed: float = 0.75, calendar=None, features: DataFeatures | None = None):
+             min_observed: float = 0.75, calendar=None, features: DataFeatures | None = None,
+             sampled_prev: float = 0.0):
         """Mean flow NLL (nats per observed value) of the next K patches from every boundary.
 
         patches (b, T, p) raw, an empty state at the start. `future`: which future patches
@@ -244,7 +245,11 @@ class Flame(nn.Module):
         dequantisation, so flat or quantised stretches (counts, rain, clipped sensors) cannot
         drive the density to infinity. ``calendar`` (b, 2): each sequence's day and week in steps
         (0 = unknown), as the state's ``cal``. ``features``: :func:`sequence_features` of these
-        patches and calendar, computed beforehand (the same bits as computing them here)."""
+        patches and calendar, computed beforehand (the same bits as computing them here).
+        ``sampled_prev`` (ar_patches): the share of scored patches after the first whose predecessor's
+        end is drawn from the model (one path of that patch, no gradient, noise from ``generator``)
+        instead of the observed one: scheduled sampling, so training also sees the predecessors
+        that sampling feeds it."""
         cfg = self.cfg
         b, T, p = patches.shape
         K = min(cfg.max_future_patches, T - 1)
@@ -262,18 +267,35 @@ class Flame(nn.Module):
             seas = {k: flat(aux[k][:, :n]) for k in ("clock", "profile", "herr")}
             seas["ref"] = aux["ref"][:, None].expand(b, n).reshape(b * n)
             seas["cal"] = state0["cal"][:, None].expand(b, n, 2).reshape(b * n, 2)
+        draw = self.flow.ar and sampled_prev > 0 and bool((future > 0).any())
+        need = torch.as_tensor(sorted({*future.tolist(), *(future[future > 0] - 1).tolist()})) if draw else future
         c, hint = self.condition(flat(aux["h"][:, :n]), flat(aux["windows"][:, :n]),
-                                 flat(aux["period"][:, :n]), flat(mean), flat(std), K, seas, future)
+                                 flat(aux["period"][:, :n]), flat(mean), flat(std), K, seas, need)
+        if draw:                                   # c, hint of the predecessors; then of the scored patches
+            at = {j: i for i, j in enumerate(need.tolist())}
+            pred = torch.as_tensor([at[max(j - 1, 0)] for j in future.tolist()])
+            mine = torch.as_tensor([at[j] for j in future.tolist()])
+            c_pred, hint_pred, c, hint = c[:, pred], hint[:, pred], c[:, mine], hint[:, mine]
         # targets: patches k+1 .. k+K for boundary k (padded with NaN past the end)
         padded = F.pad(patches, (0, 0, 0, K), value=float("nan"))
         fut = padded.unfold(1, K, 1)[:, 1:n + 1].permute(0, 1, 3, 2)           # (b, n, K, p)
         y_all = (fut.double() - mean[..., None, None]) / std[..., None, None]
         y_all = flat(y_all.clamp(-cfg.clip, cfg.clip).to(patches.dtype))      # (bn, K, p)
-        prev = self._prev_ends(y_all, hint[:, 0, p])[:, future] if self.flow.ar else None
+        ends = self._prev_ends(y_all, hint[:, 0, p]) if self.flow.ar else None   # (bn, K, 1) observed
+        prev = ends[:, future] if self.flow.ar else None
         y = y_all[:, future]                                # c and hint: for these future patches only
         obs = ~torch.isnan(y)
         if target_noise > 0:
             y = y + target_noise * torch.randn(y.shape, generator=generator, dtype=y.dtype).to(y.device)
+        if draw:
+            with torch.no_grad():
+                z = torch.randn(y.shape, generator=generator, dtype=y.dtype).to(y.device)
+                pick = torch.rand(y.shape[:2], generator=generator).to(y.device) < sampled_prev
+                pick &= (future > 0).to(y.device)[None, :]
+                before = ends[:, (future - 1).clamp_min(0)]              # the predecessor's own prev
+                drawn = self.flow.sample_patch(c_pred, hint_pred, before, z)[..., -1:]
+                drawn = drawn.clamp(-cfg.clip, cfg.clip).to(prev.dtype)
+            prev = torch.where(pick[..., None], drawn, prev)
         scored = obs & (obs.to(patches.dtype).mean(-1, keepdim=True) >= min_observed)   # (bn, K, p)
         y = torch.where(obs, y, hint[..., :p])
         lp = self.flow.log_prob(y, c, hint, prev, per_step=True)           # (bn, K, p)

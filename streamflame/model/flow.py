@@ -122,6 +122,16 @@ class FlowHead(nn.Module):
             prev = y[..., -1:].clamp(-self.clip, self.clip)  # within what training fed it (clipped data)
         return torch.stack(out, 1)
 
+    def sample_patch(self, c, hint, prev, z):
+        """One patch per row given where its predecessor ended (ar_patches): c (..., d_cond), hint
+        (..., 2p), prev (..., 1) normalised, z (..., p) -> y (..., p); the step of ``sample`` for one
+        patch. Training draws predecessors with it (scheduled sampling, Flame.loss)."""
+        loc, sig = self._loc(c, hint)
+        y = loc + self.prev(c) * (prev - hint[..., self.p:self.p + 1]) + torch.exp(sig) * z
+        for layer, (hc, ec) in zip(self.layers, self._cond(c)):
+            y, _ = layer(y, hc, ec)
+        return y
+
     def log_prob(self, y, c, hint, prev=None, per_step: bool = False):
         """Exact log density of normalised patches y (..., p) given c, hint (and, with ar_patches,
         prev (..., 1): where the previous patch ended) -> (...,).

@@ -56,6 +56,8 @@ class TrainConfig:
     source_weights: bool = True                     # draw real sources by their registry weight (else uniformly)
     augment: dict = field(default_factory=dict)     # AugmentConfig overrides (streamflame/train/mix.py)
     target_noise: float = 0.0                       # dequantisation noise on normalised targets (Flame.loss)
+    ar_sampled_prev: float = 0.0                    # ar_patches: share of scored patches conditioned on a
+                                                    # sampled predecessor (scheduled sampling, Flame.loss)
     calendar: bool = True                           # each sequence's day and week in steps reach the model (cal)
     min_observed: float = 0.75                      # a future patch is scored from this observed share on
     synthetic_seed: int = 1
@@ -101,6 +103,10 @@ class TrainConfig:
                 raise ValueError(f"{path}: {name} must be a whole number >= 0")
         if not 0 <= cfg.real_fraction + cfg.tsmixup_fraction <= 1:
             raise ValueError(f"{path}: real_fraction + tsmixup_fraction must be in [0, 1]")
+        if not 0 <= cfg.ar_sampled_prev <= 1:
+            raise ValueError(f"{path}: ar_sampled_prev must be in [0, 1]")
+        if cfg.ar_sampled_prev > 0 and not cfg.model.get("ar_patches"):
+            raise ValueError(f"{path}: ar_sampled_prev needs model: {{ar_patches: true}}")
         return cfg
 
 
@@ -288,12 +294,14 @@ def step_loss(model: Flame, mcfg: ModelConfig, cfg: TrainConfig, step: int, x: t
     K = mcfg.max_future_patches
     g = np.random.default_rng([cfg.seed, step, 7])
     future = sorted({0, *g.choice(np.arange(1, K), size=min(cfg.future_per_step, K) - 1, replace=False)})
-    noise_gen = torch.Generator().manual_seed(int(g.integers(2**62))) if cfg.target_noise > 0 else None
+    noise_gen = (torch.Generator().manual_seed(int(g.integers(2**62)))
+                 if cfg.target_noise > 0 or cfg.ar_sampled_prev > 0 else None)
     if amp and features is None:
         with torch.autocast(x.device.type, enabled=False):
             features = sequence_features(mcfg, x, calendar)
     return model.loss(x, future=future, target_noise=cfg.target_noise, generator=noise_gen,
-                      min_observed=cfg.min_observed, calendar=calendar, features=features)
+                      min_observed=cfg.min_observed, calendar=calendar, features=features,
+                      sampled_prev=cfg.ar_sampled_prev)
 
 
 def features_on(feats: DataFeatures | None, device: torch.device) -> DataFeatures | None:
