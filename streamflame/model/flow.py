@@ -115,22 +115,25 @@ class FlowHead(nn.Module):
         last = hint[:n, 0, self.p:self.p + 1].unsqueeze(-2)                       # (n, 1, 1)
         prev, out = last, []
         for j in range(z.shape[1]):                                               # patches in order
-            y = loc[:, j] + gamma[:, j] * (prev - last) + scale[:, j] * z[:, j]   # (n, S, p)
-            for layer, (hc, ec) in zip(self.layers, cond):
-                y, _ = layer(y, hc[:, j], ec[:, j])
+            y = self._patch(loc[:, j], scale[:, j], gamma[:, j], prev, last, z[:, j],
+                            [(hc[:, j], ec[:, j]) for hc, ec in cond])            # (n, S, p)
             out.append(y)
             prev = y[..., -1:].clamp(-self.clip, self.clip)  # within what training fed it (clipped data)
         return torch.stack(out, 1)
+
+    def _patch(self, loc, scale, gamma, prev, last, z, cond):
+        """One ar_patches patch: the base moved by gamma * (prev - last), then the couplings."""
+        y = loc + gamma * (prev - last) + scale * z
+        for layer, (hc, ec) in zip(self.layers, cond):
+            y, _ = layer(y, hc, ec)
+        return y
 
     def sample_patch(self, c, hint, prev, z):
         """One patch per row given where its predecessor ended (ar_patches): c (..., d_cond), hint
         (..., 2p), prev (..., 1) normalised, z (..., p) -> y (..., p); the step of ``sample`` for one
         patch. Training draws predecessors with it (scheduled sampling, Flame.loss)."""
         loc, sig = self._loc(c, hint)
-        y = loc + self.prev(c) * (prev - hint[..., self.p:self.p + 1]) + torch.exp(sig) * z
-        for layer, (hc, ec) in zip(self.layers, self._cond(c)):
-            y, _ = layer(y, hc, ec)
-        return y
+        return self._patch(loc, torch.exp(sig), self.prev(c), prev, hint[..., self.p:self.p + 1], z, self._cond(c))
 
     def log_prob(self, y, c, hint, prev=None, per_step: bool = False):
         """Exact log density of normalised patches y (..., p) given c, hint (and, with ar_patches,
