@@ -156,3 +156,22 @@ def test_gating_keeps_the_teacher_only_where_it_beats_the_student_on_the_continu
     y = np.array([1.0, 2.0, np.nan])
     assert quantile_loss(np.tile(y, (9, 1)), y) == 0.0
     assert np.isnan(quantile_loss(np.zeros((9, 3)), np.full(3, np.nan)))
+
+
+def test_fracast_reads_contexts_with_8_observed_values_in_its_window_and_falls_back_otherwise():
+    """One rule, used by the eval baseline and by the distillation teacher set: fracast reads a
+    context with at least 8 observed values among its last 2048; otherwise the baseline gives the
+    seasonal naive forecast and counts a fallback."""
+    from streamflame.eval.baselines import seasonal_naive
+    f = Fracast()
+    old = np.full(3000, np.nan)
+    old[:100] = 1.0                                           # observed, but before the last 2048
+    seven, eight = np.full(500, np.nan), np.full(500, np.nan)
+    seven[-7:], eight[-8:] = 2.0, 2.0
+    assert [f.readable(c) for c in (old, seven, eight)] == [False, False, True]
+    mean, quant = f.predict([old, seven, eight], 12, [4, 4, 4])
+    assert f.fallbacks == 2
+    for i, c in enumerate((old, seven)):
+        m, q = seasonal_naive(c, 12, 4)
+        np.testing.assert_array_equal(mean[i], m)
+    assert np.isfinite(quant[2]).all() and abs(mean[2] - 2.0).max() < 1.0
