@@ -6,6 +6,7 @@ import math
 import os
 import random
 import tempfile
+from dataclasses import astuple, replace
 from statistics import NormalDist
 
 import numpy as np
@@ -371,6 +372,35 @@ def test_a_silent_series_opens_a_dropout_on_event_time_once():
     again: list = []
     before.feed(240, 240 * FREQ, ys[240], FREQ, s, thr, again, alerted=2 * 199 + 1)
     assert [(e.event, e.started_ms) for e in again if e.kind == "dropout"] == [("resolve", 200 * FREQ)]
+
+
+def test_silence_checked_between_the_records_of_one_slot_changes_no_event():
+    """Ingest checks silence where a batch ends, which can be after the other series' records
+    for slot q and before this series' own. Until event time is past q, slot q is not missing:
+    the events (bytes included: a dropout's ``observations``) must be those of plain feeding,
+    wherever the checks land. Before the fix a run of explicit nulls opened its dropout one
+    null early by silence and counted that null again (a CI failure of the SIGKILL test)."""
+    s = AlertSettings(dropout_slots=6)
+    thr = thresholds(s, FREQ)
+    ys: list = noisy(300, seed=5)
+    for q in range(100, 108):       # eight explicit nulls: opens at the sixth, resolves at 108
+        ys[q] = None
+    for q in range(200, 209):       # nine slots not sent at all: found by the gap at 209
+        ys[q] = float("nan")
+    want, _ = run(ys, s)
+    drop = [e for e in want if e.kind == "dropout"]
+    assert [(e.event, e.slot, e.observations) for e in drop] == [
+        ("open", 105, 1), ("resolve", 108, 3), ("open", 209, 1), ("resolve", 209, 1)]
+    sa, got = SeriesAlerts(), []
+    for q, y in enumerate(ys):
+        sa.silent(q, FREQ, 0, s, got)          # another series' record at slot q came first
+        if isinstance(y, float) and math.isnan(y):
+            continue
+        sa.feed(q, q * FREQ, y, FREQ, s, thr, got)
+    # what is published: every field but the ordering ones (silence finds the gap before 209)
+    published = lambda evs: sorted(map(repr, (astuple(replace(e, slot=0, silent=False)) for e in evs)))  # noqa: E731
+    assert published(got) == published(want)
+    assert [e.slot for e in got if e.silent] == [199]     # ... while it lasts: once past slot 205
 
 
 def test_alerts_offline_scores_the_detectors_on_injected_series(capsys):

@@ -26,9 +26,9 @@ Kinds
                       event time (no wall clock): explicit nulls open it at the null that
                       completes the run; a series that sends nothing is found silent by
                       :meth:`SeriesAlerts.silent` once the event time of its partition
-                      (other series' observations) is ``dropout_slots`` slots past its last
-                      observation; a gap only seen when the next observation arrives
-                      (within one ingest batch) opens and resolves it then, with the same
+                      (other series' observations) is past the slot completing the
+                      run; a gap only seen when the next observation arrives (within
+                      one ingest batch) opens and resolves it then, with the same
                       ``open`` message. Resolves at the next value.
     ``out_of_range``  a value outside the group's ``range``; resolves after
                       ``resolve_after`` values inside.
@@ -155,11 +155,15 @@ class SeriesAlerts:
                out: list[AlertEvent]) -> None:
         """Event time has reached grid slot ``event_slot`` (another series of the partition has
         an observation there) and nothing came from this series after ``last_slot``: open a
-        dropout once ``dropout_slots`` slots are missing. The event is ordered right after the
-        last observation (``AlertEvent.key``); its timestamp is the slot completing the run."""
+        dropout once ``dropout_slots`` slots are missing. Only the slots *before* ``event_slot``
+        count: this series' own record for ``event_slot`` may still follow in the partition
+        (records of one slot arrive series after series, and a batch can end between them), and
+        opening on it would make the events depend on where batches end. The event is ordered
+        right after the last observation (``AlertEvent.key``); its timestamp is the slot
+        completing the run."""
         if s.dropout_slots is None or self.last_slot is None or "dropout" in self.open:
             return
-        missing = event_slot - self.last_slot + self.nulls
+        missing = event_slot - self.last_slot - 1 + self.nulls
         if missing < s.dropout_slots or not self._may_open("dropout", self.last_slot, s):
             return
         done = self.last_slot + s.dropout_slots - self.nulls
