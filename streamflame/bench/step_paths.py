@@ -5,9 +5,10 @@
 One refresh of B series = stored bytes -> states -> one patch each -> 100-sample H = 96
 forecasts -> bytes, as the worker does it:
     list   SeriesState.from_bytes x B, update_many, forecast_many, to_bytes x B (the old path)
-    batch  StateBatch.append_many, step_batch, forecast_batch, encode (model/batch.py,
-           model/state_bulk.py), as the worker calls them; the sample paths not copied back
-           (samples=False), as the worker asks unless a group publishes them
+    batch  StateBatch.append_many, step_batch, encode, forecast_batch (model/batch.py,
+           model/state_bulk.py), as the worker calls them (the new states are encoded before
+           the forecasts, while the step's tensors are in cache); the sample paths not copied
+           back (samples=False), as the worker asks unless a group publishes them
 host overhead per series = (a path's time - the time of its model calls in that same call) / B,
 the model calls being the tensor work: Flame.advance and each forecast chunk's noise, flow,
 mean and quantiles (Forecaster._forecast_stacked), timed around each call. Measured within
@@ -56,10 +57,10 @@ def compare_paths(f: Forecaster, args, series) -> None:
         sb.seal()
         c = time.process_time() - c
         f.step_batch(sb, patches, rows)
-        f.forecast_batch(sb, rows, H, num_samples=S, seeds=seeds, samples=False)   # as the worker asks
         e = time.process_time()
-        out = sb.encode(rows)
+        out = sb.encode(rows)               # as the worker: the new states before the forecasts
         codec.append((c, time.process_time() - e))
+        f.forecast_batch(sb, rows, H, num_samples=S, seeds=seeds, samples=False)   # as the worker asks
         return out
 
     assert run_list() == run_batch(), "the two paths wrote different state bytes"

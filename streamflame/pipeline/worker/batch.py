@@ -330,6 +330,8 @@ class BatchProcessor:
 
     def _apply(self, work: list[_Series], res: BatchResult, produced_at_ms: int) -> None:
         sb = self._sb
+        final_round = max((len(w.pending) for w in work), default=0) - 1   # every series has a patch
+        encoded: list = []
         r = 0
         while True:
             active = [w for w in work if len(w.pending) > r]
@@ -341,6 +343,11 @@ class BatchProcessor:
             t0 = time.perf_counter()
             self.f.step_batch(sb, patches, [w.row for w in active])
             res.step_s += time.perf_counter() - t0
+            if r == final_round:
+                # every state is final now: encoded before the forecasts, while the step's tensors
+                # are still in cache (the sampling pass evicts them); memoryviews of one buffer
+                # (the cache copies what it keeps)
+                encoded = sb.encode([w.row for w in work])
             to_score: list[tuple] = []
             for w, x in zip(active, recs):
                 self._judge(w, x.patch, res, to_score)
@@ -350,7 +357,6 @@ class BatchProcessor:
             self._forecasts(active, recs, res, produced_at_ms)
             res.applied += len(active)
             r += 1
-        encoded = sb.encode([w.row for w in work])   # memoryviews of one buffer (the cache copies what it keeps)
         for w, data in zip(work, encoded):
             last = w.pending[-1]
             p = last.patch
