@@ -170,7 +170,7 @@ def test_a_bf16_step_computes_the_features_as_serving_does_and_stays_near_float3
     for amp in (False, True):
         model.zero_grad()
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
-            loss = step_loss(model, mcfg, cfg, 3, tb.values, tb.calendar, None, amp)
+            loss = step_loss(model, cfg, 3, tb.values, tb.calendar, None, amp)
         loss.backward()
         runs[amp] = (loss.detach(), [p.grad.clone() for p in model.parameters() if p.grad is not None])
     assert seen[0] is None and torch.equal(seen[1].period, exact.period) and torch.equal(seen[1].env, exact.env)

@@ -44,7 +44,7 @@ def measure(cfg: TrainConfig, steps: int, device: torch.device) -> dict:
 
     def step(xb: TrainBatch, i: int) -> None:
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            loss = step_loss(model, mcfg, cfg, i, xb.values.to(device), xb.calendar.to(device) if cfg.calendar else None,
+            loss = step_loss(model, cfg, i, xb.values.to(device), xb.calendar.to(device) if cfg.calendar else None,
                              features_on(xb.features, device), amp)
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -285,12 +285,13 @@ def autocast_on(cfg: TrainConfig, device: torch.device) -> bool:
     return cfg.amp if device.type == "cuda" else (cfg.cpu_amp and device.type == "cpu")
 
 
-def step_loss(model: Flame, mcfg: ModelConfig, cfg: TrainConfig, step: int, x: torch.Tensor,
+def step_loss(model: Flame, cfg: TrainConfig, step: int, x: torch.Tensor,
               calendar: torch.Tensor | None, features: DataFeatures | None, amp: bool) -> torch.Tensor:
     """The model's loss at training step ``step`` on x (b, T, p), as `train` computes it (without
     distillation): the scored future patches and the target noise seeded by the step. Call it in
     the step's autocast context; under autocast (``amp``) the data-only features are computed
     first outside it, in the arithmetic serving computes them in (float32/64), whatever the device."""
+    mcfg = model.cfg
     K = mcfg.max_future_patches
     g = np.random.default_rng([cfg.seed, step, 7])
     future = sorted({0, *g.choice(np.arange(1, K), size=min(cfg.future_per_step, K) - 1, replace=False)})
@@ -490,7 +491,7 @@ def _train(cfg: TrainConfig, resume: bool, sampler: SequenceSampler | None, prog
         for g in opt.param_groups:
             g["lr"] = lr
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            loss = step_loss(model, mcfg, cfg, step, x, calendar, features_on(xb.features, device), amp)
+            loss = step_loss(model, cfg, step, x, calendar, features_on(xb.features, device), amp)
             dloss = None
             if teacher is not None:
                 dgen = torch.Generator().manual_seed(int(np.random.default_rng([cfg.seed, step, 19]).integers(2**62)))
