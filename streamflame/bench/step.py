@@ -20,6 +20,7 @@ import torch
 
 from streamflame.bench.step_paths import compare_paths
 from streamflame.bench.step_refresh import compare_refresh
+from streamflame.core.memory import retain_freed_memory
 from streamflame.model import Forecaster, tiny_config
 from streamflame.model.forecaster import _TORCH
 from streamflame.model.flame import Flame, load_compatible
@@ -85,7 +86,11 @@ def _main(argv: list[str] | None = None) -> int:
                     help="with --refresh: also time the list path of the StreamFlame source tree in this directory "
                          "(e.g. today's code: git archive REV streamflame | tar -x -C DIR) as 'baseline'")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
+    ap.add_argument("--malloc", choices=("retain", "default"), default="retain",
+                    help="retain = freed memory kept for the next pass, as the worker runs by default "
+                         "(worker.retain_freed_memory, streamflame/core/memory.py); default = glibc's own thresholds")
     args = ap.parse_args(argv)
+    kept = retain_freed_memory() if args.malloc == "retain" else False
     torch.set_grad_enabled(False)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -97,6 +102,7 @@ def _main(argv: list[str] | None = None) -> int:
     dev = torch.device(args.device)
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or platform.machine()
     print(f"# streamflame bench step | device={args.device} ({name}) threads={torch.get_num_threads()} "
+          f"malloc={'retain' if kept else 'default'} "
           f"| params={f.num_parameters()} state_bytes={f.init_state().nbytes} | {time.strftime('%Y-%m-%d')}")
     sync = (lambda: torch.cuda.synchronize()) if dev.type == "cuda" else (lambda: None)
     if args.refresh:

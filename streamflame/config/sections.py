@@ -239,6 +239,11 @@ class WorkerSettings(_Section):
         None, ge=1, le=1024, description="CPU threads for the model (torch.set_num_threads); None = cores - 1, "
         "at least 1: the Kafka client's I/O thread and the processes beside the worker keep a core (on the "
         "2-core machine, 2 threads under that load made a 4-series forecast 2x slower: measured in docs/benchmarks.md)")
+    retain_freed_memory: bool = Field(
+        True, description="keep freed memory for the next model pass instead of returning it to the kernel "
+        "(glibc mallopt: blocks up to 32 MB from the heap, trimmed only past 1 GB free; streamflame/core/memory.py): "
+        "each forecast pass otherwise faults its buffers in again, 1.2-1.35x the CPU time per series refreshed on "
+        "the 2-core machine (docs/benchmarks.md). The process keeps its peak working set. No effect off glibc")
     state_cache_series: int = Field(
         10_000, ge=0, le=10_000_000, description="series whose last written state the worker keeps in memory "
         "(decoded, ~30 KB each with the default model), so their next patch needs no Redis read; the write is "

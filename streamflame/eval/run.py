@@ -30,6 +30,7 @@ import pandas as pd
 import structlog
 
 from ..core.logs import configure_logging
+from ..core.memory import retain_freed_memory
 from ..data.loader import DataError, load_table
 from ..data.series import Series, format_timestamp, seasonality
 from .baselines import BASELINES
@@ -322,6 +323,7 @@ def main_run(argv: list[str]) -> int:
     adapter = None
     min_history = args.min_history
     if args.model != "none":
+        retain_freed_memory()          # as the worker: each sampling pass does not fault its buffers in again
         forecaster = load_model(args.model, args.seed)
         if args.device:
             forecaster = forecaster.to(device=args.device)

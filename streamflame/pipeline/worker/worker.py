@@ -85,6 +85,7 @@ from streamflame.adapters.state.client import connect
 from streamflame.adapters.state.store import StateStore, cas_args
 from streamflame.config import ConfigError, HotReloader, ServiceConfig
 from streamflame.core.logs import configure_logging
+from streamflame.core.memory import retain_freed_memory
 from streamflame.messages import decode_patch, encode
 from streamflame.pipeline.publisher import WorkerJob, start
 from streamflame.pipeline.shell import ServiceControls
@@ -166,6 +167,7 @@ class Worker(ServiceControls, WorkerOutcome, WorkerReadAhead):
         device = cfg.worker.device
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
+        kept = retain_freed_memory() if cfg.worker.retain_freed_memory else False
         torch.set_num_threads(model_threads(cfg))   # OpenMP: for the calling thread, the one that runs the model
         self.torch_threads = torch.get_num_threads()
         if cfg.worker.matmul == "tf32" and not device.startswith("cuda"):
@@ -189,7 +191,7 @@ class Worker(ServiceControls, WorkerOutcome, WorkerReadAhead):
         )
         self._listener = RebalanceQueue()   # applied after each poll: _apply_rebalance_events
         self.consumer.subscribe([cfg.topics.patches], listener=self._listener)
-        log.info("worker.started", device=device, torch_threads=self.torch_threads,
+        log.info("worker.started", device=device, torch_threads=self.torch_threads, retain_freed_memory=kept,
                  model_id=self.forecaster.model_id, group=cfg.worker.group_id, topic=cfg.topics.patches, batch_size=cfg.worker.batch_size,
                  batch_deadline_ms=cfg.worker.batch_deadline_ms, on_corrupt_state=cfg.worker.on_corrupt_state)
 
