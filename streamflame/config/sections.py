@@ -242,7 +242,7 @@ class WorkerSettings(_Section):
     retain_freed_memory: bool = Field(
         True, description="keep freed memory for the next model pass instead of returning it to the kernel "
         "(glibc mallopt: blocks up to 32 MB from the heap, trimmed only past 1 GB free; streamflame/core/memory.py): "
-        "each forecast pass otherwise faults its buffers in again, 1.2-1.35x the CPU time per series refreshed on "
+        "each forecast pass otherwise faults its buffers in again, 1.28-1.43x the series refreshed per second on "
         "the 2-core machine (docs/benchmarks.md). The process keeps its peak working set. No effect off glibc")
     state_cache_series: int = Field(
         10_000, ge=0, le=10_000_000, description="series whose last written state the worker keeps in memory "

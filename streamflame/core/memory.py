@@ -9,9 +9,9 @@ thresholds: blocks up to 32 MB (glibc's largest mmap threshold) come from the he
 is trimmed only past ``trim_threshold`` free bytes. The process then keeps its peak working set
 (up to ``trim_threshold`` more) instead of returning it between passes.
 
-Measured (docs/benchmarks.md "Freed memory kept"): `bench step` on this 2-core machine, default
-config, batch 256: minor page faults 0.57-0.65 M -> 0.10 M per run, 1,520-1,706 -> 1,253-1,261
-CPU us per series refreshed. Elsewhere than glibc (musl, macOS) it does nothing.
+Measured (docs/benchmarks.md "Freed memory kept"): `bench step --path batch` on the 2-core
+machine, default config, batch 256: minor page faults 513-583 k -> 85-94 k per run, and 1.28-1.43x
+the series refreshed per second. Elsewhere than glibc (musl, macOS) it does nothing.
 """
 from __future__ import annotations
 

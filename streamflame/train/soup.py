@@ -37,10 +37,11 @@ def interpolate(run_dir: str | Path, alpha: float) -> tuple[Forecaster, dict]:
     init_from = meta.get("train_config", {}).get("init_from")
     if not init_from:
         raise ValueError(f"{run_dir} did not start from a checkpoint (train_config.init_from): nothing to mix with")
-    end = Forecaster.load(run_dir / "final")
-    torch.manual_seed(int(meta["train_config"].get("seed", 0)))     # the run's own start (train/loop.py)
-    start = Flame(ModelConfig.from_dict(meta["model"]))
-    load_compatible(start, Forecaster.load(init_from).model, f"init_from {init_from}")
+    end, init = Forecaster.load(run_dir / "final"), Forecaster.load(init_from)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(meta["train_config"].get("seed", 0)))     # the run's own start (train/loop.py)
+        start = Flame(ModelConfig.from_dict(meta["model"]))
+    load_compatible(start, init.model, f"init_from {init_from}")
     a, b = start.state_dict(), end.model.state_dict()
     if set(a) != set(b):
         raise ValueError(f"{run_dir}: start and end have different weights ({sorted(set(a) ^ set(b))})")
@@ -51,7 +52,7 @@ def interpolate(run_dir: str | Path, alpha: float) -> tuple[Forecaster, dict]:
     f = Forecaster(mixed, _model_id(mixed), end.temperature)
     extra = {k: v for k, v in meta.items() if k not in ("model", "model_id", "sampling")}
     extra["interpolation"] = {"method": "WiSE-FT: alpha * end + (1 - alpha) * start", "alpha": alpha,
-                              "start": f"{init_from} ({Forecaster.load(init_from).model_id}, new levers at zero)",
+                              "start": f"{init_from} ({init.model_id}, new levers at zero)",
                               "end": f"{run_dir / 'final'} ({end.model_id})"}
     return f, extra
 
