@@ -193,3 +193,52 @@ def test_fields_at_unaligned_offsets_give_the_same_numbers():
     got = f.forecast_batch(sb, rows, 96, num_samples=20, seeds=list(range(20)))
     for j, w in enumerate(f.forecast_many(ref, 96, num_samples=20, seeds=list(range(20)))):
         assert got.get(j).quantiles.tobytes() == w.quantiles.tobytes() and got.get(j).mean.tobytes() == w.mean.tobytes()
+
+
+def test_header_mutations_decode_as_the_reference_decoder_reads_them(f):
+    """Random edits of a record's header (bytes replaced, inserted, dropped; the CRC then made
+    right, so the header rules alone decide): each input is accepted exactly when
+    SeriesState.from_bytes accepts it, and then with the reference's numbers and bytes, whichever
+    path (bulk or reference) the batch took it by."""
+    rng = np.random.default_rng(11)
+    base = varied(f, rng, 8)
+    alphabet = b'0123456789.,:"{}[]-+eE nNa_stcopbf'
+    inputs = []
+    for k in range(400):
+        b = base[k % len(base)].to_bytes()
+        hlen = struct.unpack_from("<I", b, 6)[0]
+        header = bytearray(b[10:10 + hlen])
+        # half the inputs edited between "n_obs": and ,"tensors" (the counts and the scale, which the
+        # bulk decoder parses itself), the other half anywhere
+        lo, hi = (header.index(b'"n_obs":') + 8, header.index(b',"tensors"')) if k % 2 else (0, len(header))
+        for _ in range(int(rng.integers(1, 4))):
+            i = int(rng.integers(lo, min(hi, len(header))))
+            op = rng.integers(0, 3)
+            c = alphabet[int(rng.integers(0, len(alphabet)))]
+            if op == 0:
+                header[i] = c
+            elif op == 1:
+                header.insert(i, c)
+            elif len(header) > 1:
+                del header[i]
+        rec = b[:6] + struct.pack("<I", len(header)) + bytes(header) + b[10 + hlen:-4]
+        inputs.append(rec + struct.pack("<I", zlib.crc32(rec)))
+    sb = f.state_batch(len(inputs))
+    got = sb.append_many(inputs)
+    accepted = 0
+    for data, g in zip(inputs, got):
+        try:
+            ref = SeriesState.from_bytes(data)
+        except StateDecodeError:
+            assert isinstance(g, StateDecodeError), data[10:10 + struct.unpack_from("<I", data, 6)[0]]
+            continue
+        if isinstance(g, StateDecodeError):      # the reference reads it; the batch may still refuse
+            with pytest.raises(StateDecodeError):   # it for this model (another model id, dtype, shape)
+                f.state_batch(1).append_state(ref)
+            continue
+        accepted += 1
+        st = sb.state(g)
+        assert (st.n_obs, st.n_patches, st.scale) == (ref.n_obs, ref.n_patches, ref.scale)
+        empty = sb.layout.empty      # a field the record lacks takes init_state's value, as update_many does
+        assert all(np.array_equal(st.tensors[k], ref.tensors.get(k, empty[k]), equal_nan=True) for k in empty)
+    assert 20 < accepted < len(inputs)          # the edits hit the digits and the scale as well as the rest
