@@ -47,9 +47,20 @@ def test_legt_projection_is_exact_for_polynomials_and_skips_missing():
         np.testing.assert_allclose(c2[:2].numpy(), coef_true[:2].numpy(), atol=0.15)
 
 
+@pytest.mark.parametrize("threads", [1, 4])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_legt_coefficients_equal_a_per_row_evaluation_bit_for_bit(dtype):
-    """P is evaluated once per distinct theta and gathered: the same bits as evaluating it per row."""
+def test_legt_coefficients_equal_a_per_row_evaluation_bit_for_bit(dtype, threads):
+    """P is evaluated once per distinct theta and gathered: the same bits as evaluating it per row,
+    with one BLAS thread or several (a theta held by one row of a batch and by several of another)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        _legt_per_row_check(dtype)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _legt_per_row_check(dtype):
     g = torch.Generator().manual_seed(3)
     W, n = 256, 8
     x = torch.randn(5, 7, W, generator=g, dtype=dtype)
@@ -638,3 +649,4 @@ def test_scheduled_sampling_conditions_scored_patches_on_a_drawn_predecessor():
     ar.zero_grad()
     drawn.backward()
     assert all(torch.isfinite(p.grad).all() for p in ar.parameters() if p.grad is not None)
+

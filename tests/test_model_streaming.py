@@ -152,3 +152,28 @@ def test_shipped_model_forecasts_are_bit_identical_in_any_batch(num_samples, hor
         for i, fc in zip(order, got):
             assert np.array_equal(fc.samples, alone[i].samples), (size, i)
             assert np.array_equal(fc.quantiles, alone[i].quantiles) and np.array_equal(fc.mean, alone[i].mean)
+
+
+def test_shipped_model_updates_are_bit_identical_in_any_batch_with_several_threads():
+    """The worker runs the model on cores - 1 threads: with 8 BLAS threads, a series' new state is
+    the same bytes whether it is updated alone or in a batch where other series share its LegT
+    window length (theta) — a threaded BLAS sums a lone (1, W) @ (W, n) product in another order."""
+    rng = np.random.default_rng(0)
+    f = Forecaster.load()
+    states = []
+    for _ in range(12):
+        period = int(rng.choice([24, 48, 96, 144, 288, 60, 168]))
+        t = np.arange(P * int(rng.integers(22, 40)))
+        states.append(f.state_from_history(np.sin(2 * np.pi * t / period) + 0.3 * rng.standard_normal(len(t))
+                                           + rng.normal()))
+    patches = [np.sin(np.arange(P) / 7.0) + 0.1 * k for k in range(12)]
+    before = torch.get_num_threads()
+    torch.set_num_threads(8)
+    try:
+        alone = [bytes(f.update(s, x).to_bytes()) for s, x in zip(states, patches)]
+        for size in (2, 5, 12):
+            order = rng.permutation(12)[:size]
+            got = f.update_many([states[i] for i in order], [patches[i] for i in order])
+            assert [bytes(g.to_bytes()) for g in got] == [alone[i] for i in order], size
+    finally:
+        torch.set_num_threads(before)

@@ -103,7 +103,11 @@ def legt_coefficients(window: torch.Tensor, valid: torch.Tensor, theta: torch.Te
     proj = xw.new_empty(xw.shape[0], n)
     for j in range(len(uniq)):
         rows = (inv == j).nonzero()[:, 0]
-        proj[rows] = torch.bmm(xw[rows], P[j].expand(len(rows), W, n))[:, 0]
+        # A lone row would be one (1, W) @ (W, n) product, which a threaded BLAS sums in another
+        # order than each matrix of a larger bmm (>= 2 threads): it goes as a batch of two, so a
+        # row's bits never depend on how many rows of its batch share its theta.
+        both = rows.repeat(2) if len(rows) == 1 else rows
+        proj[rows] = torch.bmm(xw[both], P[j].expand(len(both), W, n))[:len(rows), 0]
     k = torch.arange(n, dtype=window.dtype, device=window.device)
     # (2k+1)/2 * integral over [-1, 1]  ~  (2k+1)/2 * (2 / count) * sum  =  (2k+1) * mean
     return (2 * k + 1) * proj.reshape(*theta.shape, n) / cnt
