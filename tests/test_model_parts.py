@@ -650,3 +650,32 @@ def test_scheduled_sampling_conditions_scored_patches_on_a_drawn_predecessor():
     drawn.backward()
     assert all(torch.isfinite(p.grad).all() for p in ar.parameters() if p.grad is not None)
 
+
+def test_scheduled_sampling_draws_only_the_picked_predecessors():
+    """The predecessor draw runs the flow on the picked rows only (patch 0 and unpicked patches keep
+    the observed end), and a picked row's draw is the one sample_patch gives it on its own."""
+    torch.manual_seed(0)
+    ar = Flame(tiny_config(ar_patches=True))
+    with torch.no_grad():
+        for prm in ar.flow.parameters():
+            prm.add_(0.05 * torch.randn_like(prm))
+        ar.flow.prev.bias.fill_(0.8)
+    x = torch.randn(3, 7, 48, dtype=torch.float32).cumsum(-1)
+    rows, inner = [], ar.flow.sample_patch
+
+    def spy(c, hint, prev, z):
+        rows.append(c.shape[0])
+        return inner(c, hint, prev, z)
+
+    ar.flow.sample_patch = spy
+    bn = 3 * 6                                                  # sequences x boundaries with a future
+    ar.loss(x, future=[0, 1, 2], sampled_prev=1.0, generator=torch.Generator().manual_seed(4))
+    assert rows == [bn * 2]                                     # every row of patches 1 and 2, none of 0
+    rows.clear()
+    half = ar.loss(x, future=[0, 1, 2], sampled_prev=0.5, generator=torch.Generator().manual_seed(4))
+    assert 0 < rows[0] < bn * 2
+    del ar.flow.sample_patch
+    assert torch.equal(half, ar.loss(x, future=[0, 1, 2], sampled_prev=0.5, generator=torch.Generator().manual_seed(4)))
+    teacher = ar.loss(x, future=[0, 1, 2])
+    assert not torch.allclose(half, teacher) and not torch.allclose(
+        half, ar.loss(x, future=[0, 1, 2], sampled_prev=1.0, generator=torch.Generator().manual_seed(4)))

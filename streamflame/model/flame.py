@@ -292,10 +292,11 @@ class Flame(nn.Module):
                 z = torch.randn(y.shape, generator=generator, dtype=y.dtype).to(y.device)
                 pick = torch.rand(y.shape[:2], generator=generator).to(y.device) < sampled_prev
                 pick &= (future > 0).to(y.device)[None, :]
+                r, k = pick.nonzero(as_tuple=True)                      # draw the picked rows only
                 before = ends[:, (future - 1).clamp_min(0)]              # the predecessor's own prev
-                drawn = self.flow.sample_patch(c_pred, hint_pred, before, z)[..., -1:]
+                drawn = self.flow.sample_patch(c_pred[r, k], hint_pred[r, k], before[r, k], z[r, k])[..., -1:]
                 drawn = drawn.clamp(-cfg.clip, cfg.clip).to(prev.dtype)
-            prev = torch.where(pick[..., None], drawn, prev)
+            prev = prev.index_put((r, k), drawn)
         scored = obs & (obs.to(patches.dtype).mean(-1, keepdim=True) >= min_observed)   # (bn, K, p)
         y = torch.where(obs, y, hint[..., :p])
         lp = self.flow.log_prob(y, c, hint, prev, per_step=True)           # (bn, K, p)
