@@ -11,7 +11,7 @@ from streamflame.adapters.state.store import BrokenRecord, StateRecord, StateSto
 from streamflame.pipeline.publisher import WorkerJob
 from streamflame.pipeline.worker.batch import BatchResult, PatchRecord
 
-Loaded = dict[str, "StateRecord | BrokenRecord | None"]
+Loaded = dict[str, StateRecord | BrokenRecord | None]
 
 
 @dataclass
