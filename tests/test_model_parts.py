@@ -328,6 +328,38 @@ def test_sampling_temperature_narrows_the_spread_and_travels_with_the_checkpoint
             f.set_temperature(bad)
 
 
+def test_antithetic_paths_mirror_the_noise_and_travel_with_the_checkpoint(tmp_path):
+    """Forecaster.set_antithetic: path S//2 + i is drawn from the negated noise of path i (an odd
+    S's middle path alone), series by series; the forecast of a series is the same bytes alone or in
+    any batch, it is saved in config.json and loaded back, and off (the default) changes no bit."""
+    from streamflame.model.forecaster import _sampling_noise
+    from streamflame.model.noise import series_keys
+    keys = series_keys([3, 11, None])
+    z = _sampling_noise(keys, 7, (2, 48), torch.float32, antithetic=True)
+    assert z.shape == (3, 7, 2, 48) and torch.equal(z[:, 4:], -z[:, :3])
+    assert torch.equal(z[:1], _sampling_noise(keys[:1], 7, (2, 48), torch.float32, antithetic=True))
+    assert torch.equal(_sampling_noise(keys, 7, (2, 48), torch.float32, antithetic=False),
+                       torch.stack([_sampling_noise(keys[i:i + 1], 7, (2, 48), torch.float32, False)[0]
+                                    for i in range(3)]))
+    f = Forecaster.from_config(tiny_config(), seed=5)
+    rng = np.random.default_rng(3)
+    states = [f.state_from_history(np.sin(np.arange(n) / 7.0) + 0.3 * rng.normal(size=n)) for n in (480, 300, 530)]
+    ref = [f.forecast(s, 60, seed=k) for k, s in enumerate(states)]
+    f.set_antithetic(True)
+    anti = [f.forecast(s, 60, num_samples=21, seed=k) for k, s in enumerate(states)]
+    assert not np.array_equal(anti[0].samples[:10], ref[0].samples[:10])
+    many = f.forecast_many(states[::-1], 60, num_samples=21, seeds=[2, 1, 0])
+    for a, b in zip(anti, many[::-1]):
+        assert np.array_equal(a.samples, b.samples) and np.array_equal(a.quantiles, b.quantiles)
+    f.save(tmp_path / "ckpt")
+    g = Forecaster.load(tmp_path / "ckpt")
+    assert g.antithetic and g.temperature == 1.0 and g.model_id == f.model_id
+    assert np.array_equal(g.forecast(states[1], 60, num_samples=21, seed=1).samples, anti[1].samples)
+    assert np.array_equal(g.set_antithetic(False).forecast(states[0], 60, seed=0).samples, ref[0].samples)
+    with pytest.raises(ValueError, match="antithetic"):
+        f.set_antithetic("yes")
+
+
 def test_tiny_model_overfits_one_series():
     torch.manual_seed(0)
     cfg = tiny_config()

@@ -267,6 +267,8 @@ def _parser_run() -> argparse.ArgumentParser:
                    help="StreamFlame's sampling arithmetic (Forecaster.set_arithmetic; docs/model.md): float32 = exact")
     p.add_argument("--temperature", type=float,
                    help="scale of the flow's base noise (Forecaster.set_temperature); default: the checkpoint's")
+    p.add_argument("--antithetic", choices=("on", "off"),
+                   help="antithetic paths (Forecaster.set_antithetic); default: the checkpoint's")
     return p
 
 
@@ -330,6 +332,8 @@ def main_run(argv: list[str]) -> int:
         forecaster.set_arithmetic(args.matmul)
         if args.temperature is not None:
             forecaster.set_temperature(args.temperature)
+        if args.antithetic is not None:
+            forecaster.set_antithetic(args.antithetic == "on")
         adapter = StreamFlameAdapter(forecaster, args.num_samples, args.seed)
         adapter.check_horizon(args.horizon)
         min_history = max(min_history, adapter.min_history)

@@ -104,11 +104,13 @@ class BatchForecast:
 
 
 class Forecaster:
-    def __init__(self, model: Flame, model_id: str, temperature: float = 1.0):
+    def __init__(self, model: Flame, model_id: str, temperature: float = 1.0, antithetic: bool = False):
         self.model = model.eval()
         self.model_id = model_id
         self.temperature = 1.0
         self.set_temperature(temperature)
+        self.antithetic = False
+        self.set_antithetic(antithetic)
         # Module.to() converts parameters in place, so this one tensor always shows the
         # model's device and dtype (next(model.parameters()) walks every module: ~10 us,
         # and the batched calls ask several times per series).
@@ -142,7 +144,8 @@ class Forecaster:
         missing, unexpected = model.load_state_dict(weights, strict=False)
         if missing or unexpected:
             raise ValueError(f"checkpoint {path} does not match its config: missing={missing} unexpected={unexpected}")
-        return cls(model, _model_id(model), float(meta.get("sampling", {}).get("temperature", 1.0)))
+        sampling = meta.get("sampling", {})
+        return cls(model, _model_id(model), float(sampling.get("temperature", 1.0)), sampling.get("antithetic", False))
 
     def save(self, path: str | Path, extra: dict | None = None) -> Path:
         from safetensors.torch import save_file
@@ -150,8 +153,10 @@ class Forecaster:
         path.mkdir(parents=True, exist_ok=True)
         weights = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in self.model.state_dict().items()}
         save_file(weights, str(path / "model.safetensors"))
+        sampling = {**({"temperature": self.temperature} if self.temperature != 1.0 else {}),
+                    **({"antithetic": True} if self.antithetic else {})}
         meta = {"model": json.loads(self.config.to_json()), "model_id": self.model_id,
-                **({"sampling": {"temperature": self.temperature}} if self.temperature != 1.0 else {}), **(extra or {})}
+                **({"sampling": sampling} if sampling else {}), **(extra or {})}
         (path / "config.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
         return path
 
@@ -168,6 +173,17 @@ class Forecaster:
         if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and 0.0 < temperature <= 2.0):
             raise ValueError(f"temperature must be a number in (0, 2], got {temperature!r}")
         self.temperature = float(temperature)
+        return self
+
+    def set_antithetic(self, on: bool) -> "Forecaster":
+        """Antithetic sampling: the second half of a forecast's paths is drawn with the negated noise
+        of the first half (path S//2 + i from -z_i; an odd S's middle path alone), so the sample
+        mean and quantiles of a symmetric-noise flow vary less for the same number of paths, and
+        half the noise is generated. Kept in the checkpoint (``sampling.antithetic``) like the
+        temperature; off by default (the paths as each draws its own noise)."""
+        if not isinstance(on, bool):
+            raise ValueError(f"antithetic must be true or false, got {on!r}")
+        self.antithetic = on
         return self
 
     def set_arithmetic(self, matmul: str = "float32", compile: bool = False) -> "Forecaster":
@@ -320,7 +336,7 @@ class Forecaster:
         rows = num_samples if cfg.ar_patches else K * num_samples
         n_flow = _flow_rows(n, rows) if pad else n
         keys = torch.cat([keys, keys[:1].expand(n_flow - n, 2)]).to(self.device)    # pad rows: row 0's noise
-        noise = _noise(keys, (num_samples, K, cfg.patch_len), _TORCH[self.dtype])
+        noise = _sampling_noise(keys, num_samples, (K, cfg.patch_len), _TORCH[self.dtype], self.antithetic)
         if self.temperature != 1.0:
             noise = noise * self.temperature
         with self.arithmetic.sampling(self.device):
@@ -522,6 +538,15 @@ def round_to_scale(x: torch.Tensor, std: torch.Tensor, dim: int = 0) -> torch.Te
 def _noise(keys: torch.Tensor, shape, dtype) -> torch.Tensor:
     """(n, *shape) standard normal noise on keys' device, series i's from keys[i] alone (model/noise.py)."""
     return standard_normal(keys, shape, dtype, keys.device)
+
+
+def _sampling_noise(keys: torch.Tensor, num_samples: int, shape, dtype, antithetic: bool) -> torch.Tensor:
+    """(n, num_samples, *shape) noise of a forecast's paths; antithetic: paths ceil(S/2).. are the
+    negated noise of paths 0.., drawn as a (ceil(S/2), *shape) block (still series i's alone)."""
+    if not antithetic:
+        return _noise(keys, (num_samples, *shape), dtype)
+    half = _noise(keys, (-(-num_samples // 2), *shape), dtype)
+    return torch.cat([half, -half[:, :num_samples // 2]], 1)
 
 
 def _model_id(model: Flame) -> str:
