@@ -153,9 +153,25 @@ def test_score_reports_the_median_paths_jumps_and_the_datas_own():
         for c in QUANTILE_COLUMNS:
             part[c] = med
         rows.append(part)
-    sc = score([s], {"stepped": pd.concat(rows)})
+    banded = []                                               # a smooth median and mean, a band that
+    for L in (1400, 1600):                                    # narrows and widens patch by patch
+        steps = np.arange(1, 97)
+        grid = L - 1 + steps
+        med = s.values[grid]
+        half = 0.2 + 0.3 * ((grid // 48) % 2)
+        part = pd.DataFrame({"series_id": "x", "origin": s.timestamps()[L - 1].strftime("%Y-%m-%dT%H:%M:%S"),
+                             "step": steps, "mean": med})
+        for c, q in zip(QUANTILE_COLUMNS, np.linspace(-1, 1, len(QUANTILE_COLUMNS))):
+            part[c] = med + q * half
+        banded.append(part)
+    sc = score([s], {"stepped": pd.concat(rows), "banded": pd.concat(banded)})
     summ = sc.summary.set_index("model")
     assert summ.loc["stepped", "jump_ratio"] > 10              # all change at boundaries
+    assert summ.loc["stepped", "jump_ratio_mean"] > 10 and summ.loc["stepped", "jump_ratio_band"] > 10
     assert 0.8 < summ.loc["seasonal_naive", "jump_ratio"] < 1.25   # a smooth cycle: no boundary effect
+    assert 0.8 < summ.loc["seasonal_naive", "jump_ratio_band"] < 1.25
     assert 0.8 < summ.loc["stepped", "jump_ratio_data"] < 1.25
-    assert "jumps" in format_summary(sc.summary)
+    assert 0.8 < summ.loc["banded", "jump_ratio"] < 1.25 and 0.8 < summ.loc["banded", "jump_ratio_mean"] < 1.25
+    assert summ.loc["banded", "jump_ratio_band"] > 3           # the fan chart's edges jump; the median does not
+    text = format_summary(sc.summary)
+    assert "jumps" in text and "band's edges" in text

@@ -108,6 +108,7 @@ def _row_metrics(df: pd.DataFrame, lengths: np.ndarray, series: dict[str, Series
     return pd.DataFrame({
         "series_id": df["series_id"].to_numpy(), "L": lengths, "step": df["step"].to_numpy(), "y": y,
         "ql": ql, "abs_err": np.abs(y - median), "median": median,
+        "mean": df["mean"].to_numpy(dtype=np.float64), "lo": q[:, 0], "hi": q[:, -1],
         "covered": ((y >= q[:, 0]) & (y <= q[:, -1])).astype(np.float64),
     })
 
@@ -187,14 +188,17 @@ def _per_series(name: str, joined: pd.DataFrame, series: dict[str, Series]) -> p
             "mase": float(mase), "mase_ref": float(mase_ref),
             "coverage_80": float(g["covered"].mean()),
             "jump_ratio": jump_ratio(*jumps["median"]), "jump_ratio_data": jump_ratio(*jumps["y"]),
+            "jump_ratio_mean": jump_ratio(*jumps["mean"]),
+            "jump_ratio_band": jump_ratio(*(a + b for a, b in zip(jumps["lo"], jumps["hi"]))),
         })
     return pd.DataFrame(out)
 
 
 def _path_jumps(g: pd.DataFrame) -> dict[str, tuple[float, int, float, int]]:
-    """Across-boundary and inside-patch step changes of the median path and of the targets,
-    summed over a series' windows (steps whose target is missing are left out on both sides)."""
-    sums = {"median": np.zeros(4), "y": np.zeros(4)}
+    """Across-boundary and inside-patch step changes of the median path, the mean path, the 80 %
+    band's edges (quantiles 0.1 and 0.9: what a fan chart draws) and the targets, summed over a
+    series' windows (steps whose target is missing are left out on every side)."""
+    sums = {"median": np.zeros(4), "mean": np.zeros(4), "lo": np.zeros(4), "hi": np.zeros(4), "y": np.zeros(4)}
     for length, w in g.groupby("L", sort=False):
         steps = w["step"].to_numpy()
         order = np.argsort(steps)
@@ -218,6 +222,7 @@ def _summary(name: str, rows: pd.DataFrame) -> dict:
         "coverage_80": float(rows["coverage_80"].mean()) if len(rows) else np.nan,
         # geometric mean over series of the median path's boundary/inside step-change ratio, and of the data's
         "jump_ratio": _geo(rows["jump_ratio"]), "jump_ratio_data": _geo(rows["jump_ratio_data"]),
+        "jump_ratio_mean": _geo(rows["jump_ratio_mean"]), "jump_ratio_band": _geo(rows["jump_ratio_band"]),
         "n_series": int(len(rows)),
         "n_targets": int(rows["n_targets"].sum()),
         "n_excluded_wql": wql_ratio.n_excluded,
@@ -245,4 +250,7 @@ def format_summary(summary: pd.DataFrame) -> str:
         lines.append(f"jumps: the median path's mean |step change| across {PATCH_STEPS}-step patch boundaries over "
                      f"its mean inside patches (geometric mean over series); the targets themselves: "
                      f"{summary['jump_ratio_data'].iloc[0]:.2f}")
+        lines.append("the same for the mean path / the 80 % band's edges (0.1 and 0.9 quantiles): "
+                     + ", ".join(f"{r.model} {r.jump_ratio_mean:.2f} / {r.jump_ratio_band:.2f}"
+                                 for r in summary.itertuples()))
     return "\n".join(lines)
