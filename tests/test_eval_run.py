@@ -165,6 +165,17 @@ def test_model_checkpoint_plugs_into_the_command(tiny_checkpoint, data, tmp_path
         cli(["eval", str(path), "-H", "500", "-W", "1", "-o", str(out), "--model", str(ckpt)])
 
 
+def test_score_names_files_that_share_a_tag_by_their_own_names():
+    """`eval score` names a file by its sibling tag (F.autoets.csv -> autoets); files whose tags
+    collide (every run's F.fc.csv) are named by their own names, then with their folders."""
+    from streamflame.eval.run import model_names
+    assert model_names(["a/F.csv", "a/F.autoets.csv"]) == ["F", "autoets"]
+    assert model_names(["e/val_row13_h48.fc.csv", "e/val_row14_t0.9.fc.csv", "e/x.autoets.csv"]) == [
+        "val_row13_h48.fc", "val_row14_t0.9.fc", "autoets"]
+    assert model_names(["a/m.fc.csv", "b/m.fc.csv"]) == ["a/m.fc", "b/m.fc"]
+    assert model_names(["a/m.fc.csv", "a/m.fc.csv"]) == ["a/m.fc", "a/m.fc_"]
+
+
 def test_sibling_paths_keep_dots_inside_the_name():
     """A baseline's forecasts and the per-series scores go beside the given file, the tag before
     its extension-like suffixes only: a dot inside the name (a temperature, a version) stays."""

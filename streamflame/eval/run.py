@@ -289,6 +289,20 @@ def model_name_from_path(path: Path) -> str:
     return parts[-2] if len(parts) >= 3 else parts[0]
 
 
+def model_names(files: list[str]) -> list[str]:
+    """One name per forecast file: its model_name_from_path, or where two files share that, each
+    file's name without its extension (then with its folder), so the table tells them apart."""
+    short = [model_name_from_path(Path(f)) for f in files]
+    names = [Path(f).name.rsplit(".", 1)[0] if short.count(n) > 1 else n for f, n in zip(files, short)]
+    names = [str(Path(f).parent / n) if names.count(n) > 1 else n for f, n in zip(files, names)]
+    out: list[str] = []
+    for n in names:
+        while n in out:
+            n += "_"
+        out.append(n)
+    return out
+
+
 def main_score(argv: list[str]) -> int:
     args = _parser_score().parse_args(argv)
     if len(args.files) < 2:
@@ -297,10 +311,7 @@ def main_score(argv: list[str]) -> int:
     *files, data = args.files
     series = _load(data, args.freq, args.tz)
     tables = {}
-    for f in files:
-        name = model_name_from_path(Path(f))
-        while name in tables:
-            name += "_"
+    for f, name in zip(files, model_names(files)):
         try:
             tables[name] = pd.read_csv(f, dtype={"series_id": str, "origin": str})
         except (OSError, ValueError) as exc:
