@@ -239,11 +239,12 @@ def _geo(values: pd.Series) -> float:
 def format_summary(summary: pd.DataFrame) -> str:
     """A plain-text table of the summary (one line per model)."""
     jumps = "jump_ratio" in summary and summary["jump_ratio"].notna().any()
-    head = (f"{'model':<18} {'WQL':>8} {'WQL ratio':>10} {'MASE ratio':>11} {'cov80':>7}"
+    w = max([18, *(len(str(m)) for m in summary["model"])])
+    head = (f"{'model':<{w}} {'WQL':>8} {'WQL ratio':>10} {'MASE ratio':>11} {'cov80':>7}"
             + (f" {'jumps':>6}" if jumps else "") + f" {'series':>7} {'targets':>9}")
     lines = [head, "-" * len(head)]
     for r in summary.itertuples():
-        lines.append(f"{r.model:<18} {r.wql:8.4f} {r.wql_ratio:10.4f} {r.mase_ratio:11.4f} "
+        lines.append(f"{r.model:<{w}} {r.wql:8.4f} {r.wql_ratio:10.4f} {r.mase_ratio:11.4f} "
                      f"{r.coverage_80:7.3f}" + (f" {r.jump_ratio:6.2f}" if jumps else "")
                      + f" {r.n_series:7d} {r.n_targets:9d}")
     if jumps:
