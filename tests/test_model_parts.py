@@ -591,7 +591,7 @@ def test_ar_patches_starts_as_the_same_function_and_draws_patches_in_order():
         for layer in plain.flow.layers:
             layer.out.bias.zero_(), layer.elem.bias.zero_()
     # without couplings, plain's patch 1 is the base; ar's is the base + (end of patch 0 - last)
-    from streamflame.model.perception import last_observed, mean_std
+    from streamflame.model.perception import last_observed, mean_std, prev_bounds
     mean, std = mean_std(state["stats"], state["ref"])
     last = (last_observed(state["window"]).double() - mean) / std
     z = lambda v: (v - mean[:, None, None]) / std[:, None, None]
@@ -600,20 +600,56 @@ def test_ar_patches_starts_as_the_same_function_and_draws_patches_in_order():
     assert torch.allclose(z(y[..., 48:]), z(base[..., 48:]) + shift, atol=1e-4)
     assert torch.allclose(y[..., :48], base[..., :48], atol=1e-6)   # patch 0: prev = last, no move
     assert not torch.allclose(y0, y)
-    # a sampled patch beyond the clip (training's prev never is) feeds the next one clipped:
-    # the feedback cannot compound over the patches of a long horizon
+    # a sampled patch far above anything the window showed feeds the next one bounded (the window's
+    # range widened by half its width): the feedback cannot compound over a long horizon's patches
+    hi = prev_bounds(state["window"], mean, std, ar.cfg.clip)[:, 1]
+    assert (hi < ar.cfg.clip).all()
     with torch.no_grad():
-        ar.flow.base.bias[:48] += 3 * ar.cfg.clip               # mu: patch ends far above +clip
+        ar.flow.base.bias[:48] += 3 * ar.cfg.clip               # mu: patch ends far above the bound
     far = z(ar.sample(state, 2, noise))
-    assert (far[..., 47] > ar.cfg.clip).all()
+    assert (far[..., 47] > hi[:, None]).all()
     with torch.no_grad():
         ar.flow.base.bias[:48] -= 3 * ar.cfg.clip
     near = z(ar.sample(state, 2, noise))
-    # patch 1 moved by gamma * (clip - last), not by gamma * (its patch 0's end - last)
-    want = near[..., 48:] + 3 * ar.cfg.clip + (ar.cfg.clip - near[..., 47:48])
+    # patch 1 moved by gamma * (hi - last), not by gamma * (its patch 0's end - last)
+    want = near[..., 48:] + 3 * ar.cfg.clip + (hi[:, None, None] - near[..., 47:48])
     assert torch.allclose(far[..., 48:], want, atol=1e-3)
     with pytest.raises(ValueError, match="differs"):
         load_compatible(Flame(tiny_config(d_model=16)), plain, "test")
+
+
+def test_prev_bounds_are_the_windows_range_widened_by_half_its_width():
+    from streamflame.model.perception import prev_bounds
+    w = torch.tensor([[1.0, 3.0, float("nan"), 2.0], [float("nan")] * 4, [5.0] * 4])
+    b = prev_bounds(w, torch.tensor([2.0, 0.0, 5.0], dtype=torch.float64),
+                    torch.tensor([0.5, 1.0, 1.0], dtype=torch.float64), clip=3.0)
+    assert b.dtype == torch.float64
+    assert torch.equal(b[0], torch.tensor([(0.0 - 2) / 0.5, (4.0 - 2) / 0.5], dtype=torch.float64).clamp(-3, 3))
+    assert torch.equal(b[1], torch.tensor([-3.0, 3.0], dtype=torch.float64))   # nothing seen: the clip
+    assert torch.equal(b[2], torch.zeros(2, dtype=torch.float64))                # a flat window: its value
+
+
+def test_teacher_forced_predecessor_ends_are_bounded_as_sampling_bounds_drawn_ones(monkeypatch):
+    """Training's prev (the observed end of the previous future patch) goes through the same bound
+    as a drawn end at sampling: a spike past the context's range conditions as the bound."""
+    from streamflame.model.perception import mean_std, prev_bounds
+    torch.manual_seed(0)
+    ar = Flame(tiny_config(ar_patches=True))
+    x = torch.randn(2, 5, 48, dtype=torch.float32)
+    x[0, 2, -1] = 1e4                                           # patch 2 ends in a spike
+    seen, real = {}, ar.flow.log_prob
+
+    def spy(y, c, hint, prev=None, **kw):
+        seen["prev"] = prev
+        return real(y, c, hint, prev, **kw)
+    monkeypatch.setattr(ar.flow, "log_prob", spy)
+    assert torch.isfinite(ar.loss(x, future=[0, 1, 2]))
+    prev = seen["prev"].reshape(2, 4, 3)                        # (b, boundaries, future)
+    state, aux = ar.advance(ar.empty_state(2), x, torch.ones(2))
+    mean, std = mean_std(aux["stats"][:, :4], aux["ref"][:, None])
+    hi = prev_bounds(aux["windows"][0, 1], mean[0, 1], std[0, 1], ar.cfg.clip)[1]
+    # boundary 1: future patch 1 is patch 3, whose predecessor (patch 2) ended in the spike
+    assert prev[0, 1, 1] == hi.to(prev.dtype) and hi < ar.cfg.clip
 
 
 def test_flow_density_factorises_over_steps_and_the_loss_scores_observed_steps_only():

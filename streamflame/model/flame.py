@@ -25,7 +25,7 @@ from .config import ModelConfig
 from .flow import FlowHead
 from .hippo import legendre
 from .perception import (STATS, DataFeatures, data_features, dominant_period, first_reference, last_observed,
-                         mean_std, patch_moments, scan_stats, seasonal_hint)
+                         mean_std, patch_moments, prev_bounds, scan_stats, seasonal_hint)
 from .seasonal import BINS, CANDIDATES, N_FEATURES, candidates, choice, features, update_errors, update_profiles
 from .ssd import RMSNorm, SSDLayer
 
@@ -210,7 +210,8 @@ class Flame(nn.Module):
         period = dominant_period(state["window"], self.cfg.min_period, state["cal"])
         seas = {k: state[k] for k in ("ref", "clock", "cal", "profile", "herr")}
         c, hint = self.condition(state["h"], state["window"], period, mean, std, K, seas)
-        y = self.flow.sample(c, hint, noise.transpose(1, 2)).transpose(1, 2)      # (n, S, K, p)
+        bounds = prev_bounds(state["window"], mean, std, self.cfg.clip) if self.flow.ar else None
+        y = self.flow.sample(c, hint, noise.transpose(1, 2), bounds).transpose(1, 2)  # (n, S, K, p)
         n, S = noise.shape[:2]
         return mean[:n, None, None] + std[:n, None, None] * y.double().reshape(n, S, -1)
 
@@ -281,7 +282,10 @@ class Flame(nn.Module):
         fut = padded.unfold(1, K, 1)[:, 1:n + 1].permute(0, 1, 3, 2)           # (b, n, K, p)
         y_all = (fut.double() - mean[..., None, None]) / std[..., None, None]
         y_all = flat(y_all.clamp(-cfg.clip, cfg.clip).to(patches.dtype))      # (bn, K, p)
-        ends = self._prev_ends(y_all, hint[:, 0, p]) if self.flow.ar else None   # (bn, K, 1) observed
+        ends = bounds = None
+        if self.flow.ar:                           # observed ends, bounded as sampling bounds drawn ones
+            bounds = prev_bounds(flat(aux["windows"][:, :n]), flat(mean), flat(std), cfg.clip)[:, None]
+            ends = self.flow.bound(self._prev_ends(y_all, hint[:, 0, p]), bounds)        # (bn, K, 1)
         prev = ends[:, future] if self.flow.ar else None
         y = y_all[:, future]                                # c and hint: for these future patches only
         obs = ~torch.isnan(y)
@@ -295,7 +299,7 @@ class Flame(nn.Module):
                 r, k = pick.nonzero(as_tuple=True)                      # draw the picked rows only
                 before = ends[:, (future - 1).clamp_min(0)]              # the predecessor's own prev
                 drawn = self.flow.sample_patch(c_pred[r, k], hint_pred[r, k], before[r, k], z[r, k])[..., -1:]
-                drawn = drawn.clamp(-cfg.clip, cfg.clip).to(prev.dtype)
+                drawn = self.flow.bound(drawn, bounds[r, 0]).to(prev.dtype)
             prev = prev.index_put((r, k), drawn)
         scored = obs & (obs.to(patches.dtype).mean(-1, keepdim=True) >= min_observed)   # (bn, K, p)
         y = torch.where(obs, y, hint[..., :p])

@@ -15,7 +15,8 @@ The condition's contribution to each layer's first linear map is computed once p
 With ``ar_patches`` the future patches of a sample path are drawn in order (FAR-TS's factorised
 autoregressive generation): patch j's base location moves with gamma(c_j) * (prev_j - last), where
 prev_j is the last value of the same path's patch j-1 (for j = 0, the last observation: no move),
-clipped to +-clip as training's inputs are. Training scores patch j given the observed end of patch
+bounded to the context window's range widened by half its width (perception.prev_bounds), as
+training's teacher-forced inputs are. Training scores patch j given the observed end of patch
 j-1 (teacher forcing). gamma starts at zero,
 so a model without it is the same function until trained.
 """
@@ -99,9 +100,11 @@ class FlowHead(nn.Module):
         p = self.p
         return mu + alpha * hint[..., :p] + beta * hint[..., p:], sig
 
-    def sample(self, c, hint, z):
+    def sample(self, c, hint, z, bounds=None):
         """c (b, K, d_cond), hint (b, K, 2p) = (seasonal, last) normalised, z (n, K, S, p)
-        -> y (n, K, S, p) for the first n <= b rows (the condition terms are computed on all b)."""
+        -> y (n, K, S, p) for the first n <= b rows (the condition terms are computed on all b).
+        bounds (>= n, 2) normalised (ar_patches): the range a drawn patch's end is clamped to before
+        it conditions the next patch (perception.prev_bounds); default +-clip."""
         n = z.shape[0]
         loc, sig = self._loc(c, hint)
         loc, scale = loc[:n].unsqueeze(-2), torch.exp(sig[:n]).unsqueeze(-2)      # (n, K, 1, p)
@@ -118,8 +121,16 @@ class FlowHead(nn.Module):
             y = self._patch(loc[:, j], scale[:, j], gamma[:, j], prev, last, z[:, j],
                             [(hc[:, j], ec[:, j]) for hc, ec in cond])            # (n, S, p)
             out.append(y)
-            prev = y[..., -1:].clamp(-self.clip, self.clip)  # within what training fed it (clipped data)
+            prev = self.bound(y[..., -1:], bounds if bounds is None else bounds[:n, None])   # (n, S, 1)
         return torch.stack(out, 1)
+
+    def bound(self, prev, bounds=None):
+        """prev (..., 1) within bounds (..., 2) (broadcastable), and always within +-clip: what
+        training fed the model (clipped data, teacher-forced ends bounded the same way)."""
+        prev = prev.clamp(-self.clip, self.clip)
+        if bounds is None:
+            return prev
+        return torch.minimum(torch.maximum(prev, bounds[..., :1].to(prev.dtype)), bounds[..., 1:].to(prev.dtype))
 
     def _patch(self, loc, scale, gamma, prev, last, z, cond):
         """One ar_patches patch: the base moved by gamma * (prev - last), then the couplings."""

@@ -206,6 +206,23 @@ def last_observed(window: torch.Tensor) -> torch.Tensor:
     return torch.where(last_idx >= 0, last, torch.full_like(last, float("nan")))
 
 
+def prev_bounds(window: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, clip: float) -> torch.Tensor:
+    """Where a drawn predecessor's end may condition the next future patch (ar_patches).
+
+    window (m, W) raw, mean/std (m,) -> (m, 2) normalised [lo, hi]: the window's observed range
+    widened by half its width on each side, within +-clip (+-clip for an empty window). A drawn
+    spike far outside anything the series showed would otherwise move the next patch's base, whose
+    couplings amplify it again: on intermittent series the paths ran away over a few patches
+    (docs/model.md, row 15). Training bounds the teacher-forced ends the same way."""
+    seen = ~torch.isnan(window)
+    lo = torch.where(seen, window, float("inf")).amin(-1).double()
+    hi = torch.where(seen, window, float("-inf")).amax(-1).double()
+    half = 0.5 * (hi - lo)
+    b = torch.stack([(lo - half - mean) / std, (hi + half - mean) / std], -1)
+    b = torch.where(seen.any(-1, keepdim=True), b, torch.tensor([-clip, clip], dtype=b.dtype, device=b.device))
+    return torch.nan_to_num(b, nan=0.0).clamp(-clip, clip)
+
+
 def seasonal_hint(window: torch.Tensor, period: torch.Tensor, steps: int) -> torch.Tensor:
     """Seasonal-naive values for the next `steps` steps after the window's end.
 
