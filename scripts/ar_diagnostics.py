@@ -17,8 +17,8 @@ import numpy as np
 import pandas as pd
 import torch
 
+from streamflame.data.loader import load_table
 from streamflame.eval.metrics import PATCH_STEPS
-from streamflame.eval.run import _load
 from streamflame.eval.scoring import check_contract, origin_lengths
 from streamflame.model import Forecaster
 
@@ -60,7 +60,7 @@ def main() -> None:
     ap.add_argument("--model")
     ap.add_argument("--forecasts", nargs="*", default=[])
     args = ap.parse_args()
-    series = _load(args.data, None, None)
+    series = load_table(args.data)
     if args.model:
         g = gamma_by_step(args.model, series)
         print(f"gamma over {g.shape[0]} contexts x {g.shape[1]} steps: 5/25/50/75/95 % "
