@@ -1,0 +1,74 @@
+"""Ship a training run's final weights as streamflame/checkpoints/default, with its whole lineage.
+
+    python scripts/ship_checkpoint.py RUN/final --temperature T --antithetic on|off --text "what, and its validation"
+
+A run started with --init-from another run's final; this walks that chain back to the shipped
+checkpoint it started from (a train_config.init_from of streamflame/checkpoints/default) and records
+every run's segments (device, steps, observations, wall time) in config.json, adds a lineage stage
+with --text, sums trained_steps, and writes the sampling settings chosen on the calibration set.
+The shipped checkpoint's model_id must be the chain's root (the weights it started from): shipping
+over anything else would break the lineage, so the script refuses.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+SHIPPED = Path("streamflame/checkpoints/default")
+
+
+def chain(final: Path) -> list[tuple[Path, dict]]:
+    """[(run final dir, its config.json)] from the first run after the shipped checkpoint to ``final``."""
+    out, seen = [], set()
+    while True:
+        cfg = json.loads((final / "config.json").read_text())
+        out.append((final, cfg))
+        parent = cfg.get("train_config", {}).get("init_from")
+        if not parent:
+            raise SystemExit(f"{final}: trained from scratch, not from the shipped checkpoint")
+        parent = Path(parent)
+        if parent.resolve() == SHIPPED.resolve():
+            return out[::-1]
+        if parent in seen or not (parent / "config.json").exists():
+            raise SystemExit(f"{final}: its init_from {parent} is neither a run's final nor {SHIPPED}")
+        seen.add(parent)
+        final = parent
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("final", type=Path)
+    ap.add_argument("--temperature", type=float, required=True)
+    ap.add_argument("--antithetic", choices=("on", "off"), required=True)
+    ap.add_argument("--text", required=True, help="the lineage stage's text: commands, data, validation figures")
+    ap.add_argument("--root-model-id", required=True,
+                    help="model_id of the checkpoint the chain started from (the shipped one, checked)")
+    args = ap.parse_args()
+    old = json.loads((SHIPPED / "config.json").read_text())
+    if old["model_id"] != args.root_model_id:
+        raise SystemExit(f"{SHIPPED} is {old['model_id']}, not {args.root_model_id}: the chain did not start from it")
+    runs = chain(args.final)
+    last = runs[-1][1]
+    segments = [{**s, "run": str(p.parent)} for p, cfg in runs for s in cfg["lineage"]]
+    stage = f"stage{len(old['lineage'])}"          # date + stage1..N: the next stage's number
+    while stage in old["lineage"]:
+        stage = f"stage{int(stage[5:]) + 1}"
+    anti = args.antithetic == "on"
+    meta = {"lineage": {**old["lineage"], stage: args.text}, "model": last["model"], "model_id": last["model_id"],
+            "observations_seen_last_stage": sum(s["observations"] for s in segments), "segments": segments,
+            "train_config": last["train_config"],
+            "trained_steps": old["trained_steps"] + sum(cfg["trained_steps"] for _, cfg in runs),
+            "sampling": {"temperature": args.temperature, **({"antithetic": True} if anti else {})}}
+    shutil.copy(args.final / "model.safetensors", SHIPPED / "model.safetensors")
+    (SHIPPED / "config.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    from streamflame.model import Forecaster
+    f = Forecaster.load(SHIPPED)
+    assert f.model_id == last["model_id"] and f.temperature == args.temperature and f.antithetic == anti
+    print(f"shipped {f.model_id} as {stage}: {len(segments)} segments, {meta['observations_seen_last_stage']:,} "
+          f"observations, trained_steps {meta['trained_steps']}")
+
+
+if __name__ == "__main__":
+    main()
