@@ -360,6 +360,49 @@ def test_antithetic_paths_mirror_the_noise_and_travel_with_the_checkpoint(tmp_pa
         f.set_antithetic("yes")
 
 
+def test_floors_are_the_extremes_a_window_holds_often():
+    from streamflame.model.perception import floors
+    nan, inf = float("nan"), float("inf")
+    w = torch.tensor([[0.0] * 5 + [float(v) for v in range(1, 16)],  # 0 held by a quarter: a floor
+                      [0.0] + [1.0, 2.0, 3.0] * 6 + [3.0],         # 0 once; 3 held 7 of 20: a ceiling
+                      [nan] * 20,                                   # nothing observed: no bound
+                      [nan] * 10 + [4.0] * 10])                     # flat: both at its value
+    got = floors(w, share=0.2)
+    want = torch.tensor([[0.0, inf], [-inf, 3.0], [-inf, inf], [4.0, 4.0]], dtype=torch.float64)
+    assert got.dtype == torch.float64 and torch.equal(got, want)
+
+
+def test_floors_hold_the_samples_in_any_batch_and_travel_with_the_checkpoint(tmp_path):
+    """Forecaster.set_floors: a zero-floored series (rain, load, counts) gets no sample below 0, a
+    series without a held extreme is untouched, the forecast is the same bytes alone, in
+    forecast_many and in forecast_batch, and the setting is saved and loaded with the checkpoint."""
+    f = Forecaster.from_config(tiny_config(), seed=5)
+    rng = np.random.default_rng(4)
+    rain = np.where(rng.random(480) < 0.7, 0.0, rng.gamma(0.5, 2.0, 480))       # 0 most of the time
+    smooth = np.sin(np.arange(528) / 7.0) + 0.3 * rng.normal(size=528)       # whole patches: the batch path
+    states = [f.state_from_history(rain), f.state_from_history(smooth)]
+    off = [f.forecast(s, 60, seed=k) for k, s in enumerate(states)]
+    assert off[0].samples.min() < 0                                               # the unbounded flow
+    f.set_floors(True)
+    on = [f.forecast(s, 60, seed=k) for k, s in enumerate(states)]
+    assert on[0].samples.min() == 0.0 and np.array_equal(on[0].samples, np.maximum(off[0].samples, 0.0))
+    assert (on[0].quantiles >= 0).all() and np.allclose(on[0].mean, on[0].samples.mean(0), rtol=1e-6)
+    assert np.array_equal(on[1].samples, off[1].samples)                         # no floor: untouched
+    many = f.forecast_many(states[::-1], 60, seeds=[1, 0])[::-1]
+    sb = f.state_batch(2)
+    rows = sb.append_many([s.to_bytes() for s in states])
+    batch = f.forecast_batch(sb, rows, 60, seeds=[0, 1])
+    for k, a in enumerate(on):
+        for b in (many[k], batch.get(k)):
+            assert np.array_equal(a.samples, b.samples) and np.array_equal(a.quantiles, b.quantiles)
+    f.save(tmp_path / "ckpt")
+    g = Forecaster.load(tmp_path / "ckpt")
+    assert g.floors and not g.antithetic and g.model_id == f.model_id
+    assert np.array_equal(g.forecast(states[0], 60, seed=0).samples, on[0].samples)
+    with pytest.raises(ValueError, match="floors"):
+        f.set_floors(1)
+
+
 def test_tiny_model_overfits_one_series():
     torch.manual_seed(0)
     cfg = tiny_config()

@@ -269,6 +269,9 @@ def _parser_run() -> argparse.ArgumentParser:
                    help="scale of the flow's base noise (Forecaster.set_temperature); default: the checkpoint's")
     p.add_argument("--antithetic", choices=("on", "off"),
                    help="antithetic paths (Forecaster.set_antithetic); default: the checkpoint's")
+    p.add_argument("--floors", choices=("on", "off"),
+                   help="hold the floor and ceiling each series' window shows (Forecaster.set_floors); "
+                        "default: the checkpoint's")
     return p
 
 
@@ -345,6 +348,8 @@ def main_run(argv: list[str]) -> int:
             forecaster.set_temperature(args.temperature)
         if args.antithetic is not None:
             forecaster.set_antithetic(args.antithetic == "on")
+        if args.floors is not None:
+            forecaster.set_floors(args.floors == "on")
         adapter = StreamFlameAdapter(forecaster, args.num_samples, args.seed)
         adapter.check_horizon(args.horizon)
         min_history = max(min_history, adapter.min_history)

@@ -24,7 +24,7 @@ from .config import ModelConfig
 from .arithmetic import Arithmetic, bucket
 from .flame import STATE_FIELDS, Flame
 from .noise import series_keys, standard_normal
-from .perception import calendar_steps, mean_std
+from .perception import calendar_steps, floors, mean_std
 from .batch import StateBatch
 from .state import SeriesState, StateDecodeError
 
@@ -104,13 +104,16 @@ class BatchForecast:
 
 
 class Forecaster:
-    def __init__(self, model: Flame, model_id: str, temperature: float = 1.0, antithetic: bool = False):
+    def __init__(self, model: Flame, model_id: str, temperature: float = 1.0, antithetic: bool = False,
+                 floors: bool = False):
         self.model = model.eval()
         self.model_id = model_id
         self.temperature = 1.0
         self.set_temperature(temperature)
         self.antithetic = False
         self.set_antithetic(antithetic)
+        self.floors = False
+        self.set_floors(floors)
         # Module.to() converts parameters in place, so this one tensor always shows the
         # model's device and dtype (next(model.parameters()) walks every module: ~10 us,
         # and the batched calls ask several times per series).
@@ -145,7 +148,8 @@ class Forecaster:
         if missing or unexpected:
             raise ValueError(f"checkpoint {path} does not match its config: missing={missing} unexpected={unexpected}")
         sampling = meta.get("sampling", {})
-        return cls(model, _model_id(model), float(sampling.get("temperature", 1.0)), sampling.get("antithetic", False))
+        return cls(model, _model_id(model), float(sampling.get("temperature", 1.0)), sampling.get("antithetic", False),
+                   sampling.get("floors", False))
 
     def save(self, path: str | Path, extra: dict | None = None) -> Path:
         from safetensors.torch import save_file
@@ -154,7 +158,7 @@ class Forecaster:
         weights = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in self.model.state_dict().items()}
         save_file(weights, str(path / "model.safetensors"))
         sampling = {**({"temperature": self.temperature} if self.temperature != 1.0 else {}),
-                    **({"antithetic": True} if self.antithetic else {})}
+                    **({"antithetic": True} if self.antithetic else {}), **({"floors": True} if self.floors else {})}
         meta = {"model": json.loads(self.config.to_json()), "model_id": self.model_id,
                 **({"sampling": sampling} if sampling else {}), **(extra or {})}
         (path / "config.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
@@ -184,6 +188,17 @@ class Forecaster:
         if not isinstance(on, bool):
             raise ValueError(f"antithetic must be true or false, got {on!r}")
         self.antithetic = on
+        return self
+
+    def set_floors(self, on: bool) -> "Forecaster":
+        """Hold the floor and ceiling a series shows: no sample path goes below its window's minimum
+        (above its maximum) where at least 5 % of the window's observations sit exactly there
+        (perception.floors: zero rain, load, counts; humidity at 100 %). The flow is unbounded, so
+        without it a zero-floored series gets negative lower quantiles, which no observation can
+        reach. Kept in the checkpoint (``sampling.floors``); off by default."""
+        if not isinstance(on, bool):
+            raise ValueError(f"floors must be true or false, got {on!r}")
+        self.floors = on
         return self
 
     def set_arithmetic(self, matmul: str = "float32", compile: bool = False) -> "Forecaster":
@@ -341,6 +356,9 @@ class Forecaster:
             noise = noise * self.temperature
         with self.arithmetic.sampling(self.device):
             samples = self._sample(stacked, K, noise)[:n, :, skip:skip + horizon]
+        if self.floors:
+            lim = floors(stacked["window"][:n])                                 # (n, 2) raw, +-inf: none
+            samples = samples.clamp(lim[:, :1, None], lim[:, 1:, None])
         means = samples.mean(1)
         qs = sample_quantiles(samples, torch.tensor(levels, dtype=torch.float64, device=samples.device))
         if self.dtype == "float32":                 # published at the float32 model's resolution

@@ -223,6 +223,24 @@ def prev_bounds(window: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, cli
     return torch.nan_to_num(b, nan=0.0).clamp(-clip, clip)
 
 
+FLOOR_SHARE = 0.05      # a value held by at least this share of the window's observations is a floor (ceiling)
+
+
+def floors(window: torch.Tensor, share: float = FLOOR_SHARE) -> torch.Tensor:
+    """The floor and ceiling a window shows: window (m, W) raw -> (m, 2) float64 [lo, hi], the
+    window's minimum (maximum) where at least ``share`` of its observations sit exactly there (a
+    censored or physically bounded series: no rain, no load, a closed car park, humidity at 100 %),
+    else -inf (+inf). A temperature or a price seldom repeats its extreme: no bound."""
+    seen = ~torch.isnan(window)
+    n = seen.sum(-1).clamp_min(1)
+    lo = torch.where(seen, window, float("inf")).amin(-1, keepdim=True)
+    hi = torch.where(seen, window, float("-inf")).amax(-1, keepdim=True)
+    at_lo = ((window == lo).sum(-1) >= share * n) & seen.any(-1)
+    at_hi = ((window == hi).sum(-1) >= share * n) & seen.any(-1)
+    inf = torch.full_like(lo[:, 0], float("inf"), dtype=torch.float64)
+    return torch.stack([torch.where(at_lo, lo[:, 0].double(), -inf), torch.where(at_hi, hi[:, 0].double(), inf)], -1)
+
+
 def seasonal_hint(window: torch.Tensor, period: torch.Tensor, steps: int) -> torch.Tensor:
     """Seasonal-naive values for the next `steps` steps after the window's end.
 

@@ -49,7 +49,7 @@ def interpolate(run_dir: str | Path, alpha: float) -> tuple[Forecaster, dict]:
     mixed.load_state_dict({k: (alpha * b[k] + (1.0 - alpha) * a[k]).to(b[k].dtype) if b[k].is_floating_point()
                            else b[k] for k in b})
     mixed.eval()
-    f = Forecaster(mixed, _model_id(mixed), end.temperature, end.antithetic)
+    f = Forecaster(mixed, _model_id(mixed), end.temperature, end.antithetic, end.floors)
     extra = {k: v for k, v in meta.items() if k not in ("model", "model_id", "sampling")}
     extra["interpolation"] = {"method": "WiSE-FT: alpha * end + (1 - alpha) * start", "alpha": alpha,
                               "start": f"{init_from} ({init.model_id}, new levers at zero)",
