@@ -2,14 +2,14 @@
 # Choose a checkpoint's sampling settings on the calibration set (training sources, `streamflame data
 # export-calibration runs/calib_train.csv`): every (temperature, antithetic) pair at H = 48 and 192, W = 10,
 # then the choice: cov80 (mean of the two horizons) nearest 0.80, within 0.005 of the best the lower mean
-# WQL ratio (docs/model.md rows 13-14). Usage: scripts/calibrate_sampling.sh CHECKPOINT_DIR TAG
+# WQL ratio (docs/model.md rows 13-14). Usage: [FLOORS=on] scripts/calibrate_sampling.sh CHECKPOINT_DIR TAG
 set -e
-M=${1:?checkpoint dir}; TAG=${2:?tag for runs/eval/TAG_*}
+M=${1:?checkpoint dir}; TAG=${2:?tag for runs/eval/TAG_*}; FLOORS=${FLOORS:-off}   # FLOORS=on: sampling.floors
 mkdir -p runs/eval
 for t in 0.8 0.85 0.9 0.95 1.0; do for a in off on; do for H in 48 192; do
   o=runs/eval/${TAG}_h${H}_t${t}_a${a}
   [ -f $o.csv ] || .venv/bin/streamflame eval runs/calib_train.csv --horizon $H --windows 10 --baselines none \
-     --model $M --temperature $t --antithetic $a --output $o.fc.csv --metrics $o.csv > $o.log 2>&1
+     --model $M --temperature $t --antithetic $a --floors $FLOORS --output $o.fc.csv --metrics $o.csv > $o.log 2>&1
 done; done; done
 .venv/bin/python - "$TAG" <<'PY'
 import sys, pandas as pd
