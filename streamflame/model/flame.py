@@ -25,7 +25,7 @@ from .config import ModelConfig
 from .flow import FlowHead
 from .hippo import legendre
 from .perception import (STATS, DataFeatures, data_features, dominant_period, first_reference, last_observed,
-                         mean_std, patch_moments, prev_bounds, scan_stats, seasonal_hint)
+                         floors, mean_std, patch_moments, prev_bounds, scan_stats, seasonal_hint)
 from .seasonal import BINS, CANDIDATES, N_FEATURES, candidates, choice, features, update_errors, update_profiles
 from .ssd import RMSNorm, SSDLayer
 
@@ -202,18 +202,27 @@ class Flame(nn.Module):
             c = c + self.embed_seas(features(seas["herr"], pick).to(h.dtype))[:, None, :]
         return F.gelu(c), torch.cat([hint, last], -1)
 
-    def sample(self, state, K, noise):
+    def sample(self, state, K, noise, hold_floors: bool = False):
         """Sample K future patches for the first n series of the state's b (n <= b: the
         per-series layers see all b rows, the flow over samples only n).
-        noise (n, S, K, p) -> samples (n, S, K*p) in raw units (float64)."""
+        noise (n, S, K, p) -> samples (n, S, K*p) in raw units (float64). ``hold_floors``: no
+        sample below (above) a floor (ceiling) the window holds (perception.floors); with
+        ar_patches a drawn end conditions the next patch within it too, as observed ends did."""
         mean, std = mean_std(state["stats"], state["ref"])
         period = dominant_period(state["window"], self.cfg.min_period, state["cal"])
         seas = {k: state[k] for k in ("ref", "clock", "cal", "profile", "herr")}
         c, hint = self.condition(state["h"], state["window"], period, mean, std, K, seas)
-        bounds = prev_bounds(state["window"], mean, std, self.cfg.clip) if self.flow.ar else None
+        lim = floors(state["window"]) if hold_floors else None                  # (b, 2) raw, +-inf: none
+        bounds = None
+        if self.flow.ar:
+            bounds = prev_bounds(state["window"], mean, std, self.cfg.clip)
+            if lim is not None:
+                held = (lim - mean[:, None]) / std[:, None]
+                bounds = torch.stack([bounds[:, 0].maximum(held[:, 0]), bounds[:, 1].minimum(held[:, 1])], -1)
         y = self.flow.sample(c, hint, noise.transpose(1, 2), bounds).transpose(1, 2)  # (n, S, K, p)
         n, S = noise.shape[:2]
-        return mean[:n, None, None] + std[:n, None, None] * y.double().reshape(n, S, -1)
+        out = mean[:n, None, None] + std[:n, None, None] * y.double().reshape(n, S, -1)
+        return out if lim is None else out.clamp(lim[:n, :1, None], lim[:n, 1:, None])
 
     @staticmethod
     def _prev_ends(y, last):

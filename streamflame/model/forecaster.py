@@ -24,7 +24,7 @@ from .config import ModelConfig
 from .arithmetic import Arithmetic, bucket
 from .flame import STATE_FIELDS, Flame
 from .noise import series_keys, standard_normal
-from .perception import calendar_steps, floors, mean_std
+from .perception import calendar_steps, mean_std
 from .batch import StateBatch
 from .state import SeriesState, StateDecodeError
 
@@ -356,9 +356,6 @@ class Forecaster:
             noise = noise * self.temperature
         with self.arithmetic.sampling(self.device):
             samples = self._sample(stacked, K, noise)[:n, :, skip:skip + horizon]
-        if self.floors:
-            lim = floors(stacked["window"][:n])                                 # (n, 2) raw, +-inf: none
-            samples = samples.clamp(lim[:, :1, None], lim[:, 1:, None])
         means = samples.mean(1)
         qs = sample_quantiles(samples, torch.tensor(levels, dtype=torch.float64, device=samples.device))
         if self.dtype == "float32":                 # published at the float32 model's resolution
@@ -436,7 +433,7 @@ class Forecaster:
         """model.sample, or with ``compile`` its compiled form on rows padded to whole buckets
         (repeats of row 0), so varying batches reuse a few graphs."""
         if not self.arithmetic.compile:
-            return self.model.sample(stacked, K, noise)
+            return self.model.sample(stacked, K, noise, self.floors)
         if self._compiled_sample is None:
             # one graph per (bucket, patches sampled): up to 11 buckets x a few K, beyond dynamo's default 8
             import torch._dynamo.config as dynamo_config   # lazy: dynamo is loaded only with compile=True
@@ -446,7 +443,7 @@ class Forecaster:
         mb, nb = bucket(m), bucket(n)
         stacked = {k: torch.cat([v, v[:1].expand(mb - m, *v.shape[1:])]) for k, v in stacked.items()}
         noise = torch.cat([noise, noise[:1].expand(nb - n, *noise.shape[1:])])
-        return self._compiled_sample(stacked, K, noise)[:n].clone()
+        return self._compiled_sample(stacked, K, noise, self.floors)[:n].clone()
 
     def _check(self, state: SeriesState) -> None:
         if not isinstance(state, SeriesState):
