@@ -121,7 +121,7 @@ class FlowHead(nn.Module):
             y = self._patch(loc[:, j], scale[:, j], gamma[:, j], prev, last, z[:, j],
                             [(hc[:, j], ec[:, j]) for hc, ec in cond])            # (n, S, p)
             out.append(y)
-            prev = self.bound(y[..., -1:], bounds if bounds is None else bounds[:n, None])   # (n, S, 1)
+            prev = self.bound(y[..., -1:], None if bounds is None else bounds[:n, None])   # (n, S, 1)
         return torch.stack(out, 1)
 
     def bound(self, prev, bounds=None):
