@@ -73,6 +73,9 @@ def _main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seasonal", action="store_true",
                     help="also time them with the seasonal memory (seasonal_memory + hint_features; with --ar, "
                          "both levers together as well), alternating with the model as loaded")
+    ap.add_argument("--floors", action="store_true",
+                    help="also time them with sampling.floors on against off (the model as loaded, floors off, "
+                         "is the base of every lever in this run)")
     ap.add_argument("--path", default="",
                     help="only time the worker's refresh of --batch series from state bytes to state bytes by these "
                          "paths (list = SeriesState + update_many/forecast_many, batch = StateBatch), in alternating "
@@ -161,15 +164,21 @@ def _main(argv: list[str] | None = None) -> int:
                                                             if args.seasonal else [])
     if args.ar and args.seasonal:
         levers.append({"ar_patches": True, "seasonal_memory": True, "hint_features": True})
+    if args.floors:
+        f.set_floors(False)
+        levers.append({"floors": True})
     if levers:
         compare_levers(f, states, nxt, levers, args)
     return 0
 
 
 def with_levers(f: Forecaster, levers: dict) -> Forecaster:
-    """The same weights with these model levers on, their new weights non-zero (as if trained)."""
+    """The same weights with these model levers on, their new weights non-zero (as if trained);
+    ``floors`` is the sampling option (Forecaster.set_floors), not a model field."""
     from dataclasses import replace
 
+    levers = dict(levers)
+    floors = levers.pop("floors", False)
     model = Flame(replace(f.config, **levers)).to(device=f.device, dtype=_TORCH[f.dtype])
     load_compatible(model, f.model, "bench")
     with torch.no_grad():
@@ -177,7 +186,7 @@ def with_levers(f: Forecaster, levers: dict) -> Forecaster:
             model.flow.prev.bias.fill_(0.5)
         if model.cfg.hint_features:
             model.embed_seas.weight.normal_(0, 0.1, generator=torch.Generator().manual_seed(0))
-    g = Forecaster(model.eval(), "")
+    g = Forecaster(model.eval(), "", f.temperature, f.antithetic, floors)
     g.model_id = f.model_id                      # the same states
     return g
 
