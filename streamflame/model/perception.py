@@ -206,6 +206,14 @@ def last_observed(window: torch.Tensor) -> torch.Tensor:
     return torch.where(last_idx >= 0, last, torch.full_like(last, float("nan")))
 
 
+def observed_range(window: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """window (m, W) raw -> its observed mask (m, W) and its min, max (m,) over observed values
+    (+inf, -inf where none): what prev_bounds and floors both start from."""
+    seen = ~torch.isnan(window)
+    return (seen, torch.where(seen, window, float("inf")).amin(-1),
+            torch.where(seen, window, float("-inf")).amax(-1))
+
+
 def prev_bounds(window: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, clip: float) -> torch.Tensor:
     """Where a drawn predecessor's end may condition the next future patch (ar_patches).
 
@@ -214,9 +222,8 @@ def prev_bounds(window: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, cli
     spike far outside anything the series showed would otherwise move the next patch's base, whose
     couplings amplify it again: on intermittent series the paths ran away over a few patches
     (docs/model.md, row 15). Training bounds the teacher-forced ends the same way."""
-    seen = ~torch.isnan(window)
-    lo = torch.where(seen, window, float("inf")).amin(-1).double()
-    hi = torch.where(seen, window, float("-inf")).amax(-1).double()
+    seen, lo, hi = observed_range(window)
+    lo, hi = lo.double(), hi.double()
     half = 0.5 * (hi - lo)
     b = torch.stack([(lo - half - mean) / std, (hi + half - mean) / std], -1)
     b = torch.where(seen.any(-1, keepdim=True), b, torch.tensor([-clip, clip], dtype=b.dtype, device=b.device))
@@ -231,14 +238,12 @@ def floors(window: torch.Tensor, share: float = FLOOR_SHARE) -> torch.Tensor:
     window's minimum (maximum) where at least ``share`` of its observations sit exactly there (a
     censored or physically bounded series: no rain, no load, a closed car park, humidity at 100 %),
     else -inf (+inf). A temperature or a price seldom repeats its extreme: no bound."""
-    seen = ~torch.isnan(window)
+    seen, lo, hi = observed_range(window)
     n = seen.sum(-1).clamp_min(1)
-    lo = torch.where(seen, window, float("inf")).amin(-1, keepdim=True)
-    hi = torch.where(seen, window, float("-inf")).amax(-1, keepdim=True)
-    at_lo = ((window == lo).sum(-1) >= share * n) & seen.any(-1)
-    at_hi = ((window == hi).sum(-1) >= share * n) & seen.any(-1)
-    inf = torch.full_like(lo[:, 0], float("inf"), dtype=torch.float64)
-    return torch.stack([torch.where(at_lo, lo[:, 0].double(), -inf), torch.where(at_hi, hi[:, 0].double(), inf)], -1)
+    at_lo = ((window == lo[:, None]).sum(-1) >= share * n) & seen.any(-1)
+    at_hi = ((window == hi[:, None]).sum(-1) >= share * n) & seen.any(-1)
+    inf = torch.full_like(lo, float("inf"), dtype=torch.float64)
+    return torch.stack([torch.where(at_lo, lo.double(), -inf), torch.where(at_hi, hi.double(), inf)], -1)
 
 
 def seasonal_hint(window: torch.Tensor, period: torch.Tensor, steps: int) -> torch.Tensor:
