@@ -412,9 +412,9 @@ def test_with_ar_patches_held_floors_also_bound_what_a_drawn_end_conditions(monk
     state = f.state_from_history(rain)
     seen, real = [], f.model.flow.sample
 
-    def spy(c, hint, z, bounds=None):
+    def spy(c, hint, z, bounds=None, known=None):
         seen.append(bounds)
-        return real(c, hint, z, bounds)
+        return real(c, hint, z, bounds, known)
     monkeypatch.setattr(f.model.flow, "sample", spy)
     plain = f.forecast(state, 96, seed=1)
     held = f.set_floors(True).forecast(state, 96, seed=1)

@@ -177,3 +177,45 @@ def test_shipped_model_updates_are_bit_identical_in_any_batch_with_several_threa
             assert [bytes(g.to_bytes()) for g in got] == [alone[i] for i in order], size
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("ar", [False, True])
+def test_a_forecast_inside_a_patch_continues_from_its_observed_start(ar):
+    """Between patch boundaries the forecast conditions on the observations already in the
+    partial patch: the flow is triangular, so feeding the first s steps of one of its own sample
+    paths (same seed) gives back that path's remaining steps, and only that path's (the other paths
+    start from someone else's beginning and move). With ar_patches the later patches follow too."""
+    rng = np.random.default_rng(11 + ar)
+    f = Forecaster.from_config(tiny_config(ar_patches=ar, flow_layers=3), seed=3)
+    with torch.no_grad():                      # trained-like weights: the couplings and gamma non-zero
+        for w in f.model.flow.parameters():
+            w.add_(0.15 * torch.randn(w.shape, generator=torch.Generator().manual_seed(w.numel())))
+    t = np.arange(6 * P)
+    x = 20 + 5 * np.sin(2 * np.pi * t / 24) + rng.normal(0, 0.5, len(t))
+    state = f.state_from_history(x)
+    H, j = P + 40, 5
+    paths = f.forecast(state, H, num_samples=16, seed=9).samples               # (16, H) from the boundary
+    for s in (1, 17, P - 1):
+        later = f.forecast(f.update(state, paths[j, :s]), H - s, num_samples=16, seed=9).samples
+        scale = np.abs(paths[j]).max()
+        assert np.abs(later[j] - paths[j, s:]).max() < 1e-4 * scale, s
+        moved = np.abs(later - paths[:, s:]).max(1)
+        assert (np.delete(moved, j) > 1e-3 * scale).all()
+        cond = f.forecast(f.update(state, np.where(np.arange(s) % 3 == 1, np.nan, paths[j, :s])), H - s,
+                          num_samples=16, seed=9)                              # missing steps: the hint
+        assert np.isfinite(cond.samples).all() and np.isfinite(cond.quantiles).all()
+
+
+def test_a_partial_patch_moves_the_forecast_toward_what_it_observed():
+    """The shipped checkpoint, a forecast made 24 steps into a patch: with those steps 3 std above
+    the path the model expects, the rest of the patch's median follows them up; the forecasts
+    from the boundary did not know them."""
+    f = Forecaster.load()
+    t = np.arange(30 * P)
+    x = 10 + 3 * np.sin(2 * np.pi * t / 24) + np.random.default_rng(2).normal(0, 0.3, len(t))
+    state = f.state_from_history(x)
+    base = f.forecast(state, P, num_samples=100, seed=1)
+    median = base.quantile(0.5)
+    up = f.forecast(f.update(state, median[:24] + 9.0), P - 24, num_samples=100, seed=1)
+    lift = up.quantile(0.5)[:8] - median[24:32]
+    assert (lift > 1.0).all(), lift

@@ -202,16 +202,21 @@ class Flame(nn.Module):
             c = c + self.embed_seas(features(seas["herr"], pick).to(h.dtype))[:, None, :]
         return F.gelu(c), torch.cat([hint, last], -1)
 
-    def sample(self, state, K, noise, hold_floors: bool = False):
+    def sample(self, state, K, noise, hold_floors: bool = False, known=None):
         """Sample K future patches for the first n series of the state's b (n <= b: the
         per-series layers see all b rows, the flow over samples only n).
         noise (n, S, K, p) -> samples (n, S, K*p) in raw units (float64). ``hold_floors``: no
         sample below (above) a floor (ceiling) the window holds (perception.floors); with
-        ar_patches a drawn end conditions the next patch within it too, as observed ends did."""
+        ar_patches a drawn end conditions the next patch within it too, as observed ends did.
+        ``known`` (b, s) raw, s < p, NaN = missing: the observations after the state's last patch
+        (a partial patch); every path starts with them and is drawn given them (FlowHead.sample)."""
         mean, std = mean_std(state["stats"], state["ref"])
         period = dominant_period(state["window"], self.cfg.min_period, state["cal"])
         seas = {k: state[k] for k in ("ref", "clock", "cal", "profile", "herr")}
         c, hint = self.condition(state["h"], state["window"], period, mean, std, K, seas)
+        if known is not None and known.shape[1]:         # normalised as training's targets; missing: the hint
+            y = ((known.double() - mean[:, None]) / std[:, None]).clamp(-self.cfg.clip, self.cfg.clip)
+            known = torch.where(torch.isnan(y), hint[:, 0, :known.shape[1]].double(), y).to(hint.dtype)
         lim = floors(state["window"]) if hold_floors else None                  # (b, 2) raw, +-inf: none
         bounds = None
         if self.flow.ar:
@@ -219,7 +224,7 @@ class Flame(nn.Module):
             if lim is not None:
                 held = (lim - mean[:, None]) / std[:, None]
                 bounds = torch.stack([bounds[:, 0].maximum(held[:, 0]), bounds[:, 1].minimum(held[:, 1])], -1)
-        y = self.flow.sample(c, hint, noise.transpose(1, 2), bounds).transpose(1, 2)  # (n, S, K, p)
+        y = self.flow.sample(c, hint, noise.transpose(1, 2), bounds, known).transpose(1, 2)  # (n, S, K, p)
         n, S = noise.shape[:2]
         out = mean[:n, None, None] + std[:n, None, None] * y.double().reshape(n, S, -1)
         return out if lim is None else out.clamp(lim[:n, :1, None], lim[:n, 1:, None])

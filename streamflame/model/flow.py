@@ -19,6 +19,11 @@ bounded to the context window's range widened by half its width (perception.prev
 training's teacher-forced inputs are. Training scores patch j given the observed end of patch
 j-1 (teacher forcing). gamma starts at zero,
 so a model without it is the same function until trained.
+
+Because y_j depends only on z_<=j, a forecast made inside a patch can condition on the steps of it
+already observed (``known``): the inverse pass maps them to their noise, which replaces the first
+noise dims of patch 0, so every path starts from what was observed and its later steps are drawn
+from p(y_>=s | y_<s, c) exactly (missing steps take the seasonal hint, as in training's masked loss).
 """
 from __future__ import annotations
 
@@ -100,12 +105,16 @@ class FlowHead(nn.Module):
         p = self.p
         return mu + alpha * hint[..., :p] + beta * hint[..., p:], sig
 
-    def sample(self, c, hint, z, bounds=None):
+    def sample(self, c, hint, z, bounds=None, known=None):
         """c (b, K, d_cond), hint (b, K, 2p) = (seasonal, last) normalised, z (n, K, S, p)
         -> y (n, K, S, p) for the first n <= b rows (the condition terms are computed on all b).
         bounds (>= n, 2) normalised (ar_patches): the range a drawn patch's end is clamped to before
-        it conditions the next patch (perception.prev_bounds); default +-clip."""
+        it conditions the next patch (perception.prev_bounds); default +-clip.
+        known (b, s) normalised, s < p: the observed first s steps of patch 0; every path starts
+        with them (up to rounding) and continues from them."""
         n = z.shape[0]
+        if known is not None and known.shape[-1]:
+            z = self._start_from(c[:, 0], hint[:, 0], known, z)
         loc, sig = self._loc(c, hint)
         loc, scale = loc[:n].unsqueeze(-2), torch.exp(sig[:n]).unsqueeze(-2)      # (n, K, 1, p)
         cond = [(hc[:n].unsqueeze(-2), ec[:n].unsqueeze(-2)) for hc, ec in self._cond(c)]
@@ -123,6 +132,17 @@ class FlowHead(nn.Module):
             out.append(y)
             prev = self.bound(y[..., -1:], None if bounds is None else bounds[:n, None])   # (n, S, 1)
         return torch.stack(out, 1)
+
+    def _start_from(self, c0, hint0, known, z):
+        """z (n, K, S, p) with the first s noise dims of patch 0 replaced, for every sample, by those
+        that map to known (b, s) given c0 (b, d_cond), hint0 (b, 2p): the inverse pass on all b rows
+        (as the condition terms), patch 0's predecessor being the last observation (no move)."""
+        s, n = known.shape[-1], z.shape[0]
+        y0 = torch.cat([known.to(hint0.dtype), hint0[:, s:self.p]], -1)      # steps >= s: any value
+        z0, _ = self._inverse(y0, c0, hint0, hint0[:, self.p:self.p + 1] if self.ar else None)
+        z = z.clone()
+        z[:, 0, :, :s] = z0[:n, None, :s].to(z.dtype)
+        return z
 
     def bound(self, prev, bounds=None):
         """prev (..., 1) within bounds (..., 2) (broadcastable), and always within +-clip: what
@@ -153,6 +173,13 @@ class FlowHead(nn.Module):
         per_step: the (..., p) terms log p(y_j | y_<j, c) instead of their sum. Output dim j depends
         only on noise dims <= j (the Jacobian is triangular), so the density factorises over the
         steps of a patch: a masked loss sums the terms of the observed steps only."""
+        z, logdet = self._inverse(y, c, hint, prev)
+        terms = -0.5 * z * z - 0.5 * math.log(2 * math.pi) - logdet
+        return terms if per_step else terms.sum(-1)
+
+    def _inverse(self, y, c, hint, prev=None):
+        """The noise z (..., p) that maps to y (..., p) given c, hint (and prev with ar_patches),
+        and the per-step log-scales (..., p) of that map (the triangular Jacobian's diagonal)."""
         logdet = torch.zeros(y.shape, dtype=y.dtype, device=y.device)
         for layer, (hc, ec) in reversed(list(zip(self.layers, self._cond(c)))):
             y, ld = layer.inverse(y, hc, ec)
@@ -160,6 +187,4 @@ class FlowHead(nn.Module):
         loc, sig = self._loc(c, hint)
         if self.ar:
             loc = loc + self.prev(c) * (prev - hint[..., self.p:self.p + 1])
-        z = (y - loc) * torch.exp(-sig)
-        terms = -0.5 * z * z - 0.5 * math.log(2 * math.pi) - (logdet + sig)
-        return terms if per_step else terms.sum(-1)
+        return (y - loc) * torch.exp(-sig), logdet + sig

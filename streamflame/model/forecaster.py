@@ -314,8 +314,9 @@ class Forecaster:
         for skip, idx in jobs:
             extra = _padded(len(idx)) - len(idx) if pad else 0
             stacked = self._stack([states[i] for i in idx], extra)
+            known = torch.from_numpy(np.stack([states[i].buffer for i in idx + idx[:1] * extra])) if skip else None
             means, qs, samples = self._forecast_stacked(stacked, [seeds[i] for i in idx], skip, horizon, levels,
-                                                        num_samples, pad, with_samples)
+                                                        num_samples, pad, with_samples, known)
             for j, i in enumerate(idx):
                 out[i] = Forecast(means[j].numpy(), qs[:, j].numpy(),
                                   samples[j].numpy() if samples is not None else None, levels)
@@ -334,10 +335,12 @@ class Forecaster:
         return levels
 
     def _forecast_stacked(self, stacked: dict[str, torch.Tensor], seeds: list, skip: int, horizon: int,
-                          levels: tuple[float, ...], num_samples: int, pad: bool, with_samples: bool = True):
+                          levels: tuple[float, ...], num_samples: int, pad: bool, with_samples: bool = True,
+                          known: torch.Tensor | None = None):
         """Sample one chunk of already-stacked states (shared by ``_forecast`` and ``forecast_batch``).
         stacked: STATE_FIELDS -> (m, ...) on the model's device, m >= n = len(seeds) (rows past n pad:
-        _padded(n) rows when ``pad``); every state has ``skip`` buffered observations.
+        _padded(n) rows when ``pad``); every state has ``skip`` buffered observations, ``known``
+        (m, skip) (rows as stacked): the paths start with them and are drawn given them.
         seeds: n ints / None, or an (n, 2) int64 tensor of noise.series_keys.
         Returns CPU tensors means (n, H), quantiles (Q, n, H), samples (n, S, H) or None; the
         noise, the mean and the quantiles are computed on the model's device."""
@@ -355,7 +358,7 @@ class Forecaster:
         if self.temperature != 1.0:
             noise = noise * self.temperature
         with self.arithmetic.sampling(self.device):
-            samples = self._sample(stacked, K, noise)[:n, :, skip:skip + horizon]
+            samples = self._sample(stacked, K, noise, known)[:n, :, skip:skip + horizon]
         means = samples.mean(1)
         qs = sample_quantiles(samples, torch.tensor(levels, dtype=torch.float64, device=samples.device))
         if self.dtype == "float32":                 # published at the float32 model's resolution
@@ -429,9 +432,13 @@ class Forecaster:
         """Series per sampling pass (forecast_many and forecast_batch alike)."""
         return CPU_FORECAST_CHUNK if self.device.type == "cpu" else DEVICE_FORECAST_CHUNK
 
-    def _sample(self, stacked: dict[str, torch.Tensor], K: int, noise: torch.Tensor) -> torch.Tensor:
+    def _sample(self, stacked: dict[str, torch.Tensor], K: int, noise: torch.Tensor,
+                known: torch.Tensor | None = None) -> torch.Tensor:
         """model.sample, or with ``compile`` its compiled form on rows padded to whole buckets
-        (repeats of row 0), so varying batches reuse a few graphs."""
+        (repeats of row 0), so varying batches reuse a few graphs. A partial patch (``known``: a
+        forecast between patches, never the worker's) runs uncompiled: one graph per length is not worth it."""
+        if known is not None:
+            return self.model.sample(stacked, K, noise, self.floors, known.to(self.device))
         if not self.arithmetic.compile:
             return self.model.sample(stacked, K, noise, self.floors)
         if self._compiled_sample is None:
