@@ -76,6 +76,9 @@ def _main(argv: list[str] | None = None) -> int:
     ap.add_argument("--floors", action="store_true",
                     help="also time them with sampling.floors on against off (the model as loaded, floors off, "
                          "is the base of every lever in this run)")
+    ap.add_argument("--partial", type=int, default=0, metavar="S",
+                    help="also time forecast_many S observations into a patch against at the boundary, and "
+                         "the conditioning on those S observations alone (model.sample with and without them)")
     ap.add_argument("--path", default="",
                     help="only time the worker's refresh of --batch series from state bytes to state bytes by these "
                          "paths (list = SeriesState + update_many/forecast_many, batch = StateBatch), in alternating "
@@ -169,7 +172,36 @@ def _main(argv: list[str] | None = None) -> int:
         levers.append({"floors": True})
     if levers:
         compare_levers(f, states, nxt, levers, args)
+    if args.partial:
+        compare_partial(f, st_many, args, rng)
     return 0
+
+
+def compare_partial(f: Forecaster, states, args, rng) -> None:
+    """A forecast between boundaries: S buffered observations condition patch 0 (FlowHead.sample's
+    ``known``) and K covers S + H steps. Alternating rounds, batch of len(states)."""
+    B, S, p, H = len(states), args.partial, f.config.patch_len, args.horizon
+    if not 0 < S < p:
+        raise SystemExit(f"--partial must be in [1, {p - 1}]")
+    inside = [f.update(s, series(S, rng)) for s in states]
+    seeds = list(range(B))
+    at, mid = [], []
+    for _ in range(3):
+        at.append(timeit(lambda: f.forecast_many(states, H, num_samples=args.samples, seeds=seeds), 1, warmup=1))
+        mid.append(timeit(lambda: f.forecast_many(inside, H, num_samples=args.samples, seeds=seeds), 1, warmup=1))
+    a, b = statistics.median(at), statistics.median(mid)
+    K = -(-(H + S) // p)
+    print(f"\n## forecast_many {S} observations into a patch, batch of {B} (S={args.samples}, H={H}: {K} patches drawn)")
+    print(f"at the boundary {a / B * 1e6:>8.1f} us/series, inside {b / B * 1e6:>8.1f} = {b / a:.2f}x")
+    stacked = f._stack(inside)
+    known = torch.from_numpy(np.stack([s.buffer for s in inside])).to(f.device)
+    noise = torch.randn(B, args.samples, K, p, dtype=_TORCH[f.dtype], device=f.device)
+    plain, cond = [], []
+    for _ in range(3):
+        plain.append(timeit(lambda: f.model.sample(stacked, K, noise, f.floors), 1, warmup=1))
+        cond.append(timeit(lambda: f.model.sample(stacked, K, noise, f.floors, known), 1, warmup=1))
+    a, b = statistics.median(plain), statistics.median(cond)
+    print(f"model.sample without the {S} known steps {a / B * 1e6:>8.1f} us/series, with {b / B * 1e6:>8.1f} = {b / a:.2f}x")
 
 
 def with_levers(f: Forecaster, levers: dict) -> Forecaster:

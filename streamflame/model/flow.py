@@ -21,9 +21,10 @@ j-1 (teacher forcing). gamma starts at zero,
 so a model without it is the same function until trained.
 
 Because y_j depends only on z_<=j, a forecast made inside a patch can condition on the steps of it
-already observed (``known``): the inverse pass maps them to their noise, which replaces the first
-noise dims of patch 0, so every path starts from what was observed and its later steps are drawn
-from p(y_>=s | y_<s, c) exactly (missing steps take the seasonal hint, as in training's masked loss).
+already observed (``known``): the couplings' inverse maps them to the base, where they replace the
+first s dims of patch 0's base draw, so every path starts from what was observed and its later steps
+are drawn from p(y_>=s | y_<s, c) exactly (missing steps take the seasonal hint, as in training's
+masked loss).
 """
 from __future__ import annotations
 
@@ -113,13 +114,17 @@ class FlowHead(nn.Module):
         known (b, s) normalised, s < p: the observed first s steps of patch 0; every path starts
         with them (up to rounding) and continues from them."""
         n = z.shape[0]
+        start = None                                        # (n, 1, s): patch 0's first s base dims
         if known is not None and known.shape[-1]:
-            z = self._start_from(c[:, 0], hint[:, 0], known, z)
+            y0 = torch.cat([known.to(hint.dtype), hint[:, 0, known.shape[-1]:self.p]], -1)   # steps >= s: any
+            start = self._unflow(y0, c[:, 0])[0][:n, None, :known.shape[-1]]    # on all b rows, as cond
         loc, sig = self._loc(c, hint)
         loc, scale = loc[:n].unsqueeze(-2), torch.exp(sig[:n]).unsqueeze(-2)      # (n, K, 1, p)
         cond = [(hc[:n].unsqueeze(-2), ec[:n].unsqueeze(-2)) for hc, ec in self._cond(c)]
         if not self.ar:
             y = loc + scale * z
+            if start is not None:
+                y[:, 0, :, :start.shape[-1]] = start
             for layer, (hc, ec) in zip(self.layers, cond):
                 y, _ = layer(y, hc, ec)
             return y
@@ -128,21 +133,10 @@ class FlowHead(nn.Module):
         prev, out = last, []
         for j in range(z.shape[1]):                                               # patches in order
             y = self._patch(loc[:, j], scale[:, j], gamma[:, j], prev, last, z[:, j],
-                            [(hc[:, j], ec[:, j]) for hc, ec in cond])            # (n, S, p)
+                            [(hc[:, j], ec[:, j]) for hc, ec in cond], start if j == 0 else None)  # (n, S, p)
             out.append(y)
             prev = self.bound(y[..., -1:], None if bounds is None else bounds[:n, None])   # (n, S, 1)
         return torch.stack(out, 1)
-
-    def _start_from(self, c0, hint0, known, z):
-        """z (n, K, S, p) with the first s noise dims of patch 0 replaced, for every sample, by those
-        that map to known (b, s) given c0 (b, d_cond), hint0 (b, 2p): the inverse pass on all b rows
-        (as the condition terms), patch 0's predecessor being the last observation (no move)."""
-        s, n = known.shape[-1], z.shape[0]
-        y0 = torch.cat([known.to(hint0.dtype), hint0[:, s:self.p]], -1)      # steps >= s: any value
-        z0, _ = self._inverse(y0, c0, hint0, hint0[:, self.p:self.p + 1] if self.ar else None)
-        z = z.clone()
-        z[:, 0, :, :s] = z0[:n, None, :s].to(z.dtype)
-        return z
 
     def bound(self, prev, bounds=None):
         """prev (..., 1) within bounds (..., 2) (broadcastable), and always within +-clip: what
@@ -152,9 +146,12 @@ class FlowHead(nn.Module):
             return prev
         return torch.minimum(torch.maximum(prev, bounds[..., :1].to(prev.dtype)), bounds[..., 1:].to(prev.dtype))
 
-    def _patch(self, loc, scale, gamma, prev, last, z, cond):
-        """One ar_patches patch: the base moved by gamma * (prev - last), then the couplings."""
+    def _patch(self, loc, scale, gamma, prev, last, z, cond, start=None):
+        """One ar_patches patch: the base moved by gamma * (prev - last), then the couplings;
+        ``start`` (n, 1, s): the first s base dims (observed steps, mapped to the base)."""
         y = loc + gamma * (prev - last) + scale * z
+        if start is not None:
+            y[..., :start.shape[-1]] = start
         for layer, (hc, ec) in zip(self.layers, cond):
             y, _ = layer(y, hc, ec)
         return y
@@ -180,11 +177,16 @@ class FlowHead(nn.Module):
     def _inverse(self, y, c, hint, prev=None):
         """The noise z (..., p) that maps to y (..., p) given c, hint (and prev with ar_patches),
         and the per-step log-scales (..., p) of that map (the triangular Jacobian's diagonal)."""
-        logdet = torch.zeros(y.shape, dtype=y.dtype, device=y.device)
-        for layer, (hc, ec) in reversed(list(zip(self.layers, self._cond(c)))):
-            y, ld = layer.inverse(y, hc, ec)
-            logdet = logdet + ld
+        y, logdet = self._unflow(y, c)
         loc, sig = self._loc(c, hint)
         if self.ar:
             loc = loc + self.prev(c) * (prev - hint[..., self.p:self.p + 1])
         return (y - loc) * torch.exp(-sig), logdet + sig
+
+    def _unflow(self, y, c):
+        """The couplings' inverse: y (..., p) -> their input (the base draw) and its log-scales (..., p)."""
+        logdet = torch.zeros(y.shape, dtype=y.dtype, device=y.device)
+        for layer, (hc, ec) in reversed(list(zip(self.layers, self._cond(c)))):
+            y, ld = layer.inverse(y, hc, ec)
+            logdet = logdet + ld
+        return y, logdet
