@@ -33,3 +33,15 @@ def test_refresh_names_are_checked(tmp_path):
         step.main(["--refresh", "gpu:float32", "--tiny", "--batch", "16", "--rounds", "1", "--device", "cpu"])
     with pytest.raises(FileNotFoundError, match="no streamflame/model/forecaster.py"):
         load_baseline(tmp_path)
+
+
+def test_bench_step_partial_times_forecasts_inside_a_patch(capsys):
+    """bench step --partial S: a row for forecast_many S steps into a patch against at the boundary
+    (K covers S + H steps), and one for the conditioning alone; S must lie inside a patch."""
+    assert step.main(["--tiny", "--histories", "96", "--batch", "16", "--reps", "1", "--horizon", "40",
+                      "--samples", "8", "--partial", "20", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "## forecast_many 20 observations into a patch, batch of 16 (S=8, H=40: 2 patches drawn)" in out
+    assert "at the boundary" in out and "model.sample without the 20 known steps" in out
+    with pytest.raises(SystemExit, match="--partial must be in"):
+        step.main(["--tiny", "--histories", "96", "--batch", "16", "--reps", "1", "--partial", "48", "--device", "cpu"])
