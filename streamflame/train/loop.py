@@ -74,6 +74,8 @@ class TrainConfig:
                                                     # perception features) ahead (0: in-loop)
     threads: int = 0                                # torch intra-op threads of the step (0: torch's default)
     init_from: str | None = None                    # start from these weights (fresh optimizer/schedule)
+    trainable: list = field(default_factory=list)   # parameter-name prefixes to train (e.g. flow.prev);
+                                                    # the rest stay as loaded. Empty: all
     distill: dict = field(default_factory=dict)     # DistillConfig overrides (streamflame/train/distill.py)
 
     @classmethod
@@ -107,6 +109,13 @@ class TrainConfig:
             raise ValueError(f"{path}: ar_sampled_prev must be in [0, 1]")
         if cfg.ar_sampled_prev > 0 and not cfg.model.get("ar_patches"):
             raise ValueError(f"{path}: ar_sampled_prev needs model: {{ar_patches: true}}")
+        if not isinstance(cfg.trainable, list) or not all(isinstance(t, str) and t for t in cfg.trainable):
+            raise ValueError(f"{path}: trainable must be a list of parameter-name prefixes")
+        names = [n for n, _ in Flame(ModelConfig.from_dict(cfg.model)).named_parameters()] if cfg.trainable else []
+        unknown = [t for t in cfg.trainable if not any(n.startswith(t) for n in names)]
+        if unknown:
+            raise ValueError(f"{path}: trainable {unknown} match no parameter of this model "
+                             f"(e.g. {', '.join(sorted({n.rsplit('.', 1)[0] for n in names})[:6])}, ...)")
         return cfg
 
 
@@ -420,9 +429,13 @@ def lr_at(step: int, cfg: TrainConfig, time_frac: float = 0.0) -> float:
 
 def make_optimizer(model: Flame, cfg: TrainConfig) -> torch.optim.AdamW:
     """AdamW with weight decay on the matrices only. foreach: one multi-tensor kernel per update
-    term instead of a Python loop over 100+ parameters (the same bits here: tests/test_train_features.py)."""
+    term instead of a Python loop over 100+ parameters (the same bits here: tests/test_train_features.py).
+    With ``trainable``, only the parameters named by those prefixes get gradients and updates."""
     decay, no_decay = [], []
     for n, p in model.named_parameters():
+        if cfg.trainable and not any(n.startswith(t) for t in cfg.trainable):
+            p.requires_grad_(False)
+            continue
         (no_decay if p.ndim < 2 or n.endswith(("A_log", "dt_bias", "D")) else decay).append(p)
     return torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                               {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.98),
