@@ -568,7 +568,6 @@ def test_memory_bounds_spill_open_patches_without_changing_output(service_config
     msgs = idle + stream.messages
     n_expected = sum(len(p) for p in expected.values())
     half = len(msgs) // 2
-    patches = []
     for part in (msgs[:half], msgs[half:]):
         ing = IngestConsumer(cfg, redis_client=redis_client)
         th = run_in_thread(ing)
