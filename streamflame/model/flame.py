@@ -25,7 +25,7 @@ from .config import ModelConfig
 from .flow import FlowHead
 from .hippo import legendre
 from .perception import (STATS, DataFeatures, data_features, dominant_period, first_reference, last_observed,
-                         floors, mean_std, patch_moments, prev_bounds, scan_stats, seasonal_hint)
+                         floors, mean_std, normalise, patch_moments, prev_bounds, scan_stats, seasonal_hint)
 from .seasonal import BINS, CANDIDATES, N_FEATURES, candidates, choice, features, update_errors, update_profiles
 from .ssd import RMSNorm, SSDLayer
 
@@ -125,7 +125,7 @@ class Flame(nn.Module):
         elif features.period.shape != (b, T) or features.env.shape != (b, T, cfg.legt_order + 2):
             raise ValueError(f"features for {tuple(features.period.shape)} boundaries, patches {(b, T)}")
         period, env = features.period, features.env.to(patches.dtype)
-        z = ((patches.double() - mean[..., None]) / std[..., None]).clamp(-cfg.clip, cfg.clip)
+        z = normalise(patches, mean, std, cfg.clip)
         obs = ~torch.isnan(patches)
         z = torch.where(obs, z, 0).to(patches.dtype)
         tok = self.embed_patch(torch.cat([z, obs.to(patches.dtype)], -1))
@@ -193,9 +193,9 @@ class Flame(nn.Module):
             if future is not None:
                 raw = raw[:, future]
             known = ~torch.isnan(raw)
-            hint = ((raw.double() - mean[:, None, None]) / std[:, None, None]).clamp(-cfg.clip, cfg.clip)
+            hint = normalise(raw, mean, std, cfg.clip)
             hint = torch.where(known, hint, 0).to(h.dtype)
-            last = ((last_observed(window).double() - mean) / std).clamp(-cfg.clip, cfg.clip)
+            last = normalise(last_observed(window), mean, std, cfg.clip)
             last = torch.nan_to_num(last, nan=0.0).to(h.dtype)[:, None, None].expand(*raw.shape)
         c = c + self.embed_hint(torch.cat([hint, known.to(h.dtype)], -1))
         if cfg.hint_features:
@@ -215,7 +215,7 @@ class Flame(nn.Module):
         seas = {k: state[k] for k in ("ref", "clock", "cal", "profile", "herr")}
         c, hint = self.condition(state["h"], state["window"], period, mean, std, K, seas)
         if known is not None and known.shape[1]:         # normalised as training's targets; missing: the hint
-            y = ((known.double() - mean[:, None]) / std[:, None]).clamp(-self.cfg.clip, self.cfg.clip)
+            y = normalise(known, mean, std, self.cfg.clip)
             known = torch.where(torch.isnan(y), hint[:, 0, :known.shape[1]].double(), y).to(hint.dtype)
         lim = floors(state["window"]) if hold_floors else None                  # (b, 2) raw, +-inf: none
         bounds = None
@@ -294,8 +294,7 @@ class Flame(nn.Module):
         # targets: patches k+1 .. k+K for boundary k (padded with NaN past the end)
         padded = F.pad(patches, (0, 0, 0, K), value=float("nan"))
         fut = padded.unfold(1, K, 1)[:, 1:n + 1].permute(0, 1, 3, 2)           # (b, n, K, p)
-        y_all = (fut.double() - mean[..., None, None]) / std[..., None, None]
-        y_all = flat(y_all.clamp(-cfg.clip, cfg.clip).to(patches.dtype))      # (bn, K, p)
+        y_all = flat(normalise(fut, mean, std, cfg.clip).to(patches.dtype))   # (bn, K, p)
         ends = bounds = None
         if self.flow.ar:                           # observed ends, bounded as sampling bounds drawn ones
             bounds = prev_bounds(flat(aux["windows"][:, :n]), flat(mean), flat(std), cfg.clip)[:, None]

@@ -69,6 +69,13 @@ def mean_std(stats: torch.Tensor, ref: torch.Tensor) -> tuple[torch.Tensor, torc
     return mean, torch.where(has, std, torch.ones_like(std))
 
 
+def normalise(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, clip: float) -> torch.Tensor:
+    """x (*lead, ...) raw, mean / std (*lead) -> (x - mean) / std (float64) clipped to +-clip: the
+    scale the model reads and scores values on (NaN stays NaN)."""
+    extra = (1,) * (x.ndim - mean.ndim)
+    return ((x.double() - mean.reshape(mean.shape + extra)) / std.reshape(std.shape + extra)).clamp(-clip, clip)
+
+
 DAY_SECONDS = 86_400.0
 
 
@@ -171,7 +178,7 @@ def env_features(window: torch.Tensor, period: torch.Tensor, mean, std, cfg) -> 
     W, p = window.shape[-1], cfg.patch_len
     theta = torch.where(period > 0, period.clamp(p, W), torch.full_like(period, 2 * p))
     valid = ~torch.isnan(window)
-    z = ((window.double() - mean[..., None]) / std[..., None]).clamp(-cfg.clip, cfg.clip)
+    z = normalise(window, mean, std, cfg.clip)
     z = torch.where(valid, z, 0).to(window.dtype)
     coef = legt_coefficients(z, valid, theta, cfg.legt_order)
     extra = torch.stack([torch.log(theta.to(window.dtype) / p), 1 - valid.to(window.dtype).mean(-1)], -1)

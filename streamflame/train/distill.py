@@ -31,7 +31,7 @@ import torch
 from streamflame.core.constants import DEFAULT_QUANTILES
 from streamflame.core.fields import from_fields
 from streamflame.model.flame import Flame, _calendar
-from streamflame.model.perception import mean_std
+from streamflame.model.perception import mean_std, normalise
 
 DISTILL_SEED_OFFSET = 10_007      # the teacher set's sampler seed = the run's seed + this
 MIN_CUT = 8                       # a cut has at least this many patches of context
@@ -169,7 +169,7 @@ def distill_loss(model: Flame, ts: TeacherSet, samples: int, generator: torch.Ge
     q_s, mean, std = student_quantiles(model, ts, samples, generator, device)
     m, nq, H = q_s.shape
     q_t = torch.as_tensor(ts.quantiles, device=device).reshape(m, nq, H).double()
-    q_t = ((q_t - mean[:, None, None]) / std[:, None, None]).clamp(-model.cfg.clip, model.cfg.clip)
+    q_t = normalise(q_t, mean, std, model.cfg.clip)
     ok = torch.isfinite(q_t)
     diff = (q_s - torch.where(ok, q_t, 0).to(q_s.dtype)).abs()
     return torch.where(ok, diff, 0).sum() / ok.sum().clamp_min(1)
