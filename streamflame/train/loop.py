@@ -37,6 +37,11 @@ from streamflame.train.distill import (DistillConfig, TeacherSet, distill_loss, 
 from streamflame.train.mix import AugmentConfig, augment, tsmixup
 
 
+def _named_by(name: str, prefix: str) -> bool:
+    """A ``trainable`` entry names the parameters whose names start with it."""
+    return name.startswith(prefix)
+
+
 @dataclass
 class TrainConfig:
     model: dict = field(default_factory=dict)       # ModelConfig overrides
@@ -78,6 +83,10 @@ class TrainConfig:
                                                     # the rest stay as loaded. Empty: all
     distill: dict = field(default_factory=dict)     # DistillConfig overrides (streamflame/train/distill.py)
 
+    def trains(self, name: str) -> bool:
+        """Whether the parameter ``name`` is trained: every one without ``trainable``."""
+        return not self.trainable or any(_named_by(name, t) for t in self.trainable)
+
     @classmethod
     def from_run_dir(cls, run_dir: str | Path) -> "TrainConfig":
         """The training config a run directory's last checkpoint was written with."""
@@ -112,7 +121,7 @@ class TrainConfig:
         if not isinstance(cfg.trainable, list) or not all(isinstance(t, str) and t for t in cfg.trainable):
             raise ValueError(f"{path}: trainable must be a list of parameter-name prefixes")
         names = [n for n, _ in Flame(ModelConfig.from_dict(cfg.model)).named_parameters()] if cfg.trainable else []
-        unknown = [t for t in cfg.trainable if not any(n.startswith(t) for n in names)]
+        unknown = [t for t in cfg.trainable if not any(_named_by(n, t) for n in names)]
         if unknown:
             raise ValueError(f"{path}: trainable {unknown} match no parameter of this model "
                              f"(e.g. {', '.join(sorted({n.rsplit('.', 1)[0] for n in names})[:6])}, ...)")
@@ -433,7 +442,7 @@ def make_optimizer(model: Flame, cfg: TrainConfig) -> torch.optim.AdamW:
     With ``trainable``, only the parameters named by those prefixes get gradients and updates."""
     decay, no_decay = [], []
     for n, p in model.named_parameters():
-        if cfg.trainable and not any(n.startswith(t) for t in cfg.trainable):
+        if not cfg.trains(n):
             p.requires_grad_(False)
             continue
         (no_decay if p.ndim < 2 or n.endswith(("A_log", "dt_bias", "D")) else decay).append(p)
