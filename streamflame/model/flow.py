@@ -123,11 +123,8 @@ class FlowHead(nn.Module):
         cond = [(hc[:n].unsqueeze(-2), ec[:n].unsqueeze(-2)) for hc, ec in self._cond(c)]
         if not self.ar:
             y = loc + scale * z
-            if start is not None:
-                y[:, 0, :, :start.shape[-1]] = start
-            for layer, (hc, ec) in zip(self.layers, cond):
-                y, _ = layer(y, hc, ec)
-            return y
+            _put_start(y[:, 0], start)                                            # patch 0's view
+            return self._couple(y, cond)
         gamma = self.prev(c)[:n].unsqueeze(-2)              # (n, K, 1, p); all b rows, as the cond terms
         last = hint[:n, 0, self.p:self.p + 1].unsqueeze(-2)                       # (n, 1, 1)
         prev, out = last, []
@@ -150,8 +147,11 @@ class FlowHead(nn.Module):
         """One ar_patches patch: the base moved by gamma * (prev - last), then the couplings;
         ``start`` (n, 1, s): the first s base dims (observed steps, mapped to the base)."""
         y = loc + gamma * (prev - last) + scale * z
-        if start is not None:
-            y[..., :start.shape[-1]] = start
+        _put_start(y, start)
+        return self._couple(y, cond)
+
+    def _couple(self, y, cond):
+        """Base draws y (..., p) through the coupling layers (their condition terms ``cond``)."""
         for layer, (hc, ec) in zip(self.layers, cond):
             y, _ = layer(y, hc, ec)
         return y
@@ -190,3 +190,10 @@ class FlowHead(nn.Module):
             y, ld = layer.inverse(y, hc, ec)
             logdet = logdet + ld
         return y, logdet
+
+
+def _put_start(y: torch.Tensor, start: torch.Tensor | None) -> None:
+    """y (..., p) base draws: the first s dims become ``start`` (..., s), in place (observed steps
+    mapped to the base, so every path continues from them); nothing without ``start``."""
+    if start is not None:
+        y[..., :start.shape[-1]] = start
