@@ -22,7 +22,7 @@ from streamflame.bench.step_paths import compare_paths
 from streamflame.bench.step_refresh import compare_refresh
 from streamflame.core.memory import retain_freed_memory
 from streamflame.model import Forecaster, tiny_config
-from streamflame.model.forecaster import _TORCH
+from streamflame.model.forecaster import _TORCH, known_steps
 from streamflame.model.flame import Flame, load_compatible
 
 
@@ -194,7 +194,7 @@ def compare_partial(f: Forecaster, states, args, rng) -> None:
     print(f"\n## forecast_many {S} observations into a patch, batch of {B} (S={args.samples}, H={H}: {K} patches drawn)")
     print(f"at the boundary {a / B * 1e6:>8.1f} us/series, inside {b / B * 1e6:>8.1f} = {b / a:.2f}x")
     stacked = f._stack(inside)
-    known = torch.from_numpy(np.stack([s.buffer for s in inside])).to(f.device)
+    known = known_steps(inside).to(f.device)
     noise = torch.randn(B, args.samples, K, p, dtype=_TORCH[f.dtype], device=f.device)
     plain, cond = [], []
     for _ in range(3):

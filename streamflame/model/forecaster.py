@@ -314,7 +314,7 @@ class Forecaster:
         for skip, idx in jobs:
             extra = _padded(len(idx)) - len(idx) if pad else 0
             stacked = self._stack([states[i] for i in idx], extra)
-            known = torch.from_numpy(np.stack([states[i].buffer for i in idx + idx[:1] * extra])) if skip else None
+            known = known_steps([states[i] for i in idx + idx[:1] * extra])
             means, qs, samples = self._forecast_stacked(stacked, [seeds[i] for i in idx], skip, horizon, levels,
                                                         num_samples, pad, with_samples, known)
             for j, i in enumerate(idx):
@@ -525,6 +525,14 @@ def sample_quantiles(samples: torch.Tensor, q: torch.Tensor, numpy_sort: bool | 
 
 RESOLUTION_DIGITS = 7                     # float32: 2**-23 = 1.2e-7 relative
 _POW10 = {"cpu": torch.tensor([float(10 ** k) for k in range(23)], dtype=torch.float64)}   # exact; per device
+
+
+def known_steps(states: list[SeriesState]) -> torch.Tensor | None:
+    """(b, s): the s observations each state buffered since its last whole patch (all share s),
+    which condition patch 0 of a forecast between boundaries; None at a boundary (s = 0)."""
+    if not len(states[0].buffer):
+        return None
+    return torch.from_numpy(np.stack([s.buffer for s in states]))
 
 
 def round_to_scale(x: torch.Tensor, std: torch.Tensor, dim: int = 0) -> torch.Tensor:
