@@ -1,11 +1,13 @@
 """Ship a training run's final weights as streamflame/checkpoints/default, with its whole lineage.
 
-    python scripts/ship_checkpoint.py RUN/final --temperature T --antithetic on|off --text "what, and its validation"
+    python scripts/ship_checkpoint.py RUN/final --temperature T --antithetic on|off --floors on|off \
+        --root-model-id ID --text "what, and its validation" [--out DIR]
 
 A run started with --init-from another run's final; this walks that chain back to the shipped
 checkpoint it started from (a train_config.init_from of streamflame/checkpoints/default) and records
 every run's segments (device, steps, observations, wall time) in config.json, adds a lineage stage
 with --text, sums trained_steps, and writes the sampling settings chosen on the calibration set.
+--out writes the candidate elsewhere (e.g. to look at its demo fan chart before shipping it).
 The shipped checkpoint's model_id must be the chain's root (the weights it started from): shipping
 over anything else would break the lineage, so the script refuses.
 """
@@ -13,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 from pathlib import Path
 
 SHIPPED = Path("streamflame/checkpoints/default")
@@ -42,6 +43,8 @@ def main() -> None:
     ap.add_argument("final", type=Path)
     ap.add_argument("--temperature", type=float, required=True)
     ap.add_argument("--antithetic", choices=("on", "off"), required=True)
+    ap.add_argument("--floors", choices=("on", "off"), required=True, help="sampling.floors (Forecaster.set_floors)")
+    ap.add_argument("--out", type=Path, default=SHIPPED, help=f"where to write it (default {SHIPPED})")
     ap.add_argument("--text", required=True, help="the lineage stage's text: commands, data, validation figures")
     ap.add_argument("--root-model-id", required=True,
                     help="model_id of the checkpoint the chain started from (the shipped one, checked)")
@@ -55,19 +58,19 @@ def main() -> None:
     stage = f"stage{len(old['lineage'])}"          # date + stage1..N: the next stage's number
     while stage in old["lineage"]:
         stage = f"stage{int(stage[5:]) + 1}"
-    anti = args.antithetic == "on"
-    meta = {"lineage": {**old["lineage"], stage: args.text}, "model": last["model"], "model_id": last["model_id"],
-            "observations_seen_last_stage": sum(s["observations"] for s in segments), "segments": segments,
-            "train_config": last["train_config"],
-            "trained_steps": old["trained_steps"] + sum(cfg["trained_steps"] for _, cfg in runs),
-            "sampling": {"temperature": args.temperature, **({"antithetic": True} if anti else {})}}
-    shutil.copy(args.final / "model.safetensors", SHIPPED / "model.safetensors")
-    (SHIPPED / "config.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
     from streamflame.model import Forecaster
-    f = Forecaster.load(SHIPPED)
-    assert f.model_id == last["model_id"] and f.temperature == args.temperature and f.antithetic == anti
-    print(f"shipped {f.model_id} as {stage}: {len(segments)} segments, {meta['observations_seen_last_stage']:,} "
-          f"observations, trained_steps {meta['trained_steps']}")
+    f = Forecaster.load(args.final).set_temperature(args.temperature)
+    f.set_antithetic(args.antithetic == "on").set_floors(args.floors == "on")
+    assert f.model_id == last["model_id"], f"{args.final}: weights are {f.model_id}, its config says {last['model_id']}"
+    extra = {"lineage": {**old["lineage"], stage: args.text},
+             "observations_seen_last_stage": sum(s["observations"] for s in segments), "segments": segments,
+             "train_config": last["train_config"],
+             "trained_steps": old["trained_steps"] + sum(cfg["trained_steps"] for _, cfg in runs)}
+    f.save(args.out, extra)                     # weights, model, model_id and sampling as Forecaster writes them
+    g = Forecaster.load(args.out)
+    assert (g.model_id, g.temperature, g.antithetic, g.floors) == (f.model_id, f.temperature, f.antithetic, f.floors)
+    print(f"wrote {f.model_id} to {args.out} as {stage}: {len(segments)} segments, "
+          f"{extra['observations_seen_last_stage']:,} observations, trained_steps {extra['trained_steps']}")
 
 
 if __name__ == "__main__":
