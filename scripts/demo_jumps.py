@@ -18,14 +18,15 @@ import argparse
 import numpy as np
 
 from streamflame.core.constants import PATCH_LEN
+from streamflame.eval.metrics import boundary_jump, jump_ratio
 
 HORIZON, SAMPLES, DAY_STEPS = 144, 100, 144
 CURVES = {"mean": None, "q10": 0.1, "q30": 0.3, "q70": 0.7, "q90": 0.9}
 
 
 def boundary_ratios(forecaster, values: np.ndarray, ends: range) -> dict[str, list[float]]:
-    """{curve: [boundary step / inside step, one per origin]} for forecasts after patch ends ``ends``."""
-    at = [b - 1 for b in range(PATCH_LEN, HORIZON, PATCH_LEN)]             # diff index across each boundary
+    """{curve: [boundary step / inside step, one per origin]} for forecasts after patch ends ``ends``
+    (eval's coherence figure, `metrics.boundary_jump` / `jump_ratio`, on the demo's forecasts)."""
     out: dict[str, list[float]] = {c: [] for c in CURVES}
     for end in ends:
         state = forecaster.state_from_history(values[:end * PATCH_LEN], step_seconds=600)
@@ -33,10 +34,9 @@ def boundary_ratios(forecaster, values: np.ndarray, ends: range) -> dict[str, li
         levels = [round(float(q), 3) for q in fc.quantile_levels]
         for name, q in CURVES.items():
             y = fc.mean if q is None else fc.quantiles[levels.index(q)]
-            d = np.abs(np.diff(np.asarray(y, dtype=np.float64)))
-            inside = np.delete(d, at).mean()
-            if inside > 1e-9 * (np.abs(y).mean() + 1e-9):
-                out[name].append(max(d[at].mean() / inside, 1e-3))
+            r = jump_ratio(*boundary_jump(np.asarray(y, dtype=np.float64), end * PATCH_LEN, PATCH_LEN))
+            if not np.isnan(r):                                    # NaN: the curve does not move inside
+                out[name].append(max(r, 1e-3))
     return out
 
 
