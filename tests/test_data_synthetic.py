@@ -115,3 +115,26 @@ def test_closed_hours_gaps_follow_the_clock():
     miss = np.isnan(x).reshape(28, 48)
     assert 0.2 < miss.mean() < 0.9
     assert miss.all(axis=0).any() and (~miss).any(axis=0).any()   # some times of day never observed
+
+
+def test_near_periodic_series_repeat_their_day_almost_exactly():
+    """The near-periodic family: the value one day earlier is close to the best forecast (its
+    error a few percent of the series' spread, far below a weather-like series' own), and the
+    family is opt-in and deterministic like the others."""
+    from streamflame.data.synthetic import DEFAULT, periodic_like, weather_like
+    assert DEFAULT.periodic_fraction == 0
+    def day_naive_error(x, per_day):
+        return np.mean(np.abs(x[per_day:] - x[:-per_day])) / np.std(x)
+    per, wea = [], []
+    for seed in range(20):
+        info: dict = {}
+        x = periodic_like(4096, np.random.default_rng(seed), info=info)
+        assert np.isfinite(x).all() and np.std(x) > 0
+        per.append(day_naive_error(x, 1440 // info["step_minutes"]))
+        y = weather_like(4096, np.random.default_rng(seed), step_minutes=info["step_minutes"])
+        wea.append(day_naive_error(y, 1440 // info["step_minutes"]))
+    assert np.median(per) < 0.1 and max(per) < 0.3
+    assert np.median(per) < 0.25 * np.median(wea)
+    cfg = SynthConfig(periodic_fraction=1.0)
+    a = generate(8, 2048, seed=3, config=cfg)
+    np.testing.assert_array_equal(a, generate(8, 2048, seed=3, config=cfg))

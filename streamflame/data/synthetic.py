@@ -13,8 +13,8 @@ Two families, mixed half/half by :func:`generate` and :func:`stream`:
   spikes, slow sensor drift, AR(1) and multiplicative noise, and sometimes intermittent
   (zero-inflated counts) or clipped (saturating sensor) output.
 
-Two more families enter only when a config asks for them (``calendar_fraction``,
-``weather_fraction``; 0 in :data:`DEFAULT`, which stays the shipped stage-1 mix):
+Three more families enter only when a config asks for them (``calendar_fraction``,
+``weather_fraction``, ``periodic_fraction``; 0 in :data:`DEFAULT`, which stays the shipped stage-1 mix):
 
 * **Calendar series** (parking, call centres, traffic, footfall): a week is the main cycle,
   with separate weekday and weekend day shapes, per-weekday levels, day-to-day variation,
@@ -24,6 +24,11 @@ Two more families enter only when a config asks for them (``calendar_fraction``,
 * **Weather-like series** (temperature, humidity): a daily cycle whose amplitude changes from
   day to day, under synoptic swings of a few days that are larger than the daily cycle, and
   a slow seasonal drift; the daily peak is often not the largest autocorrelation feature.
+* **Near-periodic series** (``periodic_fraction``; typical-year weather files, climatological
+  curves, scheduled processes, irradiance): one day's shape repeats almost exactly, under slow
+  amplitude modulation and level drift, with noise of 0.1-3 % of the cycle's range, sometimes
+  zero at night or rounded to a grid. Copying the last period is close to the best forecast
+  here, and the model has to learn to trust its seasonal hint that far (docs/model.md).
 
 Any family may then get missing runs (NaN), and every series gets a random level and
 scale. Series ``i`` of seed ``s`` depends only on ``(s, i)`` (``numpy.random.SeedSequence``),
@@ -53,6 +58,7 @@ class SynthConfig:
     max_kernels: int = 5               # base kernels per KernelSynth composition
     calendar_fraction: float = 0.0     # share of calendar series (weekly main cycle), taken first
     weather_fraction: float = 0.0      # share of weather-like series, taken next
+    periodic_fraction: float = 0.0     # share of near-periodic series, taken next
     closed_hours_probability: float = 0.0  # share of calendar series observed in opening hours only
 
 
@@ -326,6 +332,30 @@ def weather_like(length: int, rng: np.random.Generator, step_minutes: int | None
     return x
 
 
+def periodic_like(length: int, rng: np.random.Generator, step_minutes: int | None = None,
+                  info: dict | None = None) -> np.ndarray:
+    """One near-periodic series of shape (length,) (see the module docstring)."""
+    step_minutes = int(rng.choice((5, 10, 15, 30, 60, 60))) if step_minutes is None else int(step_minutes)
+    if info is not None:
+        info["step_minutes"] = step_minutes
+    per_day = max(2, MINUTES_PER_DAY // step_minutes)
+    t = np.arange(length) + int(rng.integers(per_day))
+    x = daily_profile(per_day, rng)[t % per_day]
+    if rng.random() < 0.25:                                   # a weekly schedule on top
+        x = x * np.where((t // per_day) % 7 >= 5, rng.uniform(0.3, 0.9), 1.0)
+    slow = per_day * rng.uniform(30, 400)                     # slow amplitude modulation and drift
+    x = x * (1 + rng.uniform(0, 0.3) * np.sin(2 * np.pi * t / slow + rng.uniform(0, 2 * np.pi)))
+    x = x + rng.uniform(0, 0.5) * np.sin(2 * np.pi * t / (per_day * rng.uniform(60, 400)) + rng.uniform(0, 2 * np.pi))
+    if rng.random() < 0.25:                                   # irradiance-like: nothing at night
+        x = np.maximum(x, np.quantile(x, rng.uniform(0.3, 0.5)))
+    width = np.ptp(x)
+    x = x + width * 10 ** rng.uniform(-3, -1.5) * ar1(length, float(rng.uniform(0.0, 0.9)), rng)
+    if rng.random() < 0.3:                                    # rounded as the files store it
+        q = width * 10 ** rng.uniform(-2.7, -1.7)
+        x = np.round(x / q) * q
+    return x
+
+
 # ---------------------------------------------------------------- missing values and scaling
 
 def add_missing(x: np.ndarray, fraction: float, rng: np.random.Generator) -> np.ndarray:
@@ -366,11 +396,13 @@ def generate_one(index: int, length: int, seed: int = 0, config: SynthConfig = D
     if length < 2:
         raise ValueError(f"length must be >= 2, got {length}")
     rng = _rng(seed, index)
-    family = rng.random() if config.calendar_fraction + config.weather_fraction > 0 else 1.0
+    family = rng.random() if config.calendar_fraction + config.weather_fraction + config.periodic_fraction > 0 else 1.0
     if family < config.calendar_fraction:
         x = calendar_like(length, rng, closed_hours=bool(rng.random() < config.closed_hours_probability), info=info)
     elif family < config.calendar_fraction + config.weather_fraction:
         x = weather_like(length, rng, info=info)
+    elif family < config.calendar_fraction + config.weather_fraction + config.periodic_fraction:
+        x = periodic_like(length, rng, info=info)
     elif rng.random() < config.kernel_fraction:
         x = kernel_synth(length, rng, config.max_kernels)
     else:
