@@ -165,6 +165,34 @@ def test_model_checkpoint_plugs_into_the_command(tiny_checkpoint, data, tmp_path
         cli(["eval", str(path), "-H", "500", "-W", "1", "-o", str(out), "--model", str(ckpt)])
 
 
+def test_scale_option_sets_every_series_state_scale(data, tmp_path):
+    """``--scale`` is init_state's sampling-rate scale for every series: the command's forecasts
+    equal the API's with that scale, differ from scale 1's, and a scale <= 0 is refused."""
+    import torch
+
+    from streamflame.model import Forecaster, tiny_config
+    f = Forecaster.from_config(tiny_config(), seed=0)
+    with torch.no_grad():          # the untrained flow ignores its condition (zero-initialised maps): wake it
+        g = torch.Generator().manual_seed(0)
+        for prm in f.model.flow.parameters():
+            prm.add_(0.05 * torch.randn(prm.shape, generator=g))
+    ckpt = f.save(tmp_path / "woken")
+    path, _ = data
+    out = {}
+    for s in ("1", "3"):
+        out[s] = tmp_path / f"F{s}.csv"
+        assert cli(["eval", str(path), "-H", str(H), "-W", "1", "-o", str(out[s]), "--model", str(ckpt),
+                    "--num-samples", "20", "--baselines", "none", "--scale", s]) == 0
+    one, three = pd.read_csv(out["1"]), pd.read_csv(out["3"])
+    assert not np.allclose(one["mean"], three["mean"])
+    series = {x.series_id: x for x in load_table(path)}["site/load"]
+    got = StreamFlameAdapter(f, num_samples=20, seed=0, scale=3.0).forecast_series(
+        series, window_lengths(len(series), H, 1, 96), H)[0]
+    np.testing.assert_allclose(three[three.series_id == "site/load"]["mean"], got[0], rtol=1e-5, atol=1e-5)
+    with pytest.raises(SystemExit, match="scale"):
+        cli(["eval", str(path), "-H", str(H), "-W", "1", "-o", str(out["1"]), "--model", str(ckpt), "--scale", "0"])
+
+
 def test_score_names_files_that_share_a_tag_by_their_own_names():
     """`eval score` names a file by its sibling tag (F.autoets.csv -> autoets); files whose tags
     collide (every run's F.fc.csv) are named by their own names, then with their folders."""

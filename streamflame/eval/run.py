@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import re
 import sys
@@ -272,6 +273,9 @@ def _parser_run() -> argparse.ArgumentParser:
     p.add_argument("--floors", choices=("on", "off"),
                    help="hold the floor and ceiling each series' window shows (Forecaster.set_floors); "
                         "default: the checkpoint's")
+    p.add_argument("--scale", type=float, default=1.0,
+                   help="sampling-rate scale of every series' state (Forecaster.init_state: multiplies the SSD "
+                        "layers' dt, FlowState's Delta scaling); default 1, as training uses")
     return p
 
 
@@ -350,7 +354,9 @@ def main_run(argv: list[str]) -> int:
             forecaster.set_antithetic(args.antithetic == "on")
         if args.floors is not None:
             forecaster.set_floors(args.floors == "on")
-        adapter = StreamFlameAdapter(forecaster, args.num_samples, args.seed)
+        if not (math.isfinite(args.scale) and args.scale > 0):
+            raise SystemExit(f"streamflame eval: --scale must be a finite number > 0, got {args.scale}")
+        adapter = StreamFlameAdapter(forecaster, args.num_samples, args.seed, args.scale)
         adapter.check_horizon(args.horizon)
         min_history = max(min_history, adapter.min_history)
     series = _load(args.data, args.freq, args.tz)
