@@ -4,7 +4,8 @@
         --root-model-id ID --text "what, and its validation" [--out DIR]
 
 A run started with --init-from another run's final; this walks that chain back to the shipped
-checkpoint it started from (a train_config.init_from of streamflame/checkpoints/default) and records
+checkpoint it started from (a train_config.init_from of streamflame/checkpoints/default, or of the run
+whose final weights are the shipped ones) and records
 every run's segments (device, steps, observations, wall time) in config.json, adds a lineage stage
 with --text, sums trained_steps, and writes the sampling settings chosen on the calibration set.
 --out writes the candidate elsewhere (e.g. to look at its demo fan chart before shipping it).
@@ -20,8 +21,11 @@ from pathlib import Path
 SHIPPED = Path("streamflame/checkpoints/default")
 
 
-def chain(final: Path) -> list[tuple[Path, dict]]:
-    """[(run final dir, its config.json)] from the first run after the shipped checkpoint to ``final``."""
+def chain(final: Path, shipped_id: str) -> list[tuple[Path, dict]]:
+    """[(run final dir, its config.json)] from the first run after the shipped checkpoint to ``final``.
+    The chain ends at an init_from that is the shipped checkpoint: its directory, or the run whose
+    final weights were shipped (its model_id is ``shipped_id``; that run's segments are in the
+    shipped lineage already)."""
     out, seen = [], set()
     while True:
         cfg = json.loads((final / "config.json").read_text())
@@ -34,6 +38,8 @@ def chain(final: Path) -> list[tuple[Path, dict]]:
             return out[::-1]
         if parent in seen or not (parent / "config.json").exists():
             raise SystemExit(f"{final}: its init_from {parent} is neither a run's final nor {SHIPPED}")
+        if json.loads((parent / "config.json").read_text())["model_id"] == shipped_id:
+            return out[::-1]
         seen.add(parent)
         final = parent
 
@@ -52,7 +58,7 @@ def main() -> None:
     old = json.loads((SHIPPED / "config.json").read_text())
     if old["model_id"] != args.root_model_id:
         raise SystemExit(f"{SHIPPED} is {old['model_id']}, not {args.root_model_id}: the chain did not start from it")
-    runs = chain(args.final)
+    runs = chain(args.final, old["model_id"])
     last = runs[-1][1]
     segments = [{**s, "run": str(p.parent)} for p, cfg in runs for s in cfg["lineage"]]
     stage = f"stage{len(old['lineage'])}"          # date + stage1..N: the next stage's number

@@ -20,12 +20,12 @@ def _script():
     return mod
 
 
-def _run(tmp_path: Path, init_from: str) -> Path:
+def _run(tmp_path: Path, init_from: str, name: str = "run", steps: int = 7) -> Path:
     """A run's final directory: the shipped weights with one CPU segment, trained 'from' init_from."""
     f = Forecaster.load(REPO / SHIPPED)
-    segment = {"device": "cpu", "start_step": 0, "end_step": 7, "observations": 1234, "wall_s": 1.0}
-    return f.save(tmp_path / "run" / "final", {"lineage": [segment], "trained_steps": 7,
-                                               "train_config": {"init_from": init_from, "seed": 3}})
+    segment = {"device": "cpu", "start_step": 0, "end_step": steps, "observations": 1234, "wall_s": 1.0}
+    return f.save(tmp_path / name / "final", {"lineage": [segment], "trained_steps": steps,
+                                              "train_config": {"init_from": init_from, "seed": 3}})
 
 
 def test_a_candidate_keeps_its_sampling_settings_and_lineage(tmp_path, monkeypatch):
@@ -60,3 +60,19 @@ def test_a_run_not_started_from_the_shipped_checkpoint_is_refused(tmp_path, monk
     with pytest.raises(SystemExit, match="neither a run's final"):
         _script().main()
     assert not (tmp_path / "cand").exists()
+
+
+def test_the_chain_ends_at_the_run_whose_weights_were_shipped(tmp_path, monkeypatch):
+    """A run trained on from the run that became the shipped checkpoint: only the new run's segments
+    and steps are added (the shipped run's are in the shipped lineage already)."""
+    monkeypatch.chdir(REPO)
+    old = json.loads((REPO / SHIPPED / "config.json").read_text())
+    shipped_run = _run(tmp_path, "runs/some_earlier/final", name="shipped_run", steps=5)   # has the shipped model_id
+    final, out = _run(tmp_path, str(shipped_run), name="next", steps=9), tmp_path / "cand"
+    monkeypatch.setattr("sys.argv", ["ship_checkpoint.py", str(final), "--temperature", "0.85", "--antithetic", "on",
+                                     "--floors", "on", "--root-model-id", old["model_id"], "--text", "next stage",
+                                     "--out", str(out)])
+    _script().main()
+    meta = json.loads((out / "config.json").read_text())
+    assert [s["run"] for s in meta["segments"]] == [str(final.parent)]
+    assert meta["trained_steps"] == old["trained_steps"] + 9
