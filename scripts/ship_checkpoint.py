@@ -27,8 +27,8 @@ def chain(final: Path, shipped_id: str) -> list[tuple[Path, dict]]:
     final weights were shipped (its model_id is ``shipped_id``; that run's segments are in the
     shipped lineage already)."""
     out, seen = [], set()
+    cfg = json.loads((final / "config.json").read_text())
     while True:
-        cfg = json.loads((final / "config.json").read_text())
         out.append((final, cfg))
         parent = cfg.get("train_config", {}).get("init_from")
         if not parent:
@@ -38,7 +38,8 @@ def chain(final: Path, shipped_id: str) -> list[tuple[Path, dict]]:
             return out[::-1]
         if parent in seen or not (parent / "config.json").exists():
             raise SystemExit(f"{final}: its init_from {parent} is neither a run's final nor {SHIPPED}")
-        if json.loads((parent / "config.json").read_text())["model_id"] == shipped_id:
+        cfg = json.loads((parent / "config.json").read_text())      # each run's config read once
+        if cfg["model_id"] == shipped_id:
             return out[::-1]
         seen.add(parent)
         final = parent

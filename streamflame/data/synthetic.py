@@ -396,12 +396,15 @@ def generate_one(index: int, length: int, seed: int = 0, config: SynthConfig = D
     if length < 2:
         raise ValueError(f"length must be >= 2, got {length}")
     rng = _rng(seed, index)
-    family = rng.random() if config.calendar_fraction + config.weather_fraction + config.periodic_fraction > 0 else 1.0
+    # the opt-in families' shares, stacked: [0, calendar) [.., + weather) [.., + periodic)
+    up_to_weather = config.calendar_fraction + config.weather_fraction
+    up_to_periodic = up_to_weather + config.periodic_fraction
+    family = rng.random() if up_to_periodic > 0 else 1.0
     if family < config.calendar_fraction:
         x = calendar_like(length, rng, closed_hours=bool(rng.random() < config.closed_hours_probability), info=info)
-    elif family < config.calendar_fraction + config.weather_fraction:
+    elif family < up_to_weather:
         x = weather_like(length, rng, info=info)
-    elif family < config.calendar_fraction + config.weather_fraction + config.periodic_fraction:
+    elif family < up_to_periodic:
         x = periodic_like(length, rng, info=info)
     elif rng.random() < config.kernel_fraction:
         x = kernel_synth(length, rng, config.max_kernels)
