@@ -138,3 +138,31 @@ def test_near_periodic_series_repeat_their_day_almost_exactly():
     cfg = SynthConfig(periodic_fraction=1.0)
     a = generate(8, 2048, seed=3, config=cfg)
     np.testing.assert_array_equal(a, generate(8, 2048, seed=3, config=cfg))
+
+
+def test_intermittent_series_rest_on_a_zero_floor_and_burst():
+    """The intermittent family (opt-in): non-negative series that sit exactly at 0 for most steps
+    (so the best 0.5 quantile there is the floor itself), with bursts in runs rather than isolated
+    points; generate_one keeps 0 as their floor after scaling (it did not before: the
+    non-negativity check ran on the centred series and never held)."""
+    from streamflame.data.synthetic import DEFAULT, SynthConfig, generate_one, intermittent_like
+    assert DEFAULT.intermittent_fraction == 0
+    floor_share, run_len = [], []
+    for seed in range(30):
+        x = intermittent_like(4096, np.random.default_rng(seed), step_minutes=60)
+        assert x.min() >= 0
+        at_floor = x == 0
+        floor_share.append(at_floor.mean())
+        starts = np.flatnonzero(np.diff(at_floor.astype(int)) == -1)
+        if starts.size:
+            run_len.append((~at_floor).sum() / starts.size)
+    assert np.median(floor_share) > 0.6
+    assert np.median(run_len) > 1.5        # bursts last more than one step
+    cfg = SynthConfig(intermittent_fraction=1.0, missing_probability=0.0)
+    resting = 0
+    for i in range(20):
+        a, b = generate_one(i, 2048, 5, cfg), generate_one(i, 2048, 5, cfg)
+        assert np.array_equal(a, b)
+        assert a.min() == 0.0
+        resting += (a == 0).mean() > 0.3      # the spiky kind rests on a varying base instead
+    assert resting >= 10

@@ -13,8 +13,9 @@ Two families, mixed half/half by :func:`generate` and :func:`stream`:
   spikes, slow sensor drift, AR(1) and multiplicative noise, and sometimes intermittent
   (zero-inflated counts) or clipped (saturating sensor) output.
 
-Three more families enter only when a config asks for them (``calendar_fraction``,
-``weather_fraction``, ``periodic_fraction``; 0 in :data:`DEFAULT`, which stays the shipped stage-1 mix):
+Four more families enter only when a config asks for them (``calendar_fraction``,
+``weather_fraction``, ``periodic_fraction``, ``intermittent_fraction``; 0 in :data:`DEFAULT`, which
+stays the shipped stage-1 mix):
 
 * **Calendar series** (parking, call centres, traffic, footfall): a week is the main cycle,
   with separate weekday and weekend day shapes, per-weekday levels, day-to-day variation,
@@ -29,6 +30,12 @@ Three more families enter only when a config asks for them (``calendar_fraction`
   amplitude modulation and level drift, with noise of 0.1-3 % of the cycle's range, sometimes
   zero at night or rounded to a grid. Copying the last period is close to the best forecast
   here, and the model has to learn to trust its seasonal hint that far (docs/model.md).
+* **Intermittent series** (``intermittent_fraction``; rain gauges, appliance sub-meters, spiky
+  pollution): a floor the series rests on most of the time (zero, or a small noisy base load)
+  and bursts drawn by an on/off Markov chain whose switch-on rate follows the time of day:
+  rain-like events (skewed amounts, often rounded to a gauge's tip), appliance cycles (a plateau
+  near the appliance's rating, with a few cycle shapes reused) or pollution spikes (log-normal
+  over a slowly varying base). The best quantiles here sit *at* the floor for most steps.
 
 Any family may then get missing runs (NaN), and every series gets a random level and
 scale. Series ``i`` of seed ``s`` depends only on ``(s, i)`` (``numpy.random.SeedSequence``),
@@ -59,6 +66,7 @@ class SynthConfig:
     calendar_fraction: float = 0.0     # share of calendar series (weekly main cycle), taken first
     weather_fraction: float = 0.0      # share of weather-like series, taken next
     periodic_fraction: float = 0.0     # share of near-periodic series, taken next
+    intermittent_fraction: float = 0.0  # share of intermittent (floor + bursts) series, taken next
     closed_hours_probability: float = 0.0  # share of calendar series observed in opening hours only
 
 
@@ -356,6 +364,61 @@ def periodic_like(length: int, rng: np.random.Generator, step_minutes: int | Non
     return x
 
 
+def _bursts(length: int, per_day: int, t: np.ndarray, rng: np.random.Generator,
+            on_share: float, mean_run: float) -> np.ndarray:
+    """On/off Markov chain of shape (length,) bool: about ``on_share`` of the steps on, in runs of
+    mean ``mean_run`` steps, switching on more often at some times of day."""
+    p_off = 1.0 / max(mean_run, 1.0)
+    p_on = p_off * on_share / max(1.0 - on_share, 1e-3)
+    hour = np.exp(rng.uniform(0, 2.0) * np.cos(2 * np.pi * ((t % per_day) / per_day - rng.uniform(0, 1))))
+    p_on_t = np.clip(p_on * hour / hour.mean(), 0.0, 1.0)
+    u = rng.random(length)
+    on = np.zeros(length, dtype=bool)
+    state = False
+    for i in range(length):                   # a two-state chain: a loop, but over one series only
+        state = (u[i] >= p_off) if state else (u[i] < p_on_t[i])
+        on[i] = state
+    return on
+
+
+def intermittent_like(length: int, rng: np.random.Generator, step_minutes: int | None = None,
+                      info: dict | None = None) -> np.ndarray:
+    """One intermittent series of shape (length,) (see the module docstring): non-negative, resting
+    on its floor (0) for most steps."""
+    step_minutes = int(rng.choice((1, 5, 10, 15, 30, 60, 60))) if step_minutes is None else int(step_minutes)
+    if info is not None:
+        info["step_minutes"] = step_minutes
+    per_day = max(2, MINUTES_PER_DAY // step_minutes)
+    t = np.arange(length) + int(rng.integers(per_day))
+    kind = rng.choice(["rain", "appliance", "spiky"], p=[0.35, 0.4, 0.25])
+    if kind == "rain":
+        on = _bursts(length, per_day, t, rng, on_share=rng.uniform(0.02, 0.25), mean_run=rng.uniform(1, 12))
+        event = np.cumsum(np.diff(on.astype(int), prepend=0) == 1)          # event index per step
+        intensity = rng.lognormal(0, 1.0, size=int(event[-1]) + 1)
+        x = np.where(on, intensity[event] * rng.gamma(rng.uniform(0.5, 2.0), 1.0, size=length), 0.0)
+        if rng.random() < 0.6:                                              # a tipping gauge's grid
+            q = np.quantile(x[on], 0.3) if on.any() else 1.0
+            x = np.round(x / max(q, 1e-9)) * max(q, 1e-9)
+    elif kind == "appliance":
+        on = _bursts(length, per_day, t, rng, on_share=rng.uniform(0.02, 0.3), mean_run=rng.uniform(2, 40))
+        rating = rng.uniform(5, 40)
+        shapes = rating * (1 + 0.15 * rng.standard_normal((int(rng.integers(1, 4)), 64)))  # reused cycle shapes
+        start = np.diff(on.astype(int), prepend=0) == 1
+        cycle = np.cumsum(start)
+        pos = np.arange(length) - np.maximum.accumulate(np.where(start, np.arange(length), 0))
+        which = rng.integers(0, shapes.shape[0], size=int(cycle[-1]) + 1)[cycle]
+        x = np.where(on, shapes[which, np.minimum(pos, 63)], 0.0)
+        base = rng.choice([0.0, 0.0, rng.uniform(0.5, 2.0)])                # a standby draw, or none
+        x = np.maximum(x + base * (rng.random(length) < rng.uniform(0.3, 1.0)), 0.0)
+        x = np.round(x)                                                     # whole watt-hours
+    else:
+        on = _bursts(length, per_day, t, rng, on_share=rng.uniform(0.01, 0.1), mean_run=rng.uniform(1, 6))
+        base = np.exp(0.5 * ar1(length, 0.99, rng)) * rng.uniform(0.0, 0.5)
+        x = base + np.where(on, rng.lognormal(rng.uniform(0, 2), 0.8, size=length), 0.0)
+        x = np.round(x / 0.05) * 0.05 if rng.random() < 0.5 else x
+    return x
+
+
 # ---------------------------------------------------------------- missing values and scaling
 
 def add_missing(x: np.ndarray, fraction: float, rng: np.random.Generator) -> np.ndarray:
@@ -399,23 +462,27 @@ def generate_one(index: int, length: int, seed: int = 0, config: SynthConfig = D
     # the opt-in families' shares, stacked: [0, calendar) [.., + weather) [.., + periodic)
     up_to_weather = config.calendar_fraction + config.weather_fraction
     up_to_periodic = up_to_weather + config.periodic_fraction
-    family = rng.random() if up_to_periodic > 0 else 1.0
+    up_to_intermittent = up_to_periodic + config.intermittent_fraction
+    family = rng.random() if up_to_intermittent > 0 else 1.0
     if family < config.calendar_fraction:
         x = calendar_like(length, rng, closed_hours=bool(rng.random() < config.closed_hours_probability), info=info)
     elif family < up_to_weather:
         x = weather_like(length, rng, info=info)
     elif family < up_to_periodic:
         x = periodic_like(length, rng, info=info)
+    elif family < up_to_intermittent:
+        x = intermittent_like(length, rng, info=info)
     elif rng.random() < config.kernel_fraction:
         x = kernel_synth(length, rng, config.max_kernels)
     else:
         x = sensor_like(length, rng, info=info)
     gaps = bool(np.isnan(x).any())               # only calendar series with closed hours
+    nonneg = bool(np.nanmin(x) >= 0)             # counts and positive quantities, before centring
     std = np.nanstd(x) if gaps else np.std(x)
     x = (x - (np.nanmean(x) if gaps else np.mean(x))) / (std if std > 0 else 1.0)
     scale = 10 ** rng.uniform(-2, 3)
     level = rng.choice([0.0, rng.normal(0, 3), abs(rng.normal(0, 3)) + 3]) * scale
-    if np.all(x[~np.isnan(x)] >= 0) or rng.random() < 0.2:  # counts and positive quantities keep 0 as the floor
+    if nonneg or rng.random() < 0.2:  # counts and positive quantities keep 0 as the floor
         x = x - (np.nanmin(x) if gaps else x.min())
         level = 0.0
     x = x * scale + level
