@@ -89,14 +89,18 @@ def test_split_roundtrip_and_continue(dtype, tol):
         assert rel_err(f.forecast(state, H, seed=1).samples, f.forecast(full, H, seed=1).samples) < tol
 
 
-@pytest.mark.parametrize("ar", [False, True])
-def test_batched_calls_equal_single_calls_bit_for_bit(ar):
+@pytest.mark.parametrize("ar,inner", [(False, False), (True, False), (True, True)])
+def test_batched_calls_equal_single_calls_bit_for_bit(ar, inner):
     rng = np.random.default_rng(3)
-    f = Forecaster.from_config(tiny_config(ar_patches=ar), seed=1)
+    f = Forecaster.from_config(tiny_config(ar_patches=ar, inner_ar=inner), seed=1)
     if ar:                                                       # a trained-looking gamma, not zero
         with torch.no_grad():
             f.model.flow.prev.weight.normal_(0, 0.1, generator=torch.Generator().manual_seed(2))
             f.model.flow.prev.bias.fill_(0.5)
+    if inner:                                                    # and a trained-looking inner AR(1)
+        with torch.no_grad():
+            f.model.flow.inner.weight.normal_(0, 0.1, generator=torch.Generator().manual_seed(3))
+            f.model.flow.inner.bias.fill_(1.0)
     states = [f.state_from_history(random_series(rng, P * int(rng.integers(2, 6)))) for _ in range(21)]
     patches = np.stack([random_series(rng, P) for _ in range(21)])
     many = f.update_many(states, patches)
@@ -179,22 +183,29 @@ def test_shipped_model_updates_are_bit_identical_in_any_batch_with_several_threa
         torch.set_num_threads(before)
 
 
-@pytest.mark.parametrize("ar", [False, True])
-def test_a_forecast_inside_a_patch_continues_from_its_observed_start(ar):
+@pytest.mark.parametrize("ar,inner", [(False, False), (True, False), (True, True), (False, True)])
+def test_a_forecast_inside_a_patch_continues_from_its_observed_start(ar, inner):
     """Between patch boundaries the forecast conditions on the observations already in the
     partial patch: the flow is triangular, so feeding the first s steps of one of its own sample
     paths (same seed) gives back that path's remaining steps, and only that path's (the other paths
     start from someone else's beginning and move). With ar_patches the later patches follow too."""
     rng = np.random.default_rng(11 + ar)
-    f = Forecaster.from_config(tiny_config(ar_patches=ar, flow_layers=3), seed=3)
+    f = Forecaster.from_config(tiny_config(ar_patches=ar, inner_ar=inner, flow_layers=3), seed=3)
     with torch.no_grad():                      # trained-like weights: the couplings and gamma non-zero
         for w in f.model.flow.parameters():
             w.add_(0.15 * torch.randn(w.shape, generator=torch.Generator().manual_seed(w.numel())))
+        if inner:                              # a moderate inner AR(1), the same for every patch
+            f.model.flow.inner.weight.zero_(), f.model.flow.inner.bias.fill_(0.8)
     t = np.arange(6 * P)
     x = 20 + 5 * np.sin(2 * np.pi * t / 24) + rng.normal(0, 0.5, len(t))
     state = f.state_from_history(x)
-    H, j = P + 40, 5
+    H = P + 40
     paths = f.forecast(state, H, num_samples=16, seed=9).samples               # (16, H) from the boundary
+    # a path to feed back: one the normalisation does not clip (these random weights draw some that
+    # leave +-clip; fed back, such a path is clipped and is no longer the path that was drawn)
+    from streamflame.model.perception import mean_std
+    mean, std = (float(v[0]) for v in mean_std(*(f._stack([state])[k] for k in ("stats", "ref"))))
+    j = int(np.flatnonzero(np.abs((paths - mean) / std).max(1) < f.config.clip)[0])
     for s in (1, 17, P - 1):
         later = f.forecast(f.update(state, paths[j, :s]), H - s, num_samples=16, seed=9).samples
         scale = np.abs(paths[j]).max()

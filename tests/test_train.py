@@ -241,3 +241,33 @@ def test_trainable_prefixes_train_those_weights_and_leave_the_rest_as_loaded(tmp
     assert train(cfg, resume=True, progress=lambda m: None)["step"] == 6
     with pytest.raises(ValueError, match="match no parameter"):
         TrainConfig.from_dict({"trainable": ["flow.nothing"]})
+
+
+def test_init_values_start_a_new_lever_away_from_zero_and_resume_keeps_the_trained_value(tmp_path):
+    """init_values set named parameters after init_from (here inner_ar's coefficient bias, so that
+    the run starts at a = 0.9 instead of 0); a resumed run keeps what training made of them; a name
+    that is no parameter, or a value that is no finite number, is a clear error."""
+    import math
+
+    import torch
+
+    cfg = TrainConfig.from_yaml("configs/train/smoke.yaml")
+    cfg.out_dir, cfg.steps, cfg.checkpoint_every = str(tmp_path / "base"), 2, 1000
+    train(cfg, progress=lambda m: None)
+    start = math.atanh(0.9 / 0.999)
+    cfg.out_dir, cfg.steps, cfg.lr, cfg.warmup = str(tmp_path / "inner"), 3, 1e-2, 1
+    cfg.init_from, cfg.model = str(tmp_path / "base" / "final"), {**cfg.model, "ar_patches": True, "inner_ar": True}
+    cfg.trainable, cfg.init_values = ["flow.inner"], {"flow.inner.bias": start}
+    logs = []
+    train(cfg, progress=logs.append)
+    assert any("flow.inner.bias" in m for m in logs)
+    bias = Forecaster.load(tmp_path / "inner" / "final").model.flow.inner.bias
+    assert abs(float(bias) - start) < 0.1 and float(bias) != start      # started there, then trained
+    cfg.steps = 5
+    train(cfg, resume=True, progress=lambda m: None)
+    resumed = Forecaster.load(tmp_path / "inner" / "final").model.flow.inner.bias
+    assert not torch.equal(resumed, torch.full_like(resumed, start)) and abs(float(resumed) - start) < 0.2
+    with pytest.raises(ValueError, match="name no parameter"):
+        TrainConfig.from_dict({"init_values": {"flow.nothing": 1.0}})
+    with pytest.raises(ValueError, match="finite numbers"):
+        TrainConfig.from_dict({"init_values": {"flow.base.bias": "x"}})

@@ -39,6 +39,8 @@ class ModelConfig:
     seasonal_memory: bool = False  # the hint is the candidate of lowest tracked error: window seasonal
                                    # naive, day or week profile (model/seasonal.py), not always the first
     hint_features: bool = False    # the flow's condition sees every hint candidate's tracked error
+    inner_ar: bool = False         # the flow's base noise is AR(1) inside a patch (model/flow.py): a path
+                                   # continued from observed steps keeps the last one's deviation
 
     def __post_init__(self) -> None:
         problems = []

@@ -322,7 +322,7 @@ class Flame(nn.Module):
 
 # Config fields that add zero-initialised parameters: weights without them still give the same function.
 # (seasonal_memory adds no parameters; switched on, the same weights see the tracked best hint.)
-ADDITIVE_FIELDS = {"ar_patches": False, "seasonal_memory": False, "hint_features": False}
+ADDITIVE_FIELDS = {"ar_patches": False, "seasonal_memory": False, "hint_features": False, "inner_ar": False}
 
 
 def load_compatible(model: Flame, src: Flame, what: str) -> None:

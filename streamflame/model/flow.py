@@ -20,6 +20,14 @@ training's teacher-forced inputs are. Training scores patch j given the observed
 j-1 (teacher forcing). gamma starts at zero,
 so a model without it is the same function until trained.
 
+With ``inner_ar`` the base noise inside a patch is a stationary AR(1) instead of white (FAR-TS's
+autoregression, inside the patch): eps_0 = z_0, eps_j = a(c) eps_{j-1} + sqrt(1 - a(c)^2) z_j, every
+eps_j still N(0, 1), |a| < 1, a = 0 at initialisation (the same function until trained). The
+couplings let step j see the steps before it only in blocks (a step right after a split point sees
+nothing newer than that split), so without it a path continued from observed steps (``known``
+below) forgets the last ones; with it the base of step j carries the deviation of step j-1. The
+density stays triangular: log p(eps_j | eps_<j) = log N(eps_j; a eps_{j-1}, 1 - a^2).
+
 Because y_j depends only on z_<=j, a forecast made inside a patch can condition on the steps of it
 already observed (``known``): the couplings' inverse maps them to the base, where they replace the
 first s dims of patch 0's base draw, so every path starts from what was observed and its later steps
@@ -35,6 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 
 SPLITS = (24, 12, 36, 6, 42, 18, 30)   # for p = 48; scaled for other patch lengths
+AR_MAX = 0.999                         # |a| bound of inner_ar's base noise (its innovation variance >= 2e-3)
 
 
 class Coupling(nn.Module):
@@ -97,6 +106,42 @@ class FlowHead(nn.Module):
         if self.ar:
             self.prev = nn.Linear(cfg.d_cond, p)            # gamma(c): how far each step follows prev
             nn.init.zeros_(self.prev.weight), nn.init.zeros_(self.prev.bias)
+        self.inner_ar = bool(getattr(cfg, "inner_ar", False))
+        if self.inner_ar:
+            self.inner = nn.Linear(cfg.d_cond, 1)           # a(c): AR(1) coefficient of the base noise
+            nn.init.zeros_(self.inner.weight), nn.init.zeros_(self.inner.bias)
+            lag = torch.arange(p)[:, None] - torch.arange(p)[None, :]
+            self.register_buffer("lag", lag.clamp(min=0), persistent=False)          # (p, p): j - i
+            self.register_buffer("lower", lag >= 0, persistent=False)                # i <= j
+
+    def _ar_coef(self, c):
+        """c (..., d_cond) -> a (..., 1) in (-AR_MAX, AR_MAX): the base noise's AR(1) coefficient."""
+        return AR_MAX * torch.tanh(self.inner(c))
+
+    def _powers(self, a):
+        """a (..., 1) -> (..., p): a^0, a^1, ..., a^(p-1) (a product, so a = 0 has finite gradients)."""
+        return torch.cumprod(torch.cat([torch.ones_like(a), a.expand(*a.shape[:-1], self.p - 1)], -1), -1)
+
+    def _correlate(self, z, a, loc=None, scale=None, start=None):
+        """White noise z (..., S, p) -> AR(1) noise eps (..., S, p) with coefficient a (..., 1), i.e.
+        eps = z L^T with L_ji = a^(j-i) (i = 0) or a^(j-i) sqrt(1 - a^2) (0 < i <= j). With ``start``
+        (..., 1, s), the observed first s base dims: eps_j for j >= s continues from the observed
+        eps_(s-1) = (start_(s-1) - loc_(s-1)) / scale_(s-1) instead of the drawn one (the recurrence is
+        linear, so the difference decays as a^(j-s+1))."""
+        if a is None:
+            return z
+        pw = self._powers(a)                                                # (..., p)
+        col = torch.sqrt(1 - a * a).expand(*a.shape[:-1], self.p).clone()
+        col[..., 0] = 1
+        L = torch.where(self.lower, pw[..., None, :].expand(*pw.shape, self.p).gather(
+            -1, self.lag.expand(*pw.shape[:-1], self.p, self.p)), 0) * col[..., None, :]   # (..., p, p)
+        eps = z @ L.transpose(-1, -2) if z.dim() == L.dim() else (L @ z.unsqueeze(-1)).squeeze(-1)
+        if start is not None:
+            k = start.shape[-1]
+            seen = (start[..., k - 1:k] - loc[..., k - 1:k]) / scale[..., k - 1:k]       # (..., 1, 1)
+            eps = eps.clone()
+            eps[..., k:] = eps[..., k:] + (seen - eps[..., k - 1:k]) * pw[..., None, 1:self.p - k + 1]
+        return eps
 
     def _cond(self, c):
         return [(l.cond(c), l.elem(c)) for l in self.layers]
@@ -121,8 +166,12 @@ class FlowHead(nn.Module):
         loc, sig = self._loc(c, hint)
         loc, scale = loc[:n].unsqueeze(-2), torch.exp(sig[:n]).unsqueeze(-2)      # (n, K, 1, p)
         cond = [(hc[:n].unsqueeze(-2), ec[:n].unsqueeze(-2)) for hc, ec in self._cond(c)]
+        a = self._ar_coef(c[:n]) if self.inner_ar else None                       # (n, K, 1)
         if not self.ar:
-            y = loc + scale * z
+            eps = self._correlate(z, a)
+            if a is not None and start is not None:                               # patch 0 continues
+                eps[:, 0] = self._correlate(z[:, 0], a[:, 0], loc=loc[:, 0], scale=scale[:, 0], start=start)
+            y = loc + scale * eps
             _put_start(y[:, 0], start)                                            # patch 0's view
             return self._couple(y, cond)
         gamma = self.prev(c)[:n].unsqueeze(-2)              # (n, K, 1, p); all b rows, as the cond terms
@@ -130,7 +179,8 @@ class FlowHead(nn.Module):
         prev, out = last, []
         for j in range(z.shape[1]):                                               # patches in order
             y = self._patch(loc[:, j], scale[:, j], gamma[:, j], prev, last, z[:, j],
-                            [(hc[:, j], ec[:, j]) for hc, ec in cond], start if j == 0 else None)  # (n, S, p)
+                            [(hc[:, j], ec[:, j]) for hc, ec in cond], start if j == 0 else None,
+                            None if a is None else a[:, j])                               # (n, S, p)
             out.append(y)
             prev = self.bound(y[..., -1:], None if bounds is None else bounds[:n, None])   # (n, S, 1)
         return torch.stack(out, 1)
@@ -143,10 +193,12 @@ class FlowHead(nn.Module):
             return prev
         return torch.minimum(torch.maximum(prev, bounds[..., :1].to(prev.dtype)), bounds[..., 1:].to(prev.dtype))
 
-    def _patch(self, loc, scale, gamma, prev, last, z, cond, start=None):
+    def _patch(self, loc, scale, gamma, prev, last, z, cond, start=None, a=None):
         """One ar_patches patch: the base moved by gamma * (prev - last), then the couplings;
-        ``start`` (n, 1, s): the first s base dims (observed steps, mapped to the base)."""
-        y = loc + gamma * (prev - last) + scale * z
+        ``start`` (n, 1, s): the first s base dims (observed steps, mapped to the base); ``a`` (n, 1):
+        inner_ar's coefficient (None: white noise)."""
+        loc = loc + gamma * (prev - last)
+        y = loc + scale * self._correlate(z, a, loc=loc, scale=scale, start=start)
         _put_start(y, start)
         return self._couple(y, cond)
 
@@ -161,7 +213,8 @@ class FlowHead(nn.Module):
         (..., 2p), prev (..., 1) normalised, z (..., p) -> y (..., p); the step of ``sample`` for one
         patch. Training draws predecessors with it (scheduled sampling, Flame.loss)."""
         loc, sig = self._loc(c, hint)
-        return self._patch(loc, torch.exp(sig), self.prev(c), prev, hint[..., self.p:self.p + 1], z, self._cond(c))
+        return self._patch(loc, torch.exp(sig), self.prev(c), prev, hint[..., self.p:self.p + 1], z, self._cond(c),
+                           a=self._ar_coef(c) if self.inner_ar else None)
 
     def log_prob(self, y, c, hint, prev=None, per_step: bool = False):
         """Exact log density of normalised patches y (..., p) given c, hint (and, with ar_patches,
@@ -171,6 +224,13 @@ class FlowHead(nn.Module):
         only on noise dims <= j (the Jacobian is triangular), so the density factorises over the
         steps of a patch: a masked loss sums the terms of the observed steps only."""
         z, logdet = self._inverse(y, c, hint, prev)
+        if self.inner_ar:                   # AR(1) base: z_j given z_(j-1), innovation variance 1 - a^2
+            ft = torch.promote_types(z.dtype, torch.float32)          # 1 - a^2 near 0: never in bf16
+            a, z, logdet = self._ar_coef(c).to(ft), z.to(ft), logdet.to(ft)
+            var = torch.cat([torch.ones_like(a), (1 - a * a).expand(*a.shape[:-1], self.p - 1)], -1)
+            innov = z - a * F.pad(z[..., :-1], (1, 0))
+            terms = -0.5 * innov * innov / var - 0.5 * math.log(2 * math.pi) - 0.5 * torch.log(var) - logdet
+            return terms if per_step else terms.sum(-1)
         terms = -0.5 * z * z - 0.5 * math.log(2 * math.pi) - logdet
         return terms if per_step else terms.sum(-1)
 

@@ -79,6 +79,8 @@ class TrainConfig:
                                                     # perception features) ahead (0: in-loop)
     threads: int = 0                                # torch intra-op threads of the step (0: torch's default)
     init_from: str | None = None                    # start from these weights (fresh optimizer/schedule)
+    init_values: dict = field(default_factory=dict)  # parameter name -> constant it starts at (after
+                                                    # init_from; e.g. a new lever's start away from zero)
     trainable: list = field(default_factory=list)   # parameter-name prefixes to train (e.g. flow.prev);
                                                     # the rest stay as loaded. Empty: all
     distill: dict = field(default_factory=dict)     # DistillConfig overrides (streamflame/train/distill.py)
@@ -121,6 +123,14 @@ class TrainConfig:
         if not isinstance(cfg.trainable, list) or not all(isinstance(t, str) and t for t in cfg.trainable):
             raise ValueError(f"{path}: trainable must be a list of parameter-name prefixes")
         names = [n for n, _ in Flame(ModelConfig.from_dict(cfg.model)).named_parameters()] if cfg.trainable else []
+        if not isinstance(cfg.init_values, dict) or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in cfg.init_values.values()):
+            raise ValueError(f"{path}: init_values must map parameter names to finite numbers")
+        if cfg.init_values:
+            names = names or [n for n, _ in Flame(ModelConfig.from_dict(cfg.model)).named_parameters()]
+            missing = sorted(set(cfg.init_values) - set(names))
+            if missing:
+                raise ValueError(f"{path}: init_values {missing} name no parameter of this model")
         unknown = [t for t in cfg.trainable if not any(_named_by(n, t) for n in names)]
         if unknown:
             raise ValueError(f"{path}: trainable {unknown} match no parameter of this model "
@@ -484,6 +494,12 @@ def _train(cfg: TrainConfig, resume: bool, sampler: SequenceSampler | None, prog
         src = Forecaster.load(cfg.init_from)
         load_compatible(model, src.model, f"init_from {cfg.init_from}")
         progress(f"initialised from {cfg.init_from} ({src.model_id})")
+    if cfg.init_values and not (resume and step):
+        params = dict(model.named_parameters())
+        with torch.no_grad():
+            for name, value in cfg.init_values.items():
+                params[name].fill_(float(value))
+        progress(f"set {', '.join(f'{k} = {v}' for k, v in cfg.init_values.items())}")
     sampler = sampler or SequenceSampler(cfg, mcfg.patch_len)
     dcfg = DistillConfig.from_dict(cfg.distill)
     teacher = TeacherSet.load(dcfg.path) if dcfg.on else None
