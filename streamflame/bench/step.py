@@ -73,6 +73,9 @@ def _main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seasonal", action="store_true",
                     help="also time them with the seasonal memory (seasonal_memory + hint_features; with --ar, "
                          "both levers together as well), alternating with the model as loaded")
+    ap.add_argument("--inner-ar", action="store_true",
+                    help="also time them with inner_ar (the same weights plus a non-zero AR(1) coefficient), "
+                         "alternating with the model as loaded")
     ap.add_argument("--floors", action="store_true",
                     help="also time them with sampling.floors on against off (the model as loaded, floors off, "
                          "is the base of every lever in this run)")
@@ -167,6 +170,8 @@ def _main(argv: list[str] | None = None) -> int:
                                                             if args.seasonal else [])
     if args.ar and args.seasonal:
         levers.append({"ar_patches": True, "seasonal_memory": True, "hint_features": True})
+    if args.inner_ar:
+        levers.append({"inner_ar": True})
     if args.floors:
         f.set_floors(False)
         levers.append({"floors": True})
@@ -216,6 +221,8 @@ def with_levers(f: Forecaster, levers: dict) -> Forecaster:
     with torch.no_grad():
         if model.cfg.ar_patches:
             model.flow.prev.bias.fill_(0.5)
+        if model.cfg.inner_ar:
+            model.flow.inner.bias.fill_(1.5)
         if model.cfg.hint_features:
             model.embed_seas.weight.normal_(0, 0.1, generator=torch.Generator().manual_seed(0))
     g = Forecaster(model.eval(), "", f.temperature, f.antithetic, floors)
