@@ -115,3 +115,23 @@ def test_forecaster_with_inner_ar_keeps_batch_identity_and_saves():
     partial = f.update(states[0], np.array([5.0, 5.5, 6.0]))
     fc = f.forecast(partial, 20, num_samples=8, seed=0)
     assert fc.samples.shape == (8, 20) and np.isfinite(fc.samples).all()
+
+
+def test_adding_a_lever_keeps_the_shipped_checkpoints_model_id():
+    """The model id hashes the config and the weights. A lever added later (LATE_FIELDS) stays out of
+    the hash while off, so the shipped checkpoint keeps the id its config.json records, and its
+    series' stored states stay valid; switched on, it is another model."""
+    import json
+    from dataclasses import replace
+    from pathlib import Path
+
+    from streamflame.model.config import LATE_FIELDS
+    from streamflame.model.forecaster import _model_id
+
+    f = Forecaster.load()
+    meta = json.loads((Path(__file__).parents[1] / "streamflame/checkpoints/default/config.json").read_text())
+    assert f.model_id == meta["model_id"]
+    assert "inner_ar" in LATE_FIELDS and f.config.inner_ar is False
+    on = Flame(replace(f.config, inner_ar=True))
+    load_compatible(on, f.model, "test")
+    assert _model_id(on) != f.model_id

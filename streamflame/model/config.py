@@ -73,6 +73,12 @@ class ModelConfig:
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
 
+    def identity_json(self) -> str:
+        """What the model id hashes (with the weights): to_json without the LATE_FIELDS left off, so
+        that adding a lever keeps every existing checkpoint's model_id, and its series' stored states."""
+        return json.dumps({k: v for k, v in asdict(self).items()
+                           if not (k in LATE_FIELDS and v == LATE_FIELDS[k])}, sort_keys=True)
+
     @classmethod
     def from_dict(cls, d: dict) -> "ModelConfig":
         return from_fields(cls, d, "ModelConfig")
@@ -80,6 +86,11 @@ class ModelConfig:
     @classmethod
     def from_json(cls, s: str) -> "ModelConfig":
         return cls.from_dict(json.loads(s))
+
+
+# Levers added after checkpoints had shipped, with the value that means "off": while off they stay out of
+# the model id (ModelConfig.identity_json). A new lever goes here when it is added.
+LATE_FIELDS = {"inner_ar": False}
 
 
 def tiny_config(**overrides) -> ModelConfig:

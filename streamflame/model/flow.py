@@ -133,8 +133,7 @@ class FlowHead(nn.Module):
         pw = self._powers(a)                                                # (..., p)
         col = torch.sqrt(1 - a * a).expand(*a.shape[:-1], self.p).clone()
         col[..., 0] = 1
-        L = torch.where(self.lower, pw[..., None, :].expand(*pw.shape, self.p).gather(
-            -1, self.lag.expand(*pw.shape[:-1], self.p, self.p)), 0) * col[..., None, :]   # (..., p, p)
+        L = torch.where(self.lower, pw[..., self.lag], 0) * col[..., None, :]            # (..., p, p)
         eps = z @ L.transpose(-1, -2) if z.dim() == L.dim() else (L @ z.unsqueeze(-1)).squeeze(-1)
         if start is not None:
             k = start.shape[-1]

@@ -580,7 +580,7 @@ def _sampling_noise(keys: torch.Tensor, num_samples: int, shape, dtype, antithet
 
 
 def _model_id(model: Flame) -> str:
-    h = hashlib.sha256(model.cfg.to_json().encode())
+    h = hashlib.sha256(model.cfg.identity_json().encode())
     for k, v in sorted(model.state_dict().items()):
         h.update(k.encode())
         h.update(v.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
