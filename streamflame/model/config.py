@@ -89,7 +89,8 @@ class ModelConfig:
 
 
 # Levers added after checkpoints had shipped, with the value that means "off": while off they stay out of
-# the model id (ModelConfig.identity_json). A new lever goes here when it is added.
+# the model id (ModelConfig.identity_json). A new lever goes here when it is added (and so becomes one of
+# flame.ADDITIVE_FIELDS, which init_from may switch on).
 LATE_FIELDS = {"inner_ar": False}
 
 

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import ModelConfig
+from .config import LATE_FIELDS, ModelConfig
 from .flow import FlowHead
 from .hippo import legendre
 from .perception import (STATS, DataFeatures, data_features, dominant_period, first_reference, last_observed,
@@ -322,7 +322,7 @@ class Flame(nn.Module):
 
 # Config fields that add zero-initialised parameters: weights without them still give the same function.
 # (seasonal_memory adds no parameters; switched on, the same weights see the tracked best hint.)
-ADDITIVE_FIELDS = {"ar_patches": False, "seasonal_memory": False, "hint_features": False, "inner_ar": False}
+ADDITIVE_FIELDS = {"ar_patches": False, "seasonal_memory": False, "hint_features": False, **LATE_FIELDS}
 
 
 def load_compatible(model: Flame, src: Flame, what: str) -> None:

@@ -122,15 +122,14 @@ class TrainConfig:
             raise ValueError(f"{path}: ar_sampled_prev needs model: {{ar_patches: true}}")
         if not isinstance(cfg.trainable, list) or not all(isinstance(t, str) and t for t in cfg.trainable):
             raise ValueError(f"{path}: trainable must be a list of parameter-name prefixes")
-        names = [n for n, _ in Flame(ModelConfig.from_dict(cfg.model)).named_parameters()] if cfg.trainable else []
         if not isinstance(cfg.init_values, dict) or not all(
                 isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in cfg.init_values.values()):
             raise ValueError(f"{path}: init_values must map parameter names to finite numbers")
-        if cfg.init_values:
-            names = names or [n for n, _ in Flame(ModelConfig.from_dict(cfg.model)).named_parameters()]
-            missing = sorted(set(cfg.init_values) - set(names))
-            if missing:
-                raise ValueError(f"{path}: init_values {missing} name no parameter of this model")
+        names = ([n for n, _ in Flame(ModelConfig.from_dict(cfg.model)).named_parameters()]
+                 if cfg.trainable or cfg.init_values else [])
+        missing = sorted(set(cfg.init_values) - set(names))
+        if missing:
+            raise ValueError(f"{path}: init_values {missing} name no parameter of this model")
         unknown = [t for t in cfg.trainable if not any(_named_by(n, t) for n in names)]
         if unknown:
             raise ValueError(f"{path}: trainable {unknown} match no parameter of this model "
