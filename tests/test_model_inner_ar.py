@@ -60,7 +60,7 @@ def test_the_base_density_is_the_stationary_ar1_gaussian():
     assert torch.allclose(flow.log_prob(y, c, hint, prev), want, atol=1e-8)
     # round trip: noise -> patch -> the inverse's innovations are the noise again
     z = torch.randn(4, 5, p, dtype=torch.float64)
-    yk = flow.sample_patch(c[:, :1].expand(4, 5, -1), hint[:, :1].expand(4, 5, -1), prev[:, :1].expand(4, 5, -1), z)
+    yk, _ = flow.sample_patch(c[:, :1].expand(4, 5, -1), hint[:, :1].expand(4, 5, -1), prev[:, :1].expand(4, 5, -1), z)
     e, _ = flow._inverse(yk, c[:, :1].expand(4, 5, -1), hint[:, :1].expand(4, 5, -1), prev[:, :1].expand(4, 5, -1))
     av = flow._ar_coef(c[:, :1])
     innov = (e[..., 1:] - av * e[..., :-1]) / torch.sqrt(1 - av * av)
@@ -131,7 +131,85 @@ def test_adding_a_lever_keeps_the_shipped_checkpoints_model_id():
     f = Forecaster.load()
     meta = json.loads((Path(__file__).parents[1] / "streamflame/checkpoints/default/config.json").read_text())
     assert f.model_id == meta["model_id"]
-    assert "inner_ar" in LATE_FIELDS and f.config.inner_ar is False
+    assert {"inner_ar", "carry_ar"} <= set(LATE_FIELDS) and f.config.inner_ar is False
     on = Flame(replace(f.config, inner_ar=True))
     load_compatible(on, f.model, "test")
     assert _model_id(on) != f.model_id
+
+
+def _carry_model(a: float) -> Flame:
+    """inner_ar + carry_ar with a constant a for every patch, in float64, trained-looking couplings."""
+    _, m = _pair(ar_patches=True)
+    on = Flame(tiny_config(ar_patches=True, inner_ar=True, carry_ar=True))
+    load_compatible(on, m, "test")
+    with torch.no_grad():
+        for w in on.flow.layers.parameters():
+            w.add_(0.05 * torch.randn(w.shape, generator=torch.Generator().manual_seed(w.numel())))
+        on.flow.prev.bias.fill_(0.3)
+    _set_a(on, a)
+    return on.double()
+
+
+def test_carry_ar_runs_the_ar1_across_the_patch_boundary():
+    """carry_ar: two consecutive patches' base noise is one stationary AR(1) over 2p steps. The
+    density of patch 1 given the carried end of patch 0 times that of patch 0 equals the multivariate
+    normal with covariance a^|i-j| over both patches (the couplings' log-determinants apart); a NaN
+    carry is a fresh start; and sampling two patches, then inverting them, gives back the white
+    noise as the innovations across the boundary too."""
+    m = _carry_model(0.8)
+    flow, p = m.flow, 48
+    g = torch.Generator().manual_seed(5)
+    c = torch.randn(4, 2, m.cfg.d_cond, generator=g, dtype=torch.float64)
+    hint = torch.randn(4, 2, 2 * p, generator=g, dtype=torch.float64)
+    hint[:, 1, p:] = hint[:, 0, p:]                                       # the last value: one per series
+    y = torch.randn(4, 2, p, generator=g, dtype=torch.float64)
+    prev = torch.randn(4, 2, 1, generator=g, dtype=torch.float64)
+    e0, ld0 = flow._inverse(y[:, 0], c[:, 0], hint[:, 0], prev[:, 0])
+    e1, ld1 = flow._inverse(y[:, 1], c[:, 1], hint[:, 1], prev[:, 1])
+    carry = flow.carried(y[:, 0], c[:, 0], hint[:, 0], prev[:, 0])
+    assert torch.equal(carry, e0[..., -1:]) and carry.abs().max() < 5   # the bound does not bind here
+    lag = (torch.arange(2 * p)[:, None] - torch.arange(2 * p)[None, :]).abs().double()
+    mvn = torch.distributions.MultivariateNormal(torch.zeros(2 * p, dtype=torch.float64), 0.8 ** lag)
+    want = mvn.log_prob(torch.cat([e0, e1], -1)) - ld0.sum(-1) - ld1.sum(-1)
+    got = flow.log_prob(y[:, 0], c[:, 0], hint[:, 0], prev[:, 0]) + flow.log_prob(
+        y[:, 1], c[:, 1], hint[:, 1], prev[:, 1], carry=carry)
+    assert torch.allclose(got, want, atol=1e-8)
+    fresh = torch.full_like(carry, float("nan"))
+    assert torch.equal(flow.log_prob(y[:, 1], c[:, 1], hint[:, 1], prev[:, 1], carry=fresh),
+                       flow.log_prob(y[:, 1], c[:, 1], hint[:, 1], prev[:, 1]))
+    # sampling: patch 1 continues the AR from where the same path's patch 0 ended in the base
+    z = torch.randn(4, 2, 6, p, generator=g, dtype=torch.float64)
+    ys = flow.sample(c, hint, z)                                          # (4, 2, 6, p)
+    e = []
+    for j in range(2):
+        pj = hint[:, 0, p:p + 1, None].expand(4, 6, 1) if j == 0 else flow.bound(ys[:, 0, :, -1:])
+        e.append(flow._inverse(ys[:, j], c[:, j, None].expand(4, 6, -1), hint[:, j, None].expand(4, 6, -1), pj)[0])
+    e = torch.cat(e, -1)                                                  # (4, 6, 2p)
+    innov = (e[..., 1:] - 0.8 * e[..., :-1]) / math.sqrt(1 - 0.64)
+    assert torch.allclose(e[..., 0], z[:, 0, :, 0], atol=1e-8)
+    assert torch.allclose(innov, torch.cat([z[:, 0, :, 1:], z[:, 1]], -1), atol=1e-7)
+
+
+def test_carry_ar_in_the_loss_starts_as_inner_ar_and_feeds_the_observed_predecessor():
+    """Flame.loss with carry_ar: at a = 0 it is the loss without it (bit for bit, scheduled sampling
+    too); with a != 0 patch 0's term is unchanged (it starts fresh) and later patches' terms move
+    (they continue the observed predecessor's end), gradients finite; a config without inner_ar
+    and ar_patches is refused."""
+    x = torch.randn(3, 7, 48, dtype=torch.float64).cumsum(-1)
+    x[1, 3, 10:30] = float("nan")
+    m = _carry_model(0.8)
+    plain = Flame(tiny_config(ar_patches=True, inner_ar=True)).double()
+    plain.load_state_dict(m.state_dict())                             # carry_ar adds no parameters
+    gen = lambda: torch.Generator().manual_seed(4)
+    assert torch.equal(m.loss(x, future=[0]), plain.loss(x, future=[0]))
+    assert not torch.allclose(m.loss(x, future=[1, 2]), plain.loss(x, future=[1, 2]))
+    loss = m.loss(x, future=[0, 1, 2], sampled_prev=0.5, generator=gen())
+    loss.backward()
+    assert torch.isfinite(loss) and all(torch.isfinite(w.grad).all() for w in m.parameters() if w.grad is not None)
+    assert m.flow.inner.bias.grad.abs() > 0
+    _set_a(m, 0.0), _set_a(plain, 0.0)
+    for q in (0.0, 0.5):
+        assert torch.equal(m.loss(x, future=[0, 1, 2], sampled_prev=q, generator=gen()),
+                           plain.loss(x, future=[0, 1, 2], sampled_prev=q, generator=gen()))
+    with pytest.raises(ValueError, match="carry_ar needs"):
+        tiny_config(inner_ar=True, carry_ar=True)

@@ -771,7 +771,7 @@ def test_scheduled_sampling_conditions_scored_patches_on_a_drawn_predecessor():
     seas = {k: state[k] for k in ("ref", "clock", "cal", "profile", "herr")}
     c, hint = ar.condition(state["h"], state["window"], period, mean, std, 2, seas)
     y = ar.flow.sample(c, hint, noise.transpose(1, 2))                       # (3, 2, 5, 48)
-    one = ar.flow.sample_patch(c[:, 1, None], hint[:, 1, None], y[:, 0, :, -1:], noise[:, :, 1])
+    one, _ = ar.flow.sample_patch(c[:, 1, None], hint[:, 1, None], y[:, 0, :, -1:], noise[:, :, 1])
     assert torch.allclose(one, y[:, 1], atol=1e-5)
     teacher = ar.loss(x, future=[0, 2, 3])
     assert torch.equal(ar.loss(x, future=[0, 2, 3], sampled_prev=0.0, generator=gen()), teacher)
@@ -797,9 +797,9 @@ def test_scheduled_sampling_draws_only_the_picked_predecessors():
     x = torch.randn(3, 7, 48, dtype=torch.float32).cumsum(-1)
     rows, inner = [], ar.flow.sample_patch
 
-    def spy(c, hint, prev, z):
+    def spy(c, hint, prev, z, carry=None):
         rows.append(c.shape[0])
-        return inner(c, hint, prev, z)
+        return inner(c, hint, prev, z, carry)
 
     ar.flow.sample_patch = spy
     bn = 3 * 6                                                  # sequences x boundaries with a future

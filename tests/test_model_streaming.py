@@ -89,10 +89,11 @@ def test_split_roundtrip_and_continue(dtype, tol):
         assert rel_err(f.forecast(state, H, seed=1).samples, f.forecast(full, H, seed=1).samples) < tol
 
 
-@pytest.mark.parametrize("ar,inner", [(False, False), (True, False), (True, True)])
-def test_batched_calls_equal_single_calls_bit_for_bit(ar, inner):
+@pytest.mark.parametrize("ar,inner,carry", [(False, False, False), (True, False, False), (True, True, False),
+                                            (True, True, True)])
+def test_batched_calls_equal_single_calls_bit_for_bit(ar, inner, carry):
     rng = np.random.default_rng(3)
-    f = Forecaster.from_config(tiny_config(ar_patches=ar, inner_ar=inner), seed=1)
+    f = Forecaster.from_config(tiny_config(ar_patches=ar, inner_ar=inner, carry_ar=carry), seed=1)
     if ar:                                                       # a trained-looking gamma, not zero
         with torch.no_grad():
             f.model.flow.prev.weight.normal_(0, 0.1, generator=torch.Generator().manual_seed(2))
@@ -183,14 +184,15 @@ def test_shipped_model_updates_are_bit_identical_in_any_batch_with_several_threa
         torch.set_num_threads(before)
 
 
-@pytest.mark.parametrize("ar,inner", [(False, False), (True, False), (True, True), (False, True)])
-def test_a_forecast_inside_a_patch_continues_from_its_observed_start(ar, inner):
+@pytest.mark.parametrize("ar,inner,carry", [(False, False, False), (True, False, False), (True, True, False),
+                                            (False, True, False), (True, True, True)])
+def test_a_forecast_inside_a_patch_continues_from_its_observed_start(ar, inner, carry):
     """Between patch boundaries the forecast conditions on the observations already in the
     partial patch: the flow is triangular, so feeding the first s steps of one of its own sample
     paths (same seed) gives back that path's remaining steps, and only that path's (the other paths
     start from someone else's beginning and move). With ar_patches the later patches follow too."""
     rng = np.random.default_rng(11 + ar)
-    f = Forecaster.from_config(tiny_config(ar_patches=ar, inner_ar=inner, flow_layers=3), seed=3)
+    f = Forecaster.from_config(tiny_config(ar_patches=ar, inner_ar=inner, carry_ar=carry, flow_layers=3), seed=3)
     with torch.no_grad():                      # trained-like weights: the couplings and gamma non-zero
         for w in f.model.flow.parameters():
             w.add_(0.15 * torch.randn(w.shape, generator=torch.Generator().manual_seed(w.numel())))

@@ -41,6 +41,8 @@ class ModelConfig:
     hint_features: bool = False    # the flow's condition sees every hint candidate's tracked error
     inner_ar: bool = False         # the flow's base noise is AR(1) inside a patch (model/flow.py): a path
                                    # continued from observed steps keeps the last one's deviation
+    carry_ar: bool = False         # with inner_ar and ar_patches: that AR(1) runs on across future patch
+                                   # boundaries (a path's deviation does not restart at each boundary)
 
     def __post_init__(self) -> None:
         problems = []
@@ -54,6 +56,8 @@ class ModelConfig:
             problems.append("d_conv must be >= 1")
         if self.norm_memory != 0 and self.norm_memory < 1:
             problems.append("norm_memory must be 0 (cumulative) or >= 1 patch")
+        if self.carry_ar and not (self.inner_ar and self.ar_patches):
+            problems.append("carry_ar needs inner_ar and ar_patches")
         if problems:
             raise ValueError("invalid ModelConfig: " + "; ".join(problems))
 
@@ -91,7 +95,7 @@ class ModelConfig:
 # Levers added after checkpoints had shipped, with the value that means "off": while off they stay out of
 # the model id (ModelConfig.identity_json). A new lever goes here when it is added (and so becomes one of
 # flame.ADDITIVE_FIELDS, which init_from may switch on).
-LATE_FIELDS = {"inner_ar": False}
+LATE_FIELDS = {"inner_ar": False, "carry_ar": False}
 
 
 def tiny_config(**overrides) -> ModelConfig:

@@ -282,11 +282,13 @@ class Flame(nn.Module):
             seas = {k: flat(aux[k][:, :n]) for k in ("clock", "profile", "herr")}
             seas["ref"] = aux["ref"][:, None].expand(b, n).reshape(b * n)
             seas["cal"] = state0["cal"][:, None].expand(b, n, 2).reshape(b * n, 2)
-        draw = self.flow.ar and sampled_prev > 0 and bool((future > 0).any())
-        need = torch.as_tensor(sorted({*future.tolist(), *(future[future > 0] - 1).tolist()})) if draw else future
+        later = bool((future > 0).any())
+        draw = self.flow.ar and sampled_prev > 0 and later
+        preds = (draw or self.flow.carry) and later                      # c, hint of predecessors needed
+        need = torch.as_tensor(sorted({*future.tolist(), *(future[future > 0] - 1).tolist()})) if preds else future
         c, hint = self.condition(flat(aux["h"][:, :n]), flat(aux["windows"][:, :n]),
                                  flat(aux["period"][:, :n]), flat(mean), flat(std), K, seas, need)
-        if draw:                                   # c, hint of the predecessors; then of the scored patches
+        if preds:                                  # c, hint of the predecessors; then of the scored patches
             at = {j: i for i, j in enumerate(need.tolist())}
             pred = torch.as_tensor([at[max(j - 1, 0)] for j in future.tolist()])
             mine = torch.as_tensor([at[j] for j in future.tolist()])
@@ -300,6 +302,14 @@ class Flame(nn.Module):
             bounds = prev_bounds(flat(aux["windows"][:, :n]), flat(mean), flat(std), cfg.clip)[:, None]
             ends = self.flow.bound(self._prev_ends(y_all, hint[:, 0, p]), bounds)        # (bn, K, 1)
         prev = ends[:, future] if self.flow.ar else None
+        carry = None
+        if self.flow.carry:                        # the observed predecessor's last base value; NaN: fresh
+            kp = (future - 1).clamp_min(0)
+            carry = torch.full((b * n, len(future), 1), float("nan"), dtype=patches.dtype, device=patches.device)
+            if preds:
+                y_pred = torch.where(torch.isnan(y_all[:, kp]), hint_pred[..., :p], y_all[:, kp])
+                e = self.flow.carried(y_pred, c_pred, hint_pred, ends[:, kp]).to(carry.dtype)
+                carry = torch.where((future > 0).to(e.device)[None, :, None], e, carry)
         y = y_all[:, future]                                # c and hint: for these future patches only
         obs = ~torch.isnan(y)
         if target_noise > 0:
@@ -311,12 +321,14 @@ class Flame(nn.Module):
                 pick &= (future > 0).to(y.device)[None, :]
                 r, k = pick.nonzero(as_tuple=True)                      # draw the picked rows only
                 before = ends[:, (future - 1).clamp_min(0)]              # the predecessor's own prev
-                drawn = self.flow.sample_patch(c_pred[r, k], hint_pred[r, k], before[r, k], z[r, k])[..., -1:]
-                drawn = self.flow.bound(drawn, bounds[r, 0]).to(prev.dtype)
+                drawn, e = self.flow.sample_patch(c_pred[r, k], hint_pred[r, k], before[r, k], z[r, k])
+                drawn = self.flow.bound(drawn[..., -1:], bounds[r, 0]).to(prev.dtype)
             prev = prev.index_put((r, k), drawn)
+            if carry is not None:                  # the drawn predecessor (itself started fresh) ends there
+                carry = carry.index_put((r, k), e.to(carry.dtype))
         scored = obs & (obs.to(patches.dtype).mean(-1, keepdim=True) >= min_observed)   # (bn, K, p)
         y = torch.where(obs, y, hint[..., :p])
-        lp = self.flow.log_prob(y, c, hint, prev, per_step=True)           # (bn, K, p)
+        lp = self.flow.log_prob(y, c, hint, prev, per_step=True, carry=carry)   # (bn, K, p)
         return -torch.where(scored, lp, 0).sum() / scored.to(patches.dtype).sum().clamp_min(1)
 
 

@@ -28,6 +28,13 @@ nothing newer than that split), so without it a path continued from observed ste
 below) forgets the last ones; with it the base of step j carries the deviation of step j-1. The
 density stays triangular: log p(eps_j | eps_<j) = log N(eps_j; a eps_{j-1}, 1 - a^2).
 
+With ``carry_ar`` as well, the AR(1) runs on across the boundaries between future patches: patch j's
+first base value continues from where the same path's patch j-1 ended in the base, eps_0 =
+a(c_j) e + sqrt(1 - a(c_j)^2) z_0 with e = eps_(p-1) of patch j-1 (bounded to +-CARRY_MAX), so a path's
+deviation from the mean no longer restarts at every boundary. Patch 0 starts fresh (the last observed
+patch's base noise would need the condition before the state's last step). Training feeds e
+teacher-forced: the observed patch j-1 mapped to the base, as ar_patches feeds its observed end.
+
 Because y_j depends only on z_<=j, a forecast made inside a patch can condition on the steps of it
 already observed (``known``): the couplings' inverse maps them to the base, where they replace the
 first s dims of patch 0's base draw, so every path starts from what was observed and its later steps
@@ -44,6 +51,8 @@ from torch import nn
 
 SPLITS = (24, 12, 36, 6, 42, 18, 30)   # for p = 48; scaled for other patch lengths
 AR_MAX = 0.999                         # |a| bound of inner_ar's base noise (its innovation variance >= 2e-3)
+CARRY_MAX = 5.0                        # |e| bound of carry_ar's carried base value (teacher-forced ones
+                                       # can lie far out; drawn ones almost never reach it)
 
 
 class Coupling(nn.Module):
@@ -113,6 +122,7 @@ class FlowHead(nn.Module):
             lag = torch.arange(p)[:, None] - torch.arange(p)[None, :]
             self.register_buffer("lag", lag.clamp(min=0), persistent=False)          # (p, p): j - i
             self.register_buffer("lower", lag >= 0, persistent=False)                # i <= j
+        self.carry = bool(getattr(cfg, "carry_ar", False))  # ModelConfig checks: with inner_ar and ar_patches
 
     def _ar_coef(self, c):
         """c (..., d_cond) -> a (..., 1) in (-AR_MAX, AR_MAX): the base noise's AR(1) coefficient."""
@@ -122,12 +132,13 @@ class FlowHead(nn.Module):
         """a (..., 1) -> (..., p): a^0, a^1, ..., a^(p-1) (a product, so a = 0 has finite gradients)."""
         return torch.cumprod(torch.cat([torch.ones_like(a), a.expand(*a.shape[:-1], self.p - 1)], -1), -1)
 
-    def _correlate(self, z, a, loc=None, scale=None, start=None):
+    def _correlate(self, z, a, loc=None, scale=None, start=None, carry=None):
         """White noise z (..., S, p) -> AR(1) noise eps (..., S, p) with coefficient a (..., 1), i.e.
         eps = z L^T with L_ji = a^(j-i) (i = 0) or a^(j-i) sqrt(1 - a^2) (0 < i <= j). With ``start``
         (..., 1, s), the observed first s base dims: eps_j for j >= s continues from the observed
         eps_(s-1) = (start_(s-1) - loc_(s-1)) / scale_(s-1) instead of the drawn one (the recurrence is
-        linear, so the difference decays as a^(j-s+1))."""
+        linear, so the difference decays as a^(j-s+1)). With ``carry`` (..., S, 1), the previous
+        patch's last base value e (carry_ar): eps_0 = a e + sqrt(1 - a^2) z_0 instead of z_0."""
         if a is None:
             return z
         pw = self._powers(a)                                                # (..., p)
@@ -140,6 +151,11 @@ class FlowHead(nn.Module):
             seen = (start[..., k - 1:k] - loc[..., k - 1:k]) / scale[..., k - 1:k]       # (..., 1, 1)
             eps = eps.clone()
             eps[..., k:] = eps[..., k:] + (seen - eps[..., k - 1:k]) * pw[..., None, 1:self.p - k + 1]
+        if carry is not None:                       # eps_0 moves by a e + (sqrt(1 - a^2) - 1) z_0, and
+            if z.dim() == L.dim():                  # eps_j with it by a^j (over the samples dim S)
+                a, pw = a.unsqueeze(-2), pw.unsqueeze(-2)
+            z0 = z[..., :1]
+            eps = eps + (a * carry + (torch.sqrt(1 - a * a) - 1) * z0) * pw
         return eps
 
     def _cond(self, c):
@@ -175,11 +191,12 @@ class FlowHead(nn.Module):
             return self._couple(y, cond)
         gamma = self.prev(c)[:n].unsqueeze(-2)              # (n, K, 1, p); all b rows, as the cond terms
         last = hint[:n, 0, self.p:self.p + 1].unsqueeze(-2)                       # (n, 1, 1)
-        prev, out = last, []
+        prev, carry, out = last, None, []
         for j in range(z.shape[1]):                                               # patches in order
-            y = self._patch(loc[:, j], scale[:, j], gamma[:, j], prev, last, z[:, j],
-                            [(hc[:, j], ec[:, j]) for hc, ec in cond], start if j == 0 else None,
-                            None if a is None else a[:, j])                               # (n, S, p)
+            y, e = self._patch(loc[:, j], scale[:, j], gamma[:, j], prev, last, z[:, j],
+                               [(hc[:, j], ec[:, j]) for hc, ec in cond], start if j == 0 else None,
+                               None if a is None else a[:, j], carry)                     # (n, S, p)
+            carry = e if self.carry else None
             out.append(y)
             prev = self.bound(y[..., -1:], None if bounds is None else bounds[:n, None])   # (n, S, 1)
         return torch.stack(out, 1)
@@ -192,14 +209,16 @@ class FlowHead(nn.Module):
             return prev
         return torch.minimum(torch.maximum(prev, bounds[..., :1].to(prev.dtype)), bounds[..., 1:].to(prev.dtype))
 
-    def _patch(self, loc, scale, gamma, prev, last, z, cond, start=None, a=None):
+    def _patch(self, loc, scale, gamma, prev, last, z, cond, start=None, a=None, carry=None):
         """One ar_patches patch: the base moved by gamma * (prev - last), then the couplings;
         ``start`` (n, 1, s): the first s base dims (observed steps, mapped to the base); ``a`` (n, 1):
-        inner_ar's coefficient (None: white noise)."""
+        inner_ar's coefficient (None: white noise); ``carry`` (n, S, 1): the previous patch's last base
+        value (carry_ar). -> the patch (n, S, p) and its last base value (n, S, 1), bounded for carrying."""
         loc = loc + gamma * (prev - last)
-        y = loc + scale * self._correlate(z, a, loc=loc, scale=scale, start=start)
+        eps = self._correlate(z, a, loc=loc, scale=scale, start=start, carry=carry)
+        y = loc + scale * eps
         _put_start(y, start)
-        return self._couple(y, cond)
+        return self._couple(y, cond), eps[..., -1:].clamp(-CARRY_MAX, CARRY_MAX)
 
     def _couple(self, y, cond):
         """Base draws y (..., p) through the coupling layers (their condition terms ``cond``)."""
@@ -207,17 +226,24 @@ class FlowHead(nn.Module):
             y, _ = layer(y, hc, ec)
         return y
 
-    def sample_patch(self, c, hint, prev, z):
+    def sample_patch(self, c, hint, prev, z, carry=None):
         """One patch per row given where its predecessor ended (ar_patches): c (..., d_cond), hint
-        (..., 2p), prev (..., 1) normalised, z (..., p) -> y (..., p); the step of ``sample`` for one
-        patch. Training draws predecessors with it (scheduled sampling, Flame.loss)."""
+        (..., 2p), prev (..., 1) normalised, z (..., p), carry (..., 1) (carry_ar; None: fresh) -> y
+        (..., p) and its last base value (..., 1); the step of ``sample`` for one patch. Training draws
+        predecessors with it (scheduled sampling, Flame.loss)."""
         loc, sig = self._loc(c, hint)
         return self._patch(loc, torch.exp(sig), self.prev(c), prev, hint[..., self.p:self.p + 1], z, self._cond(c),
-                           a=self._ar_coef(c) if self.inner_ar else None)
+                           a=self._ar_coef(c) if self.inner_ar else None, carry=carry)
 
-    def log_prob(self, y, c, hint, prev=None, per_step: bool = False):
+    def carried(self, y, c, hint, prev):
+        """carry_ar's teacher-forced input: observed patches y (..., p) given their c, hint, prev ->
+        their last base value (..., 1), bounded as sampling bounds a drawn one."""
+        return self._inverse(y, c, hint, prev)[0][..., -1:].clamp(-CARRY_MAX, CARRY_MAX)
+
+    def log_prob(self, y, c, hint, prev=None, per_step: bool = False, carry=None):
         """Exact log density of normalised patches y (..., p) given c, hint (and, with ar_patches,
-        prev (..., 1): where the previous patch ended) -> (...,).
+        prev (..., 1): where the previous patch ended; with carry_ar, carry (..., 1): the previous
+        patch's last base value, NaN for a patch that starts fresh) -> (...,).
 
         per_step: the (..., p) terms log p(y_j | y_<j, c) instead of their sum. Output dim j depends
         only on noise dims <= j (the Jacobian is triangular), so the density factorises over the
@@ -227,7 +253,12 @@ class FlowHead(nn.Module):
             ft = torch.promote_types(z.dtype, torch.float32)          # 1 - a^2 near 0: never in bf16
             a, z, logdet = self._ar_coef(c).to(ft), z.to(ft), logdet.to(ft)
             var = torch.cat([torch.ones_like(a), (1 - a * a).expand(*a.shape[:-1], self.p - 1)], -1)
-            innov = z - a * F.pad(z[..., :-1], (1, 0))
+            before = F.pad(z[..., :-1], (1, 0))
+            if carry is not None:           # eps_0 given the previous patch's e: N(a e, 1 - a^2)
+                fresh = torch.isnan(carry)
+                before[..., :1] = torch.where(fresh, 0, carry).to(ft)
+                var = torch.cat([torch.where(fresh, 1, 1 - a * a), var[..., 1:]], -1)
+            innov = z - a * before
             terms = -0.5 * innov * innov / var - 0.5 * math.log(2 * math.pi) - 0.5 * torch.log(var) - logdet
             return terms if per_step else terms.sum(-1)
         terms = -0.5 * z * z - 0.5 * math.log(2 * math.pi) - logdet
