@@ -9,7 +9,9 @@ does. For the mean and the 0.1 / 0.3 / 0.7 / 0.9 quantiles it takes the mean abs
 the two patch boundaries inside the horizon (steps 47 -> 48 and 95 -> 96) over the mean absolute
 step inside patches: 1 is no jump, the demo's fan chart shows a jump where it is several times 1.
 Curves that do not move inside (a quantile held at a floor) are left out. Prints the geometric mean
-per series and curve, and over all of them (the figure a ship rule compares).
+per series and curve, and over all of them (the figure a ship rule compares), and the mean curve's
+average step across boundaries and inside patches in raw units (a ratio can grow because the curve
+got smoother inside).
 """
 from __future__ import annotations
 
@@ -24,9 +26,10 @@ HORIZON, SAMPLES, DAY_STEPS = 144, 100, 144
 CURVES = {"mean": None, "q10": 0.1, "q30": 0.3, "q70": 0.7, "q90": 0.9}
 
 
-def boundary_ratios(forecaster, values: np.ndarray, ends: range) -> dict[str, list[float]]:
+def boundary_ratios(forecaster, values: np.ndarray, ends: range, steps: list | None = None) -> dict[str, list[float]]:
     """{curve: [boundary step / inside step, one per origin]} for forecasts after patch ends ``ends``
-    (eval's coherence figure, `metrics.boundary_jump` / `jump_ratio`, on the demo's forecasts)."""
+    (eval's coherence figure, `metrics.boundary_jump` / `jump_ratio`, on the demo's forecasts).
+    ``steps``: if given, gets the mean curve's (mean step across, mean step inside) per origin, raw units."""
     out: dict[str, list[float]] = {c: [] for c in CURVES}
     for end in ends:
         state = forecaster.state_from_history(values[:end * PATCH_LEN], step_seconds=600)
@@ -34,7 +37,10 @@ def boundary_ratios(forecaster, values: np.ndarray, ends: range) -> dict[str, li
         levels = [round(float(q), 3) for q in fc.quantile_levels]
         for name, q in CURVES.items():
             y = fc.mean if q is None else fc.quantiles[levels.index(q)]
-            r = jump_ratio(*boundary_jump(np.asarray(y, dtype=np.float64), end * PATCH_LEN, PATCH_LEN))
+            sums = boundary_jump(np.asarray(y, dtype=np.float64), end * PATCH_LEN, PATCH_LEN)
+            r = jump_ratio(*sums)
+            if q is None and steps is not None:
+                steps.append((sums[0] / sums[1], sums[2] / sums[3]))
             if not np.isnan(r):                                    # NaN: the curve does not move inside
                 out[name].append(max(r, 1e-3))
     return out
@@ -52,15 +58,18 @@ def main(argv: list[str] | None = None) -> None:
     for path in args.checkpoints:
         f = Forecaster.load(path)
         every: list[float] = []
+        steps: list[tuple[float, float]] = []
         print(f"{path} ({f.model_id}): boundary step / inside step, geometric mean over {args.origins} origins")
         print(f"{'series':<28}" + "".join(f"{c:>7}" for c in CURVES))
         for s in series:
             values = np.asarray(s.values, dtype=np.float64)
             last = len(values) // PATCH_LEN                                 # the demo's last forecast: after them all
-            ratios = boundary_ratios(f, values, range(last - args.origins + 1, last + 1))
+            ratios = boundary_ratios(f, values, range(last - args.origins + 1, last + 1), steps)
             every += [r for rs in ratios.values() for r in rs]
             print(f"{s.series_id:<28}" + "".join(f"{_geo(ratios[c]):>7.2f}" for c in CURVES))
-        print(f"all: {_geo(every):.3f} ({len(every)} curves)\n")
+        across, inside = np.mean(steps, 0)
+        print(f"all: {_geo(every):.3f} ({len(every)} curves); the mean curve's steps in raw units, averaged "
+              f"over series and origins: {across:.3f} across boundaries, {inside:.3f} inside patches\n")
 
 
 def _geo(xs: list[float]) -> float:

@@ -74,8 +74,8 @@ def _main(argv: list[str] | None = None) -> int:
                     help="also time them with the seasonal memory (seasonal_memory + hint_features; with --ar, "
                          "both levers together as well), alternating with the model as loaded")
     ap.add_argument("--inner-ar", action="store_true",
-                    help="also time them with inner_ar (the same weights plus a non-zero AR(1) coefficient), "
-                         "alternating with the model as loaded")
+                    help="also time them with inner_ar (the same weights plus a non-zero AR(1) coefficient), and "
+                         "for a model with ar_patches also with carry_ar, alternating with the model as loaded")
     ap.add_argument("--floors", action="store_true",
                     help="also time them with sampling.floors on against off (the model as loaded, floors off, "
                          "is the base of every lever in this run)")
@@ -171,7 +171,7 @@ def _main(argv: list[str] | None = None) -> int:
     if args.ar and args.seasonal:
         levers.append({"ar_patches": True, "seasonal_memory": True, "hint_features": True})
     if args.inner_ar:
-        levers.append({"inner_ar": True})
+        levers += [{"inner_ar": True}] + ([{"inner_ar": True, "carry_ar": True}] if f.config.ar_patches else [])
     if args.floors:
         f.set_floors(False)
         levers.append({"floors": True})
