@@ -302,9 +302,9 @@ class Flame(nn.Module):
             bounds = prev_bounds(flat(aux["windows"][:, :n]), flat(mean), flat(std), cfg.clip)[:, None]
             ends = self.flow.bound(self._prev_ends(y_all, hint[:, 0, p]), bounds)        # (bn, K, 1)
         prev = ends[:, future] if self.flow.ar else None
+        kp = (future - 1).clamp_min(0)                                     # each scored patch's predecessor
         carry = None
         if self.flow.carry:                        # the observed predecessor's last base value; NaN: fresh
-            kp = (future - 1).clamp_min(0)
             carry = torch.full((b * n, len(future), 1), float("nan"), dtype=patches.dtype, device=patches.device)
             if preds:
                 y_pred = torch.where(torch.isnan(y_all[:, kp]), hint_pred[..., :p], y_all[:, kp])
@@ -320,7 +320,7 @@ class Flame(nn.Module):
                 pick = torch.rand(y.shape[:2], generator=generator).to(y.device) < sampled_prev
                 pick &= (future > 0).to(y.device)[None, :]
                 r, k = pick.nonzero(as_tuple=True)                      # draw the picked rows only
-                before = ends[:, (future - 1).clamp_min(0)]              # the predecessor's own prev
+                before = ends[:, kp]                                     # the predecessor's own prev
                 drawn, e = self.flow.sample_patch(c_pred[r, k], hint_pred[r, k], before[r, k], z[r, k])
                 drawn = self.flow.bound(drawn[..., -1:], bounds[r, 0]).to(prev.dtype)
             prev = prev.index_put((r, k), drawn)
