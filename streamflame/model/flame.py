@@ -306,10 +306,11 @@ class Flame(nn.Module):
         carry = None
         if self.flow.carry:                        # the observed predecessor's last base value; NaN: fresh
             carry = torch.full((b * n, len(future), 1), float("nan"), dtype=patches.dtype, device=patches.device)
-            if preds:
-                y_pred = torch.where(torch.isnan(y_all[:, kp]), hint_pred[..., :p], y_all[:, kp])
-                e = self.flow.carried(y_pred, c_pred, hint_pred, ends[:, kp]).to(carry.dtype)
-                carry = torch.where((future > 0).to(e.device)[None, :, None], e, carry)
+            if preds:                              # patches after the first only: patch 0 starts fresh
+                m = future > 0
+                obs_pred, hint_m = y_all[:, kp[m]], hint_pred[:, m]
+                y_pred = torch.where(torch.isnan(obs_pred), hint_m[..., :p], obs_pred)
+                carry[:, m] = self.flow.carried(y_pred, c_pred[:, m], hint_m, ends[:, kp[m]]).to(carry.dtype)
         y = y_all[:, future]                                # c and hint: for these future patches only
         obs = ~torch.isnan(y)
         if target_noise > 0:
