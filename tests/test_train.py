@@ -116,7 +116,9 @@ def test_synthetic_mix_from_the_training_config(tmp_path):
     bad.write_text("steps: 10\nsynthetic: {weekly: 0.3}\n")
     assert main(["--config", str(bad)]) == 2
     for text, why in (("ar_sampled_prev: 0.5\n", "needs model: {ar_patches: true}"),
-                      ("ar_sampled_prev: 1.5\nmodel: {ar_patches: true}\n", "must be in [0, 1]")):
+                      ("ar_sampled_prev: 1.5\nmodel: {ar_patches: true}\n", "must be in [0, 1]"),
+                      ("seam_weight: 1.0\n", "seam_weight needs model: {ar_patches: true}"),
+                      ("seam_weight: -1.0\nmodel: {ar_patches: true}\n", "seam_weight must be >= 0")):
         bad.write_text(text)
         with pytest.raises(ValueError, match=re.escape(why)):
             TrainConfig.from_yaml(bad)
@@ -137,6 +139,7 @@ def test_resume_continues_bit_for_bit_like_an_uninterrupted_run(tmp_path, cpu_am
         cfg.real_fraction, cfg.augment = 0.0, {"spikes": 0.5, "censor": 0.3, "amplitude_modulation": 0.5}
         cfg.target_noise, cfg.model = 0.05, {**cfg.model, "ar_patches": True}
         cfg.cpu_amp, cfg.ar_sampled_prev = cpu_amp, 0.5          # scheduled sampling draws from the step's generator
+        cfg.seam_weight = 1.0
         return cfg
 
     train(cfg_for("straight", 6), progress=lambda m: None)

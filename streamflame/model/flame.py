@@ -246,7 +246,7 @@ class Flame(nn.Module):
 
     def loss(self, patches, scale=None, future=None, target_noise: float = 0.0, generator=None,
              min_observed: float = 0.75, calendar=None, features: DataFeatures | None = None,
-             sampled_prev: float = 0.0):
+             sampled_prev: float = 0.0, seam_weight: float = 0.0, parts: dict | None = None):
         """Mean flow NLL (nats per observed value) of the next K patches from every boundary.
 
         patches (b, T, p) raw, an empty state at the start. `future`: which future patches
@@ -264,7 +264,10 @@ class Flame(nn.Module):
         ``sampled_prev`` (ar_patches): the share of scored patches after the first whose predecessor's
         end is drawn from the model (one path of that patch, no gradient, noise from ``generator``)
         instead of the observed one: scheduled sampling, so training also sees the predecessors
-        that sampling feeds it."""
+        that sampling feeds it.
+        ``seam_weight`` (ar_patches): adds that weight times :meth:`_seam` of the scored patches after the
+        first: each patch's zero-noise path continued from its predecessor's should bend at the boundary
+        no more than a smooth curve does. ``parts``: a dict that receives the terms ("nll", "seam")."""
         cfg = self.cfg
         b, T, p = patches.shape
         K = min(cfg.max_future_patches, T - 1)
@@ -284,7 +287,8 @@ class Flame(nn.Module):
             seas["cal"] = state0["cal"][:, None].expand(b, n, 2).reshape(b * n, 2)
         later = bool((future > 0).any())
         draw = self.flow.ar and sampled_prev > 0 and later
-        preds = (draw or self.flow.carry) and later                      # c, hint of predecessors needed
+        seam = self.flow.ar and seam_weight > 0 and later
+        preds = (draw or self.flow.carry or seam) and later                     # c, hint of predecessors needed
         need = torch.as_tensor(sorted({*future.tolist(), *(future[future > 0] - 1).tolist()})) if preds else future
         c, hint = self.condition(flat(aux["h"][:, :n]), flat(aux["windows"][:, :n]),
                                  flat(aux["period"][:, :n]), flat(mean), flat(std), K, seas, need)
@@ -330,7 +334,38 @@ class Flame(nn.Module):
         scored = obs & (obs.to(patches.dtype).mean(-1, keepdim=True) >= min_observed)   # (bn, K, p)
         y = torch.where(obs, y, hint[..., :p])
         lp = self.flow.log_prob(y, c, hint, prev, per_step=True, carry=carry)   # (bn, K, p)
-        return -torch.where(scored, lp, 0).sum() / scored.to(patches.dtype).sum().clamp_min(1)
+        nll = -torch.where(scored, lp, 0).sum() / scored.to(patches.dtype).sum().clamp_min(1)
+        if parts is not None:
+            parts["nll"] = nll.detach()
+        if not seam:
+            return nll
+        m = future > 0
+        bend = self._seam(c_pred[:, m], hint_pred[:, m], ends[:, kp[m]], c[:, m], hint[:, m], bounds)
+        if parts is not None:
+            parts["seam"] = bend.detach()
+        return nll + seam_weight * bend
+
+    def _seam(self, c_pred, hint_pred, prev_pred, c, hint, bounds):
+        """How much more the zero-noise paths bend at patch boundaries than inside patches (ar_patches):
+        c_pred, hint_pred (m, k, .) of k predecessor patches, prev_pred (m, k, 1) where each of those
+        started from (teacher-forced), c, hint of the patches after them, bounds (m, 1, 2) -> scalar.
+
+        Each patch is drawn at zero noise, the later one continued from the earlier one's end as
+        sampling chains them. d1, d2 are the curve's second differences at the boundary's two sides,
+        ref the mean |second difference| inside the two patches (no gradient: the penalty must not
+        pay the curve to wiggle inside). The excess |d| - ref, where positive, costs a Huber penalty
+        (quadratic up to 1 normalised unit, linear beyond: series normalised by a young window's tiny
+        spread can bend by hundreds). A trend or a slow cycle bends the same everywhere: no cost."""
+        z = torch.zeros(*c.shape[:-1], self.cfg.patch_len, dtype=c.dtype, device=c.device)
+        before, _ = self.flow.sample_patch(c_pred, hint_pred, prev_pred, z)                # (m, k, p)
+        after, _ = self.flow.sample_patch(c, hint, self.flow.bound(before[..., -1:], bounds), z)
+        d = torch.stack([after[..., 0] - 2 * before[..., -1] + before[..., -2],
+                         after[..., 1] - 2 * after[..., 0] + before[..., -1]], -1).float()   # (m, k, 2)
+        with torch.no_grad():
+            inside = torch.cat([before.diff(2, dim=-1), after.diff(2, dim=-1)], -1).float()
+            ref = inside.abs().mean(-1, keepdim=True)                                        # (m, k, 1)
+        excess = F.relu(d.abs() - ref)
+        return F.huber_loss(excess, torch.zeros_like(excess), delta=1.0)
 
 
 # Config fields that add zero-initialised parameters: weights without them still give the same function.

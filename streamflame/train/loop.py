@@ -63,6 +63,8 @@ class TrainConfig:
     target_noise: float = 0.0                       # dequantisation noise on normalised targets (Flame.loss)
     ar_sampled_prev: float = 0.0                    # ar_patches: share of scored patches conditioned on a
                                                     # sampled predecessor (scheduled sampling, Flame.loss)
+    seam_weight: float = 0.0                        # ar_patches: weight of the zero-noise paths' bend at patch
+                                                    # boundaries (Flame._seam), beside the NLL
     calendar: bool = True                           # each sequence's day and week in steps reach the model (cal)
     min_observed: float = 0.75                      # a future patch is scored from this observed share on
     synthetic_seed: int = 1
@@ -120,6 +122,10 @@ class TrainConfig:
             raise ValueError(f"{path}: ar_sampled_prev must be in [0, 1]")
         if cfg.ar_sampled_prev > 0 and not cfg.model.get("ar_patches"):
             raise ValueError(f"{path}: ar_sampled_prev needs model: {{ar_patches: true}}")
+        if cfg.seam_weight < 0:
+            raise ValueError(f"{path}: seam_weight must be >= 0")
+        if cfg.seam_weight > 0 and not cfg.model.get("ar_patches"):
+            raise ValueError(f"{path}: seam_weight needs model: {{ar_patches: true}}")
         if not isinstance(cfg.trainable, list) or not all(isinstance(t, str) and t for t in cfg.trainable):
             raise ValueError(f"{path}: trainable must be a list of parameter-name prefixes")
         if not isinstance(cfg.init_values, dict) or not all(
@@ -313,11 +319,13 @@ def autocast_on(cfg: TrainConfig, device: torch.device) -> bool:
 
 
 def step_loss(model: Flame, cfg: TrainConfig, step: int, x: torch.Tensor,
-              calendar: torch.Tensor | None, features: DataFeatures | None, amp: bool) -> torch.Tensor:
+              calendar: torch.Tensor | None, features: DataFeatures | None, amp: bool,
+              parts: dict | None = None) -> torch.Tensor:
     """The model's loss at training step ``step`` on x (b, T, p), as `train` computes it (without
     distillation): the scored future patches and the target noise seeded by the step. Call it in
     the step's autocast context; under autocast (``amp``) the data-only features are computed
-    first outside it, in the arithmetic serving computes them in (float32/64), whatever the device."""
+    first outside it, in the arithmetic serving computes them in (float32/64), whatever the device.
+    ``parts``: receives the loss's terms (Flame.loss)."""
     mcfg = model.cfg
     K = mcfg.max_future_patches
     g = np.random.default_rng([cfg.seed, step, 7])
@@ -329,7 +337,7 @@ def step_loss(model: Flame, cfg: TrainConfig, step: int, x: torch.Tensor,
             features = sequence_features(mcfg, x, calendar)
     return model.loss(x, future=future, target_noise=cfg.target_noise, generator=noise_gen,
                       min_observed=cfg.min_observed, calendar=calendar, features=features,
-                      sampled_prev=cfg.ar_sampled_prev)
+                      sampled_prev=cfg.ar_sampled_prev, seam_weight=cfg.seam_weight, parts=parts)
 
 
 def features_on(feats: DataFeatures | None, device: torch.device) -> DataFeatures | None:
@@ -528,7 +536,8 @@ def _train(cfg: TrainConfig, resume: bool, sampler: SequenceSampler | None, prog
         for g in opt.param_groups:
             g["lr"] = lr
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            loss = step_loss(model, cfg, step, x, calendar, features_on(xb.features, device), amp)
+            parts: dict = {}
+            loss = step_loss(model, cfg, step, x, calendar, features_on(xb.features, device), amp, parts)
             dloss = None
             if teacher is not None:
                 dgen = torch.Generator().manual_seed(int(np.random.default_rng([cfg.seed, step, 19]).integers(2**62)))
@@ -543,13 +552,14 @@ def _train(cfg: TrainConfig, resume: bool, sampler: SequenceSampler | None, prog
         obs_seen += x.numel()
         val = float(loss.detach())
         first = val if first is None else first
-        history.append({"step": step, "loss": val} if dloss is None else
-                       {"step": step, "loss": val, "distill": float(dloss.detach())})
+        history.append({"step": step, "loss": val, **({} if dloss is None else {"distill": float(dloss.detach())}),
+                        **({"seam": float(parts["seam"])} if "seam" in parts else {})})
         if step % cfg.log_every == 0 or step == cfg.steps:
             el = time.time() - t0
             recent = np.mean([h["loss"] for h in history[-cfg.log_every:]])
             dmean = [h["distill"] for h in history[-cfg.log_every:] if "distill" in h]
-            dtext = f" (distill {np.mean(dmean):.4f})" if dmean else ""
+            smean = [h["seam"] for h in history[-cfg.log_every:] if "seam" in h]
+            dtext = (f" (distill {np.mean(dmean):.4f})" if dmean else "") + (f" (seam {np.mean(smean):.4f})" if smean else "")
             progress(f"step {step}/{cfg.steps} loss {recent:.4f}{dtext} lr {lr:.2e} "
                      f"gnorm {float(gnorm):.2f} {obs_seen / el:,.0f} obs/s {(step - started) / el:.2f} it/s")
         if step % cfg.checkpoint_every == 0:
