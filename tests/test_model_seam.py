@@ -2,7 +2,6 @@
 boundary, their bend there beyond their bend inside patches."""
 import pytest
 import torch
-import torch.nn.functional as F
 
 from streamflame.model import tiny_config
 from streamflame.model.flame import Flame
