@@ -18,8 +18,8 @@ def _model() -> Flame:
 
 
 def test_the_seam_term_is_the_chained_zero_noise_paths_bend_beyond_their_own():
-    """_seam against the definition written out: the predecessor drawn at zero noise from its
-    teacher-forced start, the later patch from the predecessor's end, second differences at the
+    """_seam against the definition written out (its gradient reaches the later patch's condition,
+    not the predecessor's): the predecessor drawn at zero noise from its teacher-forced start, the later patch from the predecessor's end, second differences at the
     boundary's two sides less the mean |second difference| inside, Huber-penalised where positive."""
     m = _model()
     g = torch.Generator().manual_seed(0)
@@ -27,11 +27,14 @@ def test_the_seam_term_is_the_chained_zero_noise_paths_bend_beyond_their_own():
     hint_pred, hint = (torch.randn(4, 2, 96, generator=g, dtype=torch.float64) for _ in range(2))
     prev = torch.randn(4, 2, 1, generator=g, dtype=torch.float64)
     bounds = torch.tensor([[-3.0, 3.0]], dtype=torch.float64).expand(4, 1, 2)
+    c_pred.requires_grad_(), c.requires_grad_()
     got = m._seam(c_pred, hint_pred, prev, c, hint, bounds)
+    got.backward()
+    assert c_pred.grad is None and c.grad.abs().sum() > 0           # the later patch closes the seam
 
     zero = torch.zeros(4, 2, 48, dtype=torch.float64)
     a, _ = m.flow.sample_patch(c_pred, hint_pred, prev, zero)
-    b, _ = m.flow.sample_patch(c, hint, a[..., -1:].clamp(-3, 3), zero)
+    b, _ = m.flow.sample_patch(c.detach(), hint, a[..., -1:].clamp(-3, 3), zero)
     curve = torch.cat([a, b], -1)                                      # (4, 2, 96): the chained path
     second = curve[..., 2:] - 2 * curve[..., 1:-1] + curve[..., :-2]  # entry i bends at step i + 1
     at = second[..., 46:48]                                            # at steps 47 and 48: the seam
