@@ -352,8 +352,8 @@ class Flame(nn.Module):
 
         Each patch is drawn at zero noise, the later one continued from the earlier one's end as
         sampling chains them. The predecessor carries no gradient: the later patch is the one that
-        moves to close a seam (the earlier one is nearer the data; with the gradient through both,
-        row 26, patch 0 gave way too and the H = 48 forecasts lost 0.009 WQL ratio on validation).
+        moves to close a seam, not the one nearer the data (docs/model.md rows 26-27: either way the
+        H = 48 forecasts lost about 0.01 WQL ratio on validation).
         d1, d2 are the curve's second differences at the boundary's two sides,
         ref the mean |second difference| inside the two patches (no gradient: the penalty must not
         pay the curve to wiggle inside). The excess |d| - ref, where positive, costs a Huber penalty
