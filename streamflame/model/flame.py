@@ -353,10 +353,9 @@ class Flame(nn.Module):
         Each patch is drawn at zero noise, the later one continued from the earlier one's end as
         sampling chains them. The predecessor carries no gradient: the later patch is the one that
         moves to close a seam, not the one nearer the data (docs/model.md rows 26-27: either way the
-        H = 48 forecasts lost about 0.01 WQL ratio on validation).
-        d1, d2 are the curve's second differences at the boundary's two sides,
-        ref the mean |second difference| inside the two patches (no gradient: the penalty must not
-        pay the curve to wiggle inside). The excess |d| - ref, where positive, costs a Huber penalty
+        H = 48 forecasts lost about 0.01 WQL ratio on validation). d1, d2 are the curve's second
+        differences at the boundary's two sides, ref the mean |second difference| inside the two
+        patches (no gradient: the penalty must not pay the curve to wiggle inside). The excess |d| - ref, where positive, costs a Huber penalty
         (quadratic up to 1 normalised unit, linear beyond: series normalised by a young window's tiny
         spread can bend by hundreds). A trend or a slow cycle bends the same everywhere: no cost."""
         z = torch.zeros(*c.shape[:-1], self.cfg.patch_len, dtype=c.dtype, device=c.device)
