@@ -19,8 +19,10 @@ def _model() -> Flame:
 
 def test_the_seam_term_is_the_chained_zero_noise_paths_bend_beyond_their_own():
     """_seam against the definition written out (its gradient reaches the later patch's condition,
-    not the predecessor's): the predecessor drawn at zero noise from its teacher-forced start, the later patch from the predecessor's end, second differences at the
-    boundary's two sides less the mean |second difference| inside, Huber-penalised where positive."""
+    not the predecessor's): the predecessor drawn at zero noise from its teacher-forced start, the
+    later patch from the predecessor's end, second differences at the boundary's two sides less the
+    larger of the mean |second difference| inside and the observations' own there (missing: none),
+    Huber-penalised where positive."""
     m = _model()
     g = torch.Generator().manual_seed(0)
     c_pred, c = (torch.randn(4, 2, m.cfg.d_cond, generator=g, dtype=torch.float64) for _ in range(2))
@@ -28,7 +30,9 @@ def test_the_seam_term_is_the_chained_zero_noise_paths_bend_beyond_their_own():
     prev = torch.randn(4, 2, 1, generator=g, dtype=torch.float64)
     bounds = torch.tensor([[-3.0, 3.0]], dtype=torch.float64).expand(4, 1, 2)
     c_pred.requires_grad_(), c.requires_grad_()
-    got = m._seam(c_pred, hint_pred, prev, c, hint, bounds)
+    seen = 2 * torch.randn(4, 2, 96, generator=g, dtype=torch.float64)
+    seen[0, 0, 47] = float("nan")                                      # a missing step: no allowance there
+    got = m._seam(c_pred, hint_pred, prev, c, hint, bounds, seen)
     got.backward()
     assert c_pred.grad is None and c.grad.abs().sum() > 0           # the later patch closes the seam
 
@@ -39,24 +43,32 @@ def test_the_seam_term_is_the_chained_zero_noise_paths_bend_beyond_their_own():
     second = curve[..., 2:] - 2 * curve[..., 1:-1] + curve[..., :-2]  # entry i bends at step i + 1
     at = second[..., 46:48]                                            # at steps 47 and 48: the seam
     inside = torch.cat([second[..., :46], second[..., 48:]], -1).abs().mean(-1, keepdim=True)
-    excess = (at.abs() - inside).clamp_min(0)
-    want = torch.where(excess < 1, 0.5 * excess ** 2, excess - 0.5).mean()
-    assert got.item() == pytest.approx(want.item(), rel=1e-6) and want > 0
+    observed = (seen[..., 2:] - 2 * seen[..., 1:-1] + seen[..., :-2])[..., 46:48].abs()
+    huber = lambda e: torch.where(e < 1, 0.5 * e ** 2, e - 0.5).mean()
+    for allowance, value in ((inside.maximum(observed.nan_to_num(0.0)), got), (inside, m._seam(
+            c_pred, hint_pred, prev, c.detach(), hint, bounds))):
+        want = huber((at.abs() - allowance).clamp_min(0))
+        assert value.item() == pytest.approx(want.item(), rel=1e-6) and want > 0
+    assert got < m._seam(c_pred, hint_pred, prev, c.detach(), hint, bounds)   # the data's bends allow more
 
 
 def test_a_chain_that_continues_its_predecessor_costs_nothing_and_a_jump_costs_its_size():
     """The penalty itself on hand-made curves (FlowHead.sample_patch replaced on this instance): a
     line continued across the boundary costs 0; the same with the later patch lifted by h costs the
-    Huber of h - (its mean inside bend, 0 for a line) at each of the two boundary bends."""
+    Huber of h - (its mean inside bend, 0 for a line) at each of the two boundary bends, less where
+    the observations themselves step there (by s: Huber of h - s), nothing where they step by h."""
     m = _model()
     t = torch.arange(96, dtype=torch.float64)
-    for lift, want in ((0.0, 0.0), (0.5, 0.125), (3.0, 2.5)):
-        curve = 0.3 * t + lift * (t >= 48)
+    line = 0.3 * t
+    for lift, data_step, want in ((0.0, None, 0.0), (0.5, None, 0.125), (3.0, None, 2.5),
+                                  (3.0, 0.0, 2.5), (3.0, 1.0, 1.5), (3.0, 3.0, 0.0), (0.5, 3.0, 0.0)):
+        curve = line + lift * (t >= 48)
         halves = iter([curve[:48], curve[48:]])                        # the predecessor, then the patch
         m.flow.sample_patch = lambda c, hint, prev, z, carry=None: (next(halves).expand(*c.shape[:-1], 48), None)
         x = torch.zeros(3, 1, 8, dtype=torch.float64)
-        got = m._seam(x, x, x[..., :1], x, x, torch.tensor([[-1e9, 1e9]], dtype=torch.float64).expand(3, 1, 2))
-        assert got.item() == pytest.approx(want, abs=1e-12)
+        seen = None if data_step is None else (line + data_step * (t >= 48)).expand(3, 1, 96)
+        got = m._seam(x, x, x[..., :1], x, x, torch.tensor([[-1e9, 1e9]], dtype=torch.float64).expand(3, 1, 2), seen)
+        assert got.item() == pytest.approx(want, abs=1e-12), (lift, data_step)
 
 
 def test_the_loss_adds_the_weighted_seam_to_the_nll_and_trains_it():

@@ -340,35 +340,48 @@ class Flame(nn.Module):
         if not seam:
             return nll
         m = future > 0
-        bend = self._seam(c_pred[:, m], hint_pred[:, m], ends[:, kp[m]], c[:, m], hint[:, m], bounds)
+        seen = torch.cat([y_all[:, kp[m]], y_all[:, future[m]]], -1)          # (bn, k, 2p), NaN = missing
+        bend = self._seam(c_pred[:, m], hint_pred[:, m], ends[:, kp[m]], c[:, m], hint[:, m], bounds, seen)
         if parts is not None:
             parts["seam"] = bend.detach()
         return nll + seam_weight * bend
 
-    def _seam(self, c_pred, hint_pred, prev_pred, c, hint, bounds):
+    def _seam(self, c_pred, hint_pred, prev_pred, c, hint, bounds, seen=None):
         """How much more the zero-noise paths bend at patch boundaries than inside patches (ar_patches):
         c_pred, hint_pred (m, k, .) of k predecessor patches, prev_pred (m, k, 1) where each of those
-        started from (teacher-forced), c, hint of the patches after them, bounds (m, 1, 2) -> scalar.
+        started from (teacher-forced), c, hint of the patches after them, bounds (m, 1, 2), seen
+        (m, k, 2p) the two patches' observations, NaN = missing (None: not used) -> scalar.
 
         Each patch is drawn at zero noise, the later one continued from the earlier one's end as
         sampling chains them. The predecessor carries no gradient: the later patch is the one that
-        moves to close a seam, not the one nearer the data (docs/model.md rows 26-27: either way the
-        H = 48 forecasts lost about 0.01 WQL ratio on validation). d1, d2 are the curve's second
-        differences at the boundary's two sides, ref the mean |second difference| inside the two
-        patches (no gradient: the penalty must not pay the curve to wiggle inside). The excess |d| - ref, where positive, costs a Huber penalty
-        (quadratic up to 1 normalised unit, linear beyond: series normalised by a young window's tiny
-        spread can bend by hundreds). A trend or a slow cycle bends the same everywhere: no cost."""
+        moves to close a seam, not the one nearer the data. d1, d2 are the curve's second differences
+        at the boundary's two sides. Each is allowed the larger of the curve's mean |second difference|
+        inside the two patches (a trend or a slow cycle bends the same everywhere) and the observations'
+        own |d| at the same place (where the data steps at the boundary, so may the forecast: opening
+        hours, counts); neither allowance carries gradient (the curve is not paid to wiggle). The
+        excess over it costs a Huber penalty (quadratic up to 1 normalised unit, linear beyond: series
+        normalised by a young window's tiny spread can bend by hundreds). docs/model.md rows 26-27:
+        without the observations' allowance, the series that step lost accuracy at H = 48."""
         z = torch.zeros(*c.shape[:-1], self.cfg.patch_len, dtype=c.dtype, device=c.device)
         with torch.no_grad():
             before, _ = self.flow.sample_patch(c_pred, hint_pred, prev_pred, z)            # (m, k, p)
         after, _ = self.flow.sample_patch(c, hint, self.flow.bound(before[..., -1:], bounds), z)
-        d = torch.stack([after[..., 0] - 2 * before[..., -1] + before[..., -2],
-                         after[..., 1] - 2 * after[..., 0] + before[..., -1]], -1).float()   # (m, k, 2)
+        d = _boundary_bends(torch.cat([before, after], -1)).float()                      # (m, k, 2)
         with torch.no_grad():
             inside = torch.cat([before.diff(2, dim=-1), after.diff(2, dim=-1)], -1).float()
-            ref = inside.abs().mean(-1, keepdim=True)                                        # (m, k, 1)
-        excess = F.relu(d.abs() - ref)
+            allow = inside.abs().mean(-1, keepdim=True)                                      # (m, k, 1)
+            if seen is not None:
+                allow = torch.maximum(allow, torch.nan_to_num(_boundary_bends(seen).float().abs(), nan=0.0))
+        excess = F.relu(d.abs() - allow)
         return F.huber_loss(excess, torch.zeros_like(excess), delta=1.0)
+
+
+def _boundary_bends(curve: torch.Tensor) -> torch.Tensor:
+    """curve (..., 2p): two consecutive patches -> (..., 2) its second differences at the two sides of
+    the boundary between them (centred on steps p-1 and p)."""
+    p = curve.shape[-1] // 2
+    return torch.stack([curve[..., p] - 2 * curve[..., p - 1] + curve[..., p - 2],
+                        curve[..., p + 1] - 2 * curve[..., p] + curve[..., p - 1]], -1)
 
 
 # Config fields that add zero-initialised parameters: weights without them still give the same function.
