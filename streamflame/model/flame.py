@@ -307,12 +307,13 @@ class Flame(nn.Module):
             ends = self.flow.bound(self._prev_ends(y_all, hint[:, 0, p]), bounds)        # (bn, K, 1)
         prev = ends[:, future] if self.flow.ar else None
         kp = (future - 1).clamp_min(0)                                     # each scored patch's predecessor
+        m = future > 0                                                     # the scored patches after the first
+        obs_pred = y_all[:, kp[m]] if preds else None                      # their observed predecessors
         carry = None
         if self.flow.carry:                        # the observed predecessor's last base value; NaN: fresh
             carry = torch.full((b * n, len(future), 1), float("nan"), dtype=patches.dtype, device=patches.device)
             if preds:                              # patches after the first only: patch 0 starts fresh
-                m = future > 0
-                obs_pred, hint_m = y_all[:, kp[m]], hint_pred[:, m]
+                hint_m = hint_pred[:, m]
                 y_pred = torch.where(torch.isnan(obs_pred), hint_m[..., :p], obs_pred)
                 carry[:, m] = self.flow.carried(y_pred, c_pred[:, m], hint_m, ends[:, kp[m]]).to(carry.dtype)
         y = y_all[:, future]                                # c and hint: for these future patches only
@@ -323,7 +324,7 @@ class Flame(nn.Module):
             with torch.no_grad():
                 z = torch.randn(y.shape, generator=generator, dtype=y.dtype).to(y.device)
                 pick = torch.rand(y.shape[:2], generator=generator).to(y.device) < sampled_prev
-                pick &= (future > 0).to(y.device)[None, :]
+                pick &= m.to(y.device)[None, :]
                 r, k = pick.nonzero(as_tuple=True)                      # draw the picked rows only
                 before = ends[:, kp]                                     # the predecessor's own prev
                 drawn, e = self.flow.sample_patch(c_pred[r, k], hint_pred[r, k], before[r, k], z[r, k])
@@ -339,8 +340,7 @@ class Flame(nn.Module):
             parts["nll"] = nll.detach()
         if not seam:
             return nll
-        m = future > 0
-        seen = torch.cat([y_all[:, kp[m]], y_all[:, future[m]]], -1)          # (bn, k, 2p), NaN = missing
+        seen = torch.cat([obs_pred, y_all[:, future[m]]], -1)              # (bn, k, 2p), NaN = missing
         bend = self._seam(c_pred[:, m], hint_pred[:, m], ends[:, kp[m]], c[:, m], hint[:, m], bounds, seen)
         if parts is not None:
             parts["seam"] = bend.detach()
@@ -366,22 +366,16 @@ class Flame(nn.Module):
         with torch.no_grad():
             before, _ = self.flow.sample_patch(c_pred, hint_pred, prev_pred, z)            # (m, k, p)
         after, _ = self.flow.sample_patch(c, hint, self.flow.bound(before[..., -1:], bounds), z)
-        d = _boundary_bends(torch.cat([before, after], -1)).float()                      # (m, k, 2)
+        p = self.cfg.patch_len
+        bends = torch.cat([before, after], -1).diff(2, dim=-1).float()   # (m, k, 2p-2): entry i at step i+1
+        d = bends[..., p - 2:p]                                          # at steps p-1, p: the boundary
         with torch.no_grad():
-            inside = torch.cat([before.diff(2, dim=-1), after.diff(2, dim=-1)], -1).float()
-            allow = inside.abs().mean(-1, keepdim=True)                                      # (m, k, 1)
-            if seen is not None:
-                allow = torch.maximum(allow, torch.nan_to_num(_boundary_bends(seen).float().abs(), nan=0.0))
+            allow = torch.cat([bends[..., :p - 2], bends[..., p:]], -1).abs().mean(-1, keepdim=True)
+            if seen is not None:                                         # (m, k, 1) -> (m, k, 2)
+                allow = torch.maximum(allow, seen.diff(2, dim=-1)[..., p - 2:p].float().abs().nan_to_num(0.0))
         excess = F.relu(d.abs() - allow)
         return F.huber_loss(excess, torch.zeros_like(excess), delta=1.0)
 
-
-def _boundary_bends(curve: torch.Tensor) -> torch.Tensor:
-    """curve (..., 2p): two consecutive patches -> (..., 2) its second differences at the two sides of
-    the boundary between them (centred on steps p-1 and p)."""
-    p = curve.shape[-1] // 2
-    return torch.stack([curve[..., p] - 2 * curve[..., p - 1] + curve[..., p - 2],
-                        curve[..., p + 1] - 2 * curve[..., p] + curve[..., p - 1]], -1)
 
 
 # Config fields that add zero-initialised parameters: weights without them still give the same function.
